@@ -1,0 +1,41 @@
+/**
+ * Every failure cachewarm reports on purpose is a CachewarmError: a stable `code` that
+ * scripts and tests can match, a message a person can act on, and the context (node,
+ * chunk, field) that says where.
+ */
+export type ErrorCode =
+  | 'TOPOLOGY_INVALID'
+  | 'NODE_UNREACHABLE'
+  | 'NODE_PROTOCOL'
+  | 'CHUNK_CORRUPT'
+  | 'MESSAGE_MALFORMED'
+  | 'SOURCE_UNAVAILABLE'
+  | 'JOB_FAILED'
+  | 'ABORTED'
+  | 'INVALID_ARGUMENT';
+
+export type ErrorContext = Readonly<Record<string, string | number | boolean | undefined>>;
+
+export class CachewarmError extends Error {
+  override readonly name = 'CachewarmError';
+
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly context: ErrorContext = {},
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+export function isCachewarmError(error: unknown, code?: ErrorCode): error is CachewarmError {
+  return error instanceof CachewarmError && (code === undefined || error.code === code);
+}
+
+/** The reason an AbortSignal carries, as a CachewarmError unless it already is one. */
+export function abortReason(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  if (reason instanceof Error) return reason;
+  return new CachewarmError('ABORTED', 'operation aborted');
+}
