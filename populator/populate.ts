@@ -1,0 +1,130 @@
+import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
+import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
+import type { ChunkStore } from '../shared/chunk-store.js';
+import { type DataItem, decodeDataChunk } from '../shared/chunk-format.js';
+import type { Clock } from '../shared/clock.js';
+import type { WriteTally } from '../shared/counters.js';
+import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { hasExpired } from '../shared/expiry.js';
+import { KetamaRing } from '../shared/ketama.js';
+import { type RetryPolicy, DEFAULT_RETRY, addToNode } from './add-to-node.js';
+import type { TargetConnections } from './target-connections.js';
+
+export interface PopulatorOptions {
+  readonly queue: ChunkQueue;
+  readonly store: ChunkStore;
+  readonly connections: TargetConnections;
+  readonly clock: Clock;
+  readonly tally: WriteTally;
+  /** Chunks handled at once. Memory: about concurrency × chunk size. */
+  readonly concurrency?: number;
+  readonly writeBatchBytes?: number;
+  readonly retry?: RetryPolicy;
+  /** Remove a chunk from the store once all its items are handled. */
+  readonly deleteConsumed?: boolean;
+  readonly onChunkDone?: (message: ChunkMessage) => void;
+  readonly onChunkFailed?: (message: ChunkMessage, reason: string, parked: boolean) => void;
+  readonly signal?: AbortSignal | undefined;
+}
+
+type Ring = KetamaRing<TargetRing['nodes'][number]>;
+
+/**
+ * Drains the queue: each message's chunk is downloaded, verified, routed item by item over
+ * the target ring and written add-only. A message is acknowledged only after every item was
+ * handled; a failure returns it for redelivery, and a chunk that can never apply (corrupt,
+ * missing) is parked with the reason while the rest of the job goes on.
+ */
+export async function runPopulator(options: PopulatorOptions): Promise<void> {
+  const { queue, store, clock, tally, concurrency = 4, writeBatchBytes = 256 << 10, signal } = options;
+  const retry = options.retry ?? DEFAULT_RETRY;
+  const rings = new Map<string, Ring>();
+
+  function ringFor(target: TargetRing): Ring {
+    const id = JSON.stringify([target.hashing, target.nodes]);
+    let ring = rings.get(id);
+    if (!ring) {
+      ring = new KetamaRing(target.nodes, (node) => node.ringName);
+      rings.set(id, ring);
+    }
+    return ring;
+  }
+
+  async function apply(message: ChunkMessage): Promise<void> {
+    const where = store.describe(message.chunk.name);
+    const body = await store.get(message.chunk.name, signal);
+    const items = decodeDataChunk(body, where);
+    if (body.readUInt32LE(16) !== message.chunk.crc32 || items.length !== message.chunk.items) {
+      throw new CachewarmError('CHUNK_CORRUPT', `chunk ${where} does not match its message (checksum or item count)`, {
+        chunk: message.chunk.name,
+      });
+    }
+    const ring = ringFor(message.target);
+    const writeOnly = message.target.writeOnly ? new Set(message.target.writeOnly) : undefined;
+    const perNode: DataItem[][] = ring.nodes.map(() => []);
+    const now = Math.floor(clock.now() / 1000);
+    for (const item of items) {
+      const index = ring.indexFor(item.key);
+      const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
+      // An instance warm's dumper already filtered by this ring; this keeps a stray
+      // message from writing to a node the job must not touch.
+      if (writeOnly && !writeOnly.has(address)) continue;
+      if (hasExpired(item.exptime, now)) tally.for(address).expired++;
+      else (perNode[index] as DataItem[]).push(item);
+    }
+    await Promise.all(
+      perNode.map((nodeItems, index) => {
+        if (nodeItems.length === 0) return undefined;
+        const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
+        const counters = tally.for(address);
+        return addToNode(address, nodeItems, {
+          connections: options.connections,
+          clock,
+          batchBytes: writeBatchBytes,
+          retry,
+          signal,
+          onOutcome: (outcome, bytes) => {
+            counters.stored += outcome.stored;
+            counters.existed += outcome.existed;
+            counters.failed += outcome.failed;
+            counters.bytesWritten += bytes;
+          },
+        });
+      }),
+    );
+  }
+
+  async function handle(delivery: Delivery): Promise<void> {
+    const { message } = delivery;
+    try {
+      await apply(message);
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      if (signal?.aborted) {
+        await delivery.retry('aborted');
+        return;
+      }
+      const permanent = isCachewarmError(error, 'CHUNK_CORRUPT') || isCachewarmError(error, 'CHUNK_MISSING');
+      if (permanent) await delivery.park(reason);
+      else await delivery.retry(reason);
+      options.onChunkFailed?.(message, reason, permanent);
+      return;
+    }
+    await delivery.ack();
+    if (options.deleteConsumed) await store.delete(message.chunk.name).catch(() => undefined);
+    options.onChunkDone?.(message);
+  }
+
+  const running = new Set<Promise<void>>();
+  for (;;) {
+    while (running.size >= concurrency) await Promise.race(running);
+    const delivery = await queue.receive(signal).catch((error: unknown) => {
+      if (signal?.aborted) return undefined;
+      throw error;
+    });
+    if (!delivery) break;
+    const task = handle(delivery).finally(() => running.delete(task));
+    running.add(task);
+  }
+  await Promise.all(running);
+}

@@ -1,0 +1,62 @@
+import type { Connect } from '../dumper/dump-node.js';
+import type { MemcachedConnection } from '../shared/memcached/connection.js';
+import { parseAddress } from '../shared/topology.js';
+
+/**
+ * Connections to the target's nodes, opened on first use and shared by every chunk in
+ * flight: their batches interleave on the same pipelines, which keeps them full.
+ */
+export class TargetConnections {
+  private readonly open = new Map<string, (Promise<MemcachedConnection> | undefined)[]>();
+  private turn = 0;
+  private closed = false;
+
+  constructor(
+    private readonly connect: Connect,
+    private readonly perNode: number,
+    private readonly labelOf: (address: string) => string = (address) => address,
+  ) {}
+
+  get(address: string, signal?: AbortSignal): Promise<MemcachedConnection> {
+    if (this.closed) throw new Error('target connections are closed');
+    let slots = this.open.get(address);
+    if (!slots) {
+      slots = [];
+      this.open.set(address, slots);
+    }
+    const slot = this.turn++ % this.perNode;
+    let conn = slots[slot];
+    if (!conn) {
+      const { host, port } = parseAddress(address);
+      conn = this.connect({ host, port, label: this.labelOf(address) }, signal);
+      // A failed connect must not stay cached: the next attempt dials again.
+      conn.catch(() => this.forget(address, conn as Promise<MemcachedConnection>));
+      slots[slot] = conn;
+    }
+    return conn;
+  }
+
+  /** Drops a broken connection so the next `get` opens a fresh one. */
+  async discard(address: string, conn: MemcachedConnection): Promise<void> {
+    const slots = this.open.get(address) ?? [];
+    for (let i = 0; i < slots.length; i++) {
+      const slot = slots[i];
+      if (slot && (await slot.catch(() => undefined)) === conn) slots[i] = undefined;
+    }
+    conn.close();
+  }
+
+  private forget(address: string, conn: Promise<MemcachedConnection>): void {
+    const slots = this.open.get(address) ?? [];
+    const i = slots.indexOf(conn);
+    if (i >= 0) slots[i] = undefined;
+  }
+
+  /** Idempotent. */
+  async close(): Promise<void> {
+    this.closed = true;
+    const all = [...this.open.values()].flat().filter((c): c is Promise<MemcachedConnection> => c !== undefined);
+    this.open.clear();
+    for (const conn of await Promise.allSettled(all)) if (conn.status === 'fulfilled') conn.value.close();
+  }
+}

@@ -1,0 +1,222 @@
+import { crc32 } from 'node:zlib';
+import { CachewarmError } from './errors.js';
+import { checkKey } from './memcached/keys.js';
+
+/**
+ * Chunk format, version 1. Everything is little-endian.
+ *
+ *   header (20 bytes)
+ *     0  magic "CWCH"
+ *     4  u8  format version (1)
+ *     5  u8  kind: 1 = keys, 2 = data
+ *     6  u16 reserved, 0
+ *     8  u32 record count
+ *    12  u32 body length in bytes
+ *    16  u32 CRC-32 of header bytes 0..15 followed by the body
+ *   body: records back to back
+ *     keys: u8 key length, u32 exptime, key
+ *     data: u8 key length, u32 client flags, u32 exptime, u32 value length, key, value
+ *
+ * exptime is an absolute unix time in seconds, 0 for none. The header carries the length
+ * and checksum, so a truncated or corrupted chunk is refused whole, before any item of it
+ * reaches a target.
+ */
+export const CHUNK_MAGIC = 0x48435743; // "CWCH" read little-endian
+export const CHUNK_FORMAT_VERSION = 1;
+export const HEADER_BYTES = 20;
+
+export type ChunkKind = 'keys' | 'data';
+const KIND_CODE: Record<ChunkKind, number> = { keys: 1, data: 2 };
+const KEY_RECORD_OVERHEAD = 5;
+const DATA_RECORD_OVERHEAD = 13;
+
+export interface DataItem {
+  readonly key: Buffer;
+  readonly value: Buffer;
+  readonly flags: number;
+  readonly exptime: number;
+}
+
+export interface KeyItem {
+  readonly key: Buffer;
+  readonly exptime: number;
+}
+
+/**
+ * Accumulates records into one chunk. Memory is the chunk's size: the buffer is allocated
+ * once at `targetBytes` (grown only for a single item larger than that) and reused.
+ */
+export class ChunkBuilder {
+  private buf: Buffer;
+  private length = HEADER_BYTES;
+  private count = 0;
+
+  constructor(
+    readonly kind: ChunkKind,
+    readonly targetBytes: number,
+  ) {
+    this.buf = Buffer.allocUnsafe(Math.max(targetBytes, HEADER_BYTES + 64));
+  }
+
+  get itemCount(): number {
+    return this.count;
+  }
+
+  get byteLength(): number {
+    return this.length;
+  }
+
+  /** Whether a record of `recordBytes` still fits, so the caller can seal the chunk first. */
+  fits(recordBytes: number): boolean {
+    return this.count === 0 || this.length + recordBytes <= this.targetBytes;
+  }
+
+  static dataRecordBytes(key: Uint8Array, valueBytes: number): number {
+    return DATA_RECORD_OVERHEAD + key.length + valueBytes;
+  }
+
+  static keyRecordBytes(key: Uint8Array): number {
+    return KEY_RECORD_OVERHEAD + key.length;
+  }
+
+  addData(key: Uint8Array, value: Uint8Array, flags: number, exptime: number): void {
+    this.expectKind('data');
+    checkKey(key, `${this.kind} chunk`);
+    const at = this.reserve(DATA_RECORD_OVERHEAD + key.length + value.length);
+    const buf = this.buf;
+    buf[at] = key.length;
+    buf.writeUInt32LE(flags >>> 0, at + 1);
+    buf.writeUInt32LE(exptime, at + 5);
+    buf.writeUInt32LE(value.length, at + 9);
+    buf.set(key, at + 13);
+    buf.set(value, at + 13 + key.length);
+  }
+
+  addKey(key: Uint8Array, exptime: number): void {
+    this.expectKind('keys');
+    checkKey(key, `${this.kind} chunk`);
+    const at = this.reserve(KEY_RECORD_OVERHEAD + key.length);
+    this.buf[at] = key.length;
+    this.buf.writeUInt32LE(exptime, at + 1);
+    this.buf.set(key, at + 5);
+  }
+
+  /** Seals the chunk: returns its bytes (a copy) and empties the builder for the next one. */
+  seal(): Buffer {
+    const out = Buffer.from(this.buf.subarray(0, this.length));
+    out.writeUInt32LE(CHUNK_MAGIC, 0);
+    out[4] = CHUNK_FORMAT_VERSION;
+    out[5] = KIND_CODE[this.kind];
+    out.writeUInt16LE(0, 6);
+    out.writeUInt32LE(this.count, 8);
+    out.writeUInt32LE(this.length - HEADER_BYTES, 12);
+    out.writeUInt32LE(checksum(out), 16);
+    this.length = HEADER_BYTES;
+    this.count = 0;
+    return out;
+  }
+
+  private reserve(bytes: number): number {
+    const at = this.length;
+    if (at + bytes > this.buf.length) {
+      const grown = Buffer.allocUnsafe(Math.max(this.buf.length * 2, at + bytes));
+      this.buf.copy(grown, 0, 0, at);
+      this.buf = grown;
+    }
+    this.length += bytes;
+    this.count++;
+    return at;
+  }
+
+  private expectKind(kind: ChunkKind): void {
+    if (this.kind !== kind) throw new Error(`cannot add ${kind} records to a ${this.kind} chunk`);
+  }
+}
+
+function checksum(chunk: Buffer): number {
+  return crc32(chunk.subarray(HEADER_BYTES), crc32(chunk.subarray(0, 16)));
+}
+
+function corrupt(where: string, why: string): CachewarmError {
+  return new CachewarmError('CHUNK_CORRUPT', `chunk ${where}: ${why}`, { chunk: where });
+}
+
+/** Checks a chunk's header, length and checksum; returns its kind and record count. */
+export function verifyChunk(chunk: Buffer, where: string): { kind: ChunkKind; count: number } {
+  if (chunk.length < HEADER_BYTES) {
+    throw corrupt(where, `truncated: ${chunk.length} bytes is shorter than the ${HEADER_BYTES}-byte header`);
+  }
+  if (chunk.readUInt32LE(0) !== CHUNK_MAGIC) throw corrupt(where, 'not a cachewarm chunk (bad magic)');
+  const formatVersion = chunk[4];
+  if (formatVersion !== CHUNK_FORMAT_VERSION) {
+    throw corrupt(where, `format version ${formatVersion} is not supported (this build reads ${CHUNK_FORMAT_VERSION})`);
+  }
+  const kind = chunk[5] === 1 ? 'keys' : chunk[5] === 2 ? 'data' : undefined;
+  if (!kind) throw corrupt(where, `unknown chunk kind ${chunk[5]}`);
+  const count = chunk.readUInt32LE(8);
+  const bodyBytes = chunk.readUInt32LE(12);
+  const actual = chunk.length - HEADER_BYTES;
+  if (actual < bodyBytes) throw corrupt(where, `truncated: header says ${bodyBytes} body bytes, found ${actual}`);
+  if (actual > bodyBytes) throw corrupt(where, `${actual - bodyBytes} unexpected bytes after the body`);
+  const expected = chunk.readUInt32LE(16);
+  const got = checksum(chunk);
+  if (expected !== got) {
+    throw corrupt(where, `checksum mismatch (header ${hex(expected)}, content ${hex(got)})`);
+  }
+  return { kind, count };
+}
+
+function hex(n: number): string {
+  return n.toString(16).padStart(8, '0');
+}
+
+/**
+ * Decodes a data chunk after verifying it. Items point into `chunk` (no copies), so they live
+ * as long as the chunk's buffer.
+ */
+export function decodeDataChunk(chunk: Buffer, where: string): DataItem[] {
+  const { kind, count } = verifyChunk(chunk, where);
+  if (kind !== 'data') throw corrupt(where, `expected a data chunk, found a ${kind} chunk`);
+  const items: DataItem[] = new Array<DataItem>(count);
+  let at = HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    if (at + DATA_RECORD_OVERHEAD > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
+    const keyBytes = chunk[at] as number;
+    const flags = chunk.readUInt32LE(at + 1);
+    const exptime = chunk.readUInt32LE(at + 5);
+    const valueBytes = chunk.readUInt32LE(at + 9);
+    const keyAt = at + DATA_RECORD_OVERHEAD;
+    const end = keyAt + keyBytes + valueBytes;
+    if (keyBytes === 0 || end > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
+    items[i] = {
+      key: chunk.subarray(keyAt, keyAt + keyBytes),
+      value: chunk.subarray(keyAt + keyBytes, end),
+      flags,
+      exptime,
+    };
+    at = end;
+  }
+  if (at !== chunk.length) throw corrupt(where, `${chunk.length - at} bytes left after ${count} records`);
+  return items;
+}
+
+export function decodeKeyChunk(chunk: Buffer, where: string): KeyItem[] {
+  const { kind, count } = verifyChunk(chunk, where);
+  if (kind !== 'keys') throw corrupt(where, `expected a keys chunk, found a ${kind} chunk`);
+  const items: KeyItem[] = new Array<KeyItem>(count);
+  let at = HEADER_BYTES;
+  for (let i = 0; i < count; i++) {
+    const keyBytes = chunk[at] as number;
+    const end = at + KEY_RECORD_OVERHEAD + keyBytes;
+    if (keyBytes === 0 || end > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
+    items[i] = { key: chunk.subarray(at + KEY_RECORD_OVERHEAD, end), exptime: chunk.readUInt32LE(at + 1) };
+    at = end;
+  }
+  if (at !== chunk.length) throw corrupt(where, `${chunk.length - at} bytes left after ${count} records`);
+  return items;
+}
+
+/** Record count and checksum of a sealed chunk, as its header states them. */
+export function chunkHeader(chunk: Buffer): { items: number; crc32: number } {
+  return { items: chunk.readUInt32LE(8), crc32: chunk.readUInt32LE(16) };
+}

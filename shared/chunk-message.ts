@@ -1,0 +1,95 @@
+import { CachewarmError } from './errors.js';
+import { HASHING_PROFILES, type HashingProfile } from './ketama.js';
+
+export const MESSAGE_VERSION = 1;
+
+/** The ring a populator routes by: the target replica's nodes as its clients hash them. */
+export interface TargetRing {
+  readonly replica: string;
+  readonly hashing: HashingProfile;
+  readonly nodes: readonly { readonly address: string; readonly ringName: string }[];
+  /** Addresses that may be written; absent: all (an instance warm writes one node only). */
+  readonly writeOnly?: readonly string[] | undefined;
+}
+
+/** One data chunk ready to be written: everything a populator on any machine needs. */
+export interface ChunkMessage {
+  readonly version: typeof MESSAGE_VERSION;
+  readonly jobId: string;
+  /** The node id the chunk was dumped from. */
+  readonly source: string;
+  readonly chunk: {
+    readonly name: string;
+    readonly bytes: number;
+    readonly items: number;
+    /** The CRC-32 in the chunk's header, checked against what is downloaded. */
+    readonly crc32: number;
+  };
+  readonly target: TargetRing;
+}
+
+function malformed(where: string, why: string): CachewarmError {
+  return new CachewarmError('MESSAGE_MALFORMED', `message ${where}: ${why}`, { message: where });
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function field<T>(obj: Record<string, unknown>, name: string, where: string, check: (v: unknown) => v is T, expected: string): T {
+  const value = obj[name];
+  if (!check(value)) throw malformed(where, `${name}: expected ${expected}, got ${JSON.stringify(value) ?? 'nothing'}`);
+  return value;
+}
+
+const isString = (v: unknown): v is string => typeof v === 'string' && v.length > 0;
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isU32 = (v: unknown): v is number => isCount(v) && v <= 0xffffffff;
+const isProfile = (v: unknown): v is HashingProfile => HASHING_PROFILES.includes(v as HashingProfile);
+
+/** Validates a message from outside the process (a queue body); throws MESSAGE_MALFORMED. */
+export function parseChunkMessage(body: string, where: string): ChunkMessage {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(body);
+  } catch (error) {
+    throw malformed(where, `not JSON (${(error as Error).message})`);
+  }
+  if (!isRecord(doc)) throw malformed(where, 'not a JSON object');
+  if (doc['version'] !== MESSAGE_VERSION) {
+    throw malformed(where, `version ${JSON.stringify(doc['version'])} is not supported (this build reads ${MESSAGE_VERSION})`);
+  }
+  const chunk = doc['chunk'];
+  const target = doc['target'];
+  if (!isRecord(chunk)) throw malformed(where, 'chunk: expected an object');
+  if (!isRecord(target)) throw malformed(where, 'target: expected an object');
+  const nodes = target['nodes'];
+  if (!Array.isArray(nodes) || nodes.length === 0) throw malformed(where, 'target.nodes: expected a non-empty array');
+  const writeOnly = target['writeOnly'];
+  if (writeOnly !== undefined && !(Array.isArray(writeOnly) && writeOnly.every(isString))) {
+    throw malformed(where, 'target.writeOnly: expected an array of addresses');
+  }
+  return {
+    version: MESSAGE_VERSION,
+    jobId: field(doc, 'jobId', where, isString, 'a job id'),
+    source: field(doc, 'source', where, isString, 'a node id'),
+    chunk: {
+      name: field(chunk, 'name', where, isString, 'a chunk name'),
+      bytes: field(chunk, 'bytes', where, isCount, 'a byte count'),
+      items: field(chunk, 'items', where, isCount, 'an item count'),
+      crc32: field(chunk, 'crc32', where, isU32, 'a CRC-32'),
+    },
+    target: {
+      replica: field(target, 'replica', where, isString, 'a replica name'),
+      hashing: field(target, 'hashing', where, isProfile, `one of ${HASHING_PROFILES.join(', ')}`),
+      nodes: nodes.map((node: unknown, i) => {
+        if (!isRecord(node)) throw malformed(where, `target.nodes[${i}]: expected an object`);
+        return {
+          address: field(node, 'address', where, isString, 'an address'),
+          ringName: field(node, 'ringName', where, isString, 'a ring name'),
+        };
+      }),
+      writeOnly: writeOnly as string[] | undefined,
+    },
+  };
+}

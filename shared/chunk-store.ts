@@ -1,0 +1,16 @@
+/**
+ * Where chunks live between the dumper and the populator: a local directory for the
+ * embedded default, S3 at fleet scale. Names are `/`-separated paths relative to the store.
+ */
+export interface ChunkStore {
+  /** Writes a chunk whole: a reader never sees part of one. Overwrites (a redone chunk is the same chunk). */
+  put(name: string, body: Buffer, signal?: AbortSignal): Promise<void>;
+  /** Throws CachewarmError CHUNK_MISSING when there is no such chunk. */
+  get(name: string, signal?: AbortSignal): Promise<Buffer>;
+  /** Removing a chunk that is not there is not an error. */
+  delete(name: string, signal?: AbortSignal): Promise<void>;
+  /** Names under a prefix, sorted. */
+  list(prefix: string, signal?: AbortSignal): Promise<string[]>;
+  /** Where a chunk is, for messages a person reads (a path, an s3:// URL). */
+  describe(name: string): string;
+}

@@ -1,0 +1,63 @@
+/** What one source node's dump did; read live by progress reports, summed in the summary. */
+export interface DumpCounters {
+  /** Keys the crawler listed (a live walk may list a key twice). */
+  listed: number;
+  /** Already expired when listed or read: never copied. */
+  expired: number;
+  /** Left out by the key filter (an instance warm copies one node's keys only). */
+  filtered: number;
+  /** Deleted or evicted between the crawl and the read. */
+  gone: number;
+  /** Items read with their value and written to data chunks. */
+  read: number;
+  bytesRead: number;
+  dataChunks: number;
+}
+
+/** What the populators did to one target node. */
+export interface WriteCounters {
+  stored: number;
+  /** The target already had the key, newer than the warm's copy: kept, never replaced. */
+  existed: number;
+  /** Expired while waiting in a chunk: skipped rather than written with a wrong TTL. */
+  expired: number;
+  /** Refused by the target (too large, out of memory) or lost to a node that stayed down. */
+  failed: number;
+  bytesWritten: number;
+}
+
+export function newDumpCounters(): DumpCounters {
+  return { listed: 0, expired: 0, filtered: 0, gone: 0, read: 0, bytesRead: 0, dataChunks: 0 };
+}
+
+export function newWriteCounters(): WriteCounters {
+  return { stored: 0, existed: 0, expired: 0, failed: 0, bytesWritten: 0 };
+}
+
+/** Write counters per target node address, created on first use. */
+export class WriteTally {
+  readonly byNode = new Map<string, WriteCounters>();
+
+  for(address: string): WriteCounters {
+    let counters = this.byNode.get(address);
+    if (!counters) {
+      counters = newWriteCounters();
+      this.byNode.set(address, counters);
+    }
+    return counters;
+  }
+
+  total(): WriteCounters {
+    const sum = newWriteCounters();
+    for (const c of this.byNode.values()) addInto(sum, c);
+    return sum;
+  }
+}
+
+export function addInto<T extends object>(sum: T, part: T): T {
+  const target = sum as Record<string, number>;
+  for (const [name, value] of Object.entries(part)) {
+    if (typeof value === 'number') target[name] = (target[name] ?? 0) + value;
+  }
+  return sum;
+}

@@ -1,0 +1,82 @@
+import { Reply, lineEnd, lineText, protocolError } from './connection.js';
+import { isRawSafeKey } from './keys.js';
+
+/** An item as it is written to a target: absolute expiry in unix seconds, 0 for none. */
+export interface WritableItem {
+  readonly key: Buffer;
+  readonly value: Buffer;
+  readonly flags: number;
+  readonly exptime: number;
+}
+
+export interface AddOutcome {
+  stored: number;
+  /** The target already held the key: left as it was, by design. */
+  existed: number;
+  /** memcached refused the item (too large, out of memory): `errors` says why. */
+  failed: number;
+  errors: string[];
+}
+
+const CRLF = Buffer.from('\r\n');
+const BASE64_FLAG = Buffer.from(' b');
+
+/**
+ * Builds pipelined `ms <key> <len> ME F<flags> T<exptime>` commands: mode E is add, so an
+ * item the target already holds (written by live traffic during the warm) is never replaced.
+ * The expiry is written as an absolute unix time, which memcached takes as such for any
+ * value above 30 days: it stays exact however long the item waited in a chunk.
+ */
+export function buildMetaAdds(items: readonly WritableItem[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const item of items) {
+    const raw = isRawSafeKey(item.key);
+    const ttl = item.exptime > 0 ? ` T${item.exptime}` : '';
+    parts.push(
+      Buffer.from('ms '),
+      raw ? item.key : Buffer.from(item.key.toString('base64')),
+      Buffer.from(` ${item.value.length} ME F${item.flags >>> 0}${ttl}`),
+    );
+    if (!raw) parts.push(BASE64_FLAG);
+    parts.push(CRLF, item.value, CRLF);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Reads one status line per `ms`: HD stored, NS not stored because it exists, or an error. */
+export class MetaAddReplies extends Reply<AddOutcome> {
+  private seen = 0;
+  private readonly outcome: AddOutcome = { stored: 0, existed: 0, failed: 0, errors: [] };
+
+  constructor(
+    private readonly count: number,
+    private readonly label: string,
+  ) {
+    super();
+    if (count === 0) this.finish(this.outcome);
+  }
+
+  read(buf: Buffer, pos: number): number {
+    while (this.seen < this.count) {
+      const end = lineEnd(buf, pos);
+      if (end < 0) return pos;
+      const c0 = buf[pos];
+      const c1 = buf[pos + 1];
+      if (c0 === 0x48 && c1 === 0x44) this.outcome.stored++;
+      else if (c0 === 0x4e && c1 === 0x53) this.outcome.existed++;
+      else if (c0 === 0x53 && c1 === 0x45) {
+        // SERVER_ERROR (object too large, out of memory): memcached swallowed the value,
+        // so the pipeline stays in step and only this item is lost.
+        this.outcome.failed++;
+        if (this.outcome.errors.length < 10) this.outcome.errors.push(lineText(buf, pos, end));
+      } else {
+        // CLIENT_ERROR or ERROR means the stream is out of step: nothing after it can be trusted.
+        throw protocolError(this.label, 'unexpected reply to ms', lineText(buf, pos, end));
+      }
+      this.seen++;
+      pos = end;
+    }
+    this.finish(this.outcome);
+    return pos;
+  }
+}

@@ -1,0 +1,95 @@
+import { Reply, lineEnd, lineText, protocolError } from './connection.js';
+import { isRawSafeKey } from './keys.js';
+
+/** What a pipelined fetch reports, item by item, in the order the keys were given. */
+export interface FetchSink {
+  /** `value` is only valid during the call: copy what you keep. `ttlSeconds` is -1 for no expiry. */
+  hit(index: number, value: Buffer, flags: number, ttlSeconds: number): void;
+  miss(index: number): void;
+}
+
+// `v f t` return value, client flags and remaining TTL; `u` leaves the item where it is in
+// the LRU, so a warm does not make every item of the source look freshly used.
+const GET_FLAGS = Buffer.from(' v f t u');
+const BASE64_FLAG = Buffer.from(' b');
+const MG = Buffer.from('mg ');
+const CRLF = Buffer.from('\r\n');
+
+/** Builds one buffer of pipelined `mg` commands for keys[start, end). */
+export function buildMetaGets(keys: readonly Buffer[], start: number, end: number): Buffer {
+  const parts: Buffer[] = [];
+  for (let i = start; i < end; i++) {
+    const key = keys[i] as Buffer;
+    parts.push(MG);
+    if (isRawSafeKey(key)) {
+      parts.push(key, GET_FLAGS);
+    } else {
+      parts.push(Buffer.from(key.toString('base64')), GET_FLAGS, BASE64_FLAG);
+    }
+    parts.push(CRLF);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Reads `count` pipelined `mg ... v f t` replies: `VA <len> f<flags> t<ttl>` + data, or `EN`. */
+export class MetaGetReplies extends Reply<void> {
+  private index = 0;
+
+  constructor(
+    private readonly count: number,
+    private readonly sink: FetchSink,
+    private readonly label: string,
+  ) {
+    super();
+    if (count === 0) this.finish();
+  }
+
+  read(buf: Buffer, pos: number): number {
+    while (this.index < this.count) {
+      const end = lineEnd(buf, pos);
+      if (end < 0) return pos;
+      const c0 = buf[pos];
+      const c1 = buf[pos + 1];
+      if (c0 === 0x45 && c1 === 0x4e) {
+        // EN: miss (gone, or expired since the crawl saw it)
+        this.sink.miss(this.index++);
+        pos = end;
+        continue;
+      }
+      if (c0 !== 0x56 || c1 !== 0x41) throw protocolError(this.label, 'unexpected reply to mg', lineText(buf, pos, end));
+      // VA <len> <flags>*\r\n
+      let i = pos + 3;
+      let length = 0;
+      for (let b = buf[i] as number; b >= 0x30 && b <= 0x39; b = buf[++i] as number) length = length * 10 + (b - 0x30);
+      let flags = 0;
+      let ttl = -1;
+      while (i < end) {
+        const b = buf[i] as number;
+        if (b === 0x20) {
+          const tag = buf[i + 1];
+          i += 2;
+          let negative = false;
+          if (buf[i] === 0x2d) {
+            negative = true;
+            i++;
+          }
+          let n = 0;
+          for (let d = buf[i] as number; d >= 0x30 && d <= 0x39; d = buf[++i] as number) n = n * 10 + (d - 0x30);
+          if (tag === 0x66) flags = n;
+          else if (tag === 0x74) ttl = negative ? -n : n;
+        } else {
+          i++;
+        }
+      }
+      const dataEnd = end + length + 2;
+      if (dataEnd > buf.length) {
+        this.wantBytes = dataEnd - pos;
+        return pos;
+      }
+      this.sink.hit(this.index++, buf.subarray(end, end + length), flags >>> 0, ttl);
+      pos = dataEnd;
+    }
+    this.finish();
+    return pos;
+  }
+}

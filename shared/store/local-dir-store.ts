@@ -1,0 +1,64 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import type { ChunkStore } from '../chunk-store.js';
+import { CachewarmError } from '../errors.js';
+
+/** Chunks as files under a directory: the embedded default's store. */
+export class LocalDirStore implements ChunkStore {
+  constructor(readonly root: string) {}
+
+  describe(name: string): string {
+    return this.pathOf(name);
+  }
+
+  async put(name: string, body: Buffer, signal?: AbortSignal): Promise<void> {
+    const file = this.pathOf(name);
+    await mkdir(path.dirname(file), { recursive: true });
+    // Write then rename: a crash mid-write leaves a stray temp file, never a short chunk.
+    const temp = `${file}.${randomBytes(4).toString('hex')}.partial`;
+    await writeFile(temp, body, { signal });
+    await rename(temp, file);
+  }
+
+  async get(name: string, signal?: AbortSignal): Promise<Buffer> {
+    try {
+      return await readFile(this.pathOf(name), { signal });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new CachewarmError('CHUNK_MISSING', `chunk ${name} is not in ${this.root}`, { chunk: name }, { cause: error });
+      }
+      throw error;
+    }
+  }
+
+  async delete(name: string): Promise<void> {
+    await rm(this.pathOf(name), { force: true });
+  }
+
+  async list(prefix: string): Promise<string[]> {
+    const dir = prefix.replace(/\/+$/, '');
+    const base = this.pathOf(dir);
+    try {
+      const entries = await readdir(base, { recursive: true, withFileTypes: true });
+      return entries
+        .filter((entry) => entry.isFile() && !entry.name.endsWith('.partial'))
+        .map((entry) => {
+          const relative = path.relative(base, path.join(entry.parentPath ?? entry.path, entry.name));
+          return path.posix.join(dir, ...relative.split(path.sep));
+        })
+        .sort();
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw error;
+    }
+  }
+
+  private pathOf(name: string): string {
+    const normalized = path.posix.normalize(name);
+    if (normalized.startsWith('..') || path.posix.isAbsolute(normalized)) {
+      throw new CachewarmError('INVALID_ARGUMENT', `chunk name ${JSON.stringify(name)} points outside the store`, { chunk: name });
+    }
+    return path.join(this.root, ...normalized.split('/'));
+  }
+}
