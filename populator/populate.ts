@@ -1,14 +1,13 @@
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
-import { type DataItem, decodeDataChunk } from '../shared/chunk-format.js';
+import { chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { WriteTally } from '../shared/counters.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
-import { hasExpired } from '../shared/expiry.js';
-import { KetamaRing } from '../shared/ketama.js';
-import { type RetryPolicy, DEFAULT_RETRY, addToNode } from './add-to-node.js';
+import { type RetryPolicy, DEFAULT_RETRY } from './add-to-node.js';
 import type { TargetConnections } from './target-connections.js';
+import { type TargetNodeRing, ringOfTarget, writeToRing } from './write-to-ring.js';
 
 export interface PopulatorOptions {
   readonly queue: ChunkQueue;
@@ -27,7 +26,6 @@ export interface PopulatorOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
-type Ring = KetamaRing<TargetRing['nodes'][number]>;
 
 /**
  * Drains the queue: each message's chunk is downloaded, verified, routed item by item over
@@ -38,13 +36,13 @@ type Ring = KetamaRing<TargetRing['nodes'][number]>;
 export async function runPopulator(options: PopulatorOptions): Promise<void> {
   const { queue, store, clock, tally, concurrency = 4, writeBatchBytes = 256 << 10, signal } = options;
   const retry = options.retry ?? DEFAULT_RETRY;
-  const rings = new Map<string, Ring>();
+  const rings = new Map<string, TargetNodeRing>();
 
-  function ringFor(target: TargetRing): Ring {
+  function ringFor(target: TargetRing): TargetNodeRing {
     const id = JSON.stringify([target.hashing, target.nodes]);
     let ring = rings.get(id);
     if (!ring) {
-      ring = new KetamaRing(target.nodes, (node) => node.ringName);
+      ring = ringOfTarget(target);
       rings.set(id, ring);
     }
     return ring;
@@ -54,44 +52,20 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     const where = store.describe(message.chunk.name);
     const body = await store.get(message.chunk.name, signal);
     const items = decodeDataChunk(body, where);
-    if (body.readUInt32LE(16) !== message.chunk.crc32 || items.length !== message.chunk.items) {
+    if (chunkHeader(body).crc32 !== message.chunk.crc32 || items.length !== message.chunk.items) {
       throw new CachewarmError('CHUNK_CORRUPT', `chunk ${where} does not match its message (checksum or item count)`, {
         chunk: message.chunk.name,
       });
     }
-    const ring = ringFor(message.target);
-    const writeOnly = message.target.writeOnly ? new Set(message.target.writeOnly) : undefined;
-    const perNode: DataItem[][] = ring.nodes.map(() => []);
-    const now = Math.floor(clock.now() / 1000);
-    for (const item of items) {
-      const index = ring.indexFor(item.key);
-      const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
-      // An instance warm's dumper already filtered by this ring; this keeps a stray
-      // message from writing to a node the job must not touch.
-      if (writeOnly && !writeOnly.has(address)) continue;
-      if (hasExpired(item.exptime, now)) tally.for(address).expired++;
-      else (perNode[index] as DataItem[]).push(item);
-    }
-    await Promise.all(
-      perNode.map((nodeItems, index) => {
-        if (nodeItems.length === 0) return undefined;
-        const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
-        const counters = tally.for(address);
-        return addToNode(address, nodeItems, {
-          connections: options.connections,
-          clock,
-          batchBytes: writeBatchBytes,
-          retry,
-          signal,
-          onOutcome: (outcome, bytes) => {
-            counters.stored += outcome.stored;
-            counters.existed += outcome.existed;
-            counters.failed += outcome.failed;
-            counters.bytesWritten += bytes;
-          },
-        });
-      }),
-    );
+    await writeToRing(items, ringFor(message.target), {
+      connections: options.connections,
+      clock,
+      tally,
+      batchBytes: writeBatchBytes,
+      retry,
+      writeOnly: message.target.writeOnly,
+      signal,
+    });
   }
 
   async function handle(delivery: Delivery): Promise<void> {

@@ -1,0 +1,164 @@
+#!/usr/bin/env node
+import { Command, InvalidArgumentError, Option } from 'commander';
+import os from 'node:os';
+import path from 'node:path';
+import { runDemo } from '../controller/demo.js';
+import { progressLine, summaryText } from '../controller/report.js';
+import { type WarmProgress, warmReplica } from '../controller/warm-replica.js';
+import { systemClock } from '../shared/clock.js';
+import { isCachewarmError } from '../shared/errors.js';
+import { loadTopology } from '../shared/topology.js';
+import { parseByteSize, parsePositiveInt } from '../shared/units.js';
+
+/** Exit codes, documented in the README. */
+const EXIT = { ok: 0, incomplete: 1, usage: 2, interrupted: 130 } as const;
+
+function asArgument<T>(parse: (text: string) => T): (text: string) => T {
+  return (text) => {
+    try {
+      return parse(text);
+    } catch (error) {
+      throw new InvalidArgumentError((error as Error).message);
+    }
+  };
+}
+
+const byteSize = asArgument(parseByteSize);
+const positiveInt = asArgument((text) => parsePositiveInt(text, 'value'));
+
+/**
+ * Progress on stderr: one line rewritten in place on a terminal, a log line every
+ * `everyMs` otherwise (cron, CI, a pipe), so logs stay readable.
+ */
+function progressPrinter(): { onProgress: (p: WarmProgress) => void; done: () => void } {
+  const tty = process.stderr.isTTY === true;
+  let last = 0;
+  return {
+    onProgress: (p) => {
+      if (tty) {
+        process.stderr.write(`\r\x1b[2K${progressLine(p)}`);
+      } else if (p.elapsedMs - last >= 10_000) {
+        last = p.elapsedMs;
+        process.stderr.write(`${new Date().toISOString()} ${progressLine(p)}\n`);
+      }
+    },
+    done: () => {
+      if (tty) process.stderr.write('\n');
+    },
+  };
+}
+
+function interruptSignal(): AbortSignal {
+  const controller = new AbortController();
+  const onSignal = (name: string): void => {
+    process.stderr.write(`\n${name}: stopping; the job's record stays in the work directory\n`);
+    controller.abort(Object.assign(new Error(`interrupted by ${name}`), { code: 'ABORTED' }));
+  };
+  process.once('SIGINT', () => onSignal('SIGINT'));
+  process.once('SIGTERM', () => onSignal('SIGTERM'));
+  return controller.signal;
+}
+
+const defaultWorkDir = path.join(os.tmpdir(), 'cachewarm');
+
+const program = new Command()
+  .name('cachewarm')
+  .description('Warms memcached replicas: copies live items into a new or emptied replica, add-only.')
+  .showHelpAfterError('(run with --help for usage)');
+
+const warm = program.command('warm').description('start a warm');
+
+warm
+  .command('replica')
+  .description('fill a replica with every live item of another replica')
+  .requiredOption('--topology <file>', 'topology file (JSON or YAML)')
+  .requiredOption('--target <replica>', 'the replica to fill')
+  .option('--source <replica>', "the replica to copy from, or 'auto' for the fullest reachable one", 'auto')
+  .option('--work-dir <dir>', 'where chunks and the job record are kept', defaultWorkDir)
+  .option('--job-id <id>', 'name the job (default: generated)')
+  .addOption(new Option('--chunk-size <size>', 'data chunk size, e.g. 16MiB').argParser(byteSize).default(16 << 20, '16MiB'))
+  .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
+  .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node').argParser(positiveInt).default(2))
+  .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
+  .option('--keep-chunks', 'keep chunks in the work directory after they are written')
+  .option('--json', 'print the summary as one JSON object')
+  .action(async (opts: {
+    topology: string;
+    target: string;
+    source: string;
+    workDir: string;
+    jobId?: string;
+    chunkSize: number;
+    maxOps?: number;
+    fetchConcurrency: number;
+    populateConcurrency: number;
+    keepChunks?: boolean;
+    json?: boolean;
+  }) => {
+    const topology = await loadTopology(opts.topology);
+    const printer = progressPrinter();
+    const summary = await warmReplica({
+      topology,
+      target: opts.target,
+      source: opts.source,
+      workDir: opts.workDir,
+      jobId: opts.jobId,
+      chunkSizeBytes: opts.chunkSize,
+      maxOpsPerNode: opts.maxOps,
+      fetchConcurrency: opts.fetchConcurrency,
+      populateConcurrency: opts.populateConcurrency,
+      keepChunks: opts.keepChunks === true,
+      clock: systemClock,
+      signal: interruptSignal(),
+      onProgress: opts.json ? undefined : printer.onProgress,
+    }).finally(printer.done);
+    process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);
+    process.exitCode = summary.complete ? EXIT.ok : EXIT.incomplete;
+  });
+
+program
+  .command('demo')
+  .description('start a local demo cluster (two replicas on loopback), load it, warm one replica from the other, verify, stop')
+  .addOption(new Option('--items <n>', 'items loaded into the source replica').argParser(positiveInt).default(100_000))
+  .addOption(new Option('--value-size <size>', 'bytes per value').argParser(byteSize).default(512, '512B'))
+  .addOption(new Option('--source-nodes <n>', 'nodes in the source replica').argParser(positiveInt).default(3))
+  .addOption(new Option('--target-nodes <n>', 'nodes in the target replica').argParser(positiveInt).default(4))
+  .addOption(new Option('--chunk-size <size>', 'data chunk size').argParser(byteSize).default(4 << 20, '4MiB'))
+  .option('--work-dir <dir>', 'where chunks and the job record are kept', path.join(defaultWorkDir, 'demo'))
+  .action(async (opts: { items: number; valueSize: number; sourceNodes: number; targetNodes: number; chunkSize: number; workDir: string }) => {
+    const printer = progressPrinter();
+    const { summary, verify } = await runDemo({
+      items: opts.items,
+      valueBytes: opts.valueSize,
+      sourceNodes: opts.sourceNodes,
+      targetNodes: opts.targetNodes,
+      chunkSizeBytes: opts.chunkSize,
+      workDir: opts.workDir,
+      clock: systemClock,
+      log: (line) => process.stderr.write(`${line}\n`),
+      onProgress: printer.onProgress,
+      signal: interruptSignal(),
+    }).finally(printer.done);
+    process.stdout.write(`${summaryText(summary)}\n\n`);
+    process.stdout.write(
+      `verify: ${verify.matched.toLocaleString('en-US')} of ${verify.checked.toLocaleString('en-US')} items identical on the node the target ring names` +
+        ` (value, flags, expiry); missing ${verify.missing}, different ${verify.mismatched}\n`,
+    );
+    for (const example of verify.examples) process.stdout.write(`  ${example}\n`);
+    const ok = summary.complete && verify.matched === verify.checked;
+    process.exitCode = ok ? EXIT.ok : EXIT.incomplete;
+  });
+
+program.parseAsync(process.argv).catch((error: unknown) => {
+  if (isCachewarmError(error)) {
+    process.stderr.write(`cachewarm: ${error.message} [${error.code}]\n`);
+    const usage = error.code === 'TOPOLOGY_INVALID' || error.code === 'INVALID_ARGUMENT';
+    process.exitCode = usage ? EXIT.usage : error.code === 'ABORTED' ? EXIT.interrupted : EXIT.incomplete;
+  } else if ((error as { code?: string }).code === 'ABORTED') {
+    process.stderr.write(`cachewarm: ${(error as Error).message}\n`);
+    process.exitCode = EXIT.interrupted;
+  } else {
+    process.stderr.write(`cachewarm: ${(error as Error)?.stack ?? String(error)}\n`);
+    process.exitCode = EXIT.incomplete;
+  }
+});

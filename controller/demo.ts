@@ -1,0 +1,91 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { connectDirect } from '../dumper/dump-node.js';
+import { TargetConnections } from '../populator/target-connections.js';
+import { ringOfTarget, writeToRing } from '../populator/write-to-ring.js';
+import type { Clock } from '../shared/clock.js';
+import { WriteTally } from '../shared/counters.js';
+import { CachewarmError } from '../shared/errors.js';
+import { type MemcachedProcess, startMemcachedCluster } from '../shared/local-memcached.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { parseTopology } from '../shared/topology.js';
+import { type VerifyReport, verifyCopy } from './verify-copy.js';
+import { type WarmProgress, type WarmSummary, targetRingOf, warmReplica } from './warm-replica.js';
+
+export interface DemoOptions {
+  readonly items: number;
+  readonly valueBytes: number;
+  readonly sourceNodes: number;
+  readonly targetNodes: number;
+  readonly workDir: string;
+  readonly chunkSizeBytes: number;
+  readonly clock: Clock;
+  readonly log: (line: string) => void;
+  readonly onProgress?: (progress: WarmProgress) => void;
+  readonly signal?: AbortSignal | undefined;
+}
+
+export interface DemoResult {
+  readonly summary: WarmSummary;
+  readonly verify: VerifyReport;
+}
+
+/**
+ * The main job on a local demo cluster: two replicas of real memcached processes on
+ * loopback, the first loaded with sample items, warmed into the second, then checked item by
+ * item. Every process started is stopped at the end, whatever happens.
+ */
+export async function runDemo(options: DemoOptions): Promise<DemoResult> {
+  const { log, clock } = options;
+  const servers: MemcachedProcess[] = [];
+  try {
+    log(`starting ${options.sourceNodes} + ${options.targetNodes} memcached processes on 127.0.0.1`);
+    servers.push(...(await startMemcachedCluster(options.sourceNodes + options.targetNodes, { memoryMb: 256 })));
+    const document = {
+      hashing: 'spymemcached',
+      replicas: {
+        'demo-a': { nodes: servers.slice(0, options.sourceNodes).map((s) => ({ address: s.address })) },
+        'demo-b': { nodes: servers.slice(options.sourceNodes).map((s) => ({ address: s.address })) },
+      },
+    };
+    await mkdir(options.workDir, { recursive: true });
+    const topologyFile = path.join(options.workDir, 'demo-topology.json');
+    await writeFile(topologyFile, `${JSON.stringify(document, null, 2)}\n`);
+    const topology = parseTopology(document, topologyFile);
+    log(`topology written to ${topologyFile}`);
+
+    const nowSeconds = Math.floor(clock.now() / 1000);
+    const items = sampleItems({ count: options.items, valueBytes: options.valueBytes, nowSeconds });
+    log(`loading ${items.length.toLocaleString('en-US')} items of ${options.valueBytes} bytes into demo-a`);
+    const connections = new TargetConnections(connectDirect, 1);
+    const tally = new WriteTally();
+    try {
+      await writeToRing(items, ringOfTarget(targetRingOf(topology, 'demo-a')), { connections, clock, tally, signal: options.signal });
+    } finally {
+      await connections.close();
+    }
+    if (tally.total().stored !== items.length) {
+      throw new CachewarmError('JOB_FAILED', `loading demo-a stored ${tally.total().stored} of ${items.length} items`);
+    }
+
+    log('warming demo-b from demo-a');
+    const summary = await warmReplica({
+      topology,
+      target: 'demo-b',
+      source: 'auto',
+      workDir: options.workDir,
+      chunkSizeBytes: options.chunkSizeBytes,
+      clock,
+      onProgress: options.onProgress,
+      signal: options.signal,
+    });
+    log('verifying every item on the node demo-b\'s ring names for it');
+    const verify = await verifyCopy(items, targetRingOf(topology, 'demo-b'), {
+      connect: connectDirect,
+      nowSeconds: Math.floor(clock.now() / 1000),
+    });
+    return { summary, verify };
+  } finally {
+    await Promise.allSettled(servers.map((s) => s.stop()));
+  }
+}

@@ -1,0 +1,52 @@
+import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
+import type { WarmProgress, WarmSummary } from './warm-replica.js';
+
+/** One progress line: what was dumped and written so far, the rate, and the ETA. */
+export function progressLine(p: WarmProgress): string {
+  const seconds = Math.max(p.elapsedMs / 1000, 0.001);
+  const handled = p.written.stored + p.written.existed + p.written.expired + p.written.failed;
+  const rate = handled / seconds;
+  const remaining = Math.max(0, p.expectedItems - handled - p.dumped.expired - p.dumped.gone - p.dumped.filtered);
+  const eta = rate > 0 && p.expectedItems > 0 ? formatDuration((remaining / rate) * 1000) : '?';
+  return [
+    `dumped ${p.dumped.read.toLocaleString('en-US')} items (${formatBytes(p.dumped.bytesRead)})`,
+    `written ${p.written.stored.toLocaleString('en-US')} (+${p.written.existed.toLocaleString('en-US')} present)`,
+    `${formatRate(rate)} items, ${formatBytes(p.written.bytesWritten / seconds)}/s`,
+    `queue ${p.queueDepth}`,
+    `elapsed ${formatDuration(p.elapsedMs)}`,
+    `eta ${eta}`,
+  ].join(' | ');
+}
+
+function table(header: string[], rows: (string | number)[][]): string {
+  const cells = [header, ...rows.map((r) => r.map((c) => (typeof c === 'number' ? c.toLocaleString('en-US') : c)))];
+  const widths = header.map((_, i) => Math.max(...cells.map((r) => (r[i] as string).length)));
+  return cells
+    .map((r) => r.map((c, i) => (i === 0 ? (c as string).padEnd(widths[i] as number) : (c as string).padStart(widths[i] as number))).join('  '))
+    .join('\n');
+}
+
+/** The end-of-warm summary a person reads: per node, what happened to every item. */
+export function summaryText(s: WarmSummary): string {
+  const seconds = Math.max(s.durationMs / 1000, 0.001);
+  const stored = s.targetNodes.reduce((sum, n) => sum + n.stored, 0);
+  const bytes = s.targetNodes.reduce((sum, n) => sum + n.bytesWritten, 0);
+  const lines = [
+    `job ${s.jobId}: ${s.source} -> ${s.target} ${s.complete ? 'completed' : 'INCOMPLETE'} in ${formatDuration(s.durationMs)}` +
+      ` (${formatRate(stored / seconds)} items, ${formatBytes(bytes / seconds)}/s written)`,
+    '',
+    'source nodes',
+    table(
+      ['node', 'listed', 'read', 'expired', 'gone', 'filtered', 'bytes read', 'chunks'],
+      s.sourceNodes.map((n) => [n.node, n.listed, n.read, n.expired, n.gone, n.filtered, formatBytes(n.bytesRead), n.dataChunks]),
+    ),
+    '',
+    'target nodes',
+    table(
+      ['node', 'written', 'already present', 'expired', 'failed', 'bytes written'],
+      s.targetNodes.map((n) => [n.node, n.stored, n.existed, n.expired, n.failed, formatBytes(n.bytesWritten)]),
+    ),
+  ];
+  for (const p of s.parked) lines.push(`parked chunk ${p.chunk}: ${p.reason}`);
+  return lines.join('\n');
+}

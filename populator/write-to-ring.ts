@@ -1,0 +1,66 @@
+import type { TargetRing } from '../shared/chunk-message.js';
+import type { Clock } from '../shared/clock.js';
+import type { WriteTally } from '../shared/counters.js';
+import { hasExpired } from '../shared/expiry.js';
+import { KetamaRing } from '../shared/ketama.js';
+import type { WritableItem } from '../shared/memcached/meta-add.js';
+import { type RetryPolicy, DEFAULT_RETRY, addToNode } from './add-to-node.js';
+import type { TargetConnections } from './target-connections.js';
+
+export type TargetNodeRing = KetamaRing<TargetRing['nodes'][number]>;
+
+export function ringOfTarget(target: TargetRing): TargetNodeRing {
+  return new KetamaRing(target.nodes, (node) => node.ringName);
+}
+
+export interface WriteToRingOptions {
+  readonly connections: TargetConnections;
+  readonly clock: Clock;
+  readonly tally: WriteTally;
+  readonly batchBytes?: number;
+  readonly retry?: RetryPolicy;
+  /** Addresses that may be written; items that hash elsewhere are left out. */
+  readonly writeOnly?: readonly string[] | undefined;
+  readonly signal?: AbortSignal | undefined;
+}
+
+/**
+ * Routes items over a ring and adds each to the node its clients will look in, all nodes
+ * at once. Items already expired are counted and skipped: writing them would either
+ * resurrect nothing or, with a relative TTL, resurrect them.
+ */
+export async function writeToRing(items: readonly WritableItem[], ring: TargetNodeRing, options: WriteToRingOptions): Promise<void> {
+  const { tally, writeOnly } = options;
+  const allowed = writeOnly ? new Set(writeOnly) : undefined;
+  const perNode: WritableItem[][] = ring.nodes.map(() => []);
+  const now = Math.floor(options.clock.now() / 1000);
+  for (const item of items) {
+    const index = ring.indexFor(item.key);
+    const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
+    // An instance warm's dumper already filtered by this ring; this keeps a stray message
+    // from writing to a node the job must not touch.
+    if (allowed && !allowed.has(address)) continue;
+    if (hasExpired(item.exptime, now)) tally.for(address).expired++;
+    else (perNode[index] as WritableItem[]).push(item);
+  }
+  await Promise.all(
+    perNode.map(async (nodeItems, index) => {
+      if (nodeItems.length === 0) return;
+      const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
+      const counters = tally.for(address);
+      await addToNode(address, nodeItems, {
+        connections: options.connections,
+        clock: options.clock,
+        batchBytes: options.batchBytes ?? 256 << 10,
+        retry: options.retry ?? DEFAULT_RETRY,
+        signal: options.signal,
+        onOutcome: (outcome, bytes) => {
+          counters.stored += outcome.stored;
+          counters.existed += outcome.existed;
+          counters.failed += outcome.failed;
+          counters.bytesWritten += bytes;
+        },
+      });
+    }),
+  );
+}
