@@ -6,8 +6,10 @@ import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { absoluteExpiry, hasExpired } from '../shared/expiry.js';
 import { MemcachedConnection, type Endpoint } from '../shared/memcached/connection.js';
-import { type CrawlMode, type KeyBatch, crawlKeys } from '../shared/memcached/crawler.js';
+import { stats, version } from '../shared/memcached/commands.js';
+import { type CrawlMode, type KeyBatch, crawlKeys, crawlModeFor } from '../shared/memcached/crawler.js';
 import { type FetchSink, MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
+import { SeenKeys } from '../shared/seen-keys.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
 
 export type Connect = (endpoint: Endpoint, signal?: AbortSignal) => Promise<MemcachedConnection>;
@@ -40,6 +42,15 @@ export interface DumpNodeOptions {
   /** Only keys for which this returns true are copied (an instance warm's ring filter). */
   readonly keyFilter?: ((key: Buffer) => boolean) | undefined;
   readonly crawlMode?: CrawlMode | undefined;
+  /**
+   * Crawl passes. `metadump all` walks the LRUs and misses items that move between them
+   * during the walk (a freshly written item moving from HOT to COLD, say), so in that mode a
+   * second pass lists the keys again and copies those the first did not see. Default: 2 in
+   * `all` mode, 1 in `hash` mode, which walks the hash table and misses nothing.
+   */
+  readonly crawlPasses?: number;
+  /** Memory for remembering the first pass's keys (a Bloom filter). */
+  readonly seenKeysMaxBytes?: number;
   readonly counters?: DumpCounters;
   readonly onDataChunk?: (message: ChunkMessage) => void;
   readonly signal?: AbortSignal | undefined;
@@ -55,6 +66,20 @@ function nodeDirectory(node: SourceNode): string {
 }
 
 const pad = (n: number, width: number): string => String(n).padStart(width, '0');
+
+/** The keys of a later pass that the earlier passes did not list; remembers them too. */
+function unseen(batch: KeyBatch, seen: SeenKeys | undefined): KeyBatch {
+  const keys: Buffer[] = [];
+  const exptimes: number[] = [];
+  const sizes: number[] = [];
+  batch.keys.forEach((key, i) => {
+    if (seen?.add(key)) return;
+    keys.push(key);
+    exptimes.push(batch.exptimes[i] as number);
+    sizes.push(batch.sizes[i] as number);
+  });
+  return { keys, exptimes, sizes };
+}
 
 /**
  * Dumps one source node: crawls its keys into key chunks, reads their values (without
@@ -186,28 +211,40 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     const running = new Set<Promise<void>>();
     let failure: unknown;
     let seq = 0;
-    for await (const listed of crawlKeys(crawlConnection, { batchKeys: keysPerChunk, clock, signal, mode: options.crawlMode })) {
-      counters.listed += listed.keys.length;
-      const batch = select(listed);
-      if (batch.keys.length === 0) continue;
-      const keyChunk = `${directory}/keys-${pad(seq, 6)}.chunk`;
-      const chunkSeq = seq++;
-      await storeKeyChunk(keyChunk, batch);
-      while (idle.length === 0 && failure === undefined) await Promise.race(running);
-      if (failure !== undefined) break;
-      const worker = idle.pop() as (typeof workers)[number];
-      const task = fetchKeyChunk(worker.conn, worker.builder, chunkSeq, batch)
-        .then(() => store.delete(keyChunk, signal))
-        .then(
-          () => {
-            idle.push(worker);
-          },
-          (error: unknown) => {
-            failure ??= error;
-          },
-        )
-        .finally(() => running.delete(task));
-      running.add(task);
+    const mode = options.crawlMode ?? crawlModeFor(await version(crawlConnection));
+    const passes = options.crawlPasses ?? (mode === 'all' ? 2 : 1);
+    const expectedKeys = Number((await stats(crawlConnection)).get('curr_items') ?? 0);
+    const seen = passes > 1 ? new SeenKeys(expectedKeys * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
+    for (let pass = 1; pass <= passes && failure === undefined; pass++) {
+      let found = 0;
+      for await (const listed of crawlKeys(crawlConnection, { batchKeys: keysPerChunk, clock, signal, mode })) {
+        const fresh = pass === 1 ? listed : unseen(listed, seen);
+        if (pass === 1) for (const key of listed.keys) seen?.add(key);
+        else counters.caughtUp += fresh.keys.length;
+        counters.listed += fresh.keys.length;
+        found += fresh.keys.length;
+        const batch = select(fresh);
+        if (batch.keys.length === 0) continue;
+        const keyChunk = `${directory}/keys-${pad(seq, 6)}.chunk`;
+        const chunkSeq = seq++;
+        await storeKeyChunk(keyChunk, batch);
+        while (idle.length === 0 && failure === undefined) await Promise.race(running);
+        if (failure !== undefined) break;
+        const worker = idle.pop() as (typeof workers)[number];
+        const task = fetchKeyChunk(worker.conn, worker.builder, chunkSeq, batch)
+          .then(() => store.delete(keyChunk, signal))
+          .then(
+            () => {
+              idle.push(worker);
+            },
+            (error: unknown) => {
+              failure ??= error;
+            },
+          )
+          .finally(() => running.delete(task));
+        running.add(task);
+      }
+      if (pass > 1 && found === 0) break;
     }
     await Promise.all(running);
     if (failure !== undefined) throw failure;

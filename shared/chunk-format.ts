@@ -206,6 +206,7 @@ export function decodeKeyChunk(chunk: Buffer, where: string): KeyItem[] {
   const items: KeyItem[] = new Array<KeyItem>(count);
   let at = HEADER_BYTES;
   for (let i = 0; i < count; i++) {
+    if (at + KEY_RECORD_OVERHEAD > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
     const keyBytes = chunk[at] as number;
     const end = at + KEY_RECORD_OVERHEAD + keyBytes;
     if (keyBytes === 0 || end > chunk.length) throw corrupt(where, `record ${i} runs past the end`);

@@ -2,6 +2,8 @@
 export interface DumpCounters {
   /** Keys the crawler listed (a live walk may list a key twice). */
   listed: number;
+  /** Of those, keys only a catch-up pass found (items that moved between LRUs during the first). */
+  caughtUp: number;
   /** Already expired when listed or read: never copied. */
   expired: number;
   /** Left out by the key filter (an instance warm copies one node's keys only). */
@@ -27,7 +29,7 @@ export interface WriteCounters {
 }
 
 export function newDumpCounters(): DumpCounters {
-  return { listed: 0, expired: 0, filtered: 0, gone: 0, read: 0, bytesRead: 0, dataChunks: 0 };
+  return { listed: 0, caughtUp: 0, expired: 0, filtered: 0, gone: 0, read: 0, bytesRead: 0, dataChunks: 0 };
 }
 
 export function newWriteCounters(): WriteCounters {
