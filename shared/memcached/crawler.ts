@@ -153,12 +153,22 @@ export async function* crawlKeys(conn: MemcachedConnection, options: CrawlOption
         }
         if (reply.done && finished === undefined) await reply.promise; // rethrows the failure
         if (reply.keys.length > 0 && (reply.keys.length >= batchKeys || finished !== undefined)) {
-          const batch: KeyBatch = { keys: reply.keys, exptimes: reply.exptimes, sizes: reply.sizes };
-          reply.keys = [];
-          reply.exptimes = [];
-          reply.sizes = [];
+          let batch: KeyBatch;
+          if (reply.keys.length <= batchKeys) {
+            batch = { keys: reply.keys, exptimes: reply.exptimes, sizes: reply.sizes };
+            reply.keys = [];
+            reply.exptimes = [];
+            reply.sizes = [];
+          } else {
+            // One socket read can carry many more lines than the batch still had room for.
+            batch = {
+              keys: reply.keys.splice(0, batchKeys),
+              exptimes: reply.exptimes.splice(0, batchKeys),
+              sizes: reply.sizes.splice(0, batchKeys),
+            };
+          }
           yield batch;
-          conn.resume();
+          if (reply.keys.length < batchKeys) conn.resume();
         }
         if (finished !== undefined && reply.keys.length === 0) break;
       }

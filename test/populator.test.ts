@@ -1,0 +1,135 @@
+import assert from 'node:assert/strict';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { targetRingOf } from '../controller/warm-replica.js';
+import { connectDirect } from '../dumper/dump-node.js';
+import { runPopulator } from '../populator/populate.js';
+import { TargetConnections } from '../populator/target-connections.js';
+import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
+import { type ChunkMessage, type TargetRing, parseChunkMessage } from '../shared/chunk-message.js';
+import { systemClock } from '../shared/clock.js';
+import { WriteTally } from '../shared/counters.js';
+import { CachewarmError } from '../shared/errors.js';
+import { MemoryQueue } from '../shared/queue/memory-queue.js';
+import { LocalDirStore } from '../shared/store/local-dir-store.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { type Cluster, nowSeconds, readFrom, startCluster } from './support/cluster.js';
+
+function dataChunk(items: ReturnType<typeof sampleItems>): Buffer {
+  const builder = new ChunkBuilder('data', 1 << 20);
+  for (const item of items) builder.addData(item.key, item.value, item.flags, item.exptime);
+  return builder.seal();
+}
+
+function messageFor(name: string, chunk: Buffer, target: TargetRing): ChunkMessage {
+  const { items, crc32 } = chunkHeader(chunk);
+  return { version: 1, jobId: 'job', source: 'a/x', chunk: { name, bytes: chunk.length, items, crc32 }, target };
+}
+
+async function populate(cluster: Cluster, store: LocalDirStore, queue: MemoryQueue, retry = { attempts: 2, baseDelayMs: 10, maxDelayMs: 20 }) {
+  const tally = new WriteTally();
+  const connections = new TargetConnections(connectDirect, 1);
+  queue.close();
+  try {
+    await runPopulator({ queue, store, connections, clock: systemClock, tally, retry });
+  } finally {
+    await connections.close();
+  }
+  return tally;
+}
+
+describe('the populator', () => {
+  test('parks a corrupt, a truncated and a missing chunk with the reason, and writes the rest', async () => {
+    const cluster = await startCluster({ b: 2 });
+    try {
+      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-pop-')));
+      const queue = new MemoryQueue({ capacity: 10 });
+      const target = targetRingOf(cluster.topology, 'b');
+      const good = sampleItems({ count: 1_000, valueBytes: 50, nowSeconds: nowSeconds(), seed: 'good' });
+      const bad = sampleItems({ count: 1_000, valueBytes: 50, nowSeconds: nowSeconds(), seed: 'bad' });
+
+      const goodChunk = dataChunk(good);
+      const flipped = dataChunk(bad.slice(0, 500));
+      const flippedMessage = messageFor('j/flipped', flipped, target);
+      flipped[flipped.length - 7] = (flipped[flipped.length - 7] as number) ^ 0x10;
+      const whole = dataChunk(bad.slice(500));
+      const truncatedMessage = messageFor('j/truncated', whole, target);
+      await store.put('j/good', goodChunk);
+      await store.put('j/flipped', flipped);
+      await store.put('j/truncated', whole.subarray(0, whole.length - 100));
+      await queue.send(flippedMessage);
+      await queue.send(truncatedMessage);
+      await queue.send(messageFor('j/missing', goodChunk, target));
+      await queue.send(messageFor('j/good', goodChunk, target));
+
+      const tally = await populate(cluster, store, queue);
+
+      assert.equal(tally.total().stored, good.length);
+      const reasons = new Map(queue.parked.map((p) => [p.message.chunk.name, p.reason]));
+      assert.deepEqual([...reasons.keys()].sort(), ['j/flipped', 'j/missing', 'j/truncated']);
+      assert.match(reasons.get('j/flipped') ?? '', /flipped: checksum mismatch/);
+      assert.match(reasons.get('j/truncated') ?? '', /truncated: truncated: header says \d+ body bytes, found \d+/);
+      assert.match(reasons.get('j/missing') ?? '', /chunk j\/missing is not in/);
+      for (const server of cluster.servers['b'] ?? []) {
+        const back = await readFrom(server, bad.map((i) => i.key));
+        assert.equal(back.filter(Boolean).length, 0, 'no item of a refused chunk was written');
+      }
+    } finally {
+      await cluster.stop();
+    }
+  });
+
+  test('retries a chunk whose target node is down, then parks it with an error naming the node', async () => {
+    const cluster = await startCluster({ b: 2 });
+    try {
+      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-pop-')));
+      const queue = new MemoryQueue({ capacity: 10, maxReceives: 2 });
+      const down = cluster.servers['b']?.[1];
+      await down?.stop();
+      const chunk = dataChunk(sampleItems({ count: 500, valueBytes: 10, nowSeconds: nowSeconds() }));
+      await store.put('j/c', chunk);
+      await queue.send(messageFor('j/c', chunk, targetRingOf(cluster.topology, 'b')));
+
+      await populate(cluster, store, queue);
+
+      assert.equal(queue.parked.length, 1);
+      assert.match(queue.parked[0]?.reason ?? '', new RegExp(`target node ${down?.address.replace(/\./g, '\\.')} still failing after 2 attempts`));
+    } finally {
+      await cluster.stop();
+    }
+  });
+});
+
+describe('a chunk message from outside the process', () => {
+  const valid = {
+    version: 1,
+    jobId: 'j',
+    source: 'a/10.0.0.1:11211',
+    chunk: { name: 'j/a/data-000000-000.chunk', bytes: 100, items: 3, crc32: 12345 },
+    target: { replica: 'b', hashing: 'spymemcached', nodes: [{ address: '10.0.1.1:11211', ringName: '10.0.1.1:11211' }] },
+  };
+
+  test('parses when well formed', () => {
+    assert.deepEqual(parseChunkMessage(JSON.stringify(valid), 'm1').chunk, valid.chunk);
+  });
+
+  for (const [what, body, pattern] of [
+    ['not JSON', '{oops', /message m1: not JSON/],
+    ['an unknown version', JSON.stringify({ ...valid, version: 9 }), /version 9 is not supported/],
+    ['a missing chunk name', JSON.stringify({ ...valid, chunk: { ...valid.chunk, name: '' } }), /name: expected a chunk name/],
+    ['a negative item count', JSON.stringify({ ...valid, chunk: { ...valid.chunk, items: -1 } }), /items: expected an item count/],
+    ['an unknown ring profile', JSON.stringify({ ...valid, target: { ...valid.target, hashing: 'crc32' } }), /hashing: expected one of/],
+    ['no target nodes', JSON.stringify({ ...valid, target: { ...valid.target, nodes: [] } }), /target.nodes: expected a non-empty array/],
+  ] as const) {
+    test(`is refused with MESSAGE_MALFORMED for ${what}`, () => {
+      assert.throws(() => parseChunkMessage(body, 'm1'), (error: unknown) => {
+        assert.ok(error instanceof CachewarmError);
+        assert.equal(error.code, 'MESSAGE_MALFORMED');
+        assert.match(error.message, pattern);
+        return true;
+      });
+    });
+  }
+});

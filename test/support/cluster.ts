@@ -1,0 +1,101 @@
+import { connectDirect } from '../../dumper/dump-node.js';
+import { TargetConnections } from '../../populator/target-connections.js';
+import { ringOfTarget, writeToRing } from '../../populator/write-to-ring.js';
+import { targetRingOf } from '../../controller/warm-replica.js';
+import { systemClock } from '../../shared/clock.js';
+import { WriteTally } from '../../shared/counters.js';
+import { MemcachedConnection } from '../../shared/memcached/connection.js';
+import { stats } from '../../shared/memcached/commands.js';
+import { MetaGetReplies, buildMetaGets } from '../../shared/memcached/meta-get.js';
+import type { WritableItem } from '../../shared/memcached/meta-add.js';
+import { type Topology, parseTopology } from '../../shared/topology.js';
+import { type MemcachedProcess, type StartMemcachedOptions, startMemcachedCluster } from './memcached.js';
+
+export interface Cluster {
+  readonly topology: Topology;
+  readonly servers: Readonly<Record<string, MemcachedProcess[]>>;
+  stop(): Promise<void>;
+}
+
+/** Starts one memcached per node, replicas named and sized as given, e.g. { a: 3, b: 4 }. */
+export async function startCluster(sizes: Record<string, number>, options: StartMemcachedOptions = {}): Promise<Cluster> {
+  const total = Object.values(sizes).reduce((a, b) => a + b, 0);
+  const all = await startMemcachedCluster(total, { memoryMb: 128, ...options });
+  const servers: Record<string, MemcachedProcess[]> = {};
+  const replicas: Record<string, { nodes: { address: string }[] }> = {};
+  let at = 0;
+  for (const [name, size] of Object.entries(sizes)) {
+    servers[name] = all.slice(at, at + size);
+    replicas[name] = { nodes: (servers[name] as MemcachedProcess[]).map((s) => ({ address: s.address })) };
+    at += size;
+  }
+  return {
+    topology: parseTopology({ hashing: 'spymemcached', replicas }, 'test-topology'),
+    servers,
+    stop: async () => {
+      await Promise.allSettled(all.map((s) => s.stop()));
+    },
+  };
+}
+
+/** Writes items to a replica the way its clients would: each to the node the ring names. */
+export async function load(topology: Topology, replica: string, items: readonly WritableItem[]): Promise<void> {
+  const connections = new TargetConnections(connectDirect, 1);
+  const tally = new WriteTally();
+  try {
+    await writeToRing(items, ringOfTarget(targetRingOf(topology, replica)), { connections, clock: systemClock, tally });
+  } finally {
+    await connections.close();
+  }
+  const { stored } = tally.total();
+  if (stored !== items.length) throw new Error(`loaded ${stored} of ${items.length} items into ${replica}`);
+}
+
+export interface ReadBack {
+  readonly value: Buffer;
+  readonly flags: number;
+  readonly ttl: number;
+}
+
+/** Reads keys from one server (without bumping them); undefined for a miss. */
+export async function readFrom(server: { host: string; port: number }, keys: readonly Buffer[]): Promise<(ReadBack | undefined)[]> {
+  const conn = await MemcachedConnection.connect(server);
+  const out: (ReadBack | undefined)[] = new Array(keys.length).fill(undefined);
+  try {
+    for (let start = 0; start < keys.length; start += 500) {
+      const end = Math.min(keys.length, start + 500);
+      await conn.send(
+        buildMetaGets(keys, start, end),
+        new MetaGetReplies(end - start, {
+          hit: (i, value, flags, ttl) => {
+            out[start + i] = { value: Buffer.from(value), flags, ttl };
+          },
+          miss: () => undefined,
+        }, 'read-back'),
+      );
+    }
+  } finally {
+    conn.close();
+  }
+  return out;
+}
+
+export async function itemCount(server: { host: string; port: number }): Promise<number> {
+  const conn = await MemcachedConnection.connect(server);
+  try {
+    return Number((await stats(conn)).get('curr_items'));
+  } finally {
+    conn.close();
+  }
+}
+
+export async function statsOf(server: { host: string; port: number }): Promise<Map<string, string>> {
+  const conn = await MemcachedConnection.connect(server);
+  try {
+    return await stats(conn);
+  } finally {
+    conn.close();
+  }
+}
+
+export const nowSeconds = (): number => Math.floor(Date.now() / 1000);

@@ -1,0 +1,247 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { verifyCopy } from '../controller/verify-copy.js';
+import { targetRingOf, warmReplica } from '../controller/warm-replica.js';
+import { connectDirect } from '../dumper/dump-node.js';
+import { ringOfTarget } from '../populator/write-to-ring.js';
+import { systemClock } from '../shared/clock.js';
+import { CachewarmError } from '../shared/errors.js';
+import type { WritableItem } from '../shared/memcached/meta-add.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { type Cluster, itemCount, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
+
+const workDir = (): Promise<string> => mkdtemp(path.join(os.tmpdir(), 'cachewarm-test-'));
+
+async function withCluster(sizes: Record<string, number>, run: (cluster: Cluster) => Promise<void>, extraArgs?: string[]): Promise<void> {
+  const cluster = await startCluster(sizes, extraArgs ? { extraArgs } : {});
+  try {
+    await run(cluster);
+  } finally {
+    await cluster.stop();
+  }
+}
+
+function warm(cluster: Cluster, overrides: Partial<Parameters<typeof warmReplica>[0]> & { workDir: string }) {
+  return warmReplica({
+    topology: cluster.topology,
+    target: 'b',
+    chunkSizeBytes: 1 << 20,
+    clock: systemClock,
+    ...overrides,
+  });
+}
+
+describe('a replica warm on the embedded default', () => {
+  test('copies every item of a 3-node replica to the node a 4-node ring names, with identical value, flags and expiry', async () => {
+    await withCluster({ a: 3, b: 4 }, async (cluster) => {
+      const items = sampleItems({ count: 120_000, valueBytes: 100, nowSeconds: nowSeconds() });
+      await load(cluster.topology, 'a', items);
+
+      const summary = await warm(cluster, { workDir: await workDir() });
+
+      assert.equal(summary.complete, true);
+      assert.equal(summary.source, 'a');
+      const stored = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
+      assert.equal(stored, items.length);
+      const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
+      assert.deepEqual({ missing: report.missing, mismatched: report.mismatched, examples: report.examples }, { missing: 0, mismatched: 0, examples: [] });
+      assert.equal(report.matched, items.length);
+
+      // Nothing landed anywhere else: each target node holds exactly its share of the ring.
+      const ring = ringOfTarget(targetRingOf(cluster.topology, 'b'));
+      const share = new Map<string, number>();
+      for (const item of items) {
+        const address = ring.nodeFor(item.key).address;
+        share.set(address, (share.get(address) ?? 0) + 1);
+      }
+      for (const server of cluster.servers['b'] ?? []) {
+        assert.equal(await itemCount(server), share.get(server.address) ?? 0, `items on ${server.address}`);
+      }
+    });
+  });
+
+  test('never replaces a value the target already holds, whether written before or during the warm', async () => {
+    await withCluster({ a: 2, b: 3 }, async (cluster) => {
+      const items = sampleItems({ count: 20_000, valueBytes: 64, nowSeconds: nowSeconds() });
+      await load(cluster.topology, 'a', items);
+      const newer = (item: WritableItem): WritableItem => ({ ...item, value: Buffer.from(`newer:${item.key}`), flags: 7, exptime: 0 });
+      const before = items.slice(0, 500).map(newer);
+      const during = items.slice(10_000, 10_500).map(newer);
+      await load(cluster.topology, 'b', before);
+
+      let wroteDuring: Promise<void> | undefined;
+      const summary = await warm(cluster, {
+        workDir: await workDir(),
+        maxOpsPerNode: 5_000, // slow enough that the live writes land mid-warm
+        progressIntervalMs: 50,
+        onProgress: () => {
+          wroteDuring ??= load(cluster.topology, 'b', during);
+        },
+      });
+      await wroteDuring;
+
+      const existed = summary.targetNodes.reduce((sum, n) => sum + n.existed, 0);
+      assert.ok(existed >= before.length, `existed ${existed} counts at least the ${before.length} written before`);
+      const report = await verifyCopy([...before, ...during], targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds() });
+      assert.equal(report.matched, before.length + during.length, report.examples.join('\n'));
+    });
+  });
+
+  test('copies awkward keys and values exactly: empty, every byte value, 1 MiB, punctuation, UTF-8, invalid UTF-8, spaces', async () => {
+    await withCluster(
+      { a: 2, b: 3 },
+      async (cluster) => {
+        const now = nowSeconds();
+        const every = Buffer.alloc(256);
+        for (let i = 0; i < 256; i++) every[i] = i;
+        const big = Buffer.alloc(1 << 20);
+        for (let i = 0; i < big.length; i++) big[i] = (i * 31 + 7) & 0xff;
+        const items: WritableItem[] = [
+          { key: Buffer.from('empty'), value: Buffer.alloc(0), flags: 0, exptime: 0 },
+          { key: Buffer.from('all-bytes'), value: every, flags: 0xffffffff, exptime: now + 3_600 },
+          { key: Buffer.from('one-mebibyte'), value: big, flags: 1, exptime: now + 86_400 },
+          { key: Buffer.from('a:b/c?d=e&f%20g#h[i]{j}|k~l!m$n'), value: Buffer.from('punct'), flags: 2, exptime: 0 },
+          { key: Buffer.from('ключ-🔑-キー'), value: Buffer.from('utf8'), flags: 3, exptime: now + 600 },
+          { key: Buffer.from([0x6b, 0xff, 0xfe, 0xc3, 0x28]), value: Buffer.from('invalid utf8'), flags: 4, exptime: 0 },
+          { key: Buffer.from('with space\tand tab'), value: Buffer.from('base64 on the wire'), flags: 5, exptime: 0 },
+          { key: Buffer.alloc(250, 0x78), value: Buffer.from('longest key'), flags: 6, exptime: 0 },
+        ];
+        await load(cluster.topology, 'a', items);
+
+        const summary = await warm(cluster, { workDir: await workDir(), chunkSizeBytes: 64 << 10 });
+
+        assert.equal(summary.complete, true);
+        const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
+        assert.equal(report.matched, items.length, report.examples.join('\n'));
+      },
+      ['-I', '2m'],
+    );
+  });
+
+  test('does not resurrect items that expire during the warm', async () => {
+    await withCluster({ a: 2, b: 2 }, async (cluster) => {
+      const now = nowSeconds();
+      const lasting = sampleItems({ count: 2_000, valueBytes: 32, nowSeconds: now, seed: 'lasting' }).map((i) => ({ ...i, exptime: now + 3_600 }));
+      const shortLived = sampleItems({ count: 2_000, valueBytes: 32, nowSeconds: now, seed: 'short' }).map((i) => ({ ...i, exptime: now + 3 }));
+      await load(cluster.topology, 'a', [...lasting, ...shortLived]);
+
+      // 4,000 items at 500/s per node: the warm outlives the short-lived items.
+      const summary = await warm(cluster, { workDir: await workDir(), maxOpsPerNode: 500 });
+      while (nowSeconds() <= now + 4) await new Promise((r) => setTimeout(r, 200));
+
+      const expired = summary.sourceNodes.reduce((s, n) => s + n.expired, 0) + summary.targetNodes.reduce((s, n) => s + n.expired, 0);
+      assert.ok(expired > 0, 'some short-lived items expired before they were copied');
+      for (const server of cluster.servers['b'] ?? []) {
+        const back = await readFrom(server, shortLived.map((i) => i.key));
+        assert.equal(back.filter(Boolean).length, 0, `short-lived items alive on ${server.address} after their expiry`);
+      }
+      const report = await verifyCopy(lasting, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds() });
+      assert.equal(report.matched, lasting.length);
+    });
+  });
+
+  test('picks the fullest replica other than the target as the source', async () => {
+    await withCluster({ a: 1, b: 1, c: 1 }, async (cluster) => {
+      await load(cluster.topology, 'a', sampleItems({ count: 100, valueBytes: 10, nowSeconds: nowSeconds(), seed: 'a' }));
+      await load(cluster.topology, 'c', sampleItems({ count: 300, valueBytes: 10, nowSeconds: nowSeconds(), seed: 'c' }));
+      const summary = await warm(cluster, { workDir: await workDir() });
+      assert.equal(summary.source, 'c');
+      assert.equal(summary.targetNodes[0]?.stored, 300);
+    });
+  });
+
+  test('limits each source node to --max-ops items per second', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      await load(cluster.topology, 'a', sampleItems({ count: 3_000, valueBytes: 10, nowSeconds: nowSeconds() }));
+      const started = Date.now();
+      await warm(cluster, { workDir: await workDir(), maxOpsPerNode: 1_000 });
+      // A lower bound only: 3,000 items at 1,000/s cannot take less than ~2.9 s (burst 100).
+      assert.ok(Date.now() - started >= 2_800, `took ${Date.now() - started} ms`);
+    });
+  });
+
+  test('writes a job record with the chunks produced and consumed', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      await load(cluster.topology, 'a', sampleItems({ count: 5_000, valueBytes: 100, nowSeconds: nowSeconds() }));
+      const dir = await workDir();
+      const summary = await warm(cluster, { workDir: dir, jobId: 'job-1', chunkSizeBytes: 64 << 10 });
+      const record = JSON.parse(await readFile(path.join(dir, 'job-1', 'job.json'), 'utf8')) as { status: string; source: string };
+      assert.equal(record.status, 'completed');
+      assert.equal(record.source, 'a');
+      const log = (await readFile(path.join(dir, 'job-1', 'chunks.log'), 'utf8')).trim().split('\n');
+      const produced = log.filter((l) => l.includes(' produced ')).length;
+      const consumed = log.filter((l) => l.includes(' consumed ')).length;
+      assert.equal(produced, summary.sourceNodes[0]?.dataChunks);
+      assert.ok(produced > 1);
+      assert.equal(consumed, produced);
+    });
+  });
+});
+
+describe('a replica warm that cannot go on', () => {
+  test('fails naming the source node that is down', async () => {
+    await withCluster({ a: 2, b: 1 }, async (cluster) => {
+      const down = cluster.servers['a']?.[1];
+      await down?.stop();
+      await assert.rejects(warm(cluster, { workDir: await workDir(), source: 'a' }), (error: unknown) => {
+        assert.ok(error instanceof CachewarmError);
+        assert.equal(error.code, 'NODE_UNREACHABLE');
+        assert.match(error.message, new RegExp(`a/${down?.address.replace(/\./g, '\\.')}`));
+        return true;
+      });
+    });
+  });
+
+  test('fails naming the source node that dies mid-dump', async () => {
+    await withCluster({ a: 2, b: 1 }, async (cluster) => {
+      await load(cluster.topology, 'a', sampleItems({ count: 6_000, valueBytes: 10, nowSeconds: nowSeconds() }));
+      const victim = cluster.servers['a']?.[0];
+      let killed: Promise<void> | undefined;
+      await assert.rejects(
+        warm(cluster, {
+          workDir: await workDir(),
+          maxOpsPerNode: 1_000,
+          progressIntervalMs: 300,
+          onProgress: () => {
+            killed ??= victim?.kill();
+          },
+        }),
+        (error: unknown) => {
+          assert.ok(error instanceof CachewarmError, String(error));
+          assert.equal(error.code, 'NODE_UNREACHABLE');
+          assert.ok(error.message.includes(`a/${victim?.address}`), error.message);
+          return true;
+        },
+      );
+      await killed;
+    });
+  });
+
+  test('refuses to start when a target node is down, naming it', async () => {
+    await withCluster({ a: 1, b: 2 }, async (cluster) => {
+      const down = cluster.servers['b']?.[0];
+      await down?.stop();
+      await assert.rejects(warm(cluster, { workDir: await workDir() }), (error: unknown) => {
+        assert.ok(error instanceof CachewarmError);
+        assert.ok(error.message.includes(`b/${down?.address}`), error.message);
+        return true;
+      });
+    });
+  });
+
+  test('refuses the target as its own source, and says when no replica can be the source', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      await assert.rejects(warm(cluster, { workDir: await workDir(), source: 'b' }), /cannot be warmed from itself/);
+      await cluster.servers['a']?.[0]?.stop();
+      await assert.rejects(warm(cluster, { workDir: await workDir() }), (error: unknown) => {
+        assert.ok(error instanceof CachewarmError);
+        assert.equal(error.code, 'SOURCE_UNAVAILABLE');
+        assert.match(error.message, /a: cannot connect to a\//);
+        return true;
+      });
+    });
+  });
+});
