@@ -33,7 +33,7 @@ export function summaryText(s: WarmSummary): string {
   const bytes = s.targetNodes.reduce((sum, n) => sum + n.bytesWritten, 0);
   const lines = [
     `job ${s.jobId}: ${s.source} -> ${s.target} ${s.complete ? 'completed' : 'INCOMPLETE'} in ${formatDuration(s.durationMs)}` +
-      ` (${formatRate(stored / seconds)} items, ${formatBytes(bytes / seconds)}/s written)`,
+      ` (${formatRate(stored / seconds)} items, ${formatBytes(bytes / seconds)}/s written, peak RSS ${formatBytes(s.peakRssBytes)})`,
     '',
     'source nodes',
     table(

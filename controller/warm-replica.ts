@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { type Connect, connectDirect, dumpNode } from '../dumper/dump-node.js';
 import { runPopulator } from '../populator/populate.js';
 import { TargetConnections } from '../populator/target-connections.js';
+import { BufferPool } from '../shared/buffer-pool.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
@@ -57,6 +58,10 @@ export interface WarmSummary {
   readonly parked: readonly { chunk: string; reason: string }[];
   /** True when every listed item was either written, already present, expired or gone. */
   readonly complete: boolean;
+  /** The process's peak resident memory: what the warm's bounds are checked against. */
+  readonly peakRssBytes: number;
+  /** CPU time this process spent, user + system. */
+  readonly cpuMs: number;
 }
 
 export function targetRingOf(topology: Topology, replica: string, writeOnly?: readonly string[]): TargetRing {
@@ -103,6 +108,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   const labels = new Map(targetReplica.nodes.map((n) => [n.address, n.id]));
   const connections = new TargetConnections(connect, 2, (address) => labels.get(address) ?? address);
   const tally = new WriteTally();
+  const pool = new BufferPool();
   const dumpCounters = new Map(source.replica.nodes.map((n) => [n.id, newDumpCounters()]));
 
   // One failure stops the whole job: a warm with a hole in it must not look complete.
@@ -134,6 +140,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       tally,
       concurrency: options.populateConcurrency ?? 4,
       deleteConsumed: !options.keepChunks,
+      pool,
       signal: stop.signal,
       onChunkDone: (message) => journal.chunk('consumed', message.chunk.name),
       onChunkFailed: (message, reason, parked) => journal.chunk(parked ? 'parked' : 'retry', message.chunk.name, reason),
@@ -153,6 +160,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
           fetchConcurrency: options.fetchConcurrency ?? 2,
           rateLimiter: options.maxOpsPerNode ? new TokenBucket({ ratePerSecond: options.maxOpsPerNode, clock }) : unlimited,
           counters: dumpCounters.get(node.id) as DumpCounters,
+          pool,
           onDataChunk: (message) => journal.chunk('produced', message.chunk.name),
           signal: stop.signal,
         }),
@@ -173,6 +181,8 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       targetNodes: targetReplica.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
       parked: queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })),
       complete: queue.parked.length === 0 && tally.total().failed === 0,
+      peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
     };
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;

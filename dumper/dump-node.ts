@@ -1,6 +1,7 @@
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
+import { BufferPool } from '../shared/buffer-pool.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
@@ -52,6 +53,8 @@ export interface DumpNodeOptions {
   /** Memory for remembering the first pass's keys (a Bloom filter). */
   readonly seenKeysMaxBytes?: number;
   readonly counters?: DumpCounters;
+  /** Where chunk and command buffers come from and go back to. */
+  readonly pool?: BufferPool;
   readonly onDataChunk?: (message: ChunkMessage) => void;
   readonly signal?: AbortSignal | undefined;
 }
@@ -108,6 +111,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     signal,
   } = options;
   const counters = options.counters ?? newDumpCounters();
+  const pool = options.pool ?? new BufferPool();
   const directory = `${jobId}/${nodeDirectory(node)}`;
   const nowSeconds = (): number => Math.floor(clock.now() / 1000);
 
@@ -132,14 +136,17 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   }
 
   async function storeKeyChunk(name: string, batch: KeyBatch): Promise<void> {
-    const builder = new ChunkBuilder('keys', batch.keys.length * 64);
+    const builder = new ChunkBuilder('keys', batch.keys.length * 64, pool);
     for (let i = 0; i < batch.keys.length; i++) builder.addKey(batch.keys[i] as Buffer, batch.exptimes[i] as number);
-    await store.put(name, builder.seal(), signal);
+    const chunk = builder.seal();
+    await store.put(name, chunk, signal);
+    pool.release(chunk);
   }
 
   async function emit(name: string, chunk: Buffer): Promise<void> {
     await store.put(name, chunk, signal);
     const { items, crc32 } = chunkHeader(chunk);
+    pool.release(chunk);
     const message: ChunkMessage = {
       version: 1,
       jobId,
@@ -188,8 +195,11 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
         },
       };
       const reply = new MetaGetReplies(end - start, sink, conn.label);
-      await conn.enqueue(buildMetaGets(keys, start, end), reply);
-      window.push(reply.promise);
+      const request = buildMetaGets(keys, start, end, pool);
+      await conn.enqueue(request, reply);
+      const answered = reply.promise.then(() => pool.release(request));
+      answered.catch(() => undefined); // awaited below; a failure surfaces there, not as unhandled
+      window.push(answered);
       if (window.length >= FETCH_WINDOW) {
         await window.shift();
         await flush();
@@ -205,7 +215,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   const workers: { conn: MemcachedConnection; builder: ChunkBuilder }[] = [];
   try {
     for (let i = 0; i < fetchConcurrency; i++) {
-      workers.push({ conn: await connect(node, signal), builder: new ChunkBuilder('data', chunkSizeBytes) });
+      workers.push({ conn: await connect(node, signal), builder: new ChunkBuilder('data', chunkSizeBytes, pool) });
     }
     const idle = [...workers];
     const running = new Set<Promise<void>>();

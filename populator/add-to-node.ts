@@ -1,3 +1,4 @@
+import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
@@ -18,6 +19,7 @@ export interface AddToNodeOptions {
   readonly retry: RetryPolicy;
   /** Called as each batch is answered, for live progress. */
   readonly onOutcome: (outcome: AddOutcome, bytes: number) => void;
+  readonly pool?: BufferPool | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -48,7 +50,7 @@ const valueBytes = (batch: readonly WritableItem[]): number => batch.reduce((sum
  * that stays down fails with an error naming it.
  */
 export async function addToNode(address: string, items: readonly WritableItem[], options: AddToNodeOptions): Promise<void> {
-  const { connections, clock, batchBytes, retry, onOutcome, signal } = options;
+  const { connections, clock, batchBytes, retry, onOutcome, pool, signal } = options;
   let pending = batchesOf(items, batchBytes);
   let lastError: Error | undefined;
   for (let attempt = 1; attempt <= retry.attempts && pending.length > 0; attempt++) {
@@ -63,8 +65,16 @@ export async function addToNode(address: string, items: readonly WritableItem[],
     const sent = [];
     for (const batch of pending) {
       const reply = new MetaAddReplies(batch.length, conn.label);
-      await conn.enqueue(buildMetaAdds(batch), reply);
-      sent.push(reply.promise.then((outcome) => onOutcome(outcome, valueBytes(batch))));
+      const request = buildMetaAdds(batch, pool);
+      await conn.enqueue(request, reply);
+      sent.push(
+        reply.promise.then((outcome) => {
+          // Answered, so the socket is done with the request. (After a failure it may not
+          // be: that buffer is left to the garbage collector.)
+          pool?.release(request);
+          onOutcome(outcome, valueBytes(batch));
+        }),
+      );
     }
     const results = await Promise.allSettled(sent);
     const failed: WritableItem[][] = [];

@@ -1,6 +1,7 @@
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
+import { BufferPool } from '../shared/buffer-pool.js';
 import { chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { WriteTally } from '../shared/counters.js';
@@ -23,6 +24,8 @@ export interface PopulatorOptions {
   readonly deleteConsumed?: boolean;
   readonly onChunkDone?: (message: ChunkMessage) => void;
   readonly onChunkFailed?: (message: ChunkMessage, reason: string, parked: boolean) => void;
+  /** Where chunk and command buffers come from and go back to. */
+  readonly pool?: BufferPool;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -36,6 +39,7 @@ export interface PopulatorOptions {
 export async function runPopulator(options: PopulatorOptions): Promise<void> {
   const { queue, store, clock, tally, concurrency = 4, writeBatchBytes = 256 << 10, signal } = options;
   const retry = options.retry ?? DEFAULT_RETRY;
+  const pool = options.pool ?? new BufferPool();
   const rings = new Map<string, TargetNodeRing>();
 
   function ringFor(target: TargetRing): TargetNodeRing {
@@ -50,22 +54,28 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
 
   async function apply(message: ChunkMessage): Promise<void> {
     const where = store.describe(message.chunk.name);
-    const body = await store.get(message.chunk.name, signal);
-    const items = decodeDataChunk(body, where);
-    if (chunkHeader(body).crc32 !== message.chunk.crc32 || items.length !== message.chunk.items) {
-      throw new CachewarmError('CHUNK_CORRUPT', `chunk ${where} does not match its message (checksum or item count)`, {
-        chunk: message.chunk.name,
+    const body = await store.get(message.chunk.name, { signal, into: pool });
+    try {
+      const items = decodeDataChunk(body, where);
+      if (chunkHeader(body).crc32 !== message.chunk.crc32 || items.length !== message.chunk.items) {
+        throw new CachewarmError('CHUNK_CORRUPT', `chunk ${where} does not match its message (checksum or item count)`, {
+          chunk: message.chunk.name,
+        });
+      }
+      await writeToRing(items, ringFor(message.target), {
+        connections: options.connections,
+        clock,
+        tally,
+        pool,
+        batchBytes: writeBatchBytes,
+        retry,
+        writeOnly: message.target.writeOnly,
+        signal,
       });
+    } finally {
+      // writeToRing settles only when nothing reads the chunk's items any more.
+      pool.release(body);
     }
-    await writeToRing(items, ringFor(message.target), {
-      connections: options.connections,
-      clock,
-      tally,
-      batchBytes: writeBatchBytes,
-      retry,
-      writeOnly: message.target.writeOnly,
-      signal,
-    });
   }
 
   async function handle(delivery: Delivery): Promise<void> {

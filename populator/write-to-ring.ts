@@ -1,4 +1,5 @@
 import type { TargetRing } from '../shared/chunk-message.js';
+import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
 import type { WriteTally } from '../shared/counters.js';
 import { hasExpired } from '../shared/expiry.js';
@@ -21,6 +22,7 @@ export interface WriteToRingOptions {
   readonly retry?: RetryPolicy;
   /** Addresses that may be written; items that hash elsewhere are left out. */
   readonly writeOnly?: readonly string[] | undefined;
+  readonly pool?: BufferPool | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -43,7 +45,9 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
     if (hasExpired(item.exptime, now)) tally.for(address).expired++;
     else (perNode[index] as WritableItem[]).push(item);
   }
-  await Promise.all(
+  // allSettled: the caller may reuse the items' memory as soon as this returns, so no node's
+  // writes may still be running when another's failure is reported.
+  const results = await Promise.allSettled(
     perNode.map(async (nodeItems, index) => {
       if (nodeItems.length === 0) return;
       const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
@@ -51,6 +55,7 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
       await addToNode(address, nodeItems, {
         connections: options.connections,
         clock: options.clock,
+        pool: options.pool,
         batchBytes: options.batchBytes ?? 256 << 10,
         retry: options.retry ?? DEFAULT_RETRY,
         signal: options.signal,
@@ -63,4 +68,5 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
       });
     }),
   );
+  for (const result of results) if (result.status === 'rejected') throw result.reason;
 }

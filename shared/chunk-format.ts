@@ -1,4 +1,5 @@
 import { crc32 } from 'node:zlib';
+import { BufferPool } from './buffer-pool.js';
 import { CachewarmError } from './errors.js';
 import { checkKey } from './memcached/keys.js';
 
@@ -28,6 +29,7 @@ export const HEADER_BYTES = 20;
 export type ChunkKind = 'keys' | 'data';
 const KIND_CODE: Record<ChunkKind, number> = { keys: 1, data: 2 };
 const KEY_RECORD_OVERHEAD = 5;
+const EMPTY = Buffer.alloc(0);
 const DATA_RECORD_OVERHEAD = 13;
 
 export interface DataItem {
@@ -44,7 +46,8 @@ export interface KeyItem {
 
 /**
  * Accumulates records into one chunk. Memory is the chunk's size: the buffer is allocated
- * once at `targetBytes` (grown only for a single item larger than that) and reused.
+ * at `targetBytes` on the first record (grown only for a single item larger than that),
+ * from a pool: give a sealed chunk back to the pool once it is stored.
  */
 export class ChunkBuilder {
   private buf: Buffer;
@@ -54,8 +57,9 @@ export class ChunkBuilder {
   constructor(
     readonly kind: ChunkKind,
     readonly targetBytes: number,
+    private readonly pool: BufferPool = new BufferPool(0),
   ) {
-    this.buf = Buffer.allocUnsafe(Math.max(targetBytes, HEADER_BYTES + 64));
+    this.buf = EMPTY;
   }
 
   get itemCount(): number {
@@ -101,9 +105,10 @@ export class ChunkBuilder {
     this.buf.set(key, at + 5);
   }
 
-  /** Seals the chunk: returns its bytes (a copy) and empties the builder for the next one. */
+  /** Seals the chunk: returns its bytes and starts the next chunk in a fresh buffer. */
   seal(): Buffer {
-    const out = Buffer.from(this.buf.subarray(0, this.length));
+    if (this.buf === EMPTY) this.buf = this.pool.acquire(HEADER_BYTES);
+    const out = this.buf.subarray(0, this.length);
     out.writeUInt32LE(CHUNK_MAGIC, 0);
     out[4] = CHUNK_FORMAT_VERSION;
     out[5] = KIND_CODE[this.kind];
@@ -111,6 +116,8 @@ export class ChunkBuilder {
     out.writeUInt32LE(this.count, 8);
     out.writeUInt32LE(this.length - HEADER_BYTES, 12);
     out.writeUInt32LE(checksum(out), 16);
+    // The sealed bytes now belong to the caller; the next chunk gets its own buffer.
+    this.buf = EMPTY;
     this.length = HEADER_BYTES;
     this.count = 0;
     return out;
@@ -119,8 +126,9 @@ export class ChunkBuilder {
   private reserve(bytes: number): number {
     const at = this.length;
     if (at + bytes > this.buf.length) {
-      const grown = Buffer.allocUnsafe(Math.max(this.buf.length * 2, at + bytes));
+      const grown = this.pool.acquire(Math.max(this.buf.length * 2, this.targetBytes, at + bytes));
       this.buf.copy(grown, 0, 0, at);
+      if (this.buf !== EMPTY) this.pool.release(this.buf);
       this.buf = grown;
     }
     this.length += bytes;

@@ -1,3 +1,5 @@
+import type { BufferPool } from './buffer-pool.js';
+
 /**
  * Where chunks live between the dumper and the populator: a local directory for the
  * embedded default, S3 at fleet scale. Names are `/`-separated paths relative to the store.
@@ -5,8 +7,11 @@
 export interface ChunkStore {
   /** Writes a chunk whole: a reader never sees part of one. Overwrites (a redone chunk is the same chunk). */
   put(name: string, body: Buffer, signal?: AbortSignal): Promise<void>;
-  /** Throws CachewarmError CHUNK_MISSING when there is no such chunk. */
-  get(name: string, signal?: AbortSignal): Promise<Buffer>;
+  /**
+   * Reads a chunk whole, into a buffer from `into` when given (the caller releases it).
+   * Throws CachewarmError CHUNK_MISSING when there is no such chunk.
+   */
+  get(name: string, options?: { signal?: AbortSignal | undefined; into?: BufferPool | undefined }): Promise<Buffer>;
   /** Removing a chunk that is not there is not an error. */
   delete(name: string, signal?: AbortSignal): Promise<void>;
   /** Names under a prefix, sorted. */

@@ -95,6 +95,23 @@ async function rawMetadump(port: number): Promise<Map<string, string>> {
   return result;
 }
 
+/**
+ * Waits until memcached's LRU maintainer has drained freshly written items from HOT into
+ * COLD. Right after a burst of writes it moves them for a second or two, and `metadump all`
+ * walks each LRU separately, so an item moved during the walk can be missed: that is a
+ * property of live nodes (the dumper's second pass is for it), not of the parsing tested here.
+ */
+async function waitForSettledLru(port: number): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const reply = (await raw(port, 'stats items\r\n', endsWith('END\r\n'))).toString('latin1');
+    const moving = [...reply.matchAll(/^STAT items:\d+:number_(?:hot|warm) (\d+)\r$/gm)].some((m) => m[1] !== '0');
+    if (!moving) return;
+    if (Date.now() > deadline) throw new Error(`memcached's LRU did not settle:\n${reply}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 function nowSeconds(): number {
   return Math.floor(Date.now() / 1000);
 }
@@ -233,6 +250,7 @@ describe('crawler: lru_crawler metadump', () => {
       expected.set(item.key.toString('hex'), 0);
     }
     await rawStore(node.port, items);
+    await waitForSettledLru(node.port);
   });
 
   test('lists every key of the node once, in full batches of at most batchKeys', async () => {
@@ -240,10 +258,11 @@ describe('crawler: lru_crawler metadump', () => {
     const batches = await collect(crawlKeys(conn, { batchKeys: BATCH, clock: systemClock }));
     const total = KEY_COUNT + odd.length;
     const listed = batches.flatMap((b) => b.keys.map((k) => k.toString('hex')));
-    assert.equal(new Set(listed).size, total, 'distinct keys listed');
-    assert.equal(listed.length, total, 'keys listed (an idle node lists each key once)');
     const listedSet = new Set(listed);
-    for (const key of expected.keys()) assert.ok(listedSet.has(key), `key ${key} was not listed`);
+    const missing = [...expected.keys()].filter((k) => !listedSet.has(k)).map((k) => Buffer.from(k, 'hex').toString('latin1'));
+    assert.deepEqual(missing, [], 'keys not listed');
+    assert.equal(listedSet.size, total, 'distinct keys listed');
+    assert.equal(listed.length, total, 'keys listed (an idle node lists each key once)');
     for (const [i, batch] of batches.entries()) {
       assert.equal(batch.keys.length, batch.exptimes.length, `batch ${i}: exptimes per key`);
       assert.equal(batch.keys.length, batch.sizes.length, `batch ${i}: sizes per key`);

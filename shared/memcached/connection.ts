@@ -51,6 +51,8 @@ export abstract class Reply<T> {
 }
 
 const LF = 0x0a;
+const INITIAL_READ_BUFFER = 256 << 10;
+const MIN_READ = 64 << 10;
 
 /** Index just past the next `\n` at or after `pos`, or -1 when the line is incomplete. */
 export function lineEnd(buf: Buffer, pos: number): number {
@@ -71,13 +73,18 @@ export function lineText(buf: Buffer, pos: number, end: number): string {
  * memcached guarantees and all a pipeline needs.
  */
 export class MemcachedConnection {
-  private buf: Buffer = Buffer.alloc(0);
-  private pos = 0;
-  private readonly pending: Buffer[] = [];
-  private pendingBytes = 0;
+  /**
+   * Received bytes not yet consumed are acc[start, end). The socket reads straight into the
+   * free space after `end` (`onread`), so a warm's gigabytes of replies cost no allocation
+   * and no copy per read; only a partial reply is moved to the front when space runs out.
+   */
+  private acc: Buffer = Buffer.allocUnsafe(INITIAL_READ_BUFFER);
+  private start = 0;
+  private end = 0;
   private readonly replies: Reply<unknown>[] = [];
   private failure: Error | undefined;
   private paused = false;
+  private drain: Promise<void> | undefined;
   readonly label: string;
 
   private constructor(
@@ -87,7 +94,6 @@ export class MemcachedConnection {
   ) {
     this.label = endpoint.label ?? `${endpoint.host}:${endpoint.port}`;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('error', (error) => this.destroy(this.lost(error)));
     socket.on('close', () => this.destroy(this.lost()));
     socket.setTimeout(replyTimeoutMs, () => {
@@ -109,7 +115,18 @@ export class MemcachedConnection {
         reject(abortReason(signal));
         return;
       }
-      const socket = net.connect({ host: endpoint.host, port: endpoint.port });
+      let connection: MemcachedConnection | undefined;
+      const socket = net.connect({
+        host: endpoint.host,
+        port: endpoint.port,
+        onread: {
+          buffer: () => connection?.readBuffer() ?? Buffer.allocUnsafe(MIN_READ),
+          callback: (bytes, buf) => {
+            connection?.received(bytes, buf);
+            return true;
+          },
+        },
+      });
       const fail = (error: Error): void => {
         cleanup();
         socket.destroy();
@@ -135,7 +152,8 @@ export class MemcachedConnection {
       signal?.addEventListener('abort', onAbort, { once: true });
       socket.once('connect', () => {
         cleanup();
-        resolve(new MemcachedConnection(socket, endpoint, replyTimeoutMs));
+        connection = new MemcachedConnection(socket, endpoint, replyTimeoutMs);
+        resolve(connection);
       });
     });
   }
@@ -188,16 +206,19 @@ export class MemcachedConnection {
     for (const reply of this.replies.splice(0)) reply.fail(error);
   }
 
+  /** One shared wait for 'drain', however many senders are waiting on it. */
   private drained(): Promise<void> {
-    return new Promise((resolve) => {
+    this.drain ??= new Promise<void>((resolve) => {
       const done = (): void => {
         this.socket.off('drain', done);
         this.socket.off('close', done);
+        this.drain = undefined;
         resolve();
       };
-      this.socket.once('drain', done);
-      this.socket.once('close', done);
+      this.socket.on('drain', done);
+      this.socket.on('close', done);
     });
+    return this.drain;
   }
 
   private lost(error?: Error): Error {
@@ -207,32 +228,45 @@ export class MemcachedConnection {
     });
   }
 
-  private onData(chunk: Buffer): void {
+  /** Where the socket writes next: the free space after the unread bytes, made large enough. */
+  private readBuffer(): Buffer {
+    if (this.start === this.end) {
+      this.start = 0;
+      this.end = 0;
+    }
+    const want = Math.max(this.replies[0]?.wantBytes ?? 0, 0) + MIN_READ;
+    if (this.acc.length - this.end < MIN_READ) {
+      const unread = this.end - this.start;
+      const target = unread + want > this.acc.length ? Buffer.allocUnsafe(Math.max(this.acc.length * 2, unread + want)) : this.acc;
+      this.acc.copy(target, 0, this.start, this.end);
+      this.acc = target;
+      this.start = 0;
+      this.end = unread;
+    }
+    return this.acc.subarray(this.end);
+  }
+
+  private received(bytes: number, buf: Uint8Array): void {
+    // The first read after connecting lands in a buffer handed out before this object existed.
+    if (buf.buffer !== this.acc.buffer || buf.byteOffset !== this.acc.byteOffset + this.end) {
+      const into = this.readBuffer();
+      if (into.length < bytes) throw new Error('read buffer smaller than a read');
+      into.set(buf.subarray(0, bytes));
+    }
+    this.end += bytes;
     const head = this.replies[0];
-    // A large value arrives in many socket chunks: collect them and copy once, instead of
-    // re-concatenating the growing partial reply on every chunk.
-    if (head && head.wantBytes > 0) {
-      this.pending.push(chunk);
-      this.pendingBytes += chunk.length;
-      if (this.buf.length - this.pos + this.pendingBytes < head.wantBytes) return;
-      chunk = Buffer.concat(this.pending.splice(0), this.pendingBytes);
-      this.pendingBytes = 0;
-    }
-    if (this.pos >= this.buf.length) {
-      this.buf = chunk;
-    } else {
-      this.buf = Buffer.concat([this.buf.subarray(this.pos), chunk]);
-    }
-    this.pos = 0;
+    // A large value arrives over many reads: parse once it is all there.
+    if (head && head.wantBytes > 0 && this.end - this.start < head.wantBytes) return;
     this.process();
   }
 
   private process(): void {
+    const view = this.acc.subarray(0, this.end);
     try {
       while (this.replies.length > 0) {
         const head = this.replies[0] as Reply<unknown>;
         head.wantBytes = 0;
-        this.pos = head.read(this.buf, this.pos);
+        this.start = head.read(view, this.start);
         if (!head.done) break;
         this.replies.shift();
       }
@@ -240,8 +274,8 @@ export class MemcachedConnection {
       this.destroy(error instanceof Error ? error : new Error(String(error)));
       return;
     }
-    if (this.replies.length === 0 && this.pos < this.buf.length) {
-      const text = lineText(this.buf, this.pos, Math.min(this.buf.length, this.pos + 120));
+    if (this.replies.length === 0 && this.start < this.end) {
+      const text = lineText(view, this.start, Math.min(this.end, this.start + 120));
       this.destroy(
         new CachewarmError('NODE_PROTOCOL', `${this.label}: unexpected bytes with no request pending: ${JSON.stringify(text)}`, {
           node: this.label,

@@ -1,4 +1,6 @@
 import { Reply, lineEnd, lineText, protocolError } from './connection.js';
+import type { BufferPool } from '../buffer-pool.js';
+import { keyToken, writeAscii, writeDecimal } from './ascii.js';
 import { isRawSafeKey } from './keys.js';
 
 /** An item as it is written to a target: absolute expiry in unix seconds, 0 for none. */
@@ -18,29 +20,36 @@ export interface AddOutcome {
   errors: string[];
 }
 
-const CRLF = Buffer.from('\r\n');
-const BASE64_FLAG = Buffer.from(' b');
-
 /**
  * Builds pipelined `ms <key> <len> ME F<flags> T<exptime>` commands: mode E is add, so an
  * item the target already holds (written by live traffic during the warm) is never replaced.
  * The expiry is written as an absolute unix time, which memcached takes as such for any
  * value above 30 days: it stays exact however long the item waited in a chunk.
+ * One buffer for the whole batch, written in place: this runs for every item of a warm.
  */
-export function buildMetaAdds(items: readonly WritableItem[]): Buffer {
-  const parts: Buffer[] = [];
+export function buildMetaAdds(items: readonly WritableItem[], pool?: BufferPool): Buffer {
+  let bound = 0;
+  for (const item of items) bound += item.key.length * 2 + item.value.length + 64;
+  const buf = pool ? pool.acquire(bound) : Buffer.allocUnsafe(bound);
+  let at = 0;
   for (const item of items) {
     const raw = isRawSafeKey(item.key);
-    const ttl = item.exptime > 0 ? ` T${item.exptime}` : '';
-    parts.push(
-      Buffer.from('ms '),
-      raw ? item.key : Buffer.from(item.key.toString('base64')),
-      Buffer.from(` ${item.value.length} ME F${item.flags >>> 0}${ttl}`),
-    );
-    if (!raw) parts.push(BASE64_FLAG);
-    parts.push(CRLF, item.value, CRLF);
+    at = writeAscii(buf, at, 'ms ');
+    at += keyToken(item.key, raw).copy(buf, at);
+    buf[at++] = 0x20;
+    at = writeDecimal(buf, at, item.value.length);
+    at = writeAscii(buf, at, ' ME F');
+    at = writeDecimal(buf, at, item.flags >>> 0);
+    if (item.exptime > 0) {
+      at = writeAscii(buf, at, ' T');
+      at = writeDecimal(buf, at, item.exptime);
+    }
+    if (!raw) at = writeAscii(buf, at, ' b');
+    at = writeAscii(buf, at, '\r\n');
+    at += item.value.copy(buf, at);
+    at = writeAscii(buf, at, '\r\n');
   }
-  return Buffer.concat(parts);
+  return buf.subarray(0, at);
 }
 
 /** Reads one status line per `ms`: HD stored, NS not stored because it exists, or an error. */

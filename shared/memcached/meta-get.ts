@@ -1,4 +1,6 @@
 import { Reply, lineEnd, lineText, protocolError } from './connection.js';
+import type { BufferPool } from '../buffer-pool.js';
+import { keyToken, writeAscii } from './ascii.js';
 import { isRawSafeKey } from './keys.js';
 
 /** What a pipelined fetch reports, item by item, in the order the keys were given. */
@@ -8,27 +10,22 @@ export interface FetchSink {
   miss(index: number): void;
 }
 
-// `v f t` return value, client flags and remaining TTL; `u` leaves the item where it is in
-// the LRU, so a warm does not make every item of the source look freshly used.
-const GET_FLAGS = Buffer.from(' v f t u');
-const BASE64_FLAG = Buffer.from(' b');
-const MG = Buffer.from('mg ');
-const CRLF = Buffer.from('\r\n');
-
-/** Builds one buffer of pipelined `mg` commands for keys[start, end). */
-export function buildMetaGets(keys: readonly Buffer[], start: number, end: number): Buffer {
-  const parts: Buffer[] = [];
+/** Builds one buffer of pipelined `mg <key> v f t u` commands for keys[start, end). */
+export function buildMetaGets(keys: readonly Buffer[], start: number, end: number, pool?: BufferPool): Buffer {
+  let bound = 0;
+  for (let i = start; i < end; i++) bound += (keys[i] as Buffer).length * 2 + 16;
+  const buf = pool ? pool.acquire(bound) : Buffer.allocUnsafe(bound);
+  let at = 0;
   for (let i = start; i < end; i++) {
     const key = keys[i] as Buffer;
-    parts.push(MG);
-    if (isRawSafeKey(key)) {
-      parts.push(key, GET_FLAGS);
-    } else {
-      parts.push(Buffer.from(key.toString('base64')), GET_FLAGS, BASE64_FLAG);
-    }
-    parts.push(CRLF);
+    const raw = isRawSafeKey(key);
+    at = writeAscii(buf, at, 'mg ');
+    at += keyToken(key, raw).copy(buf, at);
+    // `v f t` return value, client flags and remaining TTL; `u` leaves the item where it is
+    // in the LRU, so a warm does not make every item of the source look freshly used.
+    at = writeAscii(buf, at, raw ? ' v f t u\r\n' : ' v f t u b\r\n');
   }
-  return Buffer.concat(parts);
+  return buf.subarray(0, at);
 }
 
 /** Reads `count` pipelined `mg ... v f t` replies: `VA <len> f<flags> t<ttl>` + data, or `EN`. */

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { BufferPool } from '../buffer-pool.js';
 import type { ChunkStore } from '../chunk-store.js';
 import { CachewarmError } from '../errors.js';
 
@@ -21,9 +22,23 @@ export class LocalDirStore implements ChunkStore {
     await rename(temp, file);
   }
 
-  async get(name: string, signal?: AbortSignal): Promise<Buffer> {
+  async get(name: string, options: { signal?: AbortSignal | undefined; into?: BufferPool | undefined } = {}): Promise<Buffer> {
     try {
-      return await readFile(this.pathOf(name), { signal });
+      options.signal?.throwIfAborted();
+      const file = await open(this.pathOf(name), 'r');
+      try {
+        const { size } = await file.stat();
+        const buf = options.into ? options.into.acquire(size) : Buffer.allocUnsafe(size);
+        let read = 0;
+        while (read < size) {
+          const { bytesRead } = await file.read(buf, read, size - read, read);
+          if (bytesRead === 0) break;
+          read += bytesRead;
+        }
+        return buf.subarray(0, read);
+      } finally {
+        await file.close();
+      }
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') {
         throw new CachewarmError('CHUNK_MISSING', `chunk ${name} is not in ${this.root}`, { chunk: name }, { cause: error });
