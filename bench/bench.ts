@@ -16,10 +16,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { targetRingOf } from '../controller/warm-replica.js';
 import { connectDirect } from '../dumper/dump-node.js';
-import { TargetConnections } from '../populator/target-connections.js';
-import { ringOfTarget, writeToRing } from '../populator/write-to-ring.js';
+import { writeAll } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
-import { WriteTally } from '../shared/counters.js';
 import { type MemcachedProcess, startMemcachedCluster } from '../shared/local-memcached.js';
 import { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats, version } from '../shared/memcached/commands.js';
@@ -160,11 +158,8 @@ async function main(): Promise<void> {
     await flush(ceilingNode);
 
     log('loading the source replica (3 nodes)');
-    const connections = new TargetConnections(connectDirect, 2);
-    const tally = new WriteTally();
-    await writeToRing(items, ringOfTarget(targetRingOf(topology, 'source')), { connections, clock: systemClock, tally });
-    await connections.close();
-    if (tally.total().stored !== ITEMS) throw new Error(`loaded ${tally.total().stored} of ${ITEMS}`);
+    const loaded = await writeAll(items, targetRingOf(topology, 'source'), { connect: connectDirect, clock: systemClock });
+    if (loaded.stored !== ITEMS) throw new Error(`loaded ${loaded.stored} of ${ITEMS}`);
     // Let the LRU maintainer settle freshly written items, as on a source that has been serving.
     await new Promise((r) => setTimeout(r, 2_000));
 

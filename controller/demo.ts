@@ -1,10 +1,8 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { connectDirect } from '../dumper/dump-node.js';
-import { TargetConnections } from '../populator/target-connections.js';
-import { ringOfTarget, writeToRing } from '../populator/write-to-ring.js';
+import { writeAll } from '../populator/write-to-ring.js';
 import type { Clock } from '../shared/clock.js';
-import { WriteTally } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type MemcachedProcess, startMemcachedCluster } from '../shared/local-memcached.js';
 import { sampleItems } from '../shared/sample-items.js';
@@ -57,15 +55,9 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const nowSeconds = Math.floor(clock.now() / 1000);
     const items = sampleItems({ count: options.items, valueBytes: options.valueBytes, nowSeconds });
     log(`loading ${items.length.toLocaleString('en-US')} items of ${options.valueBytes} bytes into demo-a`);
-    const connections = new TargetConnections(connectDirect, 1);
-    const tally = new WriteTally();
-    try {
-      await writeToRing(items, ringOfTarget(targetRingOf(topology, 'demo-a')), { connections, clock, tally, signal: options.signal });
-    } finally {
-      await connections.close();
-    }
-    if (tally.total().stored !== items.length) {
-      throw new CachewarmError('JOB_FAILED', `loading demo-a stored ${tally.total().stored} of ${items.length} items`);
+    const loaded = await writeAll(items, targetRingOf(topology, 'demo-a'), { connect: connectDirect, clock, signal: options.signal });
+    if (loaded.stored !== items.length) {
+      throw new CachewarmError('JOB_FAILED', `loading demo-a stored ${loaded.stored} of ${items.length} items`);
     }
 
     log('warming demo-b from demo-a');

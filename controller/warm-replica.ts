@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { type Connect, connectDirect, dumpNode } from '../dumper/dump-node.js';
 import { runPopulator } from '../populator/populate.js';
-import { TargetConnections } from '../populator/target-connections.js';
+import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import { BufferPool } from '../shared/buffer-pool.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
@@ -106,9 +106,9 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   const queue = new MemoryQueue({ capacity: options.queueCapacity ?? 8 });
   const ring = targetRingOf(topology, target);
   const labels = new Map(targetReplica.nodes.map((n) => [n.address, n.id]));
-  const connections = new TargetConnections(connect, 2, (address) => labels.get(address) ?? address);
-  const tally = new WriteTally();
   const pool = new BufferPool();
+  const writer = new MetaNodeWriter({ connect, clock, pool, labelOf: (address) => labels.get(address) ?? address });
+  const tally = new WriteTally();
   const dumpCounters = new Map(source.replica.nodes.map((n) => [n.id, newDumpCounters()]));
 
   // One failure stops the whole job: a warm with a hole in it must not look complete.
@@ -135,7 +135,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
     const populating = runPopulator({
       queue,
       store,
-      connections,
+      writer,
       clock,
       tally,
       concurrency: options.populateConcurrency ?? 4,
@@ -192,7 +192,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   } finally {
     if (ticker) clearInterval(ticker);
     options.signal?.removeEventListener('abort', onOuterAbort);
-    await connections.close();
+    await writer.close();
     await journal.close();
   }
 }

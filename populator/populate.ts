@@ -6,25 +6,22 @@ import { chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { WriteTally } from '../shared/counters.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
-import { type RetryPolicy, DEFAULT_RETRY } from './add-to-node.js';
-import type { TargetConnections } from './target-connections.js';
+import type { NodeWriter } from './node-writer.js';
 import { type TargetNodeRing, ringOfTarget, writeToRing } from './write-to-ring.js';
 
 export interface PopulatorOptions {
   readonly queue: ChunkQueue;
   readonly store: ChunkStore;
-  readonly connections: TargetConnections;
+  readonly writer: NodeWriter;
   readonly clock: Clock;
   readonly tally: WriteTally;
   /** Chunks handled at once. Memory: about concurrency × chunk size. */
   readonly concurrency?: number;
-  readonly writeBatchBytes?: number;
-  readonly retry?: RetryPolicy;
   /** Remove a chunk from the store once all its items are handled. */
   readonly deleteConsumed?: boolean;
   readonly onChunkDone?: (message: ChunkMessage) => void;
   readonly onChunkFailed?: (message: ChunkMessage, reason: string, parked: boolean) => void;
-  /** Where chunk and command buffers come from and go back to. */
+  /** Where chunk buffers come from and go back to. */
   readonly pool?: BufferPool;
   readonly signal?: AbortSignal | undefined;
 }
@@ -37,8 +34,7 @@ export interface PopulatorOptions {
  * missing) is parked with the reason while the rest of the job goes on.
  */
 export async function runPopulator(options: PopulatorOptions): Promise<void> {
-  const { queue, store, clock, tally, concurrency = 4, writeBatchBytes = 256 << 10, signal } = options;
-  const retry = options.retry ?? DEFAULT_RETRY;
+  const { queue, store, clock, tally, concurrency = 4, signal } = options;
   const pool = options.pool ?? new BufferPool();
   const rings = new Map<string, TargetNodeRing>();
 
@@ -63,12 +59,9 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
         });
       }
       await writeToRing(items, ringFor(message.target), {
-        connections: options.connections,
+        writer: options.writer,
         clock,
         tally,
-        pool,
-        batchBytes: writeBatchBytes,
-        retry,
         writeOnly: message.target.writeOnly,
         signal,
       });

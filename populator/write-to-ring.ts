@@ -1,12 +1,12 @@
 import type { TargetRing } from '../shared/chunk-message.js';
-import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
-import type { WriteTally } from '../shared/counters.js';
+import { type WriteCounters, WriteTally } from '../shared/counters.js';
+import type { Connect } from '../dumper/dump-node.js';
+import { MetaNodeWriter } from './meta-node-writer.js';
 import { hasExpired } from '../shared/expiry.js';
 import { KetamaRing } from '../shared/ketama.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
-import { type RetryPolicy, DEFAULT_RETRY, addToNode } from './add-to-node.js';
-import type { TargetConnections } from './target-connections.js';
+import type { NodeWriter } from './node-writer.js';
 
 export type TargetNodeRing = KetamaRing<TargetRing['nodes'][number]>;
 
@@ -15,14 +15,11 @@ export function ringOfTarget(target: TargetRing): TargetNodeRing {
 }
 
 export interface WriteToRingOptions {
-  readonly connections: TargetConnections;
+  readonly writer: NodeWriter;
   readonly clock: Clock;
   readonly tally: WriteTally;
-  readonly batchBytes?: number;
-  readonly retry?: RetryPolicy;
   /** Addresses that may be written; items that hash elsewhere are left out. */
   readonly writeOnly?: readonly string[] | undefined;
-  readonly pool?: BufferPool | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -52,21 +49,34 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
       if (nodeItems.length === 0) return;
       const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
       const counters = tally.for(address);
-      await addToNode(address, nodeItems, {
-        connections: options.connections,
-        clock: options.clock,
-        pool: options.pool,
-        batchBytes: options.batchBytes ?? 256 << 10,
-        retry: options.retry ?? DEFAULT_RETRY,
-        signal: options.signal,
-        onOutcome: (outcome, bytes) => {
+      await options.writer.addItems(
+        address,
+        nodeItems,
+        (outcome, bytes) => {
           counters.stored += outcome.stored;
           counters.existed += outcome.existed;
           counters.failed += outcome.failed;
           counters.bytesWritten += bytes;
         },
-      });
+        options.signal,
+      );
     }),
   );
   for (const result of results) if (result.status === 'rejected') throw result.reason;
+}
+
+/** Writes items to a whole target over connections of its own, e.g. to load a demo replica. */
+export async function writeAll(
+  items: readonly WritableItem[],
+  target: TargetRing,
+  options: { connect: Connect; clock: Clock; signal?: AbortSignal | undefined },
+): Promise<WriteCounters> {
+  const writer = new MetaNodeWriter({ connect: options.connect, clock: options.clock, connectionsPerNode: 2 });
+  const tally = new WriteTally();
+  try {
+    await writeToRing(items, ringOfTarget(target), { writer, clock: options.clock, tally, signal: options.signal });
+  } finally {
+    await writer.close();
+  }
+  return tally.total();
 }

@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import { targetRingOf } from '../controller/warm-replica.js';
 import { connectDirect } from '../dumper/dump-node.js';
 import { runPopulator } from '../populator/populate.js';
-import { TargetConnections } from '../populator/target-connections.js';
+import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import { type ChunkMessage, type TargetRing, parseChunkMessage } from '../shared/chunk-message.js';
 import { systemClock } from '../shared/clock.js';
@@ -30,12 +30,12 @@ function messageFor(name: string, chunk: Buffer, target: TargetRing): ChunkMessa
 
 async function populate(cluster: Cluster, store: LocalDirStore, queue: MemoryQueue, retry = { attempts: 2, baseDelayMs: 10, maxDelayMs: 20 }) {
   const tally = new WriteTally();
-  const connections = new TargetConnections(connectDirect, 1);
+  const writer = new MetaNodeWriter({ connect: connectDirect, clock: systemClock, retry });
   queue.close();
   try {
-    await runPopulator({ queue, store, connections, clock: systemClock, tally, retry });
+    await runPopulator({ queue, store, writer, clock: systemClock, tally });
   } finally {
-    await connections.close();
+    await writer.close();
   }
   return tally;
 }

@@ -1,9 +1,7 @@
 import { connectDirect } from '../../dumper/dump-node.js';
-import { TargetConnections } from '../../populator/target-connections.js';
-import { ringOfTarget, writeToRing } from '../../populator/write-to-ring.js';
+import { writeAll } from '../../populator/write-to-ring.js';
 import { targetRingOf } from '../../controller/warm-replica.js';
 import { systemClock } from '../../shared/clock.js';
-import { WriteTally } from '../../shared/counters.js';
 import { MemcachedConnection } from '../../shared/memcached/connection.js';
 import { stats } from '../../shared/memcached/commands.js';
 import { MetaGetReplies, buildMetaGets } from '../../shared/memcached/meta-get.js';
@@ -40,14 +38,7 @@ export async function startCluster(sizes: Record<string, number>, options: Start
 
 /** Writes items to a replica the way its clients would: each to the node the ring names. */
 export async function load(topology: Topology, replica: string, items: readonly WritableItem[]): Promise<void> {
-  const connections = new TargetConnections(connectDirect, 1);
-  const tally = new WriteTally();
-  try {
-    await writeToRing(items, ringOfTarget(targetRingOf(topology, replica)), { connections, clock: systemClock, tally });
-  } finally {
-    await connections.close();
-  }
-  const { stored } = tally.total();
+  const { stored } = await writeAll(items, targetRingOf(topology, replica), { connect: connectDirect, clock: systemClock });
   if (stored !== items.length) throw new Error(`loaded ${stored} of ${items.length} items into ${replica}`);
 }
 

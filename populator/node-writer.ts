@@ -1,0 +1,22 @@
+import type { AddOutcome, WritableItem } from '../shared/memcached/meta-add.js';
+
+/**
+ * Writes items add-only to one target node: the seam between routing (the populator) and the
+ * wire protocol (meta commands by default; memjs's binary protocol for SASL-authenticated
+ * servers).
+ */
+export interface NodeWriter {
+  /**
+   * Adds every item to the node at `address`, reporting outcomes as batches are answered.
+   * Rejects, naming the node, when it stays unreachable; resolves only when nothing reads
+   * `items` any more.
+   */
+  addItems(
+    address: string,
+    items: readonly WritableItem[],
+    onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
+    signal?: AbortSignal,
+  ): Promise<void>;
+  /** Closes every connection. Idempotent. */
+  close(): Promise<void>;
+}
