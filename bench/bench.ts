@@ -37,7 +37,9 @@ const { values: args } = parseArgs({
 });
 const ITEMS = Number(args.items);
 const VALUE_BYTES = Number(args['value-size']);
-const MEMORY_MB = Math.ceil((ITEMS * (VALUE_BYTES + 120)) / 2 ** 20 / 2) + 128; // per node, with room
+// Room for every item on any one node (the ceiling's node takes them all); memcached only
+// allocates what it uses.
+const MEMORY_MB = Math.ceil((ITEMS * (VALUE_BYTES + 200) * 1.25) / 2 ** 20) + 64;
 
 const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
 const log = (line: string): void => void process.stderr.write(`${line}\n`);
@@ -175,6 +177,7 @@ async function main(): Promise<void> {
       durationMs: number;
       peakRssBytes: number;
       cpuMs: number;
+      minorPageFaults: number;
       targetNodes: { stored: number }[];
     };
     const stored = summary.targetNodes.reduce((s, n) => s + n.stored, 0);
@@ -189,7 +192,7 @@ async function main(): Promise<void> {
       `replica warm, job only         ${show(inside)}   (source selection to summary)`,
       `warm / ceiling                 ${(warmRate.itemsPerSecond / best.itemsPerSecond).toFixed(2)} end to end, ${(inside.itemsPerSecond / best.itemsPerSecond).toFixed(2)} job only`,
       `warm peak RSS                  ${formatBytes(summary.peakRssBytes)} (chunk size ${args['chunk-size']})`,
-      `warm CPU                       cachewarm ${(summary.cpuMs / 1000).toFixed(1)} s, memcached (7 nodes) ${warmMemcachedCpu.toFixed(1)} s, on ${os.cpus().length} cores`,
+      `warm CPU                       cachewarm ${(summary.cpuMs / 1000).toFixed(1)} s (${summary.minorPageFaults.toLocaleString('en-US')} page faults), memcached (7 nodes) ${warmMemcachedCpu.toFixed(1)} s, on ${os.cpus().length} cores`,
       `ceiling CPU, 4 connections     memcached ${ceilingCpu.toFixed(1)} s`,
     ];
     process.stdout.write(`${lines.join('\n')}\n`);

@@ -62,6 +62,8 @@ export interface WarmSummary {
   readonly peakRssBytes: number;
   /** CPU time this process spent, user + system. */
   readonly cpuMs: number;
+  /** Page faults this process took: on a VM, the hidden cost of touching fresh memory. */
+  readonly minorPageFaults: number;
 }
 
 export function targetRingOf(topology: Topology, replica: string, writeOnly?: readonly string[]): TargetRing {
@@ -183,6 +185,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       complete: queue.parked.length === 0 && tally.total().failed === 0,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
       cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
+      minorPageFaults: process.resourceUsage().minorPageFault,
     };
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
