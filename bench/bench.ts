@@ -18,7 +18,7 @@ import { targetRingOf } from '../controller/warm-replica.js';
 import { connectDirect } from '../dumper/dump-node.js';
 import { writeAll } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
-import { type MemcachedProcess, startMemcachedCluster } from '../shared/local-memcached.js';
+import { type MemcachedProcess, startMemcached, startMemcachedCluster } from '../shared/local-memcached.js';
 import { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats, version } from '../shared/memcached/commands.js';
 import { type WritableItem, MetaAddReplies, buildMetaAdds } from '../shared/memcached/meta-add.js';
@@ -33,9 +33,11 @@ const { values: args } = parseArgs({
     'chunk-size': { type: 'string', default: '16MiB' },
     /** Writes a V8 CPU profile of the warm process into this directory. */
     'cpu-prof-dir': { type: 'string' },
+    'fleet-threads': { type: 'string', default: '1' },
   },
 });
 const ITEMS = Number(args.items);
+const FLEET_THREADS = Number(args['fleet-threads']);
 const VALUE_BYTES = Number(args['value-size']);
 // Room for every item on any one node (the ceiling's node takes them all); memcached only
 // allocates what it uses.
@@ -130,10 +132,14 @@ function run(warmArgs: string[]): Promise<string> {
 }
 
 async function main(): Promise<void> {
-  const servers = await startMemcachedCluster(8, { memoryMb: MEMORY_MB, threads: 4 });
+  // The ceiling's node gets 4 worker threads, enough for 4 connections; the replicas' 7 nodes,
+  // all on this one machine, get FLEET_THREADS each (one node per machine in a real fleet).
+  const ceilingNode = await startMemcached({ memoryMb: MEMORY_MB, threads: 4 });
+  const fleet = await startMemcachedCluster(7, { memoryMb: MEMORY_MB, threads: FLEET_THREADS });
+  const servers = [ceilingNode, ...fleet];
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-bench-'));
   try {
-    const [ceilingNode, ...rest] = servers as [MemcachedProcess, ...MemcachedProcess[]];
+    const rest = fleet;
     const document = {
       replicas: {
         source: { nodes: rest.slice(0, 3).map((s) => ({ address: s.address })) },
@@ -166,12 +172,14 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 2_000));
 
     log('running the replica warm (3 → 4 nodes, embedded default, separate process)');
-    const cpuBefore = await memcachedCpu(rest);
+    const sourceCpuBefore = await memcachedCpu(rest.slice(0, 3));
+    const targetCpuBefore = await memcachedCpu(rest.slice(3));
     const started = performance.now();
     const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
       '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json']);
     const warmRate = rate((performance.now() - started) / 1000, ITEMS, ITEMS * VALUE_BYTES);
-    const warmMemcachedCpu = (await memcachedCpu(rest)) - cpuBefore;
+    const sourceCpu = (await memcachedCpu(rest.slice(0, 3))) - sourceCpuBefore;
+    const targetCpu = (await memcachedCpu(rest.slice(3))) - targetCpuBefore;
     const summary = JSON.parse(out) as {
       complete: boolean;
       durationMs: number;
@@ -192,7 +200,7 @@ async function main(): Promise<void> {
       `replica warm, job only         ${show(inside)}   (source selection to summary)`,
       `warm / ceiling                 ${(warmRate.itemsPerSecond / best.itemsPerSecond).toFixed(2)} end to end, ${(inside.itemsPerSecond / best.itemsPerSecond).toFixed(2)} job only`,
       `warm peak RSS                  ${formatBytes(summary.peakRssBytes)} (chunk size ${args['chunk-size']})`,
-      `warm CPU                       cachewarm ${(summary.cpuMs / 1000).toFixed(1)} s (${summary.minorPageFaults.toLocaleString('en-US')} page faults), memcached (7 nodes) ${warmMemcachedCpu.toFixed(1)} s, on ${os.cpus().length} cores`,
+      `warm CPU                       cachewarm ${(summary.cpuMs / 1000).toFixed(1)} s (${summary.minorPageFaults.toLocaleString('en-US')} page faults), memcached: source ${sourceCpu.toFixed(1)} s, target ${targetCpu.toFixed(1)} s; ${os.cpus().length} cores`,
       `ceiling CPU, 4 connections     memcached ${ceilingCpu.toFixed(1)} s`,
     ];
     process.stdout.write(`${lines.join('\n')}\n`);

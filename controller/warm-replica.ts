@@ -7,6 +7,7 @@ import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason } from '../shared/errors.js';
+import { peakRssBytes } from '../shared/peak-memory.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
@@ -183,7 +184,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       targetNodes: targetReplica.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
       parked: queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })),
       complete: queue.parked.length === 0 && tally.total().failed === 0,
-      peakRssBytes: process.resourceUsage().maxRSS * 1024,
+      peakRssBytes: peakRssBytes(),
       cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
       minorPageFaults: process.resourceUsage().minorPageFault,
     };

@@ -44,10 +44,11 @@ export interface DumpNodeOptions {
   readonly keyFilter?: ((key: Buffer) => boolean) | undefined;
   readonly crawlMode?: CrawlMode | undefined;
   /**
-   * Crawl passes. `metadump all` walks the LRUs and misses items that move between them
-   * during the walk (a freshly written item moving from HOT to COLD, say), so in that mode a
-   * second pass lists the keys again and copies those the first did not see. Default: 2 in
-   * `all` mode, 1 in `hash` mode, which walks the hash table and misses nothing.
+   * Most crawl passes. `metadump all` walks the LRUs and misses items that move between them
+   * during the walk (a freshly written item moving from HOT to COLD, say), so in that mode,
+   * when a pass listed fewer distinct keys than the node held, another pass lists the keys
+   * again and copies those not seen before. Default: 2 in `all` mode, 1 in `hash` mode, which
+   * walks the hash table and misses nothing.
    */
   readonly crawlPasses?: number;
   /** Memory for remembering the first pass's keys (a Bloom filter). */
@@ -223,14 +224,22 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     let seq = 0;
     const mode = options.crawlMode ?? crawlModeFor(await version(crawlConnection));
     const passes = options.crawlPasses ?? (mode === 'all' ? 2 : 1);
-    const expectedKeys = Number((await stats(crawlConnection)).get('curr_items') ?? 0);
-    const seen = passes > 1 ? new SeenKeys(expectedKeys * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
+    const itemsHeld = async (): Promise<number> => Number((await stats(crawlConnection)).get('curr_items') ?? 0);
+    const heldBefore = await itemsHeld();
+    const seen = passes > 1 ? new SeenKeys(heldBefore * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
+    let distinct = 0;
     for (let pass = 1; pass <= passes && failure === undefined; pass++) {
+      // Each further pass costs the node a full walk: only when the last one came up short.
+      if (pass > 1 && distinct >= Math.max(heldBefore, await itemsHeld())) break;
       let found = 0;
       for await (const listed of crawlKeys(crawlConnection, { batchKeys: keysPerChunk, clock, signal, mode })) {
         const fresh = pass === 1 ? listed : unseen(listed, seen);
-        if (pass === 1) for (const key of listed.keys) seen?.add(key);
-        else counters.caughtUp += fresh.keys.length;
+        if (pass === 1) {
+          for (const key of listed.keys) if (!seen?.add(key)) distinct++;
+        } else {
+          counters.caughtUp += fresh.keys.length;
+          distinct += fresh.keys.length;
+        }
         counters.listed += fresh.keys.length;
         found += fresh.keys.length;
         const batch = select(fresh);

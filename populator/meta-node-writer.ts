@@ -66,7 +66,7 @@ export class MetaNodeWriter implements NodeWriter {
   constructor(options: MetaNodeWriterOptions) {
     this.connections = new TargetConnections(options.connect, options.connectionsPerNode ?? 2, options.labelOf);
     this.clock = options.clock;
-    this.batchBytes = options.batchBytes ?? 256 << 10;
+    this.batchBytes = options.batchBytes ?? 1 << 20;
     this.retry = options.retry ?? DEFAULT_RETRY;
     this.pool = options.pool;
   }

@@ -7,6 +7,7 @@
  */
 import * as nodeCrypto from 'node:crypto';
 import { CachewarmError } from './errors.js';
+import { md5FirstWord } from './md5-word.js';
 
 export type HashingProfile = 'spymemcached' | 'evcache' | 'libmemcached';
 
@@ -69,7 +70,7 @@ const md5: Md5 =
 
 /** ketama hash of a key (key given as bytes or as a UTF-8 string) */
 export function ketamaHash(key: Uint8Array | string): number {
-  return md5(key).readUInt32LE(0);
+  return md5FirstWord(typeof key === 'string' ? Buffer.from(key, 'utf8') : key);
 }
 
 const DIGESTS_PER_NODE = 40;

@@ -261,6 +261,30 @@ describe('MemjsNodeWriter against plain memcached', () => {
     assert.equal(back.filter((b) => b === undefined).length, 0);
   });
 
+  test('a connection closed after every add was written: the unanswered ones time out and are sent again', async () => {
+    // 40 adds fit in one window, so all are written before the cut: no later write fails,
+    // and memjs alone would wait for their replies forever.
+    const proxy = await cuttingProxy(server.port, 10 * 24);
+    const items = sampleItems({ count: 40, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'memjs-silent' });
+    const clock = countingClock();
+    const writer = new MemjsNodeWriter({ clock, retry: QUICK_RETRY, timeoutSeconds: 0.3 });
+    let written: Written;
+    const started = Date.now();
+    try {
+      written = await write(writer, `127.0.0.1:${proxy.port}`, items);
+    } finally {
+      await writer.close();
+      await proxy.close();
+    }
+    assert.ok(Date.now() - started < 5_000);
+    assert.equal(proxy.connections(), 2);
+    assert.deepEqual(clock.sleeps, [5]);
+    assert.equal(written.total.stored + written.total.existed, items.length);
+    assert.ok(written.total.existed >= 30, `the adds stored before the cut are found present (${written.total.existed})`);
+    assert.equal(written.valueBytes, items.length * 100);
+    assert.equal((await readFrom(server, items.map((i) => i.key))).filter((b) => b === undefined).length, 0);
+  });
+
   test('an aborted write rejects with the reason; close is idempotent and final', async () => {
     const writer = new MemjsNodeWriter({ clock: systemClock });
     const controller = new AbortController();
