@@ -33,7 +33,7 @@ const { values: args } = parseArgs({
     'chunk-size': { type: 'string', default: '16MiB' },
     /** Writes a V8 CPU profile of the warm process into this directory. */
     'cpu-prof-dir': { type: 'string' },
-    'fleet-threads': { type: 'string', default: '1' },
+    'fleet-threads': { type: 'string', default: '2' },
   },
 });
 const ITEMS = Number(args.items);

@@ -4,16 +4,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/ensure-memcached.sh
-
-# npm ci wipes node_modules, so only pay for it when the lock file changed since the last install.
-if [[ ! -f node_modules/.package-lock.json || package-lock.json -nt node_modules/.package-lock.json ]]; then
-  npm ci
-fi
-
-# A deleted source file would otherwise leave its compiled test behind in dist/.
-rm -rf dist
-npx tsc -p tsconfig.json
+bash scripts/prepare.sh --clean
 
 test_files=()
 if [[ -d dist/test ]]; then

@@ -13,24 +13,11 @@ import {
   type DataItem,
   type KeyItem,
 } from '../shared/chunk-format.js';
+import { allByteValues, patterned } from './support/bytes.js';
 
 const NAME = 'job-7/zone-a/10.0.0.1:11211/000042.chunk';
 const REAL_EXPTIME = 1_893_456_000; // 2030-01-01T00:00:00Z, an absolute unix time
 const MAX_U32 = 0xffff_ffff;
-
-function allByteValues(): Buffer {
-  return Buffer.from(Array.from({ length: 256 }, (_, i) => i));
-}
-
-function patterned(length: number, seed: number): Buffer {
-  const buf = Buffer.allocUnsafe(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x = (Math.imul(x, 1_103_515_245) + 12_345) >>> 0;
-    buf[i] = x >>> 24;
-  }
-  return buf;
-}
 
 function dataChunk(items: readonly DataItem[], targetBytes = 64 * 1024): Buffer {
   const builder = new ChunkBuilder('data', targetBytes);

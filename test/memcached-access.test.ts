@@ -10,6 +10,7 @@ import { crawlKeys, crawlModeFor, type KeyBatch } from '../shared/memcached/craw
 import { MetaGetReplies, buildMetaGets, type FetchSink } from '../shared/memcached/meta-get.js';
 import { MetaAddReplies, buildMetaAdds, type AddOutcome, type WritableItem } from '../shared/memcached/meta-add.js';
 import { freePort, startMemcached, type MemcachedProcess } from './support/memcached.js';
+import { allByteValues, patterned } from './support/bytes.js';
 
 const MiB = 1024 * 1024;
 
@@ -155,20 +156,6 @@ async function collect(batches: AsyncIterable<KeyBatch>): Promise<KeyBatch[]> {
   const out: KeyBatch[] = [];
   for await (const batch of batches) out.push(batch);
   return out;
-}
-
-function allByteValues(): Buffer {
-  return Buffer.from(Array.from({ length: 256 }, (_, i) => i));
-}
-
-function patterned(length: number, seed: number): Buffer {
-  const buf = Buffer.allocUnsafe(length);
-  let x = seed >>> 0 || 1;
-  for (let i = 0; i < length; i++) {
-    x = (Math.imul(x, 1_103_515_245) + 12_345) >>> 0;
-    buf[i] = x >>> 24;
-  }
-  return buf;
 }
 
 async function assertRejectsWith(promise: Promise<unknown>, code: string, mentions: string[]): Promise<CachewarmError> {
