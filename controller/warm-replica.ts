@@ -6,7 +6,7 @@ import { BufferPool } from '../shared/buffer-pool.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
-import { CachewarmError, abortReason } from '../shared/errors.js';
+import { abortReason } from '../shared/errors.js';
 import { peakRssBytes } from '../shared/peak-memory.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';

@@ -5,13 +5,11 @@ import { BufferPool } from '../shared/buffer-pool.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
-import { absoluteExpiry, hasExpired } from '../shared/expiry.js';
 import { MemcachedConnection, type Endpoint } from '../shared/memcached/connection.js';
-import { stats, version } from '../shared/memcached/commands.js';
-import { type CrawlMode, type KeyBatch, crawlKeys, crawlModeFor } from '../shared/memcached/crawler.js';
-import { type FetchSink, MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
-import { SeenKeys } from '../shared/seen-keys.js';
+import type { CrawlMode, KeyBatch } from '../shared/memcached/crawler.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
+import { fetchValues } from './fetch-values.js';
+import { listKeys } from './list-keys.js';
 
 export type Connect = (endpoint: Endpoint, signal?: AbortSignal) => Promise<MemcachedConnection>;
 
@@ -43,15 +41,9 @@ export interface DumpNodeOptions {
   /** Only keys for which this returns true are copied (an instance warm's ring filter). */
   readonly keyFilter?: ((key: Buffer) => boolean) | undefined;
   readonly crawlMode?: CrawlMode | undefined;
-  /**
-   * Most crawl passes. `metadump all` walks the LRUs and misses items that move between them
-   * during the walk (a freshly written item moving from HOT to COLD, say), so in that mode,
-   * when a pass listed fewer distinct keys than the node held, another pass lists the keys
-   * again and copies those not seen before. Default: 2 in `all` mode, 1 in `hash` mode, which
-   * walks the hash table and misses nothing.
-   */
+  /** Most crawl passes: see ListKeysOptions.passes. */
   readonly crawlPasses?: number;
-  /** Memory for remembering the first pass's keys (a Bloom filter). */
+  /** Memory for remembering the keys already listed (a Bloom filter). */
   readonly seenKeysMaxBytes?: number;
   readonly counters?: DumpCounters;
   /** Where chunk and command buffers come from and go back to. */
@@ -60,30 +52,12 @@ export interface DumpNodeOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
-const FETCH_BATCH_MAX_KEYS = 1_000;
-/** mg batches in flight per connection: one being answered while the next is on the wire. */
-const FETCH_WINDOW = 2;
-
 /** `127.0.0.1:11211` → `127.0.0.1_11211`: usable as a path segment and an S3 key part. */
 function nodeDirectory(node: SourceNode): string {
   return node.id.replace(/[^A-Za-z0-9._-]+/g, '_');
 }
 
 const pad = (n: number, width: number): string => String(n).padStart(width, '0');
-
-/** The keys of a later pass that the earlier passes did not list; remembers them too. */
-function unseen(batch: KeyBatch, seen: SeenKeys | undefined): KeyBatch {
-  const keys: Buffer[] = [];
-  const exptimes: number[] = [];
-  const sizes: number[] = [];
-  batch.keys.forEach((key, i) => {
-    if (seen?.add(key)) return;
-    keys.push(key);
-    exptimes.push(batch.exptimes[i] as number);
-    sizes.push(batch.sizes[i] as number);
-  });
-  return { keys, exptimes, sizes };
-}
 
 /**
  * Dumps one source node: crawls its keys into key chunks, reads their values (without
@@ -92,7 +66,7 @@ function unseen(batch: KeyBatch, seen: SeenKeys | undefined): KeyBatch {
  * back on both.
  *
  * Memory is bounded by configuration, not by the node's size: about
- * fetchConcurrency × (chunkSizeBytes × 2 + FETCH_WINDOW × fetchBatchBytes) plus two key chunks.
+ * fetchConcurrency × (chunkSizeBytes × 2 + 2 × fetchBatchBytes) plus two key chunks.
  */
 export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> {
   const {
@@ -114,27 +88,6 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   const counters = options.counters ?? newDumpCounters();
   const pool = options.pool ?? new BufferPool();
   const directory = `${jobId}/${nodeDirectory(node)}`;
-  const nowSeconds = (): number => Math.floor(clock.now() / 1000);
-
-  /** Drops what the crawl already says is expired, and keys the filter leaves out. */
-  function select(batch: KeyBatch): KeyBatch {
-    const now = nowSeconds();
-    const keys: Buffer[] = [];
-    const exptimes: number[] = [];
-    const sizes: number[] = [];
-    for (let i = 0; i < batch.keys.length; i++) {
-      const key = batch.keys[i] as Buffer;
-      const exptime = batch.exptimes[i] as number;
-      if (hasExpired(exptime, now)) counters.expired++;
-      else if (keyFilter && !keyFilter(key)) counters.filtered++;
-      else {
-        keys.push(key);
-        exptimes.push(exptime);
-        sizes.push(batch.sizes[i] as number);
-      }
-    }
-    return { keys, exptimes, sizes };
-  }
 
   async function storeKeyChunk(name: string, batch: KeyBatch): Promise<void> {
     const builder = new ChunkBuilder('keys', batch.keys.length * 64, pool);
@@ -160,58 +113,6 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     options.onDataChunk?.(message);
   }
 
-  async function fetchKeyChunk(conn: MemcachedConnection, builder: ChunkBuilder, seq: number, batch: KeyBatch): Promise<void> {
-    const { keys, exptimes, sizes } = batch;
-    const sealed: Buffer[] = [];
-    let part = 0;
-    const flush = async (): Promise<void> => {
-      for (const chunk of sealed.splice(0)) await emit(`${directory}/data-${pad(seq, 6)}-${pad(part++, 3)}.chunk`, chunk);
-    };
-    const window: Promise<void>[] = [];
-    for (let start = 0; start < keys.length; ) {
-      let end = start;
-      let bytes = 0;
-      while (end < keys.length && end - start < FETCH_BATCH_MAX_KEYS && (end === start || bytes + (sizes[end] as number) <= fetchBatchBytes)) {
-        bytes += sizes[end] as number;
-        end++;
-      }
-      await rateLimiter.take(end - start, signal);
-      const base = start;
-      const now = nowSeconds();
-      const sink: FetchSink = {
-        hit(index, value, flags, ttlSeconds) {
-          const key = keys[base + index] as Buffer;
-          const exptime = absoluteExpiry(ttlSeconds, exptimes[base + index] as number, now);
-          if (exptime === undefined) {
-            counters.expired++;
-            return;
-          }
-          if (!builder.fits(ChunkBuilder.dataRecordBytes(key, value.length))) sealed.push(builder.seal());
-          builder.addData(key, value, flags, exptime);
-          counters.read++;
-          counters.bytesRead += value.length;
-        },
-        miss() {
-          counters.gone++;
-        },
-      };
-      const reply = new MetaGetReplies(end - start, sink, conn.label);
-      const request = buildMetaGets(keys, start, end, pool);
-      await conn.enqueue(request, reply);
-      const answered = reply.promise.then(() => pool.release(request));
-      answered.catch(() => undefined); // awaited below; a failure surfaces there, not as unhandled
-      window.push(answered);
-      if (window.length >= FETCH_WINDOW) {
-        await window.shift();
-        await flush();
-      }
-      start = end;
-    }
-    await Promise.all(window);
-    if (builder.itemCount > 0) sealed.push(builder.seal());
-    await flush();
-  }
-
   const crawlConnection = await connect(node, signal);
   const workers: { conn: MemcachedConnection; builder: ChunkBuilder }[] = [];
   try {
@@ -222,48 +123,45 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     const running = new Set<Promise<void>>();
     let failure: unknown;
     let seq = 0;
-    const mode = options.crawlMode ?? crawlModeFor(await version(crawlConnection));
-    const passes = options.crawlPasses ?? (mode === 'all' ? 2 : 1);
-    const itemsHeld = async (): Promise<number> => Number((await stats(crawlConnection)).get('curr_items') ?? 0);
-    const heldBefore = await itemsHeld();
-    const seen = passes > 1 ? new SeenKeys(heldBefore * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
-    let distinct = 0;
-    for (let pass = 1; pass <= passes && failure === undefined; pass++) {
-      // Each further pass costs the node a full walk: only when the last one came up short.
-      if (pass > 1 && distinct >= Math.max(heldBefore, await itemsHeld())) break;
-      let found = 0;
-      for await (const listed of crawlKeys(crawlConnection, { batchKeys: keysPerChunk, clock, signal, mode })) {
-        const fresh = pass === 1 ? listed : unseen(listed, seen);
-        if (pass === 1) {
-          for (const key of listed.keys) if (!seen?.add(key)) distinct++;
-        } else {
-          counters.caughtUp += fresh.keys.length;
-          distinct += fresh.keys.length;
-        }
-        counters.listed += fresh.keys.length;
-        found += fresh.keys.length;
-        const batch = select(fresh);
-        if (batch.keys.length === 0) continue;
-        const keyChunk = `${directory}/keys-${pad(seq, 6)}.chunk`;
-        const chunkSeq = seq++;
-        await storeKeyChunk(keyChunk, batch);
-        while (idle.length === 0 && failure === undefined) await Promise.race(running);
-        if (failure !== undefined) break;
-        const worker = idle.pop() as (typeof workers)[number];
-        const task = fetchKeyChunk(worker.conn, worker.builder, chunkSeq, batch)
-          .then(() => store.delete(keyChunk, signal))
-          .then(
-            () => {
-              idle.push(worker);
-            },
-            (error: unknown) => {
-              failure ??= error;
-            },
-          )
-          .finally(() => running.delete(task));
-        running.add(task);
-      }
-      if (pass > 1 && found === 0) break;
+    const batches = listKeys(crawlConnection, {
+      batchKeys: keysPerChunk,
+      clock,
+      counters,
+      mode: options.crawlMode,
+      passes: options.crawlPasses,
+      seenKeysMaxBytes: options.seenKeysMaxBytes,
+      keyFilter,
+      signal,
+    });
+    for await (const batch of batches) {
+      const chunkSeq = seq++;
+      const keyChunk = `${directory}/keys-${pad(chunkSeq, 6)}.chunk`;
+      await storeKeyChunk(keyChunk, batch);
+      while (idle.length === 0 && failure === undefined) await Promise.race(running);
+      if (failure !== undefined) break;
+      const worker = idle.pop() as (typeof workers)[number];
+      let part = 0;
+      const task = fetchValues(worker.conn, batch, {
+        builder: worker.builder,
+        pool,
+        clock,
+        counters,
+        rateLimiter,
+        batchBytes: fetchBatchBytes,
+        signal,
+        onChunk: (chunk) => emit(`${directory}/data-${pad(chunkSeq, 6)}-${pad(part++, 3)}.chunk`, chunk),
+      })
+        .then(() => store.delete(keyChunk, signal))
+        .then(
+          () => {
+            idle.push(worker);
+          },
+          (error: unknown) => {
+            failure ??= error;
+          },
+        )
+        .finally(() => running.delete(task));
+      running.add(task);
     }
     await Promise.all(running);
     if (failure !== undefined) throw failure;

@@ -1,0 +1,83 @@
+import type { BufferPool } from '../shared/buffer-pool.js';
+import { ChunkBuilder } from '../shared/chunk-format.js';
+import type { Clock } from '../shared/clock.js';
+import type { DumpCounters } from '../shared/counters.js';
+import { absoluteExpiry } from '../shared/expiry.js';
+import type { MemcachedConnection } from '../shared/memcached/connection.js';
+import type { KeyBatch } from '../shared/memcached/crawler.js';
+import { type FetchSink, MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
+import type { RateLimiter } from '../shared/token-bucket.js';
+
+export interface FetchValuesOptions {
+  readonly builder: ChunkBuilder;
+  readonly pool: BufferPool;
+  readonly clock: Clock;
+  readonly counters: DumpCounters;
+  readonly rateLimiter: RateLimiter;
+  /** Values requested in one pipelined batch, bounded by the sizes the crawler reported. */
+  readonly batchBytes: number;
+  /** Called with each data chunk as it fills, and with the last one; the chunk is the callee's. */
+  readonly onChunk: (chunk: Buffer) => Promise<void>;
+  readonly signal?: AbortSignal | undefined;
+}
+
+const BATCH_MAX_KEYS = 1_000;
+/** mg batches in flight: one being answered while the next is on the wire. */
+const WINDOW = 2;
+
+/**
+ * Reads the values of a batch of keys (value, client flags, remaining TTL; `u` so the source's
+ * LRU is left as it was) with pipelined `mg`, into data chunks. An item gone or expired since
+ * the crawl is counted and skipped.
+ */
+export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, options: FetchValuesOptions): Promise<void> {
+  const { builder, pool, counters, rateLimiter, signal } = options;
+  const { keys, exptimes, sizes } = batch;
+  const sealed: Buffer[] = [];
+  const flush = async (): Promise<void> => {
+    for (const chunk of sealed.splice(0)) await options.onChunk(chunk);
+  };
+  const window: Promise<void>[] = [];
+  for (let start = 0; start < keys.length; ) {
+    let end = start;
+    let bytes = 0;
+    while (end < keys.length && end - start < BATCH_MAX_KEYS && (end === start || bytes + (sizes[end] as number) <= options.batchBytes)) {
+      bytes += sizes[end] as number;
+      end++;
+    }
+    await rateLimiter.take(end - start, signal);
+    const base = start;
+    const now = Math.floor(options.clock.now() / 1000);
+    const sink: FetchSink = {
+      hit(index, value, flags, ttlSeconds) {
+        const key = keys[base + index] as Buffer;
+        const exptime = absoluteExpiry(ttlSeconds, exptimes[base + index] as number, now);
+        if (exptime === undefined) {
+          counters.expired++;
+          return;
+        }
+        if (!builder.fits(ChunkBuilder.dataRecordBytes(key, value.length))) sealed.push(builder.seal());
+        builder.addData(key, value, flags, exptime);
+        counters.read++;
+        counters.bytesRead += value.length;
+      },
+      miss() {
+        counters.gone++;
+      },
+    };
+    const reply = new MetaGetReplies(end - start, sink, conn.label);
+    const request = buildMetaGets(keys, start, end, pool);
+    await conn.enqueue(request, reply);
+    const answered = reply.promise.then(() => pool.release(request));
+    answered.catch(() => undefined); // awaited below; a failure surfaces there, not as unhandled
+    window.push(answered);
+    if (window.length >= WINDOW) {
+      await window.shift();
+      await flush();
+    }
+    start = end;
+  }
+  await Promise.all(window);
+  if (builder.itemCount > 0) sealed.push(builder.seal());
+  await flush();
+}

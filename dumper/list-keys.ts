@@ -1,0 +1,82 @@
+import type { Clock } from '../shared/clock.js';
+import type { DumpCounters } from '../shared/counters.js';
+import { hasExpired } from '../shared/expiry.js';
+import type { MemcachedConnection } from '../shared/memcached/connection.js';
+import { stats, version } from '../shared/memcached/commands.js';
+import { type CrawlMode, type KeyBatch, crawlKeys, crawlModeFor } from '../shared/memcached/crawler.js';
+import { SeenKeys } from '../shared/seen-keys.js';
+
+export interface ListKeysOptions {
+  readonly batchKeys: number;
+  readonly clock: Clock;
+  readonly counters: DumpCounters;
+  /** Forces a crawl mode; by default chosen from the server's version. */
+  readonly mode?: CrawlMode | undefined;
+  /**
+   * Most crawl passes. `metadump all` walks the LRUs and misses items that move between them
+   * during the walk (a freshly written item moving from HOT to COLD, say), so in that mode,
+   * when a pass listed fewer distinct keys than the node held, another pass lists the keys
+   * again and yields those not seen before. Default: 2 in `all` mode, 1 in `hash` mode, which
+   * walks the hash table and misses nothing.
+   */
+  readonly passes?: number | undefined;
+  /** Memory for remembering the keys already listed (a Bloom filter). */
+  readonly seenKeysMaxBytes?: number | undefined;
+  /** Only keys for which this returns true are yielded (an instance warm's ring filter). */
+  readonly keyFilter?: ((key: Buffer) => boolean) | undefined;
+  readonly signal?: AbortSignal | undefined;
+}
+
+function where(batch: KeyBatch, keep: (key: Buffer, i: number) => boolean): KeyBatch {
+  const keys: Buffer[] = [];
+  const exptimes: number[] = [];
+  const sizes: number[] = [];
+  batch.keys.forEach((key, i) => {
+    if (!keep(key, i)) return;
+    keys.push(key);
+    exptimes.push(batch.exptimes[i] as number);
+    sizes.push(batch.sizes[i] as number);
+  });
+  return { keys, exptimes, sizes };
+}
+
+/**
+ * Lists the keys of one node worth copying, in batches: every key the crawler sees, less
+ * those it already reports expired and those the filter leaves out, counted as it goes.
+ * The connection carries nothing else meanwhile (memcached requires it of a crawl).
+ */
+export async function* listKeys(conn: MemcachedConnection, options: ListKeysOptions): AsyncGenerator<KeyBatch> {
+  const { batchKeys, clock, counters, keyFilter, signal } = options;
+  const mode = options.mode ?? crawlModeFor(await version(conn));
+  const passes = options.passes ?? (mode === 'all' ? 2 : 1);
+  const itemsHeld = async (): Promise<number> => Number((await stats(conn)).get('curr_items') ?? 0);
+  const heldBefore = await itemsHeld();
+  const seen = passes > 1 ? new SeenKeys(heldBefore * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
+  let distinct = 0;
+  for (let pass = 1; pass <= passes; pass++) {
+    // Each further pass costs the node a full walk: only when the last one came up short.
+    if (pass > 1 && distinct >= Math.max(heldBefore, await itemsHeld())) return;
+    let found = 0;
+    for await (const listed of crawlKeys(conn, { batchKeys, clock, signal, mode })) {
+      let fresh = listed;
+      if (pass === 1) {
+        for (const key of listed.keys) if (!seen?.add(key)) distinct++;
+      } else {
+        fresh = where(listed, (key) => !seen?.add(key));
+        counters.caughtUp += fresh.keys.length;
+        distinct += fresh.keys.length;
+      }
+      counters.listed += fresh.keys.length;
+      found += fresh.keys.length;
+      const now = Math.floor(clock.now() / 1000);
+      const selected = where(fresh, (key, i) => {
+        if (hasExpired(fresh.exptimes[i] as number, now)) counters.expired++;
+        else if (keyFilter && !keyFilter(key)) counters.filtered++;
+        else return true;
+        return false;
+      });
+      if (selected.keys.length > 0) yield selected;
+    }
+    if (found === 0) return;
+  }
+}
