@@ -34,6 +34,8 @@ const { values: args } = parseArgs({
     /** Writes a V8 CPU profile of the warm process into this directory. */
     'cpu-prof-dir': { type: 'string' },
     'fleet-threads': { type: 'string', default: '2' },
+    /** Extra options for the warm, e.g. "--fetch-concurrency 1". */
+    'warm-args': { type: 'string', default: '' },
   },
 });
 const ITEMS = Number(args.items);
@@ -176,7 +178,7 @@ async function main(): Promise<void> {
     const targetCpuBefore = await memcachedCpu(rest.slice(3));
     const started = performance.now();
     const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
-      '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json']);
+      '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', ...String(args['warm-args']).split(' ').filter(Boolean)]);
     const warmRate = rate((performance.now() - started) / 1000, ITEMS, ITEMS * VALUE_BYTES);
     const sourceCpu = (await memcachedCpu(rest.slice(0, 3))) - sourceCpuBefore;
     const targetCpu = (await memcachedCpu(rest.slice(3))) - targetCpuBefore;
