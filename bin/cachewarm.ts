@@ -1,13 +1,16 @@
 #!/usr/bin/env node
 import { Command, InvalidArgumentError, Option } from 'commander';
+import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
 import { progressLine, summaryText } from '../controller/report.js';
 import { type WarmProgress, warmReplica } from '../controller/warm-replica.js';
+import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
+import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
-import { isCachewarmError } from '../shared/errors.js';
-import { loadTopology } from '../shared/topology.js';
+import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { type Topology, loadTopology } from '../shared/topology.js';
 import { parseByteSize, parsePositiveInt } from '../shared/units.js';
 
 /** Exit codes, documented in the README. */
@@ -61,6 +64,41 @@ function interruptSignal(): AbortSignal {
 
 const defaultWorkDir = path.join(os.tmpdir(), 'cachewarm');
 
+/**
+ * The target writer `--writer` asks for: undefined for meta (the controller's default), a
+ * MemjsNodeWriter for memjs, with SASL credentials when given. The password is read from a
+ * file so it stays out of the process list.
+ */
+async function targetWriter(
+  opts: { writer: 'meta' | 'memjs'; saslUser?: string; saslPasswordFile?: string; target: string },
+  topology: Topology,
+): Promise<NodeWriter | undefined> {
+  const sasl = opts.saslUser !== undefined || opts.saslPasswordFile !== undefined;
+  if (opts.writer === 'meta') {
+    if (sasl) throw new CachewarmError('INVALID_ARGUMENT', '--sasl-user and --sasl-password-file need --writer memjs');
+    return undefined;
+  }
+  let password: string | undefined;
+  if (sasl) {
+    if (opts.saslUser === undefined || opts.saslPasswordFile === undefined) {
+      throw new CachewarmError('INVALID_ARGUMENT', '--sasl-user and --sasl-password-file go together');
+    }
+    try {
+      password = (await readFile(opts.saslPasswordFile, 'utf8')).replace(/\r?\n$/, '');
+    } catch (error) {
+      throw new CachewarmError('INVALID_ARGUMENT', `cannot read --sasl-password-file ${opts.saslPasswordFile}: ${(error as Error).message}`);
+    }
+    if (password === '') throw new CachewarmError('INVALID_ARGUMENT', `--sasl-password-file ${opts.saslPasswordFile} is empty`);
+  }
+  const labels = new Map((topology.replicas.get(opts.target)?.nodes ?? []).map((n) => [n.address, n.id]));
+  return new MemjsNodeWriter({
+    clock: systemClock,
+    username: opts.saslUser,
+    password,
+    labelOf: (address) => labels.get(address) ?? address,
+  });
+}
+
 const program = new Command()
   .name('cachewarm')
   .description('Warms memcached replicas: copies live items into a new or emptied replica, add-only.')
@@ -82,6 +120,13 @@ warm
   .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
   .option('--keep-chunks', 'keep chunks in the work directory after they are written')
   .option('--json', 'print the summary as one JSON object')
+  .addOption(
+    new Option('--writer <kind>', 'how items are written to the target: meta commands, or memjs (binary protocol, SASL)')
+      .choices(['meta', 'memjs'])
+      .default('meta'),
+  )
+  .option('--sasl-user <name>', 'SASL user for the target nodes (needs --writer memjs)')
+  .option('--sasl-password-file <file>', "file holding that user's password (a trailing newline is ignored)")
   .action(async (opts: {
     topology: string;
     target: string;
@@ -94,8 +139,12 @@ warm
     populateConcurrency: number;
     keepChunks?: boolean;
     json?: boolean;
+    writer: 'meta' | 'memjs';
+    saslUser?: string;
+    saslPasswordFile?: string;
   }) => {
     const topology = await loadTopology(opts.topology);
+    const writer = await targetWriter(opts, topology);
     const printer = progressPrinter();
     const summary = await warmReplica({
       topology,
@@ -109,6 +158,7 @@ warm
       populateConcurrency: opts.populateConcurrency,
       keepChunks: opts.keepChunks === true,
       clock: systemClock,
+      writer,
       signal: interruptSignal(),
       onProgress: opts.json ? undefined : printer.onProgress,
     }).finally(printer.done);

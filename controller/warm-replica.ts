@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { type Connect, connectDirect, dumpNode } from '../dumper/dump-node.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
+import type { NodeWriter } from '../populator/node-writer.js';
 import { BufferPool } from '../shared/buffer-pool.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
@@ -13,7 +14,7 @@ import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { JobJournal } from './job-journal.js';
-import { endpointOf, nodeStats } from './node-stats.js';
+import { endpointOf } from './node-stats.js';
 import { selectSource } from './select-source.js';
 
 export interface WarmReplicaOptions {
@@ -35,6 +36,11 @@ export interface WarmReplicaOptions {
   readonly keepChunks?: boolean;
   readonly clock: Clock;
   readonly connect?: Connect;
+  /**
+   * Writes items to the target's nodes; default: a MetaNodeWriter over `connect`. Closed by
+   * warmReplica when the warm ends, like the default one.
+   */
+  readonly writer?: NodeWriter | undefined;
   readonly signal?: AbortSignal | undefined;
   readonly onProgress?: (progress: WarmProgress) => void;
   readonly progressIntervalMs?: number;
@@ -81,11 +87,6 @@ export function newJobId(kind: string, target: string, now: number): string {
   return `${kind}-${target}-${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
-/** Fails fast, naming the node, when a target node does not answer before any work starts. */
-async function checkReachable(nodes: readonly NodeSpec[], connect: Connect, signal?: AbortSignal): Promise<void> {
-  await Promise.all(nodes.map((node) => nodeStats(node, connect, signal)));
-}
-
 /**
  * A replica warm on one machine (the embedded default): chunks in a local directory, handed
  * over through a bounded in-process queue. Every source node's dumper and the populators run
@@ -96,7 +97,17 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   const started = clock.now();
   const targetReplica = replicaOf(topology, target, '--target');
   const { source } = await selectSource(topology, target, { connect, requested: options.source, signal: options.signal });
-  await checkReachable(targetReplica.nodes, connect, options.signal);
+  const labels = new Map(targetReplica.nodes.map((n) => [n.address, n.id]));
+  const pool = new BufferPool();
+  const writer: NodeWriter =
+    options.writer ?? new MetaNodeWriter({ connect, clock, pool, labelOf: (address) => labels.get(address) ?? address });
+  try {
+    // Fail fast, naming the node, when a target node does not answer before any work starts.
+    await Promise.all(targetReplica.nodes.map((node) => writer.probe(node.address, options.signal)));
+  } catch (error) {
+    await writer.close();
+    throw error;
+  }
 
   const jobId = options.jobId ?? newJobId('replica', target, started);
   const journal = await JobJournal.open(options.workDir, {
@@ -108,9 +119,6 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   const store = new LocalDirStore(options.workDir);
   const queue = new MemoryQueue({ capacity: options.queueCapacity ?? 8 });
   const ring = targetRingOf(topology, target);
-  const labels = new Map(targetReplica.nodes.map((n) => [n.address, n.id]));
-  const pool = new BufferPool();
-  const writer = new MetaNodeWriter({ connect, clock, pool, labelOf: (address) => labels.get(address) ?? address });
   const tally = new WriteTally();
   const dumpCounters = new Map(source.replica.nodes.map((n) => [n.id, newDumpCounters()]));
 

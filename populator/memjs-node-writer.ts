@@ -130,6 +130,21 @@ export class MemjsNodeWriter implements NodeWriter {
     );
   }
 
+  async probe(address: string): Promise<void> {
+    const client = this.clientFor(address);
+    try {
+      // `stats` over the binary protocol: answers only once the SASL login went through.
+      await new Promise<void>((resolve, reject) => {
+        client.stats((error) => (error ? reject(error) : resolve()));
+      });
+    } catch (error) {
+      this.discard(address, client);
+      const why = this.describe(address, error as Error);
+      const what = AUTH_FAILED.test((error as Error).message) ? 'refused SASL authentication' : 'does not answer';
+      throw new CachewarmError('NODE_UNREACHABLE', `target node ${address} ${what}: ${why}`, { node: address }, { cause: error });
+    }
+  }
+
   private describe(address: string, error: Error | undefined): string {
     const why = error?.message ?? 'unknown error';
     const label = this.labelOf(address);
@@ -144,12 +159,7 @@ export class MemjsNodeWriter implements NodeWriter {
       // Built the way Client.create builds it, minus its "[user:pass@]host:port" parsing,
       // which cannot read an [IPv6]:port address.
       const { host, port } = parseAddress(address);
-      const serverOptions = {
-        username: this.options.username,
-        password: this.options.password,
-        timeout: this.timeoutSeconds,
-        conntimeout: 2 * this.timeoutSeconds,
-      };
+      const serverOptions = { timeout: this.timeoutSeconds, conntimeout: 2 * this.timeoutSeconds };
       const server = new memjs.Server(host, port, this.options.username, this.options.password, serverOptions);
       // Retries are ours (with backoff, across a fresh connection); memjs only logs to the console.
       client = new memjs.Client([server], { retries: 0, failover: false, logger: { log: () => undefined } });

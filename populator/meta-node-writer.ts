@@ -2,6 +2,7 @@ import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
+import { version } from '../shared/memcached/commands.js';
 import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import type { Connect } from '../dumper/dump-node.js';
 import type { NodeWriter } from './node-writer.js';
@@ -73,6 +74,10 @@ export class MetaNodeWriter implements NodeWriter {
 
   close(): Promise<void> {
     return this.connections.close();
+  }
+
+  async probe(address: string, signal?: AbortSignal): Promise<void> {
+    await version(await this.connections.get(address, signal));
   }
 
   async addItems(

@@ -17,6 +17,8 @@ export interface NodeWriter {
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
   ): Promise<void>;
+  /** Checks that the node answers (and, where it needs it, accepts our credentials). */
+  probe(address: string, signal?: AbortSignal): Promise<void>;
   /** Closes every connection. Idempotent. */
   close(): Promise<void>;
 }

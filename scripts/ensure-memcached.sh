@@ -1,46 +1,73 @@
 #!/usr/bin/env bash
-# Makes sure a memcached binary is available for the integration tests, installing
-# Debian's package when it is missing (fresh CI machines do not have it).
+# Makes sure a memcached binary is available for the integration tests, and saslpasswd2 for
+# the SASL tests (memcached -S against a sasldb), installing Debian's packages (memcached,
+# sasl2-bin) when they are missing (fresh CI machines do not have them).
 set -euo pipefail
 
-if [[ -n "${MEMCACHED_BIN:-}" ]]; then
-  if [[ -x "$MEMCACHED_BIN" ]]; then
-    echo "ensure-memcached: using MEMCACHED_BIN=$MEMCACHED_BIN ($("$MEMCACHED_BIN" -V 2>/dev/null || echo 'version unknown'))"
-    exit 0
+apt_updated=false
+
+# apt_install <package> <what is missing>: installs a Debian package with apt-get, as root
+# (through sudo when not root). Returns non-zero, having said why, when it cannot.
+apt_install() {
+  local package=$1 missing=$2
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-memcached: $missing is not installed and apt-get is not available; install $package" >&2
+    return 1
   fi
-  echo "ensure-memcached: MEMCACHED_BIN=$MEMCACHED_BIN is not an executable file" >&2
-  exit 1
-fi
 
-if command -v memcached >/dev/null 2>&1; then
-  echo "ensure-memcached: found $(command -v memcached) ($(memcached -V 2>/dev/null || echo 'version unknown'))"
-  exit 0
-fi
+  local as_root=()
+  if [[ "$(id -u)" -ne 0 ]]; then
+    if command -v sudo >/dev/null 2>&1; then
+      as_root=(sudo)
+    else
+      echo "ensure-memcached: $missing is not installed, and installing $package needs root but sudo is not available" >&2
+      return 1
+    fi
+  fi
 
-if ! command -v apt-get >/dev/null 2>&1; then
-  echo "ensure-memcached: memcached is not installed and apt-get is not available; install memcached or set MEMCACHED_BIN" >&2
-  exit 1
-fi
+  echo "ensure-memcached: $missing not found; installing $package with ${as_root[*]:+${as_root[*]} }apt-get"
+  if [[ "$apt_updated" != true ]]; then
+    if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update; then
+      echo "ensure-memcached: apt-get update failed" >&2
+      return 1
+    fi
+    apt_updated=true
+  fi
+  if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package"; then
+    echo "ensure-memcached: installing $package with apt-get failed" >&2
+    return 1
+  fi
+}
 
-as_root=()
-if [[ "$(id -u)" -ne 0 ]]; then
-  if command -v sudo >/dev/null 2>&1; then
-    as_root=(sudo)
-  else
-    echo "ensure-memcached: memcached is not installed, and installing it needs root but sudo is not available" >&2
+if [[ -n "${MEMCACHED_BIN:-}" ]]; then
+  if [[ ! -x "$MEMCACHED_BIN" ]]; then
+    echo "ensure-memcached: MEMCACHED_BIN=$MEMCACHED_BIN is not an executable file" >&2
     exit 1
   fi
+  echo "ensure-memcached: using MEMCACHED_BIN=$MEMCACHED_BIN ($("$MEMCACHED_BIN" -V 2>/dev/null || echo 'version unknown'))"
+elif command -v memcached >/dev/null 2>&1; then
+  echo "ensure-memcached: found $(command -v memcached) ($(memcached -V 2>/dev/null || echo 'version unknown'))"
+else
+  apt_install memcached memcached || exit 1
+  if ! command -v memcached >/dev/null 2>&1; then
+    echo "ensure-memcached: apt-get reported success but memcached is still not on PATH" >&2
+    exit 1
+  fi
+  echo "ensure-memcached: installed $(command -v memcached) ($(memcached -V 2>/dev/null || echo 'version unknown'))"
 fi
 
-echo "ensure-memcached: memcached not found; installing it with ${as_root[*]:+${as_root[*]} }apt-get"
-if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update \
-  || ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends memcached; then
-  echo "ensure-memcached: installing memcached with apt-get failed" >&2
-  exit 1
-fi
+# saslpasswd2 lives in /usr/sbin, which is not on a normal user's PATH on Debian.
+find_saslpasswd2() {
+  command -v saslpasswd2 2>/dev/null || { [[ -x /usr/sbin/saslpasswd2 ]] && echo /usr/sbin/saslpasswd2; }
+}
 
-if ! command -v memcached >/dev/null 2>&1; then
-  echo "ensure-memcached: apt-get reported success but memcached is still not on PATH" >&2
-  exit 1
+if saslpasswd2=$(find_saslpasswd2); then
+  echo "ensure-memcached: found $saslpasswd2 (for the SASL tests)"
+else
+  apt_install sasl2-bin saslpasswd2 || exit 1
+  if ! saslpasswd2=$(find_saslpasswd2); then
+    echo "ensure-memcached: apt-get reported success but saslpasswd2 is still not found" >&2
+    exit 1
+  fi
+  echo "ensure-memcached: installed $saslpasswd2 (for the SASL tests)"
 fi
-echo "ensure-memcached: installed $(command -v memcached) ($(memcached -V 2>/dev/null || echo 'version unknown'))"
