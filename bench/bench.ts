@@ -30,7 +30,7 @@ const { values: args } = parseArgs({
   options: {
     items: { type: 'string', default: '1000000' },
     'value-size': { type: 'string', default: '1024' },
-    'chunk-size': { type: 'string', default: '16MiB' },
+    'chunk-size': { type: 'string', default: '4MiB' },
     /** Writes a V8 CPU profile of the warm process into this directory. */
     'cpu-prof-dir': { type: 'string' },
     'fleet-threads': { type: 'string', default: '2' },

@@ -114,7 +114,9 @@ warm
   .option('--source <replica>', "the replica to copy from, or 'auto' for the fullest reachable one", 'auto')
   .option('--work-dir <dir>', 'where chunks and the job record are kept', defaultWorkDir)
   .option('--job-id <id>', 'name the job (default: generated)')
-  .addOption(new Option('--chunk-size <size>', 'data chunk size, e.g. 16MiB').argParser(byteSize).default(16 << 20, '16MiB'))
+  // 4 MiB measured faster than 16 MiB on the embedded default (the chunks being written
+  // stay in cache) and keeps the warm's memory near 300 MiB.
+  .addOption(new Option('--chunk-size <size>', 'data chunk size, e.g. 16MiB').argParser(byteSize).default(4 << 20, '4MiB'))
   .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
   .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node').argParser(positiveInt).default(2))
   .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))

@@ -1,3 +1,4 @@
+import pLimit from 'p-limit';
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
@@ -120,6 +121,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
       workers.push({ conn: await connect(node, signal), builder: new ChunkBuilder('data', chunkSizeBytes, pool) });
     }
     const idle = [...workers];
+    const limit = pLimit(fetchConcurrency);
     const running = new Set<Promise<void>>();
     let failure: unknown;
     let seq = 0;
@@ -137,29 +139,34 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
       const chunkSeq = seq++;
       const keyChunk = `${directory}/keys-${pad(chunkSeq, 6)}.chunk`;
       await storeKeyChunk(keyChunk, batch);
-      while (idle.length === 0 && failure === undefined) await Promise.race(running);
+      // Hold the crawl while every reader is busy and a batch already waits its turn: the
+      // keys in memory stay at a few batches however large the node.
+      while (limit.pendingCount > 0 && failure === undefined) await Promise.race(running);
       if (failure !== undefined) break;
-      const worker = idle.pop() as (typeof workers)[number];
       let part = 0;
-      const task = fetchValues(worker.conn, batch, {
-        builder: worker.builder,
-        pool,
-        clock,
-        counters,
-        rateLimiter,
-        batchBytes: fetchBatchBytes,
-        signal,
-        onChunk: (chunk) => emit(`${directory}/data-${pad(chunkSeq, 6)}-${pad(part++, 3)}.chunk`, chunk),
+      const task = limit(async () => {
+        if (failure !== undefined) return; // another batch failed: the dump is over
+        // p-limit runs at most fetchConcurrency of these, so a worker is always free here.
+        const worker = idle.pop() as (typeof workers)[number];
+        try {
+          await fetchValues(worker.conn, batch, {
+            builder: worker.builder,
+            pool,
+            clock,
+            counters,
+            rateLimiter,
+            batchBytes: fetchBatchBytes,
+            signal,
+            onChunk: (chunk) => emit(`${directory}/data-${pad(chunkSeq, 6)}-${pad(part++, 3)}.chunk`, chunk),
+          });
+          await store.delete(keyChunk, signal);
+        } finally {
+          idle.push(worker);
+        }
       })
-        .then(() => store.delete(keyChunk, signal))
-        .then(
-          () => {
-            idle.push(worker);
-          },
-          (error: unknown) => {
-            failure ??= error;
-          },
-        )
+        .catch((error: unknown) => {
+          failure ??= error;
+        })
         .finally(() => running.delete(task));
       running.add(task);
     }
