@@ -65,7 +65,7 @@ export class MetaNodeWriter implements NodeWriter {
   private readonly pool: BufferPool | undefined;
 
   constructor(options: MetaNodeWriterOptions) {
-    this.connections = new TargetConnections(options.connect, options.connectionsPerNode ?? 2, options.labelOf);
+    this.connections = new TargetConnections(options.connect, options.connectionsPerNode ?? 4, options.labelOf);
     this.clock = options.clock;
     this.batchBytes = options.batchBytes ?? 1 << 20;
     this.retry = options.retry ?? DEFAULT_RETRY;
