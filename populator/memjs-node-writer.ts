@@ -3,7 +3,7 @@ import type { Clock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import type { AddOutcome, WritableItem } from '../shared/memcached/meta-add.js';
 import { parseAddress } from '../shared/topology.js';
-import { DEFAULT_RETRY, type RetryPolicy } from './meta-node-writer.js';
+import { DEFAULT_RETRY, type RetryPolicy, backoffMs, stillFailing } from './retry-policy.js';
 import type { NodeWriter } from './node-writer.js';
 
 export interface MemjsNodeWriterOptions {
@@ -100,7 +100,7 @@ export class MemjsNodeWriter implements NodeWriter {
     let pending: readonly WritableItem[] = items;
     let lastError: Error | undefined;
     for (let attempt = 1; attempt <= this.retry.attempts && pending.length > 0; attempt++) {
-      if (attempt > 1) await this.clock.sleep(Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 2)), signal);
+      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt), signal);
       if (signal?.aborted) break;
       const client = this.clientFor(address);
       const result = await this.send(client, pending, onOutcome, signal);
@@ -122,12 +122,7 @@ export class MemjsNodeWriter implements NodeWriter {
       }
     }
     if (signal?.aborted) throw signal.reason;
-    throw new CachewarmError(
-      'NODE_UNREACHABLE',
-      `target node ${address} still failing after ${this.retry.attempts} attempts: ${this.describe(address, lastError)}`,
-      { node: address },
-      { cause: lastError },
-    );
+    throw stillFailing(address, this.retry, this.describe(address, lastError), lastError);
   }
 
   async probe(address: string): Promise<void> {

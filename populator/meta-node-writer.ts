@@ -1,20 +1,13 @@
 import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
-import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { isCachewarmError } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { version } from '../shared/memcached/commands.js';
 import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import type { Connect } from '../dumper/dump-node.js';
 import type { NodeWriter } from './node-writer.js';
+import { DEFAULT_RETRY, type RetryPolicy, backoffMs, stillFailing } from './retry-policy.js';
 import { TargetConnections } from './target-connections.js';
-
-export interface RetryPolicy {
-  readonly attempts: number;
-  readonly baseDelayMs: number;
-  readonly maxDelayMs: number;
-}
-
-export const DEFAULT_RETRY: RetryPolicy = { attempts: 6, baseDelayMs: 100, maxDelayMs: 3_000 };
 
 export interface MetaNodeWriterOptions {
   readonly connect: Connect;
@@ -89,7 +82,7 @@ export class MetaNodeWriter implements NodeWriter {
     let pending = batchesOf(items, this.batchBytes);
     let lastError: Error | undefined;
     for (let attempt = 1; attempt <= this.retry.attempts && pending.length > 0; attempt++) {
-      if (attempt > 1) await this.clock.sleep(Math.min(this.retry.maxDelayMs, this.retry.baseDelayMs * 2 ** (attempt - 2)), signal);
+      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt), signal);
       let conn: MemcachedConnection;
       try {
         conn = await this.connections.get(address, signal);
@@ -107,13 +100,7 @@ export class MetaNodeWriter implements NodeWriter {
       await this.connections.discard(address, conn);
     }
     if (signal?.aborted) throw signal.reason;
-    const why = lastError?.message ?? 'unknown error';
-    throw new CachewarmError(
-      'NODE_UNREACHABLE',
-      `target node ${address} still failing after ${this.retry.attempts} attempts: ${why}`,
-      { node: address },
-      { cause: lastError },
-    );
+    throw stillFailing(address, this.retry, lastError?.message ?? 'unknown error', lastError);
   }
 
   /**

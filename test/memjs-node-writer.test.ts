@@ -11,7 +11,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import memjs from 'memjs';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
-import type { RetryPolicy } from '../populator/meta-node-writer.js';
+import type { RetryPolicy } from '../populator/retry-policy.js';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import type { AddOutcome, WritableItem } from '../shared/memcached/meta-add.js';
