@@ -37,8 +37,8 @@ export function summaryText(s: WarmSummary): string {
     '',
     'source nodes',
     table(
-      ['node', 'listed', 'caught up', 'read', 'expired', 'gone', 'filtered', 'bytes read', 'chunks'],
-      s.sourceNodes.map((n) => [n.node, n.listed, n.caughtUp, n.read, n.expired, n.gone, n.filtered, formatBytes(n.bytesRead), n.dataChunks]),
+      ['node', 'listed', 'caught up', 'read', 'expired', 'gone', 'filtered', 'unsupported', 'bytes read', 'chunks'],
+      s.sourceNodes.map((n) => [n.node, n.listed, n.caughtUp, n.read, n.expired, n.gone, n.filtered, n.unsupported, formatBytes(n.bytesRead), n.dataChunks]),
     ),
     '',
     'target nodes',

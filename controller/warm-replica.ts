@@ -63,7 +63,7 @@ export interface WarmSummary {
   readonly sourceNodes: readonly ({ node: string } & DumpCounters)[];
   readonly targetNodes: readonly ({ node: string } & WriteCounters)[];
   readonly parked: readonly { chunk: string; reason: string }[];
-  /** True when every listed item was either written, already present, expired or gone. */
+  /** True when every listed item was written, already present, expired or gone: none failed, parked or unsupported. */
   readonly complete: boolean;
   /** The process's peak resident memory: what the warm's bounds are checked against. */
   readonly peakRssBytes: number;
@@ -191,7 +191,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumpCounters.get(n.id) as DumpCounters) })),
       targetNodes: targetReplica.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
       parked: queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })),
-      complete: queue.parked.length === 0 && tally.total().failed === 0,
+      complete: queue.parked.length === 0 && tally.total().failed === 0 && sumOf(dumpCounters, 'unsupported') === 0,
       peakRssBytes: peakRssBytes(),
       cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
       minorPageFaults: process.resourceUsage().minorPageFault,
@@ -207,6 +207,12 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
     await writer.close();
     await journal.close();
   }
+}
+
+function sumOf(counters: ReadonlyMap<string, DumpCounters>, name: keyof DumpCounters): number {
+  let sum = 0;
+  for (const c of counters.values()) sum += c[name];
+  return sum;
 }
 
 function endpointAndId(node: NodeSpec): { id: string; host: string; port: number; label: string } {

@@ -4,6 +4,7 @@ import { hasExpired } from '../shared/expiry.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats, version } from '../shared/memcached/commands.js';
 import { type CrawlMode, type KeyBatch, crawlKeys, crawlModeFor } from '../shared/memcached/crawler.js';
+import { fitsMetaCommand } from '../shared/memcached/keys.js';
 import { SeenKeys } from '../shared/seen-keys.js';
 
 export interface ListKeysOptions {
@@ -72,6 +73,7 @@ export async function* listKeys(conn: MemcachedConnection, options: ListKeysOpti
       const selected = where(fresh, (key, i) => {
         if (hasExpired(fresh.exptimes[i] as number, now)) counters.expired++;
         else if (keyFilter && !keyFilter(key)) counters.filtered++;
+        else if (!fitsMetaCommand(key)) counters.unsupported++;
         else return true;
         return false;
       });

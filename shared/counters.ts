@@ -10,6 +10,8 @@ export interface DumpCounters {
   filtered: number;
   /** Deleted or evicted between the crawl and the read. */
   gone: number;
+  /** Keys the text protocol cannot name (base64 form over 250 characters): not copied. */
+  unsupported: number;
   /** Items read with their value and written to data chunks. */
   read: number;
   bytesRead: number;
@@ -29,7 +31,7 @@ export interface WriteCounters {
 }
 
 export function newDumpCounters(): DumpCounters {
-  return { listed: 0, caughtUp: 0, expired: 0, filtered: 0, gone: 0, read: 0, bytesRead: 0, dataChunks: 0 };
+  return { listed: 0, caughtUp: 0, expired: 0, filtered: 0, gone: 0, unsupported: 0, read: 0, bytesRead: 0, dataChunks: 0 };
 }
 
 export function newWriteCounters(): WriteCounters {

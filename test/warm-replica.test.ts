@@ -9,6 +9,7 @@ import { connectDirect } from '../dumper/dump-node.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
+import net from 'node:net';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { type Cluster, itemCount, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
@@ -119,6 +120,34 @@ describe('a replica warm on the embedded default', () => {
       },
       ['-I', '2m'],
     );
+  });
+
+  test('skips and counts a key the text protocol cannot name, and reports the warm incomplete', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      // A 200-byte key with a space: its base64 form exceeds memcached's 250-character token.
+      const unnameable = Buffer.concat([Buffer.from('space '), Buffer.alloc(194, 0x61)]);
+      // Only a binary-protocol client can write such a key: a raw binary SET.
+      const header = Buffer.alloc(24);
+      header[0] = 0x80;
+      header[1] = 0x01;
+      header.writeUInt16BE(unnameable.length, 2);
+      header[4] = 8;
+      header.writeUInt32BE(8 + unnameable.length + 1, 8);
+      await new Promise<void>((resolve) => {
+        const socket = net.connect(cluster.servers['a']?.[0] as { host: string; port: number }, () => {
+          socket.write(Buffer.concat([header, Buffer.alloc(8), unnameable, Buffer.from('v')]));
+        });
+        socket.on('data', () => socket.destroy());
+        socket.on('close', () => resolve());
+      });
+      await load(cluster.topology, 'a', sampleItems({ count: 100, valueBytes: 10, nowSeconds: nowSeconds() }));
+
+      const summary = await warm(cluster, { workDir: await workDir() });
+
+      assert.equal(summary.sourceNodes[0]?.unsupported, 1);
+      assert.equal(summary.targetNodes[0]?.stored, 100);
+      assert.equal(summary.complete, false);
+    });
   });
 
   test('does not resurrect items that expire during the warm', async () => {

@@ -16,6 +16,16 @@ export function isRawSafeKey(key: Uint8Array): boolean {
   return true;
 }
 
+/**
+ * Whether a key can be named on a meta command line at all: raw, or base64-encoded for keys
+ * with spaces or control bytes, the token must stay within memcached's 250 characters.
+ * (Only binary-protocol clients can write the keys that fail this.)
+ */
+export function fitsMetaCommand(key: Uint8Array): boolean {
+  if (isRawSafeKey(key)) return key.length <= MAX_KEY_BYTES;
+  return Math.ceil(key.length / 3) * 4 <= MAX_KEY_BYTES;
+}
+
 export function checkKey(key: Uint8Array, where: string): void {
   if (key.length === 0 || key.length > MAX_KEY_BYTES) {
     throw new CachewarmError('INVALID_ARGUMENT', `${where}: a key must be 1 to ${MAX_KEY_BYTES} bytes, got ${key.length}`, {
