@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { once } from 'node:events';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
@@ -80,6 +82,33 @@ describe('the cachewarm command', () => {
     const run = await cachewarm('warm', 'replica', '--topology', file, '--target', 'b', '--source', 'a');
     assert.equal(run.code, 1);
     assert.match(run.stderr, /cannot connect to a\/127\.0\.0\.1:1/);
+  });
+
+  test('SIGINT stops a warm: exit 130, and the job record says it failed and why', async () => {
+    const cluster = await startCluster({ a: 1, b: 1 });
+    try {
+      await load(cluster.topology, 'a', sampleItems({ count: 5_000, valueBytes: 10, nowSeconds: nowSeconds() }));
+      const file = await topologyFile({
+        replicas: Object.fromEntries([...cluster.topology.replicas.values()].map((r) => [r.name, { nodes: r.nodes.map((n) => ({ address: n.address })) }])),
+      });
+      const dir = path.dirname(file);
+      const child = spawn(process.execPath, [bin, 'warm', 'replica', '--topology', file, '--target', 'b', '--max-ops', '500', '--job-id', 'stopped', '--work-dir', dir]);
+      let stderr = '';
+      child.stderr.on('data', (chunk: Buffer) => {
+        stderr += chunk.toString();
+      });
+      // Interrupt once the job is under way (its record exists).
+      for (let i = 0; i < 100 && !existsSync(path.join(dir, 'stopped', 'job.json')); i++) await new Promise((r) => setTimeout(r, 50));
+      child.kill('SIGINT');
+      const [code] = (await once(child, 'exit')) as [number | null];
+      assert.equal(code, 130, stderr);
+      assert.match(stderr, /SIGINT/);
+      const record = JSON.parse(await readFile(path.join(dir, 'stopped', 'job.json'), 'utf8')) as { status: string; error: string };
+      assert.equal(record.status, 'failed');
+      assert.match(record.error, /interrupted by SIGINT/);
+    } finally {
+      await cluster.stop();
+    }
   });
 
   test('demo runs the main job on a local cluster and verifies every item', async () => {
