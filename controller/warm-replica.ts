@@ -7,7 +7,7 @@ import { BufferPool } from '../shared/buffer-pool.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
-import { abortReason } from '../shared/errors.js';
+import { abortReason, isCachewarmError } from '../shared/errors.js';
 import { peakRssBytes } from '../shared/peak-memory.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
@@ -154,7 +154,12 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       pool,
       signal: stop.signal,
       onChunkDone: (message) => journal.chunk('consumed', message.chunk.name),
-      onChunkFailed: (message, reason, parked) => journal.chunk(parked ? 'parked' : 'retry', message.chunk.name, reason),
+      onChunkFailed: (message, error, parked) => {
+        journal.chunk(parked ? 'parked' : 'retry', message.chunk.name, error.message);
+        // The writer already retried with backoff: a target node still down fails the job
+        // now, naming the node, rather than after every chunk has failed the same way.
+        if (isCachewarmError(error, 'NODE_UNREACHABLE')) stop.abort(error);
+      },
     }).catch(fail);
 
     const dumping = Promise.all(

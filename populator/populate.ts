@@ -20,7 +20,8 @@ export interface PopulatorOptions {
   /** Remove a chunk from the store once all its items are handled. */
   readonly deleteConsumed?: boolean;
   readonly onChunkDone?: (message: ChunkMessage) => void;
-  readonly onChunkFailed?: (message: ChunkMessage, reason: string, parked: boolean) => void;
+  /** A chunk failed: `parked` when it can never apply, else it was handed back for redelivery. */
+  readonly onChunkFailed?: (message: ChunkMessage, error: Error, parked: boolean) => void;
   /** Where chunk buffers come from and go back to. */
   readonly pool?: BufferPool;
   readonly signal?: AbortSignal | undefined;
@@ -75,16 +76,16 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     const { message } = delivery;
     try {
       await apply(message);
-    } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
+    } catch (thrown) {
+      const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (signal?.aborted) {
         await delivery.retry('aborted');
         return;
       }
       const permanent = isCachewarmError(error, 'CHUNK_CORRUPT') || isCachewarmError(error, 'CHUNK_MISSING');
-      if (permanent) await delivery.park(reason);
-      else await delivery.retry(reason);
-      options.onChunkFailed?.(message, reason, permanent);
+      if (permanent) await delivery.park(error.message);
+      else await delivery.retry(error.message);
+      options.onChunkFailed?.(message, error, permanent);
       return;
     }
     await delivery.ack();

@@ -249,6 +249,32 @@ describe('a replica warm that cannot go on', () => {
     });
   });
 
+  test('fails naming the target node that dies mid-warm', async () => {
+    await withCluster({ a: 1, b: 2 }, async (cluster) => {
+      await load(cluster.topology, 'a', sampleItems({ count: 8_000, valueBytes: 10, nowSeconds: nowSeconds() }));
+      const victim = cluster.servers['b']?.[1];
+      let killed: Promise<void> | undefined;
+      await assert.rejects(
+        warm(cluster, {
+          workDir: await workDir(),
+          chunkSizeBytes: 16 << 10,
+          maxOpsPerNode: 2_000,
+          progressIntervalMs: 300,
+          onProgress: () => {
+            killed ??= victim?.kill();
+          },
+        }),
+        (error: unknown) => {
+          assert.ok(error instanceof CachewarmError, String(error));
+          assert.equal(error.code, 'NODE_UNREACHABLE');
+          assert.ok(error.message.includes(`b/${victim?.address}`), error.message);
+          return true;
+        },
+      );
+      await killed;
+    });
+  });
+
   test('refuses to start when a target node is down, naming it', async () => {
     await withCluster({ a: 1, b: 2 }, async (cluster) => {
       const down = cluster.servers['b']?.[0];
