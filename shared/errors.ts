@@ -12,6 +12,7 @@ export type ErrorCode =
   | 'MESSAGE_MALFORMED'
   | 'SOURCE_UNAVAILABLE'
   | 'JOB_FAILED'
+  | 'TRANSPORT_FAILED'
   | 'ABORTED'
   | 'INVALID_ARGUMENT';
 

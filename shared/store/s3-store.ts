@@ -1,0 +1,182 @@
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  type PutObjectCommandInput,
+  type S3Client,
+} from '@aws-sdk/client-s3';
+import type { BufferPool } from '../buffer-pool.js';
+import type { ChunkStore } from '../chunk-store.js';
+import { CachewarmError, abortReason } from '../errors.js';
+
+export type S3Encryption = { readonly type: 'AES256' } | { readonly type: 'aws:kms'; readonly kmsKeyId?: string | undefined };
+
+export interface S3StoreOptions {
+  /** Built once by the caller (region, credentials, endpoint), shared by every call. */
+  readonly client: S3Client;
+  readonly bucket: string;
+  /** Key prefix every chunk name goes under, e.g. `cachewarm/prod`; `/`s at either end are ignored. */
+  readonly prefix?: string | undefined;
+  /** Server-side encryption asked for on every put. */
+  readonly sse?: S3Encryption | undefined;
+  /** Keys per ListObjectsV2 page (S3's own maximum and default is 1000). */
+  readonly listPageSize?: number | undefined;
+}
+
+/** Chunks as objects in an S3 bucket: the fleet-scale store. A put is atomic in S3, so a reader never sees part of a chunk. */
+export class S3Store implements ChunkStore {
+  readonly client: S3Client;
+  readonly bucket: string;
+  readonly prefix: string;
+  private readonly sse: S3Encryption | undefined;
+  private readonly listPageSize: number | undefined;
+
+  constructor(options: S3StoreOptions) {
+    this.client = options.client;
+    this.bucket = options.bucket;
+    this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
+    this.sse = options.sse;
+    this.listPageSize = options.listPageSize;
+    if (!this.bucket) throw new CachewarmError('INVALID_ARGUMENT', 'an S3 store needs a bucket name');
+  }
+
+  describe(name: string): string {
+    return `s3://${this.bucket}/${this.keyOf(name)}`;
+  }
+
+  async put(name: string, body: Buffer, signal?: AbortSignal): Promise<void> {
+    const key = this.keyOf(name);
+    const input: PutObjectCommandInput = { Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length };
+    if (this.sse?.type === 'AES256') input.ServerSideEncryption = 'AES256';
+    if (this.sse?.type === 'aws:kms') {
+      input.ServerSideEncryption = 'aws:kms';
+      if (this.sse.kmsKeyId) input.SSEKMSKeyId = this.sse.kmsKeyId;
+    }
+    try {
+      await this.client.send(new PutObjectCommand(input), { abortSignal: signal });
+    } catch (error) {
+      throw this.failure('PutObject', key, error, signal);
+    }
+  }
+
+  async get(name: string, options: { signal?: AbortSignal | undefined; into?: BufferPool | undefined } = {}): Promise<Buffer> {
+    const { signal, into } = options;
+    const key = this.keyOf(name);
+    let buf: Buffer | undefined;
+    try {
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
+      const body = out.Body as AsyncIterable<Uint8Array> | undefined;
+      if (!body) throw new Error('the response has no body');
+      const size = out.ContentLength;
+      if (size === undefined) {
+        // No length: gather the parts, then copy them into one buffer.
+        const parts: Uint8Array[] = [];
+        let total = 0;
+        for await (const part of body) {
+          signal?.throwIfAborted();
+          parts.push(part);
+          total += part.length;
+        }
+        buf = into ? into.acquire(total) : Buffer.allocUnsafe(total);
+        let at = 0;
+        for (const part of parts) {
+          buf.set(part, at);
+          at += part.length;
+        }
+        return buf.subarray(0, total);
+      }
+      buf = into ? into.acquire(size) : Buffer.allocUnsafe(size);
+      let read = 0;
+      for await (const part of body) {
+        // Leaving the loop destroys the body stream.
+        signal?.throwIfAborted();
+        if (read + part.length > size) throw new Error(`the body is longer than its Content-Length ${size}`);
+        buf.set(part, read);
+        read += part.length;
+      }
+      if (read !== size) throw new Error(`the body ended after ${read} of its ${size} bytes`);
+      return buf.subarray(0, size);
+    } catch (error) {
+      if (buf && into) into.release(buf);
+      throw this.failure('GetObject', key, error, signal);
+    }
+  }
+
+  async delete(name: string, signal?: AbortSignal): Promise<void> {
+    const key = this.keyOf(name);
+    try {
+      // S3 answers a delete of a missing key with success.
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
+    } catch (error) {
+      if (awsErrorName(error) === 'NoSuchKey') return;
+      throw this.failure('DeleteObject', key, error, signal);
+    }
+  }
+
+  /** Names under `prefix` taken as a directory (`j` and `j/` both list `j/...`), relative to the store, sorted. */
+  async list(prefix: string, signal?: AbortSignal): Promise<string[]> {
+    const dir = prefix.replace(/^\/+|\/+$/g, '');
+    const storeDir = this.prefix ? `${this.prefix}/` : '';
+    const keyPrefix = storeDir + (dir ? `${dir}/` : '');
+    const names: string[] = [];
+    let token: string | undefined;
+    do {
+      try {
+        const out = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.bucket,
+            Prefix: keyPrefix || undefined,
+            ContinuationToken: token,
+            MaxKeys: this.listPageSize,
+          }),
+          { abortSignal: signal },
+        );
+        for (const object of out.Contents ?? []) {
+          if (object.Key?.startsWith(storeDir)) names.push(object.Key.slice(storeDir.length));
+        }
+        token = out.IsTruncated ? out.NextContinuationToken : undefined;
+      } catch (error) {
+        throw this.failure('ListObjectsV2', keyPrefix, error, signal);
+      }
+    } while (token);
+    return names.sort();
+  }
+
+  private keyOf(name: string): string {
+    const parts = name.split('/');
+    if (!name || name.startsWith('/') || parts.some((p) => p === '' || p === '.' || p === '..')) {
+      throw new CachewarmError('INVALID_ARGUMENT', `chunk name ${JSON.stringify(name)} is not a plain relative path`, { chunk: name });
+    }
+    return this.prefix ? `${this.prefix}/${name}` : name;
+  }
+
+  /** Every S3 failure becomes a CachewarmError here, naming the object and the AWS error. */
+  private failure(operation: string, key: string, error: unknown, signal: AbortSignal | undefined): Error {
+    if (signal?.aborted) return abortReason(signal);
+    if (error instanceof CachewarmError) return error;
+    const url = `s3://${this.bucket}/${key}`;
+    const awsName = awsErrorName(error);
+    const status = (error as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+    const detail = error instanceof Error ? error.message : String(error);
+    const context = { store: 's3', operation, bucket: this.bucket, key, awsError: awsName, httpStatus: status };
+    if (operation === 'GetObject' && (awsName === 'NoSuchKey' || (status === 404 && awsName !== 'NoSuchBucket'))) {
+      return new CachewarmError('CHUNK_MISSING', `chunk ${url} is not in the store (${awsName ?? 'HTTP 404'})`, context, { cause: error });
+    }
+    return new CachewarmError(
+      'TRANSPORT_FAILED',
+      `S3 ${operation} ${url} failed: ${awsName ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${detail}`,
+      context,
+      { cause: error },
+    );
+  }
+}
+
+function awsErrorName(error: unknown): string | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const { name, Code } = error as { name?: unknown; Code?: unknown };
+  // The modelled error name (QueueDoesNotExist) reads better than a query-compatible Code
+  // (AWS.SimpleQueueService.NonExistentQueue); Code is for errors the SDK does not model.
+  if (typeof name === 'string' && name !== 'Error' && name !== 'Unknown') return name;
+  return typeof Code === 'string' ? Code : undefined;
+}
