@@ -126,9 +126,11 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   const stop = new AbortController();
   const onOuterAbort = (): void => stop.abort(abortReason(options.signal as AbortSignal));
   options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  // The job's error is its first failure (or the interrupt): what fails after it, because it
+  // was aborted, is only a consequence.
   const fail = (error: unknown): never => {
     if (!stop.signal.aborted) stop.abort(error);
-    throw error;
+    throw abortReason(stop.signal);
   };
 
   const progress = (): WarmProgress => ({
