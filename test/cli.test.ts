@@ -8,6 +8,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { sampleItems } from '../shared/sample-items.js';
+import type { Topology } from '../shared/topology.js';
 import { load, nowSeconds, startCluster } from './support/cluster.js';
 
 const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
@@ -34,14 +35,18 @@ async function topologyFile(document: unknown): Promise<string> {
   return file;
 }
 
+/** The topology file a user would write for a test cluster. */
+function topologyFileOf(topology: Topology): Promise<string> {
+  const replicas = [...topology.replicas.values()].map((r) => [r.name, { nodes: r.nodes.map((n) => ({ address: n.address })) }]);
+  return topologyFile({ replicas: Object.fromEntries(replicas) });
+}
+
 describe('the cachewarm command', () => {
   test('warm replica copies a replica and prints the summary as JSON with --json, exiting 0', async () => {
     const cluster = await startCluster({ a: 2, b: 3 });
     try {
       await load(cluster.topology, 'a', sampleItems({ count: 5_000, valueBytes: 100, nowSeconds: nowSeconds() }));
-      const file = await topologyFile({
-        replicas: Object.fromEntries([...cluster.topology.replicas.values()].map((r) => [r.name, { nodes: r.nodes.map((n) => ({ address: n.address })) }])),
-      });
+      const file = await topologyFileOf(cluster.topology);
       const run = await cachewarm('warm', 'replica', '--topology', file, '--target', 'b', '--json', '--work-dir', path.dirname(file));
       assert.equal(run.code, 0, run.stderr);
       const summary = JSON.parse(run.stdout) as { complete: boolean; source: string; targetNodes: { stored: number }[] };
@@ -88,9 +93,7 @@ describe('the cachewarm command', () => {
     const cluster = await startCluster({ a: 1, b: 1 });
     try {
       await load(cluster.topology, 'a', sampleItems({ count: 5_000, valueBytes: 10, nowSeconds: nowSeconds() }));
-      const file = await topologyFile({
-        replicas: Object.fromEntries([...cluster.topology.replicas.values()].map((r) => [r.name, { nodes: r.nodes.map((n) => ({ address: n.address })) }])),
-      });
+      const file = await topologyFileOf(cluster.topology);
       const dir = path.dirname(file);
       const child = spawn(process.execPath, [bin, 'warm', 'replica', '--topology', file, '--target', 'b', '--max-ops', '500', '--job-id', 'stopped', '--work-dir', dir]);
       let stderr = '';

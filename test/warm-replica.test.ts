@@ -224,40 +224,16 @@ describe('a replica warm that cannot go on', () => {
     });
   });
 
-  test('fails naming the source node that dies mid-dump', async () => {
-    await withCluster({ a: 2, b: 1 }, async (cluster) => {
-      await load(cluster.topology, 'a', sampleItems({ count: 6_000, valueBytes: 10, nowSeconds: nowSeconds() }));
-      const victim = cluster.servers['a']?.[0];
-      let killed: Promise<void> | undefined;
-      await assert.rejects(
-        warm(cluster, {
-          workDir: await workDir(),
-          maxOpsPerNode: 1_000,
-          progressIntervalMs: 300,
-          onProgress: () => {
-            killed ??= victim?.kill();
-          },
-        }),
-        (error: unknown) => {
-          assert.ok(error instanceof CachewarmError, String(error));
-          assert.equal(error.code, 'NODE_UNREACHABLE');
-          assert.ok(error.message.includes(`a/${victim?.address}`), error.message);
-          return true;
-        },
-      );
-      await killed;
-    });
-  });
-
-  test('fails naming the target node that dies mid-warm', async () => {
-    await withCluster({ a: 1, b: 2 }, async (cluster) => {
+  /** Kills `replica`'s node `index` once the warm is under way; the warm must fail naming it. */
+  async function failsWhenKilled(replica: 'a' | 'b', index: number, sizes: Record<string, number>, chunkSizeBytes?: number): Promise<void> {
+    await withCluster(sizes, async (cluster) => {
       await load(cluster.topology, 'a', sampleItems({ count: 8_000, valueBytes: 10, nowSeconds: nowSeconds() }));
-      const victim = cluster.servers['b']?.[1];
+      const victim = cluster.servers[replica]?.[index];
       let killed: Promise<void> | undefined;
       await assert.rejects(
         warm(cluster, {
           workDir: await workDir(),
-          chunkSizeBytes: 16 << 10,
+          ...(chunkSizeBytes ? { chunkSizeBytes } : {}),
           maxOpsPerNode: 2_000,
           progressIntervalMs: 300,
           onProgress: () => {
@@ -267,13 +243,17 @@ describe('a replica warm that cannot go on', () => {
         (error: unknown) => {
           assert.ok(error instanceof CachewarmError, String(error));
           assert.equal(error.code, 'NODE_UNREACHABLE');
-          assert.ok(error.message.includes(`b/${victim?.address}`), error.message);
+          assert.ok(error.message.includes(`${replica}/${victim?.address}`), error.message);
           return true;
         },
       );
       await killed;
     });
-  });
+  }
+
+  test('fails naming the source node that dies mid-dump', () => failsWhenKilled('a', 0, { a: 2, b: 1 }));
+
+  test('fails naming the target node that dies mid-warm', () => failsWhenKilled('b', 1, { a: 1, b: 2 }, 16 << 10));
 
   test('refuses to start when a target node is down, naming it', async () => {
     await withCluster({ a: 1, b: 2 }, async (cluster) => {
