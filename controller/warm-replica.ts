@@ -133,10 +133,11 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
     throw abortReason(stop.signal);
   };
 
+  const dumped = (): DumpCounters => [...dumpCounters.values()].reduce(addInto, newDumpCounters());
   const progress = (): WarmProgress => ({
     elapsedMs: clock.now() - started,
     expectedItems: source.items,
-    dumped: [...dumpCounters.values()].reduce(addInto, newDumpCounters()),
+    dumped: dumped(),
     written: tally.total(),
     queueDepth: queue.depth,
   });
@@ -198,9 +199,9 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
       sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumpCounters.get(n.id) as DumpCounters) })),
       targetNodes: targetReplica.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
       parked: queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })),
-      complete: queue.parked.length === 0 && tally.total().failed === 0 && sumOf(dumpCounters, 'unsupported') === 0,
+      complete: queue.parked.length === 0 && tally.total().failed === 0 && dumped().unsupported === 0,
       peakRssBytes: peakRssBytes(),
-      cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
+      cpuMs: cpuMs(process.cpuUsage()),
       minorPageFaults: process.resourceUsage().minorPageFault,
     };
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
@@ -216,11 +217,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   }
 }
 
-function sumOf(counters: ReadonlyMap<string, DumpCounters>, name: keyof DumpCounters): number {
-  let sum = 0;
-  for (const c of counters.values()) sum += c[name];
-  return sum;
-}
+const cpuMs = (usage: NodeJS.CpuUsage): number => (usage.user + usage.system) / 1000;
 
 function endpointAndId(node: NodeSpec): { id: string; host: string; port: number; label: string } {
   return { id: node.id, ...endpointOf(node) };
