@@ -7,6 +7,8 @@ import { CachewarmError } from '../errors.js';
 
 /** Chunks as files under a directory: the embedded default's store. */
 export class LocalDirStore implements ChunkStore {
+  private readonly directories = new Set<string>();
+
   constructor(readonly root: string) {}
 
   describe(name: string): string {
@@ -15,10 +17,19 @@ export class LocalDirStore implements ChunkStore {
 
   async put(name: string, body: Buffer, signal?: AbortSignal): Promise<void> {
     const file = this.pathOf(name);
-    await mkdir(path.dirname(file), { recursive: true });
+    const directory = path.dirname(file);
     // Write then rename: a crash mid-write leaves a stray temp file, never a short chunk.
     const temp = `${file}.${randomBytes(4).toString('hex')}.partial`;
-    await writeFile(temp, body, { signal });
+    // A recursive mkdir stats every level of the path: once per directory is enough, unless
+    // the directory has gone since (then it is made again).
+    if (!this.directories.has(directory)) await this.makeDirectory(directory);
+    try {
+      await writeFile(temp, body, { signal });
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+      await this.makeDirectory(directory);
+      await writeFile(temp, body, { signal });
+    }
     await rename(temp, file);
   }
 
@@ -67,6 +78,11 @@ export class LocalDirStore implements ChunkStore {
       if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw error;
     }
+  }
+
+  private async makeDirectory(directory: string): Promise<void> {
+    await mkdir(directory, { recursive: true });
+    this.directories.add(directory);
   }
 
   private pathOf(name: string): string {
