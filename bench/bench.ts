@@ -9,7 +9,7 @@
  *            its own), from a 3-node source replica to an empty 4-node target
  */
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +20,7 @@ import { writeAll } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
 import { type MemcachedProcess, startMemcached, startMemcachedCluster } from '../shared/local-memcached.js';
 import { MemcachedConnection } from '../shared/memcached/connection.js';
-import { stats, version } from '../shared/memcached/commands.js';
+import { OneLine, statsAt, version } from '../shared/memcached/commands.js';
 import { type WritableItem, MetaAddReplies, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { parseTopology } from '../shared/topology.js';
@@ -64,7 +64,6 @@ const show = (r: Rate): string =>
 async function flush(server: MemcachedProcess): Promise<void> {
   const conn = await MemcachedConnection.connect(server);
   try {
-    const { OneLine } = await import('../shared/memcached/commands.js');
     await conn.send(Buffer.from('flush_all\r\n'), new OneLine());
   } finally {
     conn.close();
@@ -96,23 +95,13 @@ async function ceiling(server: MemcachedProcess, items: readonly WritableItem[],
   );
   const seconds = (performance.now() - started) / 1000;
   for (const conn of conns) conn.close();
-  const s = await statsOf(server);
+  const s = await statsAt(server);
   if (Number(s.get('curr_items')) !== items.length) throw new Error(`ceiling run stored ${s.get('curr_items')} of ${items.length}`);
   return rate(seconds, items.length, items.length * VALUE_BYTES);
 }
 
-async function statsOf(server: MemcachedProcess): Promise<Map<string, string>> {
-  const conn = await MemcachedConnection.connect(server);
-  try {
-    return await stats(conn);
-  } finally {
-    conn.close();
-  }
-}
-
 /** CPU seconds (user + system) a process has used, from /proc. */
 async function cpuSeconds(pid: number): Promise<number> {
-  const { readFile } = await import('node:fs/promises');
   const fields = (await readFile(`/proc/${pid}/stat`, 'utf8')).split(') ')[1]?.split(' ') ?? [];
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }

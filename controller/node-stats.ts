@@ -1,5 +1,5 @@
 import type { Connect } from '../dumper/dump-node.js';
-import { stats } from '../shared/memcached/commands.js';
+import { statsAt } from '../shared/memcached/commands.js';
 import type { NodeSpec } from '../shared/topology.js';
 
 export interface NodeStats {
@@ -17,19 +17,14 @@ export function endpointOf(node: NodeSpec): { host: string; port: number; label:
 
 /** One `stats` round trip on a short-lived connection. */
 export async function nodeStats(node: NodeSpec, connect: Connect, signal?: AbortSignal): Promise<NodeStats> {
-  const conn = await connect(endpointOf(node), signal);
-  try {
-    const s = await stats(conn);
-    const num = (name: string): number => Number(s.get(name) ?? 0);
-    return {
-      node,
-      items: num('curr_items'),
-      bytes: num('bytes'),
-      pid: num('pid'),
-      uptimeSeconds: num('uptime'),
-      version: s.get('version') ?? 'unknown',
-    };
-  } finally {
-    conn.close();
-  }
+  const s = await statsAt(endpointOf(node), connect, signal);
+  const num = (name: string): number => Number(s.get(name) ?? 0);
+  return {
+    node,
+    items: num('curr_items'),
+    bytes: num('bytes'),
+    pid: num('pid'),
+    uptimeSeconds: num('uptime'),
+    version: s.get('version') ?? 'unknown',
+  };
 }

@@ -1,4 +1,4 @@
-import { MemcachedConnection, Reply, lineEnd, lineText, protocolError } from './connection.js';
+import { type Endpoint, MemcachedConnection, Reply, lineEnd, lineText, protocolError } from './connection.js';
 
 /** Reads text lines up to and including a terminator line (`END`), e.g. for `stats`. */
 class LinesUntil extends Reply<string[]> {
@@ -55,6 +55,21 @@ export async function stats(conn: MemcachedConnection, group = ''): Promise<Map<
     if (tag === 'STAT' && name) result.set(name, rest.join(' '));
   }
   return result;
+}
+
+/** `stats` on a short-lived connection of its own. */
+export async function statsAt(
+  endpoint: Endpoint,
+  connect: (endpoint: Endpoint, signal?: AbortSignal) => Promise<MemcachedConnection> = (e, signal) =>
+    MemcachedConnection.connect(e, { signal }),
+  signal?: AbortSignal,
+): Promise<Map<string, string>> {
+  const conn = await connect(endpoint, signal);
+  try {
+    return await stats(conn);
+  } finally {
+    conn.close();
+  }
 }
 
 /** Compares dotted versions: negative when a < b. */

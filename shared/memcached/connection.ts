@@ -164,12 +164,7 @@ export class MemcachedConnection {
 
   /** Sends a request and queues the reader of its reply. Resolves once the socket can take more. */
   async send<T>(request: Buffer, reply: Reply<T>): Promise<T> {
-    if (this.failure) {
-      reply.fail(this.failure);
-      return reply.promise;
-    }
-    this.replies.push(reply as Reply<unknown>);
-    if (!this.socket.write(request)) await this.drained();
+    await this.enqueue(request, reply);
     return reply.promise;
   }
 

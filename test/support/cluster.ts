@@ -3,7 +3,7 @@ import { writeAll } from '../../populator/write-to-ring.js';
 import { targetRingOf } from '../../controller/warm-replica.js';
 import { systemClock } from '../../shared/clock.js';
 import { MemcachedConnection } from '../../shared/memcached/connection.js';
-import { stats } from '../../shared/memcached/commands.js';
+import { statsAt } from '../../shared/memcached/commands.js';
 import { MetaGetReplies, buildMetaGets } from '../../shared/memcached/meta-get.js';
 import type { WritableItem } from '../../shared/memcached/meta-add.js';
 import { type Topology, parseTopology } from '../../shared/topology.js';
@@ -72,21 +72,7 @@ export async function readFrom(server: { host: string; port: number }, keys: rea
 }
 
 export async function itemCount(server: { host: string; port: number }): Promise<number> {
-  const conn = await MemcachedConnection.connect(server);
-  try {
-    return Number((await stats(conn)).get('curr_items'));
-  } finally {
-    conn.close();
-  }
-}
-
-export async function statsOf(server: { host: string; port: number }): Promise<Map<string, string>> {
-  const conn = await MemcachedConnection.connect(server);
-  try {
-    return await stats(conn);
-  } finally {
-    conn.close();
-  }
+  return Number((await statsAt(server)).get('curr_items'));
 }
 
 export const nowSeconds = (): number => Math.floor(Date.now() / 1000);
