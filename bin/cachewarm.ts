@@ -1,66 +1,17 @@
 #!/usr/bin/env node
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
-import { progressLine, summaryText } from '../controller/report.js';
-import { type WarmProgress, warmReplica } from '../controller/warm-replica.js';
+import { summaryText } from '../controller/report.js';
+import { warmReplica } from '../controller/warm-replica.js';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
-import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { CachewarmError } from '../shared/errors.js';
 import { type Topology, loadTopology } from '../shared/topology.js';
-import { parseByteSize, parsePositiveInt } from '../shared/units.js';
-
-/** Exit codes, documented in the README. */
-const EXIT = { ok: 0, incomplete: 1, usage: 2, interrupted: 130 } as const;
-
-function asArgument<T>(parse: (text: string) => T): (text: string) => T {
-  return (text) => {
-    try {
-      return parse(text);
-    } catch (error) {
-      throw new InvalidArgumentError((error as Error).message);
-    }
-  };
-}
-
-const byteSize = asArgument(parseByteSize);
-const positiveInt = asArgument((text) => parsePositiveInt(text, 'value'));
-
-/**
- * Progress on stderr: one line rewritten in place on a terminal, a log line every
- * `everyMs` otherwise (cron, CI, a pipe), so logs stay readable.
- */
-function progressPrinter(): { onProgress: (p: WarmProgress) => void; done: () => void } {
-  const tty = process.stderr.isTTY === true;
-  let last = 0;
-  return {
-    onProgress: (p) => {
-      if (tty) {
-        process.stderr.write(`\r\x1b[2K${progressLine(p)}`);
-      } else if (p.elapsedMs - last >= 10_000) {
-        last = p.elapsedMs;
-        process.stderr.write(`${new Date().toISOString()} ${progressLine(p)}\n`);
-      }
-    },
-    done: () => {
-      if (tty) process.stderr.write('\n');
-    },
-  };
-}
-
-function interruptSignal(): AbortSignal {
-  const controller = new AbortController();
-  const onSignal = (name: string): void => {
-    process.stderr.write(`\n${name}: stopping; the job's record stays in the work directory\n`);
-    controller.abort(Object.assign(new Error(`interrupted by ${name}`), { code: 'ABORTED' }));
-  };
-  process.once('SIGINT', () => onSignal('SIGINT'));
-  process.once('SIGTERM', () => onSignal('SIGTERM'));
-  return controller.signal;
-}
+import { EXIT, byteSize, exitOnError, interruptSignal, positiveInt, progressPrinter } from './cli-support.js';
 
 const defaultWorkDir = path.join(os.tmpdir(), 'cachewarm');
 
@@ -201,16 +152,4 @@ program
     process.exitCode = ok ? EXIT.ok : EXIT.incomplete;
   });
 
-program.parseAsync(process.argv).catch((error: unknown) => {
-  if (isCachewarmError(error)) {
-    process.stderr.write(`cachewarm: ${error.message} [${error.code}]\n`);
-    const usage = error.code === 'TOPOLOGY_INVALID' || error.code === 'INVALID_ARGUMENT';
-    process.exitCode = usage ? EXIT.usage : error.code === 'ABORTED' ? EXIT.interrupted : EXIT.incomplete;
-  } else if ((error as { code?: string }).code === 'ABORTED') {
-    process.stderr.write(`cachewarm: ${(error as Error).message}\n`);
-    process.exitCode = EXIT.interrupted;
-  } else {
-    process.stderr.write(`cachewarm: ${(error as Error)?.stack ?? String(error)}\n`);
-    process.exitCode = EXIT.incomplete;
-  }
-});
+program.parseAsync(process.argv).catch(exitOnError);

@@ -103,7 +103,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     const { items, crc32 } = chunkHeader(chunk);
     pool.release(chunk);
     const message: ChunkMessage = {
-      version: 1,
+      version: 2,
       jobId,
       source: node.id,
       chunk: { name, bytes: chunk.length, items, crc32 },

@@ -1,4 +1,4 @@
-import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
+import { type ChunkLocation, type ChunkMessage, type TargetRing, checkMessageScope } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { BufferPool } from '../shared/buffer-pool.js';
@@ -24,9 +24,16 @@ export interface PopulatorOptions {
   readonly onChunkFailed?: (message: ChunkMessage, error: Error, parked: boolean) => void;
   /** Where chunk buffers come from and go back to. */
   readonly pool?: BufferPool;
+  /**
+   * The job the queue belongs to: a message for another job, bucket or prefix is parked, not
+   * applied (a queue is writable by more principals than the job's dumpers).
+   */
+  readonly scope?: { readonly jobId: string; readonly store?: ChunkLocation | undefined } | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
+/** Failures no redelivery can cure: the message is parked with the reason. */
+const PERMANENT = ['CHUNK_CORRUPT', 'CHUNK_MISSING', 'MESSAGE_MALFORMED'] as const;
 
 /**
  * Drains the queue: each message's chunk is downloaded, verified, routed item by item over
@@ -50,6 +57,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
   }
 
   async function apply(message: ChunkMessage): Promise<void> {
+    if (options.scope) checkMessageScope(message, options.scope, `for chunk ${message.chunk.name}`);
     const where = store.describe(message.chunk.name);
     const body = await store.get(message.chunk.name, { signal, into: pool });
     try {
@@ -82,7 +90,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
         await delivery.retry('aborted');
         return;
       }
-      const permanent = isCachewarmError(error, 'CHUNK_CORRUPT') || isCachewarmError(error, 'CHUNK_MISSING');
+      const permanent = PERMANENT.some((code) => isCachewarmError(error, code));
       if (permanent) await delivery.park(error.message);
       else await delivery.retry(error.message);
       options.onChunkFailed?.(message, error, permanent);

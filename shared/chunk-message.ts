@@ -1,7 +1,8 @@
 import { CachewarmError } from './errors.js';
 import { HASHING_PROFILES, type HashingProfile } from './ketama.js';
 
-export const MESSAGE_VERSION = 1;
+/** 2: `store` names the bucket and prefix a chunk is in (absent for a local directory). */
+export const MESSAGE_VERSION = 2;
 
 /** The ring a populator routes by: the target replica's nodes as its clients hash them. */
 export interface TargetRing {
@@ -12,13 +13,21 @@ export interface TargetRing {
   readonly writeOnly?: readonly string[] | undefined;
 }
 
+export interface ChunkLocation {
+  readonly bucket: string;
+  readonly prefix: string;
+}
+
 /** One data chunk ready to be written: everything a populator on any machine needs. */
 export interface ChunkMessage {
   readonly version: typeof MESSAGE_VERSION;
   readonly jobId: string;
   /** The node id the chunk was dumped from. */
   readonly source: string;
+  /** The bucket and key prefix the chunk's name is under; absent when the store is local. */
+  readonly store?: ChunkLocation | undefined;
   readonly chunk: {
+    /** Relative to the store: `<job>/<node>/data-….chunk`. */
     readonly name: string;
     readonly bytes: number;
     readonly items: number;
@@ -63,6 +72,8 @@ export function parseChunkMessage(body: string, where: string): ChunkMessage {
   const target = doc['target'];
   if (!isRecord(chunk)) throw malformed(where, 'chunk: expected an object');
   if (!isRecord(target)) throw malformed(where, 'target: expected an object');
+  const store = doc['store'];
+  if (store !== undefined && !isRecord(store)) throw malformed(where, 'store: expected an object');
   const nodes = target['nodes'];
   if (!Array.isArray(nodes) || nodes.length === 0) throw malformed(where, 'target.nodes: expected a non-empty array');
   const writeOnly = target['writeOnly'];
@@ -73,6 +84,10 @@ export function parseChunkMessage(body: string, where: string): ChunkMessage {
     version: MESSAGE_VERSION,
     jobId: field(doc, 'jobId', where, isString, 'a job id'),
     source: field(doc, 'source', where, isString, 'a node id'),
+    store: store && {
+      bucket: field(store, 'bucket', where, isString, 'a bucket name'),
+      prefix: field(store, 'prefix', where, (v: unknown): v is string => typeof v === 'string', 'a key prefix'),
+    },
     chunk: {
       name: field(chunk, 'name', where, isString, 'a chunk name'),
       bytes: field(chunk, 'bytes', where, isCount, 'a byte count'),
@@ -93,3 +108,24 @@ export function parseChunkMessage(body: string, where: string): ChunkMessage {
     },
   };
 }
+
+/**
+ * Refuses a message that reaches outside its job: another bucket or prefix than the job's,
+ * or a chunk name outside `<job>/`. A populator applies nothing such a message names.
+ */
+export function checkMessageScope(message: ChunkMessage, scope: { jobId: string; store?: ChunkLocation | undefined }, where: string): void {
+  if (message.jobId !== scope.jobId) throw malformed(where, `belongs to job ${message.jobId}, not ${scope.jobId}`);
+  const expected = scope.store;
+  const actual = message.store;
+  if (expected?.bucket !== actual?.bucket || normalizePrefix(expected?.prefix) !== normalizePrefix(actual?.prefix)) {
+    throw malformed(where, `points at ${describeLocation(actual)}, outside the job's ${describeLocation(expected)}`);
+  }
+  const name = message.chunk.name;
+  if (!name.startsWith(`${scope.jobId}/`) || name.split('/').some((part) => part === '..' || part === '.' || part === '')) {
+    throw malformed(where, `chunk ${JSON.stringify(name)} is outside the job's directory ${scope.jobId}/`);
+  }
+}
+
+const normalizePrefix = (prefix: string | undefined): string => (prefix ?? '').replace(/^\/+|\/+$/g, '');
+const describeLocation = (location: ChunkLocation | undefined): string =>
+  location ? `s3://${location.bucket}/${normalizePrefix(location.prefix)}` : 'local store';

@@ -25,7 +25,7 @@ function dataChunk(items: ReturnType<typeof sampleItems>): Buffer {
 
 function messageFor(name: string, chunk: Buffer, target: TargetRing): ChunkMessage {
   const { items, crc32 } = chunkHeader(chunk);
-  return { version: 1, jobId: 'job', source: 'a/x', chunk: { name, bytes: chunk.length, items, crc32 }, target };
+  return { version: 2, jobId: 'job', source: 'a/x', chunk: { name, bytes: chunk.length, items, crc32 }, target };
 }
 
 async function populate(cluster: Cluster, store: LocalDirStore, queue: MemoryQueue, retry = { attempts: 2, baseDelayMs: 10, maxDelayMs: 20 }) {
@@ -104,7 +104,7 @@ describe('the populator', () => {
 
 describe('a chunk message from outside the process', () => {
   const valid = {
-    version: 1,
+    version: 2,
     jobId: 'j',
     source: 'a/10.0.0.1:11211',
     chunk: { name: 'j/a/data-000000-000.chunk', bytes: 100, items: 3, crc32: 12345 },

@@ -19,7 +19,7 @@ import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, st
 
 function chunkMessage(name: string): ChunkMessage {
   return {
-    version: 1,
+    version: 2,
     jobId: 'job-1',
     source: 'a/10.0.0.1:11211',
     chunk: { name, bytes: 100, items: 3, crc32: 12345 },
@@ -308,7 +308,7 @@ describe('the SQS chunk queue (against fauxqs, through the real SQS client)', ()
         const name = `job-1/a/data-00000${i}.chunk`;
         await store.put(name, chunk);
         const { items: count, crc32 } = chunkHeader(chunk);
-        await producer.send({ version: 1, jobId: 'job-1', source: 'a/x', chunk: { name, bytes: chunk.length, items: count, crc32 }, target });
+        await producer.send({ version: 2, jobId: 'job-1', source: 'a/x', chunk: { name, bytes: chunk.length, items: count, crc32 }, target });
       }
 
       const tally = new WriteTally();

@@ -1,0 +1,88 @@
+import type { ChunkStore } from './chunk-store.js';
+import type { TargetRing } from './chunk-message.js';
+import type { DumpCounters } from './counters.js';
+import { CachewarmError } from './errors.js';
+
+/**
+ * Where a job's objects live in its store, and the two small records beside the chunks that
+ * make a job's state readable by any process: the manifest (what the job is, written by the
+ * controller) and each source node's end-of-dump marker (written by its dumper last).
+ *
+ *   <job>/manifest.json
+ *   <job>/<node>/keys-000000.chunk          key chunks still to be read
+ *   <job>/<node>/keys-done.json             the crawl finished: no key chunk will be added
+ *   <job>/<node>/data-000000-<run>-000.chunk
+ *   <job>/<node>/end.json                   the dump finished: every data chunk is announced
+ *   <job>/populators/<worker>.json          a populator's write counters, on its exit
+ */
+export const LAYOUT_VERSION = 1;
+
+/** `zone-a/127.0.0.1:11211` → `zone-a_127.0.0.1_11211`: a path segment and an S3 key part. */
+export function nodeDirectory(nodeId: string): string {
+  return nodeId.replace(/[^A-Za-z0-9._-]+/g, '_');
+}
+
+export const nodePrefix = (jobId: string, nodeId: string): string => `${jobId}/${nodeDirectory(nodeId)}`;
+export const manifestName = (jobId: string): string => `${jobId}/manifest.json`;
+export const endMarkerName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/end.json`;
+export const crawlDoneName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/keys-done.json`;
+export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;
+
+export interface JobManifest {
+  readonly version: typeof LAYOUT_VERSION;
+  readonly jobId: string;
+  readonly kind: 'replica' | 'instance';
+  /** The source replica's name and the ids of the nodes that dump. */
+  readonly source: { readonly replica: string; readonly nodes: readonly string[] };
+  readonly target: TargetRing;
+  readonly createdAt: string;
+}
+
+export interface EndMarker {
+  readonly version: typeof LAYOUT_VERSION;
+  readonly jobId: string;
+  readonly source: string;
+  /** Data chunks announced by the run that finished (earlier, interrupted runs not included). */
+  readonly dataChunks: number;
+  readonly counters: DumpCounters;
+  readonly finishedAt: string;
+}
+
+export async function putJson(store: ChunkStore, name: string, value: unknown, signal?: AbortSignal): Promise<void> {
+  await store.put(name, Buffer.from(`${JSON.stringify(value)}\n`), signal);
+}
+
+/** A JSON record from the store; undefined when there is none. */
+export async function getJson<T>(store: ChunkStore, name: string, signal?: AbortSignal): Promise<T | undefined> {
+  let body: Buffer;
+  try {
+    body = await store.get(name, { signal });
+  } catch (error) {
+    if (error instanceof CachewarmError && error.code === 'CHUNK_MISSING') return undefined;
+    throw error;
+  }
+  try {
+    return JSON.parse(body.toString('utf8')) as T;
+  } catch (error) {
+    throw new CachewarmError('CHUNK_CORRUPT', `${store.describe(name)} is not JSON: ${(error as Error).message}`, { chunk: name });
+  }
+}
+
+export interface DumpProgress {
+  /** Source nodes whose end marker is present, with it. */
+  readonly finished: ReadonlyMap<string, EndMarker>;
+  /** Source nodes still dumping (or not started). */
+  readonly pending: readonly string[];
+}
+
+/** Which of a job's source nodes have finished their dump, from the end markers in the store. */
+export async function dumpProgress(store: ChunkStore, manifest: JobManifest, signal?: AbortSignal): Promise<DumpProgress> {
+  const finished = new Map<string, EndMarker>();
+  const pending: string[] = [];
+  for (const node of manifest.source.nodes) {
+    const marker = await getJson<EndMarker>(store, endMarkerName(manifest.jobId, node), signal);
+    if (marker) finished.set(node, marker);
+    else pending.push(node);
+  }
+  return { finished, pending };
+}
