@@ -84,10 +84,12 @@ export function parseChunkMessage(body: string, where: string): ChunkMessage {
     version: MESSAGE_VERSION,
     jobId: field(doc, 'jobId', where, isString, 'a job id'),
     source: field(doc, 'source', where, isString, 'a node id'),
-    store: store && {
-      bucket: field(store, 'bucket', where, isString, 'a bucket name'),
-      prefix: field(store, 'prefix', where, (v: unknown): v is string => typeof v === 'string', 'a key prefix'),
-    },
+    ...(store && {
+      store: {
+        bucket: field(store, 'bucket', where, isString, 'a bucket name'),
+        prefix: field(store, 'prefix', where, (v: unknown): v is string => typeof v === 'string', 'a key prefix'),
+      },
+    }),
     chunk: {
       name: field(chunk, 'name', where, isString, 'a chunk name'),
       bytes: field(chunk, 'bytes', where, isCount, 'a byte count'),
