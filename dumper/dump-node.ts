@@ -1,5 +1,5 @@
 import pLimit from 'p-limit';
-import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
+import type { ChunkLocation, ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { BufferPool } from '../shared/buffer-pool.js';
@@ -39,6 +39,10 @@ export interface DumpNodeOptions {
   readonly fetchBatchBytes?: number;
   /** Items per second read from this node. */
   readonly rateLimiter?: RateLimiter;
+  /** Bytes per second uploaded to the store (the node's network is shared with live traffic). */
+  readonly uploadLimiter?: RateLimiter;
+  /** The bucket and prefix the store puts chunks under, told to populators in every message. */
+  readonly location?: ChunkLocation | undefined;
   /** Only keys for which this returns true are copied (an instance warm's ring filter). */
   readonly keyFilter?: ((key: Buffer) => boolean) | undefined;
   readonly crawlMode?: CrawlMode | undefined;
@@ -83,6 +87,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     fetchConcurrency = 2,
     fetchBatchBytes = 1 << 20,
     rateLimiter = unlimited,
+    uploadLimiter = unlimited,
     keyFilter,
     signal,
   } = options;
@@ -99,6 +104,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   }
 
   async function emit(name: string, chunk: Buffer): Promise<void> {
+    await uploadLimiter.take(chunk.length, signal);
     await store.put(name, chunk, signal);
     const { items, crc32 } = chunkHeader(chunk);
     pool.release(chunk);
@@ -106,6 +112,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
       version: 2,
       jobId,
       source: node.id,
+      ...(options.location && { store: options.location }),
       chunk: { name, bytes: chunk.length, items, crc32 },
       target,
     };
