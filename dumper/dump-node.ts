@@ -41,6 +41,11 @@ export interface DumpNodeOptions {
   readonly rateLimiter?: RateLimiter;
   /** Bytes per second uploaded to the store (the node's network is shared with live traffic). */
   readonly uploadLimiter?: RateLimiter;
+  /**
+   * Whether announced messages outlive this process (SQS). When not (the in-process queue), a
+   * resumed dump announces again the data chunks an earlier run left in the store.
+   */
+  readonly durableQueue?: boolean;
   /** The bucket and prefix the store puts chunks under, told to populators in every message. */
   readonly location?: ChunkLocation | undefined;
   /** Only keys for which this returns true are copied (an instance warm's ring filter). */
