@@ -1,11 +1,13 @@
+import { randomBytes } from 'node:crypto';
 import pLimit from 'p-limit';
 import type { ChunkLocation, ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { BufferPool } from '../shared/buffer-pool.js';
-import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
+import { ChunkBuilder, HEADER_BYTES, type KeyItem, chunkHeader, decodeKeyChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
+import { type EndMarker, LAYOUT_VERSION, crawlDoneName, endMarkerName, getJson, nodePrefix, putJson } from '../shared/job-layout.js';
 import { MemcachedConnection, type Endpoint } from '../shared/memcached/connection.js';
 import type { CrawlMode, KeyBatch } from '../shared/memcached/crawler.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
@@ -62,21 +64,31 @@ export interface DumpNodeOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
-/** `127.0.0.1:11211` → `127.0.0.1_11211`: usable as a path segment and an S3 key part. */
-function nodeDirectory(node: SourceNode): string {
-  return node.id.replace(/[^A-Za-z0-9._-]+/g, '_');
-}
-
 const pad = (n: number, width: number): string => String(n).padStart(width, '0');
+const KEY_CHUNK = /\/keys-(\d+)\.chunk$/;
+const DATA_CHUNK = /\/data-[^/]+\.chunk$/;
+
+function keyBatchOf(items: readonly KeyItem[]): KeyBatch {
+  return { keys: items.map((i) => i.key), exptimes: items.map((i) => i.exptime), sizes: items.map((i) => i.sizeBytes) };
+}
 
 /**
  * Dumps one source node: crawls its keys into key chunks, reads their values (without
  * bumping them in the LRU) into data chunks of about `chunkSizeBytes`, stores each data chunk
- * and announces it on the queue. The crawl and the reads overlap; the queue's bound pushes
- * back on both.
+ * and announces it on the queue, and last writes the node's end marker. The crawl and the
+ * reads overlap; the queue's bound pushes back on the reads.
+ *
+ * Resumable: what is in the store says what is left. A key chunk is removed once every data
+ * chunk made from it is stored and announced, the crawl leaves `keys-done.json` when it
+ * finished, and the end marker says the node is done. A rerun of the same job (a restarted
+ * sidecar or controller) reads the key chunks still there instead of crawling again; only
+ * when the crawl itself was cut short does it list the node again. Work redone this way
+ * is written add-only, so it is harmless; data chunks get a new run tag in their names, so
+ * a message of the earlier run never finds its chunk replaced.
  *
  * Memory is bounded by configuration, not by the node's size: about
- * fetchConcurrency × (chunkSizeBytes × 2 + 2 × fetchBatchBytes) plus two key chunks.
+ * fetchConcurrency × (chunkSizeBytes × 2 + 2 × fetchBatchBytes) plus 2 × fetchConcurrency
+ * key chunks (keysPerChunk keys each).
  */
 export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> {
   const {
@@ -98,21 +110,20 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   } = options;
   const counters = options.counters ?? newDumpCounters();
   const pool = options.pool ?? new BufferPool();
-  const directory = `${jobId}/${nodeDirectory(node)}`;
+  const directory = nodePrefix(jobId, node.id);
 
-  async function storeKeyChunk(name: string, batch: KeyBatch): Promise<void> {
-    const builder = new ChunkBuilder('keys', batch.keys.length * 64, pool);
-    for (let i = 0; i < batch.keys.length; i++) builder.addKey(batch.keys[i] as Buffer, batch.exptimes[i] as number);
-    const chunk = builder.seal();
-    await store.put(name, chunk, signal);
-    pool.release(chunk);
-  }
+  const stored = await store.list(`${directory}/`, signal);
+  const ended = stored.includes(endMarkerName(jobId, node.id))
+    ? await getJson<EndMarker>(store, endMarkerName(jobId, node.id), signal)
+    : undefined;
+  if (ended) return Object.assign(counters, ended.counters);
+  const crawlDone = stored.includes(crawlDoneName(jobId, node.id));
+  const keyChunks = stored.filter((name) => KEY_CHUNK.test(name));
+  // Names this run's data chunks apart from those of an interrupted run.
+  const run = randomBytes(3).toString('hex');
 
-  async function emit(name: string, chunk: Buffer): Promise<void> {
-    await uploadLimiter.take(chunk.length, signal);
-    await store.put(name, chunk, signal);
+  async function announce(name: string, chunk: Buffer): Promise<void> {
     const { items, crc32 } = chunkHeader(chunk);
-    pool.release(chunk);
     const message: ChunkMessage = {
       version: 2,
       jobId,
@@ -126,18 +137,68 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     options.onDataChunk?.(message);
   }
 
-  const crawlConnection = await connect(node, signal);
-  const workers: { conn: MemcachedConnection; builder: ChunkBuilder }[] = [];
-  try {
-    for (let i = 0; i < fetchConcurrency; i++) {
-      workers.push({ conn: await connect(node, signal), builder: new ChunkBuilder('data', chunkSizeBytes, pool) });
+  async function emit(name: string, chunk: Buffer): Promise<void> {
+    await uploadLimiter.take(chunk.length, signal);
+    await store.put(name, chunk, signal);
+    pool.release(chunk);
+    await announce(name, chunk);
+  }
+
+  // An in-process queue lost its messages with the process that ran it: announce again what
+  // an earlier run stored. (SQS kept them.)
+  if (!options.durableQueue) {
+    for (const name of stored.filter((n) => DATA_CHUNK.test(n))) {
+      const chunk = await store.get(name, { signal, into: pool });
+      await announce(name, chunk.subarray(0, HEADER_BYTES));
+      pool.release(chunk);
     }
-    const idle = [...workers];
-    const limit = pLimit(fetchConcurrency);
-    const running = new Set<Promise<void>>();
-    let failure: unknown;
-    let seq = 0;
-    const batches = listKeys(crawlConnection, {
+  }
+
+  // Key chunks are read in parallel, each on a connection of its own. The crawl runs ahead
+  // of the reads: its batches go to the store and are read back when a reader gets to them,
+  // so the crawl finishes early (a paused crawl holds memcached's only crawler, and a
+  // finished one is what lets a restarted dump resume without listing again). Only the
+  // batches a reader is about to take stay in memory.
+  const limit = pLimit(fetchConcurrency);
+  const readers: { conn: MemcachedConnection; builder: ChunkBuilder }[] = [];
+  const reads: Promise<void>[] = [];
+  let failure: { error: unknown } | undefined;
+  // Reads still queued then return at once (p-limit's clearQueue would leave them unsettled).
+  const fail = (error: unknown): void => {
+    failure ??= { error };
+  };
+
+  function schedule(name: string, batch?: KeyBatch): void {
+    const held = batch && limit.pendingCount < fetchConcurrency ? batch : undefined;
+    reads.push(limit(() => readKeyChunk(name, held)).catch(fail));
+  }
+
+  async function readKeyChunk(name: string, held: KeyBatch | undefined): Promise<void> {
+    if (failure) return;
+    const reader = readers.pop() as (typeof readers)[number]; // p-limit runs at most one per reader
+    try {
+      const batch = held ?? keyBatchOf(decodeKeyChunk(await store.get(name, { signal }), store.describe(name)));
+      const seq = KEY_CHUNK.exec(name)?.[1] ?? '0';
+      let part = 0;
+      await fetchValues(reader.conn, batch, {
+        builder: reader.builder,
+        pool,
+        clock,
+        counters,
+        rateLimiter,
+        batchBytes: fetchBatchBytes,
+        signal,
+        onChunk: (chunk) => emit(`${directory}/data-${seq}-${run}-${pad(part++, 3)}.chunk`, chunk),
+      });
+      await store.delete(name, signal);
+    } finally {
+      readers.push(reader);
+    }
+  }
+
+  async function crawl(conn: MemcachedConnection): Promise<void> {
+    let seq = keyChunks.reduce((max, name) => Math.max(max, Number(KEY_CHUNK.exec(name)?.[1]) + 1), 0);
+    const batches = listKeys(conn, {
       batchKeys: keysPerChunk,
       clock,
       counters,
@@ -148,45 +209,47 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
       signal,
     });
     for await (const batch of batches) {
-      const chunkSeq = seq++;
-      const keyChunk = `${directory}/keys-${pad(chunkSeq, 6)}.chunk`;
-      await storeKeyChunk(keyChunk, batch);
-      // Hold the crawl while every reader is busy and a batch already waits its turn: the
-      // keys in memory stay at a few batches however large the node.
-      while (limit.pendingCount > 0 && failure === undefined) await Promise.race(running);
-      if (failure !== undefined) break;
-      let part = 0;
-      const task = limit(async () => {
-        if (failure !== undefined) return; // another batch failed: the dump is over
-        // p-limit runs at most fetchConcurrency of these, so a worker is always free here.
-        const worker = idle.pop() as (typeof workers)[number];
-        try {
-          await fetchValues(worker.conn, batch, {
-            builder: worker.builder,
-            pool,
-            clock,
-            counters,
-            rateLimiter,
-            batchBytes: fetchBatchBytes,
-            signal,
-            onChunk: (chunk) => emit(`${directory}/data-${pad(chunkSeq, 6)}-${pad(part++, 3)}.chunk`, chunk),
-          });
-          await store.delete(keyChunk, signal);
-        } finally {
-          idle.push(worker);
-        }
-      })
-        .catch((error: unknown) => {
-          failure ??= error;
-        })
-        .finally(() => running.delete(task));
-      running.add(task);
+      if (failure) return;
+      const name = `${directory}/keys-${pad(seq++, 6)}.chunk`;
+      const builder = new ChunkBuilder('keys', batch.keys.length * 64, pool);
+      for (let i = 0; i < batch.keys.length; i++) {
+        builder.addKey(batch.keys[i] as Buffer, batch.exptimes[i] as number, batch.sizes[i] as number);
+      }
+      const chunk = builder.seal();
+      await store.put(name, chunk, signal);
+      pool.release(chunk);
+      schedule(name, batch);
     }
-    await Promise.all(running);
-    if (failure !== undefined) throw failure;
+    await putJson(store, crawlDoneName(jobId, node.id), { version: LAYOUT_VERSION, keyChunks: seq }, signal);
+  }
+
+  const connections: MemcachedConnection[] = [];
+  try {
+    for (let i = 0; i < fetchConcurrency; i++) {
+      const conn = await connect(node, signal);
+      connections.push(conn);
+      readers.push({ conn, builder: new ChunkBuilder('data', chunkSizeBytes, pool) });
+    }
+    for (const name of keyChunks) schedule(name);
+    if (!crawlDone) {
+      const crawlConnection = await connect(node, signal);
+      connections.push(crawlConnection);
+      await crawl(crawlConnection).catch(fail);
+    }
+    // Reads scheduled while others ran are awaited too: the array grows until the crawl ends.
+    for (let i = 0; i < reads.length; i++) await reads[i];
+    if (failure) throw failure.error;
+    const marker: EndMarker = {
+      version: LAYOUT_VERSION,
+      jobId,
+      source: node.id,
+      dataChunks: counters.dataChunks,
+      counters: { ...counters },
+      finishedAt: new Date(clock.now()).toISOString(),
+    };
+    await putJson(store, endMarkerName(jobId, node.id), marker, signal);
     return counters;
   } finally {
-    crawlConnection.close();
-    for (const { conn } of workers) conn.close();
+    for (const conn of connections) conn.close();
   }
 }

@@ -4,31 +4,33 @@ import { CachewarmError } from './errors.js';
 import { checkKey } from './memcached/keys.js';
 
 /**
- * Chunk format, version 1. Everything is little-endian.
+ * Chunk format, version 2. Everything is little-endian.
  *
  *   header (20 bytes)
  *     0  magic "CWCH"
- *     4  u8  format version (1)
+ *     4  u8  format version (2)
  *     5  u8  kind: 1 = keys, 2 = data
  *     6  u16 reserved, 0
  *     8  u32 record count
  *    12  u32 body length in bytes
  *    16  u32 CRC-32 of header bytes 0..15 followed by the body
  *   body: records back to back
- *     keys: u8 key length, u32 exptime, key
+ *     keys: u8 key length, u32 exptime, u32 value size the crawler reported, key
  *     data: u8 key length, u32 client flags, u32 exptime, u32 value length, key, value
+ *
+ * (Version 2 added the value size to key records: a resumed dump sizes its reads by it.)
  *
  * exptime is an absolute unix time in seconds, 0 for none. The header carries the length
  * and checksum, so a truncated or corrupted chunk is refused whole, before any item of it
  * reaches a target.
  */
 export const CHUNK_MAGIC = 0x48435743; // "CWCH" read little-endian
-export const CHUNK_FORMAT_VERSION = 1;
+export const CHUNK_FORMAT_VERSION = 2;
 export const HEADER_BYTES = 20;
 
 export type ChunkKind = 'keys' | 'data';
 const KIND_CODE: Record<ChunkKind, number> = { keys: 1, data: 2 };
-const KEY_RECORD_OVERHEAD = 5;
+const KEY_RECORD_OVERHEAD = 9;
 const EMPTY = Buffer.alloc(0);
 const DATA_RECORD_OVERHEAD = 13;
 
@@ -42,6 +44,8 @@ export interface DataItem {
 export interface KeyItem {
   readonly key: Buffer;
   readonly exptime: number;
+  /** The value's size as the crawler reported it: how reads are batched. */
+  readonly sizeBytes: number;
 }
 
 /**
@@ -96,13 +100,14 @@ export class ChunkBuilder {
     buf.set(value, at + 13 + key.length);
   }
 
-  addKey(key: Uint8Array, exptime: number): void {
+  addKey(key: Uint8Array, exptime: number, sizeBytes = 0): void {
     this.expectKind('keys');
     checkKey(key, `${this.kind} chunk`);
     const at = this.reserve(KEY_RECORD_OVERHEAD + key.length);
     this.buf[at] = key.length;
     this.buf.writeUInt32LE(exptime, at + 1);
-    this.buf.set(key, at + 5);
+    this.buf.writeUInt32LE(sizeBytes, at + 5);
+    this.buf.set(key, at + 9);
   }
 
   /** Seals the chunk: returns its bytes and starts the next chunk in a fresh buffer. */
@@ -218,7 +223,7 @@ export function decodeKeyChunk(chunk: Buffer, where: string): KeyItem[] {
     const keyBytes = chunk[at] as number;
     const end = at + KEY_RECORD_OVERHEAD + keyBytes;
     if (keyBytes === 0 || end > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
-    items[i] = { key: chunk.subarray(at + KEY_RECORD_OVERHEAD, end), exptime: chunk.readUInt32LE(at + 1) };
+    items[i] = { key: chunk.subarray(at + KEY_RECORD_OVERHEAD, end), exptime: chunk.readUInt32LE(at + 1), sizeBytes: chunk.readUInt32LE(at + 5) };
     at = end;
   }
   if (at !== chunk.length) throw corrupt(where, `${chunk.length - at} bytes left after ${count} records`);

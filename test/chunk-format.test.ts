@@ -27,7 +27,7 @@ function dataChunk(items: readonly DataItem[], targetBytes = 64 * 1024): Buffer 
 
 function keyChunk(items: readonly KeyItem[], targetBytes = 64 * 1024): Buffer {
   const builder = new ChunkBuilder('keys', targetBytes);
-  for (const item of items) builder.addKey(item.key, item.exptime);
+  for (const item of items) builder.addKey(item.key, item.exptime, item.sizeBytes);
   return builder.seal();
 }
 
@@ -77,10 +77,10 @@ const SAMPLE_DATA: DataItem[] = [
 ];
 
 const SAMPLE_KEYS: KeyItem[] = [
-  { key: Buffer.from('k'), exptime: 0 },
-  { key: Buffer.alloc(250, 0x7a), exptime: REAL_EXPTIME },
-  { key: Buffer.from([0xff, 0xfe, 0x00, 0x20, 0x0a]), exptime: MAX_U32 },
-  { key: Buffer.from('a:b/c?d=e&f%20g'), exptime: 1 },
+  { key: Buffer.from('k'), exptime: 0, sizeBytes: 0 },
+  { key: Buffer.alloc(250, 0x7a), exptime: REAL_EXPTIME, sizeBytes: 1024 * 1024 },
+  { key: Buffer.from([0xff, 0xfe, 0x00, 0x20, 0x0a]), exptime: MAX_U32, sizeBytes: MAX_U32 },
+  { key: Buffer.from('a:b/c?d=e&f%20g'), exptime: 1, sizeBytes: 7 },
 ];
 
 describe('chunk format: round trip', () => {
@@ -118,6 +118,7 @@ describe('chunk format: round trip', () => {
       assert.ok(got);
       assert.ok(got.key.equals(want.key), `key ${i}: ${got.key.toString('hex')} != ${want.key.toString('hex')}`);
       assert.equal(got.exptime, want.exptime, `exptime ${i}`);
+      assert.equal(got.sizeBytes, want.sizeBytes, `size ${i}`);
     });
   });
 

@@ -1,0 +1,140 @@
+import assert from 'node:assert/strict';
+import { mkdtemp } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { targetRingOf } from '../controller/warm-replica.js';
+import { type DumpNodeOptions, dumpNode } from '../dumper/dump-node.js';
+import { decodeDataChunk } from '../shared/chunk-format.js';
+import type { ChunkMessage } from '../shared/chunk-message.js';
+import { systemClock } from '../shared/clock.js';
+import { type EndMarker, crawlDoneName, endMarkerName, getJson, nodePrefix } from '../shared/job-layout.js';
+import { MemoryQueue } from '../shared/queue/memory-queue.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { LocalDirStore } from '../shared/store/local-dir-store.js';
+import { load, nowSeconds, startCluster } from './support/cluster.js';
+
+/** Every message on the queue, acknowledged, with the keys of its chunk. */
+async function drain(queue: MemoryQueue, store: LocalDirStore): Promise<{ messages: ChunkMessage[]; keys: string[] }> {
+  queue.close();
+  const messages: ChunkMessage[] = [];
+  const keys: string[] = [];
+  for (let d = await queue.receive(); d; d = await queue.receive()) {
+    messages.push(d.message);
+    for (const item of decodeDataChunk(await store.get(d.message.chunk.name), d.message.chunk.name)) keys.push(item.key.toString());
+    await d.ack();
+  }
+  return { messages, keys };
+}
+
+async function crawlFinished(store: LocalDirStore, jobId: string, nodeId: string): Promise<void> {
+  while (!(await getJson(store, crawlDoneName(jobId, nodeId)))) await new Promise((resolve) => setTimeout(resolve, 10));
+}
+
+describe('a dump resumes from what its store holds', () => {
+  test('an interrupted dump, run again, reads only the key chunks left and lists nothing again', async () => {
+    const cluster = await startCluster({ a: 1, b: 2 });
+    try {
+      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds() });
+      await load(cluster.topology, 'a', items);
+      const source = cluster.topology.replicas.get('a')?.nodes[0];
+      assert.ok(source);
+      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
+      const base = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions => ({
+        node: { id: source.id, host: source.host, port: source.port },
+        jobId: 'job-1',
+        store,
+        queue,
+        target: targetRingOf(cluster.topology, 'b'),
+        clock: systemClock,
+        chunkSizeBytes: 32 << 10,
+        keysPerChunk: 1_000,
+        fetchConcurrency: 1,
+        durableQueue: true,
+        signal,
+      });
+
+      // First run: stopped once a few data chunks are out, as a killed sidecar would be.
+      const firstQueue = new MemoryQueue({ capacity: 10_000 });
+      const stop = new AbortController();
+      let announced = 0;
+      await assert.rejects(
+        dumpNode({
+          ...base(firstQueue, stop.signal),
+          // Reads wait for the crawl to finish, as they do when a node's values are slow to read.
+          rateLimiter: { take: () => crawlFinished(store, 'job-1', source.id) },
+          onDataChunk: () => {
+            if (++announced === 5) stop.abort(new Error('sidecar killed'));
+          },
+        }),
+        /sidecar killed/,
+      );
+      const first = await drain(firstQueue, store);
+      assert.ok(await getJson(store, crawlDoneName('job-1', source.id)), 'the crawl had finished and said so');
+      assert.equal(await getJson(store, endMarkerName('job-1', source.id)), undefined, 'no end marker for a dump cut short');
+      const keyChunksLeft = (await store.list(`${nodePrefix('job-1', source.id)}/`)).filter((n) => /keys-\d+\.chunk$/.test(n));
+      assert.ok(keyChunksLeft.length > 0 && keyChunksLeft.length < 20, `key chunks left: ${keyChunksLeft.length}`);
+
+      // Second run of the same job: the remaining key chunks only, no new crawl.
+      const secondQueue = new MemoryQueue({ capacity: 10_000 });
+      const counters = await dumpNode(base(secondQueue));
+      const second = await drain(secondQueue, store);
+      assert.equal(counters.listed, 0, 'nothing listed again');
+      assert.ok(counters.read <= keyChunksLeft.length * 1_000, `read ${counters.read} for ${keyChunksLeft.length} key chunks`);
+      assert.ok(counters.read < items.length);
+
+      const all = new Set([...first.keys, ...second.keys]);
+      assert.equal(all.size, items.length, 'every item is in a data chunk of one run or the other');
+      const firstNames = new Set(first.messages.map((m) => m.chunk.name));
+      assert.ok(second.messages.every((m) => !firstNames.has(m.chunk.name)), 'a redone chunk never replaces an announced one');
+
+      const marker = await getJson<EndMarker>(store, endMarkerName('job-1', source.id));
+      assert.equal(marker?.dataChunks, second.messages.length);
+
+      // Third run: the end marker says it is done; nothing is read or announced.
+      const thirdQueue = new MemoryQueue({ capacity: 10 });
+      const again = await dumpNode(base(thirdQueue));
+      assert.equal((await drain(thirdQueue, store)).messages.length, 0);
+      assert.deepEqual(again, marker?.counters);
+    } finally {
+      await cluster.stop();
+    }
+  });
+
+  test('with an in-process queue, data chunks an earlier run stored are announced again', async () => {
+    const cluster = await startCluster({ a: 1, b: 1 });
+    try {
+      const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds() });
+      await load(cluster.topology, 'a', items);
+      const source = cluster.topology.replicas.get('a')?.nodes[0];
+      assert.ok(source);
+      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
+      const options = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions => ({
+        node: { id: source.id, host: source.host, port: source.port },
+        jobId: 'job-2',
+        store,
+        queue,
+        target: targetRingOf(cluster.topology, 'b'),
+        clock: systemClock,
+        chunkSizeBytes: 16 << 10,
+        keysPerChunk: 500,
+        fetchConcurrency: 1,
+        signal,
+      });
+      const stop = new AbortController();
+      let announced = 0;
+      const lost = new MemoryQueue({ capacity: 10_000 }); // its messages die with "the process"
+      await assert.rejects(
+        dumpNode({ ...options(lost, stop.signal), onDataChunk: () => void (++announced === 3 && stop.abort(new Error('killed'))) }),
+        /killed/,
+      );
+
+      const queue = new MemoryQueue({ capacity: 10_000 });
+      await dumpNode(options(queue));
+      const { keys } = await drain(queue, store);
+      assert.equal(new Set(keys).size, items.length, 'every item reaches the new queue');
+    } finally {
+      await cluster.stop();
+    }
+  });
+});
