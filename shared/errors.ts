@@ -6,6 +6,8 @@
 export type ErrorCode =
   | 'TOPOLOGY_INVALID'
   | 'NODE_UNREACHABLE'
+  /** The node already runs another job's crawl (memcached allows one at a time). */
+  | 'NODE_BUSY'
   | 'NODE_PROTOCOL'
   | 'CHUNK_CORRUPT'
   | 'CHUNK_MISSING'

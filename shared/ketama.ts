@@ -76,6 +76,8 @@ export function ketamaHash(key: Uint8Array | string): number {
 const DIGESTS_PER_NODE = 40;
 const POINTS_PER_DIGEST = 4;
 export const POINTS_PER_NODE = DIGESTS_PER_NODE * POINTS_PER_DIGEST;
+/** key hashes are 32-bit */
+const HASH_SPACE = 2 ** 32;
 
 export class KetamaRing<N> {
   readonly nodes: readonly N[];
@@ -151,6 +153,22 @@ export class KetamaRing<N> {
   /** index of that node in the constructor's array */
   indexFor(key: Uint8Array | string): number {
     return this.indexForHash(ketamaHash(key));
+  }
+
+  /**
+   * Each member's fraction of the 2^32 hash space, in the constructor's order; sums to 1.
+   * A point owns the hashes after the previous point up to itself (indexForHash's rule), and
+   * the first point also owns the wrap-around past the last one.
+   */
+  hashSpaceShares(): number[] {
+    const owned = new Array<number>(this.nodes.length).fill(0);
+    const points = this.points;
+    const last = points.length - 1;
+    for (let i = 0; i <= last; i++) {
+      const arc = i === 0 ? HASH_SPACE - points[last]! + points[0]! : points[i]! - points[i - 1]!;
+      owned[this.owners[i]!]! += arc;
+    }
+    return owned.map((hashes) => hashes / HASH_SPACE);
   }
 
   /** index of the node owning the first point at or after `hash`, wrapping to the first point */

@@ -1,0 +1,612 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import { once } from 'node:events';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SQSClient } from '@aws-sdk/client-sqs';
+import type { Clock } from '../shared/clock.js';
+import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
+import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
+import { version } from '../shared/memcached/commands.js';
+import type { Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
+import { type Metric, PROMETHEUS_CONTENT_TYPE, renderMetrics } from '../shared/prometheus.js';
+import { SqsQueue } from '../shared/queue/sqs-queue.js';
+import { S3Store } from '../shared/store/s3-store.js';
+import { TokenBucket } from '../shared/token-bucket.js';
+import { type Connect, connectDirect, dumpNode } from './dump-node.js';
+import { ringFilter } from './ring-filter.js';
+import {
+  type DumpState,
+  type DumpStatus,
+  type ErrorBody,
+  type HealthStatus,
+  MAX_REQUEST_BODY_BYTES,
+  SIDECAR_PATHS,
+  type StartDumpRequest,
+  parseStartDumpRequest,
+} from './sidecar-api.js';
+
+export interface SidecarOptions {
+  /** The memcached node this sidecar dumps (the one on its machine). */
+  readonly memcached: Endpoint;
+  /** The bearer token every request but the health check must carry. */
+  readonly token: string;
+  /** Built once by the caller (region, credentials, endpoint); each dump builds its store and queue over them. */
+  readonly s3: S3Client;
+  readonly sqs: SQSClient;
+  readonly clock: Clock;
+  readonly connect?: Connect | undefined;
+  /** Key chunks read at once, each on its own connection (dumpNode's fetchConcurrency). Default 2. */
+  readonly fetchConcurrency?: number | undefined;
+  /** Largest chunkSizeBytes a request may ask for: with fetchConcurrency, sets the memory ceiling. Default 64 MiB. */
+  readonly maxChunkSizeBytes?: number | undefined;
+  /** Settled dumps whose status is kept for GET and /metrics (the oldest go first). Default 100. */
+  readonly keepFinishedDumps?: number | undefined;
+  /** How long a health check waits for memcached's `version`. Default 2 s. */
+  readonly healthTimeoutMs?: number | undefined;
+  /** How long a DELETE waits for the dump to stop before answering with it still stopping. Default 10 s. */
+  readonly cancelWaitMs?: number | undefined;
+  /** One structured event per call (JSON lines on stderr, from the CLI). Never sees the token. */
+  readonly log?: ((event: Record<string, unknown>) => void) | undefined;
+}
+
+export interface Sidecar {
+  /** Starts listening; port 0 picks a free one. Resolves with the base URL, e.g. `http://127.0.0.1:11299`. */
+  listen(host: string, port: number): Promise<{ url: string }>;
+  /** Stops taking requests, cancels a running dump (its progress stays in the store) and waits for it. Idempotent. */
+  close(): Promise<void>;
+}
+
+const DEFAULT_FETCH_CONCURRENCY = 2;
+const DEFAULT_MAX_CHUNK_SIZE_BYTES = 64 << 20;
+/** dumpNode's pipelined value reads per connection: 2 × its default fetchBatchBytes (1 MiB). */
+const PIPELINED_READ_BYTES = 2 << 20;
+/** One key chunk in memory: dumpNode's default 20,000 keys of at most 250 bytes, each a Buffer (~100 bytes more). */
+const KEY_CHUNK_BYTES = 20_000 * 350;
+/** The crawler's Bloom filter of keys already listed: only with `metadump all` (memcached < 1.6.19). */
+const SEEN_KEYS_BYTES = 64 << 20;
+/** Open connections at once: each may hold a request body of up to MAX_REQUEST_BODY_BYTES. */
+const MAX_CONNECTIONS = 32;
+
+/**
+ * The sidecar's memory ceiling beyond Node's own baseline (~50 MiB), set by its configuration
+ * and never by the node's data: one dump at a time, and that dump holds about
+ *
+ *   fetchConcurrency × (maxChunkSizeBytes × 2 + 2 MiB)    per reader: its chunk buffer (a
+ *                                                          power-of-two size class, so up to
+ *                                                          twice the chunk size) and its
+ *                                                          pipelined reads
+ * + 2 × fetchConcurrency key chunks                        20,000 keys each, ≤ 250 bytes a key
+ * + the crawler's Bloom filter, ≤ 64 MiB                   only with `metadump all` (memcached
+ *                                                          before 1.6.19)
+ *
+ * plus at most 32 connections × 1 MiB of request bodies, and a bounded number of kept
+ * statuses. E.g. the defaults (2 readers, 64 MiB chunks) come to about 380 MiB; 4 MiB chunks
+ * to about 140 MiB.
+ */
+export function sidecarMemoryCeilingBytes(options: Pick<SidecarOptions, 'fetchConcurrency' | 'maxChunkSizeBytes'>): number {
+  const fetchConcurrency = options.fetchConcurrency ?? DEFAULT_FETCH_CONCURRENCY;
+  const chunkBytes = options.maxChunkSizeBytes ?? DEFAULT_MAX_CHUNK_SIZE_BYTES;
+  const perReader = chunkBytes * 2 + PIPELINED_READ_BYTES + 2 * KEY_CHUNK_BYTES;
+  return fetchConcurrency * perReader + SEEN_KEYS_BYTES + MAX_CONNECTIONS * MAX_REQUEST_BODY_BYTES;
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP plumbing
+
+/** A refusal with its HTTP status; everything a handler throws that is not one is a 500. */
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly headers: Readonly<Record<string, string>> = {},
+    readonly field?: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Reply {
+  readonly status: number;
+  readonly body: unknown;
+  readonly contentType?: string;
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+function send(res: http.ServerResponse, reply: Reply): void {
+  const text = typeof reply.body === 'string' ? reply.body : `${JSON.stringify(reply.body)}\n`;
+  res.writeHead(reply.status, {
+    'content-type': reply.contentType ?? 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...reply.headers,
+  });
+  res.end(text);
+}
+
+function errorReply(error: HttpError): Reply {
+  const body: ErrorBody = { error: { code: error.code, message: error.message, ...(error.field && { field: error.field }) } };
+  return { status: error.status, body, headers: error.headers };
+}
+
+/** The body as JSON, refusing more than MAX_REQUEST_BODY_BYTES without buffering it. */
+function readJsonBody(req: http.IncomingMessage): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const tooLarge = (): HttpError =>
+      new HttpError(413, 'PAYLOAD_TOO_LARGE', `the request body is larger than ${MAX_REQUEST_BODY_BYTES} bytes`);
+    const declared = Number(req.headers['content-length']);
+    if (declared > MAX_REQUEST_BODY_BYTES) {
+      // Discard what the client still sends, so the connection can answer and stay usable.
+      req.resume();
+      reject(tooLarge());
+      return;
+    }
+    const parts: Buffer[] = [];
+    let bytes = 0;
+    let refused = false;
+    req.on('data', (part: Buffer) => {
+      if (refused) return;
+      bytes += part.length;
+      if (bytes > MAX_REQUEST_BODY_BYTES) {
+        refused = true;
+        parts.length = 0;
+        reject(tooLarge());
+        return;
+      }
+      parts.push(part);
+    });
+    req.on('error', reject);
+    // A client gone mid-body: settle, so nothing waits on a body that will never end.
+    req.on('close', () => {
+      if (!req.complete) reject(new HttpError(400, 'ABORTED', 'the request body was cut short'));
+    });
+    req.on('end', () => {
+      if (refused) return;
+      const text = Buffer.concat(parts).toString('utf8');
+      try {
+        resolve(JSON.parse(text));
+      } catch (error) {
+        reject(new HttpError(400, 'INVALID_ARGUMENT', `the request body is not JSON: ${(error as Error).message}`, {}, '(body)'));
+      }
+    });
+  });
+}
+
+/** Compares hashes of both (equal lengths), so neither the token nor its length leaks through timing. */
+function tokenMatches(header: string | undefined, tokenDigest: Buffer): boolean {
+  const match = /^Bearer +(\S+) *$/i.exec(header ?? '');
+  if (!match) return false;
+  const given = createHash('sha256').update(match[1] as string).digest();
+  return timingSafeEqual(given, tokenDigest);
+}
+
+function unauthorized(header: string | undefined): HttpError {
+  const why = header ? 'the bearer token was refused' : 'an Authorization: Bearer <token> header is required';
+  return new HttpError(401, 'UNAUTHORIZED', why, { 'www-authenticate': 'Bearer realm="cachewarm-dumper"' });
+}
+
+function httpUrl(host: string, port: number): string {
+  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+function describeError(error: unknown): { code: string; message: string } {
+  if (isCachewarmError(error)) return { code: error.code, message: error.message };
+  return { code: 'INTERNAL', message: error instanceof Error ? error.message : String(error) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Dumps
+
+/** One dump this process ran or runs. Its counters are dumpNode's own object: live. */
+class DumpRun {
+  readonly counters: DumpCounters = newDumpCounters();
+  readonly abort = new AbortController();
+  readonly startedAtMs: number;
+  state: DumpState = 'running';
+  finishedAtMs: number | undefined;
+  error: { code: string; message: string } | undefined;
+  /** Resolves (never rejects) once dumpNode has returned or thrown. */
+  settled: Promise<void> = Promise.resolve();
+
+  constructor(
+    readonly request: StartDumpRequest,
+    clock: Clock,
+  ) {
+    this.startedAtMs = clock.now();
+  }
+
+  get stopping(): boolean {
+    return this.state === 'running' && this.abort.signal.aborted;
+  }
+
+  status(): DumpStatus {
+    return {
+      jobId: this.request.jobId,
+      node: this.request.node,
+      state: this.state,
+      counters: { ...this.counters },
+      startedAt: new Date(this.startedAtMs).toISOString(),
+      ...(this.finishedAtMs !== undefined && { finishedAt: new Date(this.finishedAtMs).toISOString() }),
+      ...(this.error && { error: this.error }),
+    };
+  }
+}
+
+/** The fields that place a job's output: a repeated start must name the same ones. */
+const PLACEMENT_FIELDS = ['node', 'bucket', 'prefix', 'queueUrl'] as const;
+
+/**
+ * The dumps of this process: at most one running (memcached allows one LRU crawl at a time),
+ * and a bounded number of settled ones kept for their status.
+ */
+class DumpRegistry {
+  private readonly runs = new Map<string, DumpRun>();
+  private active: DumpRun | undefined;
+  private last: DumpRun | undefined;
+
+  constructor(
+    private readonly options: SidecarOptions,
+    private readonly log: (event: Record<string, unknown>) => void,
+  ) {}
+
+  get(jobId: string): DumpRun | undefined {
+    return this.runs.get(jobId);
+  }
+
+  all(): DumpRun[] {
+    return [...this.runs.values()];
+  }
+
+  get running(): DumpRun | undefined {
+    return this.active;
+  }
+
+  get lastState(): DumpState | null {
+    return (this.active ?? this.last)?.state ?? null;
+  }
+
+  /**
+   * Starts a dump, or answers with the one already running or finished for the job (a
+   * controller re-sends its start after its own restart). A failed or cancelled job starts
+   * again: dumpNode resumes from what the store holds.
+   */
+  start(request: StartDumpRequest): { started: boolean; run: DumpRun } {
+    const known = this.runs.get(request.jobId);
+    if (known) checkSamePlacement(known.request, request);
+    if (known?.stopping) throw busy(`job ${known.request.jobId} is being cancelled on this node; start it again once it has stopped`);
+    if (known && (known.state === 'running' || known.state === 'finished')) return { started: false, run: known };
+    if (this.active) {
+      const what = this.active.stopping ? 'still stopping' : 'running';
+      const { jobId, node } = this.active.request;
+      throw busy(`job ${jobId} is ${what} on this node (node ${node}); memcached allows one crawl at a time`);
+    }
+    const maxChunk = this.options.maxChunkSizeBytes ?? DEFAULT_MAX_CHUNK_SIZE_BYTES;
+    if (request.chunkSizeBytes > maxChunk) {
+      const why = `${request.chunkSizeBytes} is over this sidecar's limit of ${maxChunk} bytes (its memory budget)`;
+      throw new HttpError(400, 'INVALID_ARGUMENT', `start request: chunkSizeBytes: ${why}`, {}, 'chunkSizeBytes');
+    }
+    const run = new DumpRun(request, this.options.clock);
+    const keyFilter = request.keyFilter && ringFilter(request.keyFilter.nodes, request.keyFilter.keep);
+    this.runs.delete(request.jobId); // re-inserted last: the eviction order is by start
+    this.runs.set(request.jobId, run);
+    this.active = run;
+    run.settled = this.execute(run, keyFilter);
+    this.evictSettled();
+    return { started: true, run };
+  }
+
+  /** Asks the job's dump to stop; resolves once it has, or after `waitMs` when one is given. */
+  async cancel(run: DumpRun, why: string, waitMs?: number): Promise<void> {
+    if (run.state !== 'running') return;
+    if (!run.abort.signal.aborted) {
+      this.log({ event: 'dump-cancelling', jobId: run.request.jobId, node: run.request.node, reason: why });
+      run.abort.abort(new CachewarmError('ABORTED', `dump of job ${run.request.jobId} cancelled ${why}`, { job: run.request.jobId }));
+    }
+    if (waitMs === undefined) return run.settled;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([run.settled, new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)))]);
+    clearTimeout(timer);
+  }
+
+  private async execute(run: DumpRun, keyFilter: ((key: Buffer) => boolean) | undefined): Promise<void> {
+    const { request } = run;
+    const { clock, memcached } = this.options;
+    const { keyFilter: filterSpec, target: _target, sse: _sse, ...settings } = request;
+    this.log({ event: 'dump-started', ...settings, keyFilter: filterSpec !== undefined });
+    try {
+      await dumpNode({
+        node: { id: request.node, host: memcached.host, port: memcached.port, label: request.node },
+        jobId: request.jobId,
+        store: new S3Store({ client: this.options.s3, bucket: request.bucket, prefix: request.prefix, sse: request.sse }),
+        queue: new SqsQueue({ client: this.options.sqs, queueUrl: request.queueUrl, clock }),
+        durableQueue: true,
+        location: { bucket: request.bucket, prefix: request.prefix },
+        target: request.target,
+        clock,
+        connect: this.options.connect ?? connectDirect,
+        chunkSizeBytes: request.chunkSizeBytes,
+        fetchConcurrency: this.options.fetchConcurrency ?? DEFAULT_FETCH_CONCURRENCY,
+        ...limiters(request, clock),
+        keyFilter,
+        counters: run.counters,
+        signal: run.abort.signal,
+      });
+      run.state = 'finished';
+    } catch (error) {
+      // Cancelled: whatever dumpNode threw on the way out is the abort, not a failure.
+      run.state = run.abort.signal.aborted ? 'cancelled' : 'failed';
+      run.error = describeError(run.abort.signal.aborted ? run.abort.signal.reason : error);
+    } finally {
+      run.finishedAtMs = clock.now();
+      if (this.active === run) this.active = undefined;
+      this.last = run;
+      this.log({
+        event: `dump-${run.state}`,
+        jobId: request.jobId,
+        node: request.node,
+        durationMs: run.finishedAtMs - run.startedAtMs,
+        counters: { ...run.counters },
+        ...(run.error && { error: run.error }),
+      });
+    }
+  }
+
+  private evictSettled(): void {
+    const keep = this.options.keepFinishedDumps ?? 100;
+    const settled = [...this.runs.values()].filter((r) => r.state !== 'running');
+    for (const run of settled.slice(0, Math.max(0, settled.length - keep))) this.runs.delete(run.request.jobId);
+  }
+}
+
+/** Items/s read from memcached and bytes/s uploaded: both share the node with live traffic. */
+function limiters(request: StartDumpRequest, clock: Clock): { rateLimiter?: TokenBucket; uploadLimiter?: TokenBucket } {
+  const { maxItemsPerSecond, maxBytesPerSecond } = request;
+  return {
+    ...(maxItemsPerSecond !== undefined && { rateLimiter: new TokenBucket({ ratePerSecond: maxItemsPerSecond, clock }) }),
+    ...(maxBytesPerSecond !== undefined && { uploadLimiter: new TokenBucket({ ratePerSecond: maxBytesPerSecond, clock }) }),
+  };
+}
+
+function busy(message: string): HttpError {
+  return new HttpError(409, 'NODE_BUSY', message);
+}
+
+function checkSamePlacement(known: StartDumpRequest, request: StartDumpRequest): void {
+  for (const field of PLACEMENT_FIELDS) {
+    if (known[field] !== request[field]) {
+      throw new HttpError(
+        400,
+        'INVALID_ARGUMENT',
+        `start request: ${field}: job ${known.jobId} already dumps here with ${field} ` +
+          `${JSON.stringify(known[field])}, not ${JSON.stringify(request[field])}`,
+        {},
+        field,
+      );
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Metrics
+
+const COUNTER_METRICS: readonly { name: string; help: string; field: keyof DumpCounters }[] = [
+  { name: 'cachewarm_dump_keys_listed_total', help: 'Keys the LRU crawler listed (a live walk may list a key twice).', field: 'listed' },
+  { name: 'cachewarm_dump_keys_caught_up_total', help: 'Keys only a catch-up crawl pass found.', field: 'caughtUp' },
+  { name: 'cachewarm_dump_items_read_total', help: 'Items read with their value into data chunks.', field: 'read' },
+  { name: 'cachewarm_dump_bytes_read_total', help: 'Value bytes read into data chunks.', field: 'bytesRead' },
+  { name: 'cachewarm_dump_data_chunks_total', help: 'Data chunks stored and announced on the queue.', field: 'dataChunks' },
+  { name: 'cachewarm_dump_items_expired_total', help: 'Items already expired when listed or read: not copied.', field: 'expired' },
+  { name: 'cachewarm_dump_items_gone_total', help: 'Items deleted or evicted between the crawl and the read.', field: 'gone' },
+  { name: 'cachewarm_dump_items_filtered_total', help: 'Keys left out by the key filter.', field: 'filtered' },
+  { name: 'cachewarm_dump_items_unsupported_total', help: 'Keys the text protocol cannot name: not copied.', field: 'unsupported' },
+];
+
+function metricsText(registry: DumpRegistry): string {
+  const runs = registry.all();
+  const metrics: Metric[] = COUNTER_METRICS.map(({ name, help, field }) => ({
+    name,
+    help,
+    type: 'counter',
+    samples: runs.map((run) => ({ labels: { job: run.request.jobId, node: run.request.node }, value: run.counters[field] })),
+  }));
+  metrics.push(
+    {
+      name: 'cachewarm_dump_running',
+      help: 'Whether a dump is running on this node (1) or not (0).',
+      type: 'gauge',
+      samples: [{ value: registry.running ? 1 : 0 }],
+    },
+    { name: 'process_resident_memory_bytes', help: 'Resident memory size in bytes.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
+  );
+  return renderMetrics(metrics);
+}
+
+// ---------------------------------------------------------------------------------------
+// The server
+
+/** The promise's outcome, or the signal's reason if it aborts first. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(abortReason(signal));
+    if (signal.aborted) return onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    promise.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}
+
+/** Resolves true when memcached answers `version` within `timeoutMs`. */
+async function memcachedAnswers(options: SidecarOptions, timeoutMs: number): Promise<boolean> {
+  const signal = AbortSignal.timeout(timeoutMs);
+  let conn: MemcachedConnection | undefined;
+  try {
+    conn = await (options.connect ?? connectDirect)(options.memcached, signal);
+    await untilAborted(version(conn), signal);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    conn?.close();
+  }
+}
+
+/** The path of a request target (`/v1/dumps/x?y` → `/v1/dumps/x`); 400 for one that is not a path. */
+function pathOf(target: string | undefined): string {
+  if (!target?.startsWith('/')) throw new HttpError(400, 'BAD_REQUEST', `the request target ${JSON.stringify(target)} is not a path`);
+  try {
+    return new URL(target, 'http://sidecar').pathname;
+  } catch {
+    throw new HttpError(400, 'BAD_REQUEST', `the request target ${JSON.stringify(target)} is not a path`);
+  }
+}
+
+/** `/v1/dumps/<id>` → the id; undefined for any other path. */
+function jobIdInPath(pathname: string): string | undefined {
+  const prefix = `${SIDECAR_PATHS.dumps}/`;
+  if (!pathname.startsWith(prefix)) return undefined;
+  const rest = pathname.slice(prefix.length);
+  if (rest === '' || rest.includes('/')) return undefined;
+  try {
+    return decodeURIComponent(rest);
+  } catch {
+    return undefined;
+  }
+}
+
+function allow(method: string | undefined, allowed: readonly string[]): void {
+  if (!allowed.includes(method ?? '')) {
+    throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allowed.join(' or ')}`, { allow: allowed.join(', ') });
+  }
+}
+
+/**
+ * The dumper sidecar: a small authenticated HTTP API beside one memcached node that runs
+ * that node's dump (dumpNode over an S3 store and an SQS queue) on a controller's request.
+ * See dumper/sidecar-api.ts for the routes and sidecarMemoryCeilingBytes for its memory.
+ */
+export function createSidecar(options: SidecarOptions): Sidecar {
+  const log = (event: Record<string, unknown>): void => {
+    try {
+      options.log?.(event);
+    } catch {
+      // A broken log sink must not break a request or a dump.
+    }
+  };
+  if (options.token === '') throw new CachewarmError('INVALID_ARGUMENT', 'the sidecar needs a non-empty token');
+  const tokenDigest = createHash('sha256').update(options.token).digest();
+  const registry = new DumpRegistry(options, log);
+  const cancelWaitMs = options.cancelWaitMs ?? 10_000;
+  let closing: Promise<void> | undefined;
+
+  function found(jobId: string): DumpRun {
+    const run = registry.get(jobId);
+    if (!run) throw new HttpError(404, 'NOT_FOUND', `no dump of job ${JSON.stringify(jobId)} on this sidecar`);
+    return run;
+  }
+
+  async function health(): Promise<Reply> {
+    const up = await memcachedAnswers(options, options.healthTimeoutMs ?? 2_000);
+    const body: HealthStatus = { ok: up, memcached: up ? 'up' : 'down', dump: registry.lastState };
+    return { status: up ? 200 : 503, body };
+  }
+
+  async function startDump(req: http.IncomingMessage): Promise<Reply> {
+    const body = await readJsonBody(req);
+    if (closing) throw new HttpError(503, 'SHUTTING_DOWN', 'the sidecar is shutting down');
+    let request: StartDumpRequest;
+    try {
+      request = parseStartDumpRequest(body);
+    } catch (error) {
+      if (!isCachewarmError(error, 'INVALID_ARGUMENT')) throw error;
+      const field = typeof error.context['field'] === 'string' ? error.context['field'] : undefined;
+      throw new HttpError(400, 'INVALID_ARGUMENT', error.message, {}, field);
+    }
+    const { started, run } = registry.start(request);
+    return { status: started ? 202 : 200, body: run.status() };
+  }
+
+  async function route(req: http.IncomingMessage, pathname: string): Promise<Reply> {
+    if (pathname === SIDECAR_PATHS.health) {
+      allow(req.method, ['GET']);
+      return health();
+    }
+    if (!tokenMatches(req.headers.authorization, tokenDigest)) throw unauthorized(req.headers.authorization);
+    if (pathname === SIDECAR_PATHS.metrics) {
+      allow(req.method, ['GET']);
+      return { status: 200, body: metricsText(registry), contentType: PROMETHEUS_CONTENT_TYPE };
+    }
+    if (pathname === SIDECAR_PATHS.dumps) {
+      allow(req.method, ['POST']);
+      return startDump(req);
+    }
+    const jobId = jobIdInPath(pathname);
+    if (jobId === undefined) throw new HttpError(404, 'NOT_FOUND', `no such path: ${pathname}`);
+    allow(req.method, ['GET', 'DELETE']);
+    const run = found(jobId);
+    if (req.method === 'DELETE') {
+      await registry.cancel(run, 'by request', cancelWaitMs);
+      // 202 while it is still stopping: the caller polls the status for `cancelled`.
+      return { status: run.state === 'running' ? 202 : 200, body: run.status() };
+    }
+    return { status: 200, body: run.status() };
+  }
+
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const startedMs = Date.now();
+    let pathname = req.url ?? '/';
+    let reply: Reply;
+    try {
+      pathname = pathOf(req.url);
+      reply = await route(req, pathname);
+    } catch (error) {
+      if (error instanceof HttpError) {
+        reply = errorReply(error);
+      } else {
+        log({ event: 'request-error', method: req.method, path: pathname, error: describeError(error) });
+        reply = errorReply(new HttpError(500, 'INTERNAL', `internal error: ${describeError(error).message}`));
+      }
+    }
+    // Drain an unread body (a refused or body-less request) so a keep-alive connection stays usable.
+    if (!req.readableEnded) req.resume();
+    send(res, reply);
+    // Probes, scrapes and status polls come every few seconds: logging them would drown the
+    // rest. Starts, cancels and refusals are logged.
+    const routine = req.method === 'GET' && reply.status < 400;
+    if (routine) return;
+    const durationMs = Date.now() - startedMs;
+    log({ event: 'request', method: req.method, path: pathname, status: reply.status, durationMs, remote: req.socket.remoteAddress });
+  }
+
+  const server = http.createServer((req, res) => {
+    handle(req, res).catch((error: unknown) => {
+      // Only writing the answer can get here (the socket went away): nobody is left to tell.
+      log({ event: 'request-error', method: req.method, error: describeError(error) });
+      res.destroy();
+    });
+  });
+  server.maxConnections = MAX_CONNECTIONS;
+  server.requestTimeout = 60_000;
+
+  return {
+    async listen(host, port) {
+      server.listen(port, host);
+      await once(server, 'listening'); // rejects with the error (EADDRINUSE, …) instead
+      const url = httpUrl(host, (server.address() as AddressInfo).port);
+      log({ event: 'listening', url, memcached: `${options.memcached.host}:${options.memcached.port}` });
+      return { url };
+    },
+    close() {
+      closing ??= (async () => {
+        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        const run = registry.running;
+        if (run) await registry.cancel(run, 'because the sidecar is shutting down');
+        // Requests still open (a DELETE waiting on that dump) have had their answer by now.
+        server.closeAllConnections();
+        await stopped;
+        log({ event: 'closed' });
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,567 @@
+import assert from 'node:assert/strict';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { after, before, describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { ReceiveMessageCommand } from '@aws-sdk/client-sqs';
+import { type StartDumpRequest, parseStartDumpRequest } from '../dumper/sidecar-api.js';
+import { SidecarClient } from '../dumper/sidecar-client.js';
+import { type Sidecar, createSidecar } from '../dumper/sidecar-server.js';
+import { type DataItem, decodeDataChunk } from '../shared/chunk-format.js';
+import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
+import { systemClock } from '../shared/clock.js';
+import { CachewarmError } from '../shared/errors.js';
+import { nodeDirectory } from '../shared/job-layout.js';
+import { KetamaRing } from '../shared/ketama.js';
+import type { WritableItem } from '../shared/memcached/meta-add.js';
+import { renderMetrics } from '../shared/prometheus.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { type Cluster, load, nowSeconds, startCluster } from './support/cluster.js';
+import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
+import { freePort } from './support/memcached.js';
+
+const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
+const TOKEN = 'sidecar-test-token-0123456789abcdef';
+const ITEMS = 20_000;
+const CHUNK_BYTES = 64 << 10;
+
+/** The replica the populators would write: only named in messages, never contacted here. */
+const TARGET: TargetRing = {
+  replica: 'zone-b',
+  hashing: 'spymemcached',
+  nodes: ['10.0.1.1:11211', '10.0.1.2:11211', '10.0.1.3:11211'].map((address) => ({ address, ringName: address })),
+};
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface HttpAnswer {
+  status: number;
+  headers: Headers;
+  /** Parsed JSON, read freely by the assertions. */
+  body: any;
+  text: string;
+}
+
+/** One raw request, with the token unless told otherwise. */
+async function http(
+  url: string,
+  method: string,
+  pathname: string,
+  options: { token?: string | null; body?: unknown; rawBody?: string } = {},
+): Promise<HttpAnswer> {
+  const token = options.token === undefined ? TOKEN : options.token;
+  const body = options.rawBody ?? (options.body === undefined ? undefined : JSON.stringify(options.body));
+  const response = await fetch(`${url}${pathname}`, {
+    method,
+    headers: { ...(token !== null && { authorization: `Bearer ${token}` }), ...(body !== undefined && { 'content-type': 'application/json' }) },
+    ...(body !== undefined && { body }),
+    signal: AbortSignal.timeout(20_000),
+  });
+  const text = await response.text();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  return { status: response.status, headers: response.headers, body: parsed, text };
+}
+
+describe('the dumper sidecar', () => {
+  let fauxqs: Fauxqs;
+  let aws: AwsClients;
+  let cluster: Cluster;
+  let memcached: { host: string; port: number; address: string };
+  let nodeId: string;
+  let items: WritableItem[];
+  let sidecar: Sidecar;
+  let url: string;
+  let client: SidecarClient;
+  const events: Record<string, unknown>[] = [];
+  let jobs = 0;
+
+  before(async () => {
+    fauxqs = await startFauxqs();
+    aws = awsClients(fauxqs.endpoint);
+    cluster = await startCluster({ 'zone-a': 1 });
+    const node = cluster.topology.replicas.get('zone-a')?.nodes[0];
+    assert.ok(node);
+    memcached = { host: node.host, port: node.port, address: node.address };
+    nodeId = node.id;
+    items = sampleItems({ count: ITEMS, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'sidecar' });
+    await load(cluster.topology, 'zone-a', items);
+    sidecar = createSidecar({
+      memcached,
+      token: TOKEN,
+      s3: aws.s3,
+      sqs: aws.sqs,
+      clock: systemClock,
+      log: (event) => events.push(event),
+    });
+    ({ url } = await sidecar.listen('127.0.0.1', 0));
+    client = new SidecarClient({ baseUrl: url, token: TOKEN });
+  });
+
+  after(async () => {
+    await sidecar?.close();
+    aws?.destroy();
+    await fauxqs?.stop();
+    await cluster?.stop();
+  });
+
+  /** A start request for a new job, with a bucket and a queue of its own. */
+  async function newJob(more: Partial<StartDumpRequest> = {}): Promise<StartDumpRequest> {
+    const n = ++jobs;
+    return {
+      jobId: `job-${n}`,
+      node: nodeId,
+      bucket: await createBucket(aws.s3, `chunks-${n}`),
+      prefix: 'warm/prod',
+      queueUrl: await createQueue(aws.sqs, `chunks-${n}`),
+      chunkSizeBytes: CHUNK_BYTES,
+      target: TARGET,
+      ...more,
+    };
+  }
+
+  async function waitForState(jobId: string, state: string, timeoutMs = 60_000, sidecarClient = client) {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = await sidecarClient.status(jobId);
+      assert.ok(status, `the sidecar knows job ${jobId}`);
+      if (status.state === state) return status;
+      assert.ok(status.state === 'running', `job ${jobId} ended ${status.state}, not ${state}: ${JSON.stringify(status.error)}`);
+      assert.ok(Date.now() < deadline, `job ${jobId} still ${status.state} after ${timeoutMs} ms`);
+      await sleep(100);
+    }
+  }
+
+  /** Every object key in the bucket, as S3 has it. */
+  async function objectKeys(bucket: string): Promise<string[]> {
+    const out = await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket }));
+    return (out.Contents ?? []).map((o) => o.Key as string).sort();
+  }
+
+  async function dataChunks(request: StartDumpRequest): Promise<string[]> {
+    return (await objectKeys(request.bucket)).filter((key) => /\/data-[^/]+\.chunk$/.test(key));
+  }
+
+  /** The items in the given data chunks, by key (a key listed twice by the live walk appears once). */
+  async function itemsIn(bucket: string, keys: readonly string[]): Promise<Map<string, DataItem>> {
+    const found = new Map<string, DataItem>();
+    for (const key of keys) {
+      const out = await aws.s3.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      const chunk = Buffer.from(await (out.Body as { transformToByteArray(): Promise<Uint8Array> }).transformToByteArray());
+      for (const item of decodeDataChunk(chunk, key)) found.set(item.key.toString('latin1'), item);
+    }
+    return found;
+  }
+
+  /** Takes every message off the queue. */
+  async function drain(queueUrl: string): Promise<ChunkMessage[]> {
+    const messages: ChunkMessage[] = [];
+    for (;;) {
+      const out = await aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 0, VisibilityTimeout: 300 }));
+      if (!out.Messages?.length) return messages;
+      for (const m of out.Messages) messages.push(JSON.parse(m.Body ?? '') as ChunkMessage);
+    }
+  }
+
+  function loadedKeys(filter: (item: WritableItem) => boolean = () => true): string[] {
+    return items.filter(filter).map((i) => i.key.toString('latin1')).sort();
+  }
+
+  test('health needs no token; every other route answers 401 with WWW-Authenticate: Bearer without the right one', async () => {
+    const health = await http(url, 'GET', '/healthz', { token: null });
+    assert.equal(health.status, 200);
+    assert.deepEqual(health.body, { ok: true, memcached: 'up', dump: null });
+
+    for (const [method, pathname] of [['GET', '/v1/dumps/x'], ['DELETE', '/v1/dumps/x'], ['POST', '/v1/dumps'], ['GET', '/metrics']] as const) {
+      for (const token of [null, 'wrong-token', `${TOKEN}x`, TOKEN.slice(0, -1)]) {
+        const answer = await http(url, method, pathname, { token, ...(method === 'POST' && { body: {} }) });
+        assert.equal(answer.status, 401, `${method} ${pathname} with token ${token}`);
+        assert.match(answer.headers.get('www-authenticate') ?? '', /^Bearer/);
+        assert.equal(answer.body.error.code, 'UNAUTHORIZED');
+        assert.ok(!answer.text.includes(TOKEN), 'the token is never echoed');
+      }
+    }
+    const lowercase = await fetch(`${url}/v1/dumps/x`, { headers: { authorization: `bearer ${TOKEN}` } });
+    assert.equal(lowercase.status, 404, 'the scheme is case-insensitive; the job is unknown');
+
+    const refused = new SidecarClient({ baseUrl: url, token: 'wrong-token' });
+    await assert.rejects(refused.status('x'), (error: unknown) => {
+      assert.ok(error instanceof CachewarmError);
+      assert.equal(error.code, 'INVALID_ARGUMENT');
+      assert.match(error.message, /^sidecar http:\/\/127\.0\.0\.1:\d+\/v1\/dumps\/x: token refused/);
+      return true;
+    });
+    assert.deepEqual(await refused.health(), { ok: true, memcached: 'up', dump: null });
+  });
+
+  test('a started dump of a loaded node finishes: its data chunks under <prefix>/<job>/<node dir>/, one message each, exactly the loaded items', async () => {
+    const request = await newJob();
+    const { started, status } = await client.start(request);
+    assert.equal(started, true);
+    assert.equal(status.state, 'running');
+    assert.equal(status.jobId, request.jobId);
+    assert.equal(status.node, nodeId);
+
+    const finished = await waitForState(request.jobId, 'finished');
+    assert.equal(finished.counters.read, ITEMS);
+    assert.equal(finished.counters.expired + finished.counters.gone + finished.counters.filtered, 0);
+    assert.ok(finished.finishedAt && Date.parse(finished.finishedAt) >= Date.parse(finished.startedAt));
+
+    const directory = `warm/prod/${request.jobId}/${nodeDirectory(nodeId)}/`;
+    const chunks = await dataChunks(request);
+    assert.equal(chunks.length, finished.counters.dataChunks);
+    assert.ok(chunks.length >= 20, `${ITEMS} items of 100 bytes make dozens of 64 KiB chunks (got ${chunks.length})`);
+    for (const key of chunks) assert.ok(key.startsWith(directory), `${key} is under ${directory}`);
+
+    const messages = await drain(request.queueUrl);
+    assert.equal(messages.length, chunks.length, 'one message per data chunk');
+    for (const message of messages) {
+      assert.deepEqual(message.store, { bucket: request.bucket, prefix: 'warm/prod' });
+      assert.equal(message.jobId, request.jobId);
+      assert.equal(message.source, nodeId);
+      assert.deepEqual(message.target.nodes, TARGET.nodes);
+    }
+    assert.deepEqual(messages.map((m) => `warm/prod/${m.chunk.name}`).sort(), chunks);
+
+    const dumped = await itemsIn(request.bucket, chunks);
+    assert.deepEqual([...dumped.keys()].sort(), loadedKeys());
+    for (const item of items) {
+      const got = dumped.get(item.key.toString('latin1'));
+      assert.ok(got?.value.equals(item.value), 'the value is byte-exact');
+      assert.equal(got?.flags, item.flags);
+    }
+
+    // A controller re-sending its start (after its own restart) gets the status, not a second dump.
+    const again = await client.start(request);
+    assert.equal(again.started, false);
+    assert.equal(again.status.state, 'finished');
+    const raw = await http(url, 'POST', '/v1/dumps', { body: request });
+    assert.equal(raw.status, 200);
+    assert.equal((await dataChunks(request)).length, chunks.length, 'nothing was dumped again');
+
+    assert.ok(events.some((e) => e['event'] === 'dump-finished' && e['jobId'] === request.jobId));
+    assert.ok(!JSON.stringify(events).includes(TOKEN), 'the token is never logged');
+  });
+
+  test('metrics show each job\'s counters, labelled job and node, the running gauge and the resident memory', async () => {
+    const answer = await http(url, 'GET', '/metrics');
+    assert.equal(answer.status, 200);
+    assert.match(answer.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
+    const labels = `{job="job-1",node="${nodeId}"}`;
+    const lines = answer.text.split('\n');
+    for (const [name, value] of [
+      ['cachewarm_dump_keys_listed_total', undefined],
+      ['cachewarm_dump_items_read_total', ITEMS],
+      ['cachewarm_dump_bytes_read_total', ITEMS * 100],
+      ['cachewarm_dump_data_chunks_total', undefined],
+      ['cachewarm_dump_items_expired_total', 0],
+      ['cachewarm_dump_items_gone_total', 0],
+      ['cachewarm_dump_items_filtered_total', 0],
+      ['cachewarm_dump_items_unsupported_total', 0],
+    ] as const) {
+      assert.ok(lines.includes(`# TYPE ${name} counter`), `${name} is a counter`);
+      const sample = lines.find((l) => l.startsWith(`${name}${labels} `));
+      assert.ok(sample, `${name}${labels} is there`);
+      if (value !== undefined) assert.equal(Number(sample.split(' ')[1]), value, name);
+    }
+    assert.ok(Number(lines.find((l) => l.startsWith('cachewarm_dump_keys_listed_total{'))?.split(' ')[1]) >= ITEMS);
+    assert.ok(lines.includes('# TYPE cachewarm_dump_running gauge'));
+    assert.ok(lines.includes('cachewarm_dump_running 0'));
+    const rss = Number(lines.find((l) => l.startsWith('process_resident_memory_bytes '))?.split(' ')[1]);
+    assert.ok(rss > 10 << 20, `resident memory is reported (${rss})`);
+  });
+
+  test('one crawl at a time: another job is refused with 409 NODE_BUSY naming the running one; the same job gets 200', async () => {
+    const slow = await newJob({ maxItemsPerSecond: 300 });
+    assert.equal((await client.start(slow)).started, true);
+    const other = await newJob();
+
+    const raw = await http(url, 'POST', '/v1/dumps', { body: other });
+    assert.equal(raw.status, 409);
+    assert.equal(raw.body.error.code, 'NODE_BUSY');
+    assert.match(raw.body.error.message, new RegExp(`job ${slow.jobId} is running`));
+    await assert.rejects(client.start(other), (error: unknown) => {
+      assert.ok(error instanceof CachewarmError);
+      assert.equal(error.code, 'NODE_BUSY');
+      assert.match(error.message, new RegExp(`^sidecar ${url}/v1/dumps: job ${slow.jobId} is running on this node`));
+      return true;
+    });
+
+    const same = await client.start(slow);
+    assert.equal(same.started, false);
+    assert.equal(same.status.state, 'running');
+    assert.equal((await http(url, 'POST', '/v1/dumps', { body: slow })).status, 200);
+
+    const moved = await http(url, 'POST', '/v1/dumps', { body: { ...slow, bucket: other.bucket } });
+    assert.equal(moved.status, 400, 'the same job id elsewhere is a mistake, not a re-send');
+    assert.equal(moved.body.error.field, 'bucket');
+
+    assert.equal((await http(url, 'GET', '/metrics')).text.includes('\ncachewarm_dump_running 1\n'), true);
+    assert.deepEqual(await client.health(), { ok: true, memcached: 'up', dump: 'running' });
+
+    const cancelled = await client.cancel(slow.jobId);
+    assert.equal(cancelled?.state, 'cancelled');
+    assert.equal(cancelled?.error?.code, 'ABORTED');
+  });
+
+  test('cancel stops a running dump; started again, the job runs to the end and every item is in its chunks', async () => {
+    const request = await newJob({ maxItemsPerSecond: 300 });
+    await client.start(request);
+    const deadline = Date.now() + 10_000;
+    while (((await client.status(request.jobId))?.counters.read ?? 0) === 0) {
+      assert.ok(Date.now() < deadline, 'the dump reads items');
+      await sleep(50);
+    }
+
+    const answer = await http(url, 'DELETE', `/v1/dumps/${request.jobId}`);
+    assert.equal(answer.status, 200);
+    assert.equal(answer.body.state, 'cancelled');
+    assert.ok(answer.body.finishedAt);
+    const read = answer.body.counters.read as number;
+    assert.ok(read > 0 && read < ITEMS, `stopped part way (${read} read)`);
+    await sleep(500);
+    assert.equal((await client.status(request.jobId))?.counters.read, read, 'nothing is read after the cancel');
+    assert.equal((await client.cancel(request.jobId))?.state, 'cancelled', 'cancelling again is harmless');
+
+    // A cancelled (or failed) job is started again: dumpNode picks up from what the store holds.
+    const { maxItemsPerSecond: _slow, ...unlimited } = request;
+    const again = await client.start(unlimited);
+    assert.equal(again.started, true);
+    await waitForState(request.jobId, 'finished');
+    const dumped = await itemsIn(request.bucket, await dataChunks(request));
+    assert.deepEqual([...dumped.keys()].sort(), loadedKeys());
+  });
+
+  test('the bytes/s limit holds the uploads back: far from done after a while, few chunks uploaded', async () => {
+    const bytesPerSecond = 16 << 10;
+    const request = await newJob({ maxBytesPerSecond: bytesPerSecond });
+    const startedMs = Date.now();
+    await client.start(request);
+    await sleep(1_500);
+    const status = await client.status(request.jobId);
+    const elapsedS = (Date.now() - startedMs) / 1000;
+    assert.equal(status?.state, 'running', `${ITEMS} items of 100 bytes at 16 KiB/s take minutes`);
+    assert.ok((status?.counters.read ?? 0) < ITEMS, 'the reads wait for the uploads');
+    const uploaded = await dataChunks(request);
+    // Loosely: what the rate allows, plus a chunk taken on credit and one in flight.
+    assert.ok(uploaded.length * CHUNK_BYTES <= bytesPerSecond * elapsedS + 2 * CHUNK_BYTES, `${uploaded.length} chunks after ${elapsedS} s`);
+    assert.equal((await client.cancel(request.jobId))?.state, 'cancelled');
+  });
+
+  test('with a key filter, only the keys the ring places on the kept node are copied', async () => {
+    const kept = TARGET.nodes[1]?.address as string;
+    const request = await newJob({
+      target: { ...TARGET, writeOnly: [kept] },
+      keyFilter: { nodes: TARGET.nodes, hashing: 'spymemcached', keep: [kept] },
+    });
+    await client.start(request);
+    const finished = await waitForState(request.jobId, 'finished');
+    const ring = new KetamaRing(TARGET.nodes, (n) => n.ringName);
+    const expected = loadedKeys((item) => ring.nodeFor(item.key).address === kept);
+    assert.ok(expected.length > ITEMS / 5 && expected.length < ITEMS / 2, 'the kept node holds about a third');
+    const dumped = await itemsIn(request.bucket, await dataChunks(request));
+    assert.deepEqual([...dumped.keys()].sort(), expected);
+    assert.equal(finished.counters.read, expected.length);
+    assert.equal(finished.counters.filtered, ITEMS - expected.length);
+  });
+
+  test('a bad start request is refused with 400 naming the field; the client refuses it before sending', async () => {
+    const good = await newJob();
+    const cases: [unknown, string][] = [
+      [{ ...good, chunkSizeBytes: undefined }, 'chunkSizeBytes'],
+      [{ ...good, chunkSizeBytes: 100 }, 'chunkSizeBytes'],
+      [{ ...good, chunkSizeBytes: 128 << 20 }, 'chunkSizeBytes'], // over this sidecar's 64 MiB budget
+      [{ ...good, jobId: '../etc' }, 'jobId'],
+      [{ ...good, queueUrl: 'not a url' }, 'queueUrl'],
+      [{ ...good, maxItemsPerSecond: 0 }, 'maxItemsPerSecond'],
+      [{ ...good, maxBytesPerSecond: 'fast' }, 'maxBytesPerSecond'],
+      [{ ...good, sse: { type: 'rot13' } }, 'sse.type'],
+      [{ ...good, target: { ...TARGET, hashing: 'md5' } }, 'target.hashing'],
+      [{ ...good, target: { ...TARGET, nodes: [{ address: '10.0.1.1:11211' }] } }, 'target.nodes[0].ringName'],
+      [{ ...good, keyFilter: { nodes: TARGET.nodes, hashing: 'spymemcached', keep: ['10.9.9.9:11211'] } }, 'keyFilter.keep[0]'],
+      [{ ...good, maxOps: 5 }, 'maxOps'],
+      [[good], '(body)'],
+    ];
+    for (const [body, field] of cases) {
+      const answer = await http(url, 'POST', '/v1/dumps', { body });
+      assert.equal(answer.status, 400, `${field}: ${answer.text}`);
+      assert.equal(answer.body.error.code, 'INVALID_ARGUMENT');
+      assert.equal(answer.body.error.field, field);
+      assert.ok(answer.body.error.message.includes(field), `the message names ${field}: ${answer.body.error.message}`);
+    }
+    const notJson = await http(url, 'POST', '/v1/dumps', { rawBody: '{"jobId": ' });
+    assert.equal(notJson.status, 400);
+    assert.match(notJson.body.error.message, /not JSON/);
+
+    const huge = await http(url, 'POST', '/v1/dumps', { rawBody: JSON.stringify({ ...good, pad: 'x'.repeat(2 << 20) }) });
+    assert.equal(huge.status, 413);
+    assert.equal(huge.body.error.code, 'PAYLOAD_TOO_LARGE');
+
+    await assert.rejects(client.start({ ...good, chunkSizeBytes: 1 }), (error: unknown) => {
+      assert.ok(error instanceof CachewarmError);
+      assert.equal(error.code, 'INVALID_ARGUMENT');
+      assert.equal(error.context['field'], 'chunkSizeBytes');
+      return true;
+    });
+    assert.equal(await client.status(good.jobId), undefined, 'nothing was started');
+    assert.deepEqual(parseStartDumpRequest(JSON.parse(JSON.stringify(good))), good, 'a good request passes unchanged');
+  });
+
+  test('unknown paths answer 404, wrong methods 405 with Allow, unknown jobs 404; all as JSON', async () => {
+    const unknownPath = await http(url, 'GET', '/v2/things');
+    assert.equal(unknownPath.status, 404);
+    assert.equal(unknownPath.body.error.code, 'NOT_FOUND');
+    const wrongMethod = await http(url, 'PUT', '/v1/dumps/job-1', { body: {} });
+    assert.equal(wrongMethod.status, 405);
+    assert.equal(wrongMethod.headers.get('allow'), 'GET, DELETE');
+    assert.equal((await http(url, 'GET', '/v1/dumps')).status, 405);
+    assert.equal((await http(url, 'POST', '/healthz', { token: null })).status, 405);
+    const unknownJob = await http(url, 'GET', '/v1/dumps/no-such-job');
+    assert.equal(unknownJob.status, 404);
+    assert.match(unknownJob.body.error.message, /no-such-job/);
+    assert.equal(await client.status('no-such-job'), undefined);
+    assert.equal(await client.cancel('no-such-job'), undefined);
+  });
+
+  test('health answers 503 with memcached down; a sidecar nobody answers for is NODE_UNREACHABLE naming its URL', async () => {
+    const port = await freePort();
+    const lonely = createSidecar({ memcached: { host: '127.0.0.1', port }, token: TOKEN, s3: aws.s3, sqs: aws.sqs, clock: systemClock });
+    const { url: lonelyUrl } = await lonely.listen('127.0.0.1', 0);
+    try {
+      const answer = await http(lonelyUrl, 'GET', '/healthz', { token: null });
+      assert.equal(answer.status, 503);
+      assert.deepEqual(answer.body, { ok: false, memcached: 'down', dump: null });
+      assert.deepEqual(await new SidecarClient({ baseUrl: lonelyUrl, token: TOKEN }).health(), { ok: false, memcached: 'down', dump: null });
+    } finally {
+      await lonely.close();
+    }
+    const nobodyUrl = `http://127.0.0.1:${await freePort()}`;
+    const nobody = new SidecarClient({ baseUrl: nobodyUrl, token: TOKEN, timeoutMs: 2_000 });
+    await assert.rejects(nobody.start(await newJob()), (error: unknown) => {
+      assert.ok(error instanceof CachewarmError);
+      assert.equal(error.code, 'NODE_UNREACHABLE');
+      assert.ok(error.message.startsWith(`sidecar ${nobodyUrl}/v1/dumps unreachable: ECONNREFUSED`), error.message);
+      return true;
+    });
+  });
+
+  test('close cancels the running dump, waits for it, and may be called again', async () => {
+    const log: Record<string, unknown>[] = [];
+    const own = createSidecar({ memcached, token: TOKEN, s3: aws.s3, sqs: aws.sqs, clock: systemClock, log: (e) => log.push(e) });
+    const { url: ownUrl } = await own.listen('127.0.0.1', 0);
+    const ownClient = new SidecarClient({ baseUrl: ownUrl, token: TOKEN });
+    const request = await newJob({ maxItemsPerSecond: 300 });
+    await ownClient.start(request);
+    await sleep(300);
+    await Promise.all([own.close(), own.close()]);
+    await own.close();
+    assert.deepEqual(
+      log.filter((e) => String(e['event']).startsWith('dump-')).map((e) => e['event']),
+      ['dump-started', 'dump-cancelling', 'dump-cancelled'],
+    );
+    await assert.rejects(ownClient.health(), /NODE_UNREACHABLE|unreachable/);
+  });
+
+  test('the prometheus helper escapes label values and help text', () => {
+    const text = renderMetrics([
+      { name: 'x_total', help: 'a \\ help\nline', type: 'counter', samples: [{ labels: { job: 'a"b\\c\nd' }, value: 3 }] },
+      { name: 'y', help: 'y', type: 'gauge', samples: [{ value: Number.NaN }, { labels: { k: 'v' }, value: Number.POSITIVE_INFINITY }] },
+    ]);
+    assert.equal(
+      text,
+      '# HELP x_total a \\\\ help\\nline\n# TYPE x_total counter\nx_total{job="a\\"b\\\\c\\nd"} 3\n# HELP y y\n# TYPE y gauge\ny NaN\ny{k="v"} +Inf\n',
+    );
+    assert.throws(() => renderMetrics([{ name: 'bad-name', help: '', type: 'gauge', samples: [] }]), /invalid metric name/);
+  });
+
+  describe('as a command: cachewarm dumper serve', () => {
+    async function tokenFile(content: string): Promise<string> {
+      const file = path.join(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-sidecar-')), 'token');
+      await writeFile(file, content, { mode: 0o600 });
+      return file;
+    }
+
+    function serve(...args: string[]): { child: ChildProcess; lines: Record<string, unknown>[]; event: (name: string) => Promise<Record<string, unknown>> } {
+      const child = spawn(process.execPath, [bin, 'dumper', 'serve', '--memcached', memcached.address, ...args], {
+        env: { ...process.env, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_REGION: 'us-east-1' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
+      const lines: Record<string, unknown>[] = [];
+      const waiting: { name: string; resolve: (e: Record<string, unknown>) => void }[] = [];
+      createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (line) => {
+        let event: Record<string, unknown>;
+        try {
+          event = JSON.parse(line) as Record<string, unknown>;
+        } catch {
+          event = { event: 'text', line };
+        }
+        lines.push(event);
+        for (const w of waiting.filter((w) => w.name === event['event'])) w.resolve(event);
+      });
+      const event = (name: string): Promise<Record<string, unknown>> => {
+        const seen = lines.find((e) => e['event'] === name);
+        if (seen) return Promise.resolve(seen);
+        return new Promise((resolve, reject) => {
+          waiting.push({ name, resolve });
+          child.once('exit', () => reject(new Error(`the sidecar exited before logging ${name}: ${JSON.stringify(lines)}`)));
+        });
+      };
+      return { child, lines, event };
+    }
+
+    test('serves with a token file and an endpoint, dumps to it, and on SIGTERM cancels its dump and exits 0', async () => {
+      const file = await tokenFile(`${TOKEN}\n`);
+      const { child, lines, event } = serve('--listen', '127.0.0.1:0', '--token-file', file, '--endpoint', fauxqs.endpoint);
+      try {
+        const listening = await event('listening');
+        const cliUrl = String(listening['url']);
+        assert.match(cliUrl, /^http:\/\/127\.0\.0\.1:\d+$/);
+        assert.ok(typeof listening['time'] === 'string', 'each log line is stamped');
+
+        const health = await http(cliUrl, 'GET', '/healthz', { token: null });
+        assert.equal(health.status, 200);
+        assert.equal(health.body.memcached, 'up');
+        assert.equal((await http(cliUrl, 'GET', '/metrics', { token: 'nope' })).status, 401);
+
+        const cliClient = new SidecarClient({ baseUrl: cliUrl, token: TOKEN });
+        const done = await newJob();
+        await cliClient.start(done);
+        await waitForState(done.jobId, 'finished', 60_000, cliClient);
+        assert.ok((await dataChunks(done)).length > 0, 'the CLI reached S3 at --endpoint (path-style)');
+        assert.equal((await drain(done.queueUrl)).length, (await dataChunks(done)).length, 'and SQS');
+
+        const slow = await newJob({ maxItemsPerSecond: 300 });
+        await cliClient.start(slow);
+        child.kill('SIGTERM');
+        const [code] = (await once(child, 'close')) as [number | null];
+        assert.equal(code, 0, JSON.stringify(lines));
+        const names = lines.map((e) => e['event']);
+        assert.ok(names.includes('stopping') && names.includes('dump-cancelled') && names.includes('closed'), JSON.stringify(names));
+        assert.ok(!JSON.stringify(lines).includes(TOKEN), 'the token is never logged');
+      } finally {
+        if (child.exitCode === null) child.kill('SIGKILL');
+      }
+    });
+
+    test('an empty or unreadable token file is refused clearly, exit 2', async () => {
+      for (const [file, message] of [
+        [await tokenFile('\n'), /--token-file .* is empty/],
+        [path.join(os.tmpdir(), 'no-such-dir-cachewarm', 'token'), /cannot read --token-file .*no-such-dir-cachewarm\/token/],
+      ] as const) {
+        const { child, lines } = serve('--listen', '127.0.0.1:0', '--token-file', file);
+        const [code] = (await once(child, 'close')) as [number | null];
+        assert.equal(code, 2);
+        assert.match(lines.map((l) => String(l['line'])).join('\n'), message);
+      }
+    });
+  });
+});
