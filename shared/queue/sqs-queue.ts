@@ -232,26 +232,33 @@ export class SqsQueue implements ChunkQueue {
     }
   }
 
-  /** Every SQS failure becomes a CachewarmError here, naming the queue and the AWS error. */
   private failure(operation: string, queueUrl: string, error: unknown): CachewarmError {
-    if (error instanceof CachewarmError) return error;
-    const awsName = awsErrorName(error);
-    const status = (error as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
-    const detail = error instanceof Error ? error.message : String(error);
-    return new CachewarmError(
-      'TRANSPORT_FAILED',
-      `SQS ${operation} on ${queueUrl} failed: ${awsName ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${detail}`,
-      { queue: queueUrl, operation, awsError: awsName, httpStatus: status },
-      { cause: error },
-    );
+    return sqsFailure(operation, queueUrl, error);
   }
+}
+
+/**
+ * Every SQS failure becomes a CachewarmError here, naming the operation, the queue and the
+ * AWS error (shared with the job-queue helpers, so all SQS errors read alike).
+ */
+export function sqsFailure(operation: string, queueUrl: string, error: unknown): CachewarmError {
+  if (error instanceof CachewarmError) return error;
+  const awsName = awsErrorName(error);
+  const status = (error as { $metadata?: { httpStatusCode?: number } } | undefined)?.$metadata?.httpStatusCode;
+  const detail = error instanceof Error ? error.message : String(error);
+  return new CachewarmError(
+    'TRANSPORT_FAILED',
+    `SQS ${operation} on ${queueUrl} failed: ${awsName ?? 'error'}${status ? ` (HTTP ${status})` : ''}: ${detail}`,
+    { queue: queueUrl, operation, awsError: awsName, httpStatus: status },
+    { cause: error },
+  );
 }
 
 function truncate(text: string): string {
   return text.length <= MAX_REASON_CHARS ? text : `${text.slice(0, MAX_REASON_CHARS - 1)}…`;
 }
 
-function awsErrorName(error: unknown): string | undefined {
+export function awsErrorName(error: unknown): string | undefined {
   if (typeof error !== 'object' || error === null) return undefined;
   const { name, Code } = error as { name?: unknown; Code?: unknown };
   // The modelled error name (QueueDoesNotExist) reads better than a query-compatible Code

@@ -1,5 +1,6 @@
 import {
   DeleteObjectCommand,
+  DeleteObjectsCommand,
   GetObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
@@ -112,6 +113,28 @@ export class S3Store implements ChunkStore {
       if (awsErrorName(error) === 'NoSuchKey') return;
       throw this.failure('DeleteObject', key, error, signal);
     }
+  }
+
+  /**
+   * Removes every object under `prefix` (a job's directory), a thousand per request (S3's
+   * most per DeleteObjects). Returns how many were removed.
+   */
+  async deleteAll(prefix: string, signal?: AbortSignal): Promise<number> {
+    const names = await this.list(prefix, signal);
+    for (let i = 0; i < names.length; i += 1000) {
+      const keys = names.slice(i, i + 1000).map((name) => ({ Key: this.keyOf(name) }));
+      try {
+        const out = await this.client.send(
+          new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: keys, Quiet: true } }),
+          { abortSignal: signal },
+        );
+        const refused = out.Errors?.[0];
+        if (refused) throw Object.assign(new Error(`${refused.Key}: ${refused.Code} ${refused.Message}`), { name: refused.Code });
+      } catch (error) {
+        throw this.failure('DeleteObjects', `${prefix}/`, error, signal);
+      }
+    }
+    return names.length;
   }
 
   /** Names under `prefix` taken as a directory (`j` and `j/` both list `j/...`), relative to the store, sorted. */

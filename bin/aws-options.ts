@@ -1,0 +1,109 @@
+import { S3Client } from '@aws-sdk/client-s3';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { fileURLToPath } from 'node:url';
+import type { DistributedWarmOptions } from '../controller/warm-distributed.js';
+import { localPopulators } from '../controller/populator-fleet.js';
+import { CachewarmError } from '../shared/errors.js';
+import type { S3Encryption } from '../shared/store/s3-store.js';
+import { byteSize, positiveInt } from './cli-support.js';
+import { readTokenFile } from './dumper-command.js';
+
+export interface AwsConnectionOptions {
+  region?: string;
+  endpoint?: string;
+}
+
+/** `--region` and `--endpoint`: every command that talks to S3 or SQS takes them. */
+export function addAwsConnectionOptions(command: Command): Command {
+  return command
+    .option('--region <region>', 'AWS region (default: the SDK\'s own resolution: AWS_REGION, profile, instance metadata)')
+    .option('--endpoint <url>', 'an S3/SQS-compatible service to use instead of AWS (S3 then uses path-style URLs)');
+}
+
+/**
+ * The SDK clients, built once at the entry and passed down. Credentials come from the
+ * standard chain (environment, profile, instance or task role).
+ */
+export function awsClientsFrom(opts: AwsConnectionOptions): { s3: S3Client; sqs: SQSClient } {
+  const common = { ...(opts.region && { region: opts.region }), ...(opts.endpoint && { endpoint: opts.endpoint }) };
+  // A compatible service at an explicit endpoint seldom has per-bucket DNS names.
+  return { s3: new S3Client({ ...common, ...(opts.endpoint && { forcePathStyle: true }) }), sqs: new SQSClient(common) };
+}
+
+export interface TransportOptions extends AwsConnectionOptions {
+  transport: 'embedded' | 'aws';
+  bucket?: string;
+  prefix: string;
+  populators: DistributedWarmOptions['populators'];
+  populatorConcurrency?: number;
+  sse?: 'AES256' | 'aws:kms';
+  kmsKeyId?: string;
+  sidecarTokenFile?: string;
+  maxBytes?: number;
+}
+
+function populatorCount(text: string): DistributedWarmOptions['populators'] {
+  const auto = /^auto(?::(\d+)-(\d+))?$/.exec(text);
+  if (auto) {
+    const min = Number(auto[1] ?? 1);
+    const max = Number(auto[2] ?? 8);
+    if (min > max) throw new InvalidArgumentError(`auto:${min}-${max}: the lower bound is above the upper`);
+    return { min, max, chunksPerPopulator: 16 };
+  }
+  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`expected a number, 'auto' or 'auto:MIN-MAX', got ${JSON.stringify(text)}`);
+  return { fixed: Number(text) };
+}
+
+/** The options of the S3+SQS transport, on `warm replica` and `warm instance`. */
+export function addTransportOptions(command: Command): Command {
+  addAwsConnectionOptions(
+    command
+      .addOption(new Option('--transport <kind>', 'embedded (local directory, in-process queue) or aws (sidecars, S3, SQS)').choices(['embedded', 'aws']).default('embedded'))
+      .option('--bucket <name>', 'S3 bucket for the chunks (aws transport)')
+      .option('--prefix <prefix>', 'key prefix in the bucket', 'cachewarm')
+      .addOption(
+        new Option('--populators <n|auto>', "populator processes started here: a number (0: an external fleet drains the queue), or auto[:MIN-MAX] to follow the queue's backlog")
+          .argParser(populatorCount)
+          .default({ min: 1, max: 8, chunksPerPopulator: 16 }, 'auto:1-8'),
+      )
+      .addOption(new Option('--populator-concurrency <n>', 'chunks each populator writes at once').argParser(positiveInt))
+      .addOption(new Option('--sse <kind>', 'server-side encryption of the chunks').choices(['AES256', 'aws:kms']))
+      .option('--kms-key-id <id>', 'KMS key for --sse aws:kms (default: the account\'s aws/s3 key)')
+      .option('--sidecar-token-file <file>', 'file holding the bearer token of the dumper sidecars')
+      .addOption(new Option('--max-bytes <size>', 'bytes per second each sidecar uploads (default: unlimited)').argParser(byteSize)),
+  );
+  return command;
+}
+
+/** What `warmDistributed` needs from the command line, checked; the clients are built here, once. */
+export async function distributedSettings(
+  opts: TransportOptions,
+): Promise<Pick<DistributedWarmOptions, 's3' | 'sqs' | 'bucket' | 'prefix' | 'sse' | 'sidecarToken' | 'startPopulator' | 'populators' | 'maxBytesPerNode'>> {
+  if (!opts.bucket) throw new CachewarmError('INVALID_ARGUMENT', '--transport aws needs --bucket');
+  if (!opts.sidecarTokenFile) throw new CachewarmError('INVALID_ARGUMENT', '--transport aws needs --sidecar-token-file');
+  if (opts.kmsKeyId && opts.sse !== 'aws:kms') throw new CachewarmError('INVALID_ARGUMENT', '--kms-key-id needs --sse aws:kms');
+  const sse: S3Encryption | undefined =
+    opts.sse === 'aws:kms' ? { type: 'aws:kms', kmsKeyId: opts.kmsKeyId } : opts.sse === 'AES256' ? { type: 'AES256' } : undefined;
+  const { s3, sqs } = awsClientsFrom(opts);
+  return {
+    s3,
+    sqs,
+    bucket: opts.bucket,
+    prefix: opts.prefix,
+    sse,
+    sidecarToken: await readTokenFile(opts.sidecarTokenFile),
+    populators: opts.populators,
+    maxBytesPerNode: opts.maxBytes,
+    startPopulator: localPopulators({
+      cliPath: fileURLToPath(new URL('./cachewarm.js', import.meta.url)),
+      concurrency: opts.populatorConcurrency,
+      endpoint: opts.endpoint,
+      region: opts.region,
+      // Only a worker's failures reach the controller's stderr; its routine lines stay quiet.
+      onLog: (id, line) => {
+        if (/"level":"(error|warn)"|"event":"(worker-failed|chunk-failed|parked)"|^(?!\{)/.test(line)) process.stderr.write(`populator ${id}: ${line}\n`);
+      },
+    }),
+  };
+}

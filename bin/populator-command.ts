@@ -1,0 +1,106 @@
+import os from 'node:os';
+import { S3Client } from '@aws-sdk/client-s3';
+import { SQSClient } from '@aws-sdk/client-sqs';
+import { type Command, Option } from 'commander';
+import { type WorkerLogEntry, type WorkerResult, runPopulatorWorker } from '../populator/worker.js';
+import { systemClock } from '../shared/clock.js';
+import { CachewarmError } from '../shared/errors.js';
+import { parsePositiveInt } from '../shared/units.js';
+import { EXIT, asArgument, positiveInt } from './cli-support.js';
+
+interface PopulatorCommandOptions {
+  queueUrl: string;
+  concurrency: number;
+  follow?: boolean;
+  workerId?: string;
+  region?: string;
+  endpoint?: string;
+  waitSeconds: number;
+}
+
+const waitSeconds = asArgument((text) => {
+  const seconds = parsePositiveInt(text, '--wait-seconds');
+  if (seconds > 20) throw new Error(`--wait-seconds: SQS long-polls at most 20 s, got ${seconds}`);
+  return seconds;
+});
+
+/**
+ * `cachewarm populator --queue-url URL`: one stateless populator worker, as many as the
+ * autoscaler likes. Logs are JSON lines on stderr; the result is one JSON line on stdout.
+ * Errors thrown here go to the program's exitOnError (2 for usage and "not a job queue").
+ */
+export function registerPopulatorCommand(program: Command): void {
+  program
+    .command('populator')
+    .description("a stateless populator worker: writes the chunks announced on a job's SQS queue into the target replica, add-only")
+    .requiredOption('--queue-url <url>', 'the job queue (made by the controller; its tags name the job, bucket and prefix)')
+    .addOption(new Option('--concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
+    .option('--follow', 'keep polling after the job is complete, until SIGTERM')
+    .option('--worker-id <id>', "names this worker's report in the store (default: hostname-pid)")
+    .option('--region <region>', "AWS region (default: the SDK's own resolution, e.g. AWS_REGION)")
+    .option('--endpoint <url>', 'S3 and SQS endpoint, e.g. an emulator (S3 then path-style)')
+    .addOption(new Option('--wait-seconds <n>', 'long-poll wait of each receive, 1 to 20').argParser(waitSeconds).default(20))
+    .action(async (opts: PopulatorCommandOptions) => {
+      process.exitCode = await populate(opts);
+    });
+}
+
+async function populate(opts: PopulatorCommandOptions): Promise<number> {
+  const workerId = opts.workerId ?? `${os.hostname()}-${process.pid}`;
+  // Built once: credentials from the SDK's standard chain, the region from --region or the environment.
+  const common = { ...(opts.region && { region: opts.region }), ...(opts.endpoint && { endpoint: opts.endpoint }) };
+  const s3 = new S3Client({ ...common, ...(opts.endpoint && { forcePathStyle: true }) });
+  const sqs = new SQSClient(common);
+  const log = (entry: WorkerLogEntry): void => {
+    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), worker: workerId, ...entry })}\n`);
+  };
+  const signal = terminationSignal(log);
+  try {
+    const result = await runPopulatorWorker({
+      s3,
+      sqs,
+      queueUrl: opts.queueUrl,
+      workerId,
+      concurrency: opts.concurrency,
+      follow: opts.follow === true,
+      waitTimeSeconds: opts.waitSeconds,
+      clock: systemClock,
+      signal,
+      log,
+    });
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    return exitCodeOf(result);
+  } catch (error) {
+    // Stopped while starting (nothing held yet): as clean an end as a stop mid-job.
+    if (signal.aborted) return EXIT.ok;
+    throw error;
+  } finally {
+    s3.destroy();
+    sqs.destroy();
+  }
+}
+
+/**
+ * 0: the job completed and nothing is parked, or the worker was stopped (scaled in) after
+ * handing its chunks back. 1: something was parked or an item was refused.
+ */
+export function exitCodeOf(result: WorkerResult): number {
+  if (result.parked > 0 || result.counters.failed > 0) return EXIT.incomplete;
+  if (result.outcome === 'complete' && (result.deadLettered ?? 0) > 0) return EXIT.incomplete;
+  return EXIT.ok;
+}
+
+/**
+ * Aborts on the first SIGTERM or SIGINT (the worker stops receiving, hands its chunks back
+ * and reports); a second one ends the process at once, the default action.
+ */
+function terminationSignal(log: (entry: WorkerLogEntry) => void): AbortSignal {
+  const controller = new AbortController();
+  const stop = (name: string): void => {
+    log({ event: 'stopping', signal: name });
+    controller.abort(new CachewarmError('ABORTED', `interrupted by ${name}`));
+  };
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
+  return controller.signal;
+}

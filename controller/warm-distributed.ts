@@ -1,0 +1,276 @@
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SQSClient } from '@aws-sdk/client-sqs';
+import { type Connect, connectDirect } from '../dumper/dump-node.js';
+import type { DumpStatus, KeyFilterSpec, StartDumpRequest } from '../dumper/sidecar-api.js';
+import { SidecarClient } from '../dumper/sidecar-client.js';
+import type { PopulatorReport } from '../populator/worker.js';
+import type { Clock } from '../shared/clock.js';
+import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
+import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
+import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, putJson } from '../shared/job-layout.js';
+import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog } from '../shared/job-queues.js';
+import { peakRssBytes } from '../shared/peak-memory.js';
+import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
+import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
+import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
+import { selectSource } from './select-source.js';
+import { type WarmProgress, type WarmSummary, newJobId, targetRingOf } from './warm-replica.js';
+
+export interface DistributedWarmOptions {
+  readonly topology: Topology;
+  readonly target: string;
+  /** A replica name, or 'auto' (default): the fullest reachable replica other than the target. */
+  readonly source?: string | undefined;
+  /** Only this node of the target is written, and only its keys are dumped (an instance warm). */
+  readonly onlyNode?: NodeSpec | undefined;
+  /** Reusing a job id resumes that job: same queues, same objects, the sidecars pick up where they were. */
+  readonly jobId?: string | undefined;
+  readonly chunkSizeBytes: number;
+  readonly maxOpsPerNode?: number | undefined;
+  readonly maxBytesPerNode?: number | undefined;
+  /** Built once at the CLI entry. */
+  readonly s3: S3Client;
+  readonly sqs: SQSClient;
+  readonly bucket: string;
+  readonly prefix: string;
+  readonly sse?: S3Encryption | undefined;
+  /** The bearer token every sidecar expects. */
+  readonly sidecarToken: string;
+  readonly startPopulator: StartPopulator;
+  readonly populators: PopulatorFleetOptions['size'];
+  readonly keepChunks?: boolean | undefined;
+  readonly clock: Clock;
+  readonly connect?: Connect | undefined;
+  readonly signal?: AbortSignal | undefined;
+  readonly onProgress?: ((progress: WarmProgress) => void) | undefined;
+  readonly progressIntervalMs?: number | undefined;
+  /** How long a sidecar may stay unreachable before the job fails naming it. Default 60 s. */
+  readonly sidecarGraceMs?: number | undefined;
+  readonly log?: ((line: string) => void) | undefined;
+}
+
+/** A populator that dies this many times over fails the job: something is wrong with all of them. */
+const MAX_POPULATOR_CRASHES = 10;
+
+/**
+ * A replica (or instance) warm at fleet scale: chunks in S3, one SQS message per chunk. The
+ * controller writes the job's manifest, creates its queue and dead-letter queue, asks every
+ * source node's sidecar to dump, runs populator workers, and follows the sidecars' counters,
+ * the queue and the workers' reports until every dump finished and the queue drained. Then
+ * it removes the queues and (unless kept) the chunks, and sums up.
+ *
+ * Everything the job needs to go on is in S3, SQS and the sidecars, not in this process: a
+ * controller killed and run again with the same job id finds the manifest and the queues,
+ * and its start requests find the dumps running, finished, or resumable from their chunks.
+ */
+export async function warmDistributed(options: DistributedWarmOptions): Promise<WarmSummary> {
+  const { topology, target, clock, s3, sqs, signal } = options;
+  const connect = options.connect ?? connectDirect;
+  const log = options.log ?? ((): void => undefined);
+  const started = clock.now();
+  const targetReplica = replicaOf(topology, target, '--target');
+  const { source } = await selectSource(topology, target, { connect, requested: options.source, signal });
+  const sidecars = new Map(source.replica.nodes.map((node) => [node.id, sidecarOf(node, options.sidecarToken)]));
+
+  const only = options.onlyNode;
+  const ring = targetRingOf(topology, target, only && [only.address]);
+  const keyFilter: KeyFilterSpec | undefined = only && { nodes: ring.nodes, hashing: ring.hashing, keep: [only.address] };
+  const jobId = options.jobId ?? newJobId(only ? 'instance' : 'replica', target, started);
+  const store = new S3Store({ client: s3, bucket: options.bucket, prefix: options.prefix, sse: options.sse });
+  const manifest = await openManifest(store, {
+    version: LAYOUT_VERSION,
+    jobId,
+    kind: only ? 'instance' : 'replica',
+    source: { replica: source.replica.name, nodes: source.replica.nodes.map((n) => n.id) },
+    target: ring,
+    createdAt: new Date(started).toISOString(),
+  }, signal);
+  const queues = await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal);
+  log(`job ${jobId}: ${manifest.source.replica} -> ${target}${only ? ` (node ${only.id})` : ''}, queue ${queues.queueUrl}`);
+
+  const request = (node: string): StartDumpRequest => ({
+    jobId,
+    node,
+    bucket: options.bucket,
+    prefix: store.prefix,
+    queueUrl: queues.queueUrl,
+    chunkSizeBytes: options.chunkSizeBytes,
+    maxItemsPerSecond: options.maxOpsPerNode,
+    maxBytesPerSecond: options.maxBytesPerNode,
+    sse: options.sse,
+    target: ring,
+    keyFilter,
+  });
+  const dumps = new Map<string, DumpTracker>();
+  for (const [node, client] of sidecars) {
+    const { status } = await client.start(request(node), signal);
+    dumps.set(node, { status, unreachableSince: undefined });
+  }
+
+  const fleet = new PopulatorFleet({ start: options.startPopulator, queueUrl: queues.queueUrl, size: options.populators });
+  let written: { byNode: Map<string, WriteCounters> } = { byNode: new Map() };
+  let backlog: QueueBacklog = { visible: 0, inFlight: 0, delayed: 0 };
+  const progress = (): WarmProgress => ({
+    elapsedMs: clock.now() - started,
+    expectedItems: only ? Math.round(source.items / targetReplica.nodes.length) : source.items,
+    dumped: sumDumped(dumps),
+    written: [...written.byNode.values()].reduce(addInto, newWriteCounters()),
+    queueDepth: backlog.visible + backlog.inFlight,
+  });
+
+  try {
+    let drainedChecks = 0;
+    for (;;) {
+      await followDumps(dumps, sidecars, request, clock, options.sidecarGraceMs ?? 60_000, signal);
+      backlog = await queueBacklog(sqs, queues.queueUrl, signal);
+      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished');
+      // SQS counts are approximate: the queue counts as drained after two empty looks in a row.
+      drainedChecks = dumped && backlogIsEmpty(backlog) ? drainedChecks + 1 : 0;
+      if (drainedChecks >= 2) break;
+      if (fleet.crashes >= MAX_POPULATOR_CRASHES) {
+        throw new CachewarmError('JOB_FAILED', `populators of job ${jobId} keep failing (${fleet.crashes} exits): see their log lines above`, {
+          job: jobId,
+        });
+      }
+      fleet.scale(backlog);
+      written = await populatorReports(store, jobId, signal);
+      options.onProgress?.(progress());
+      await clock.sleep(options.progressIntervalMs ?? 1_000, signal);
+    }
+    // The workers see the same completion and exit; their last reports carry the final counts.
+    await fleet.settled();
+    written = await populatorReports(store, jobId, signal);
+    const parked = await parkedMessages(sqs, queues.deadLetterQueueUrl, signal);
+    const dumpedTotal = sumDumped(dumps);
+    const writtenTotal = [...written.byNode.values()].reduce(addInto, newWriteCounters());
+    const complete = parked.length === 0 && writtenTotal.failed === 0 && dumpedTotal.unsupported === 0;
+    const summary: WarmSummary = {
+      jobId,
+      source: source.replica.name,
+      target,
+      durationMs: clock.now() - started,
+      sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()) })),
+      targetNodes: targetReplica.nodes
+        .filter((n) => !only || n.address === only.address)
+        .map((n) => ({ node: n.id, ...(written.byNode.get(n.address) ?? newWriteCounters()) })),
+      parked: parked.map((p) => ({ chunk: p.chunk ?? `message ${p.messageId ?? '?'}`, reason: p.reason })),
+      complete,
+      peakRssBytes: peakRssBytes(),
+      cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
+      minorPageFaults: process.resourceUsage().minorPageFault,
+    };
+    await cleanUp(summary, { store, sqs, queues, keepChunks: options.keepChunks === true, log, signal });
+    return summary;
+  } catch (error) {
+    fleet.stopAll();
+    // Interrupted: the dumps stop too; a rerun with the same job id resumes them from S3.
+    if (signal?.aborted) await Promise.allSettled([...sidecars.values()].map((client) => client.cancel(jobId)));
+    await fleet.settled();
+    throw error;
+  }
+}
+
+interface DumpTracker {
+  status: DumpStatus;
+  unreachableSince: number | undefined;
+}
+
+function sidecarOf(node: NodeSpec, token: string): SidecarClient {
+  if (!node.sidecar) {
+    throw new CachewarmError('TOPOLOGY_INVALID', `node ${node.id} has no "sidecar" URL: the S3+SQS transport needs one on every source node`, {
+      node: node.id,
+    });
+  }
+  return new SidecarClient({ baseUrl: node.sidecar, token });
+}
+
+/** The job's manifest: written on the first run, checked on a rerun (a job id names one warm). */
+async function openManifest(store: S3Store, wanted: JobManifest, signal?: AbortSignal): Promise<JobManifest> {
+  const existing = await getJson<JobManifest>(store, manifestName(wanted.jobId), signal);
+  if (!existing) {
+    await putJson(store, manifestName(wanted.jobId), wanted, signal);
+    return wanted;
+  }
+  const same = (m: JobManifest): string => JSON.stringify([m.kind, m.source, m.target]);
+  if (same(existing) !== same(wanted)) {
+    throw new CachewarmError(
+      'INVALID_ARGUMENT',
+      `job ${wanted.jobId} already exists in ${store.describe(manifestName(wanted.jobId))} for another warm ` +
+        `(${existing.kind} ${existing.source.replica} -> ${existing.target.replica}): pick another --job-id`,
+      { job: wanted.jobId },
+    );
+  }
+  return existing;
+}
+
+/**
+ * One look at every unfinished dump. A failed dump fails the job with the sidecar's error; a
+ * sidecar that forgot the job (it restarted) is asked again and resumes from its chunks; one
+ * that does not answer is given `graceMs` before the job fails naming it.
+ */
+async function followDumps(
+  dumps: Map<string, DumpTracker>,
+  sidecars: Map<string, SidecarClient>,
+  request: (node: string) => StartDumpRequest,
+  clock: Clock,
+  graceMs: number,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  for (const [node, tracker] of dumps) {
+    if (tracker.status.state === 'finished') continue;
+    const client = sidecars.get(node) as SidecarClient;
+    try {
+      const status = tracker.status.state === 'running' ? await client.status(tracker.status.jobId, signal) : undefined;
+      tracker.status = status ?? (await client.start(request(node), signal)).status;
+      tracker.unreachableSince = undefined;
+    } catch (error) {
+      if (signal?.aborted) throw abortReason(signal);
+      if (!isCachewarmError(error, 'NODE_UNREACHABLE')) throw error;
+      tracker.unreachableSince ??= clock.now();
+      if (clock.now() - tracker.unreachableSince > graceMs) throw error;
+      continue;
+    }
+    if (tracker.status.state === 'failed') {
+      throw new CachewarmError('JOB_FAILED', `the dump of ${node} failed: ${tracker.status.error?.message ?? 'no reason given'}`, {
+        node,
+        code: tracker.status.error?.code,
+      });
+    }
+  }
+}
+
+function sumDumped(dumps: Map<string, DumpTracker>): DumpCounters {
+  return [...dumps.values()].reduce((sum, d) => addInto(sum, d.status.counters), newDumpCounters());
+}
+
+/** Every populator's latest report, summed per target node. */
+async function populatorReports(store: S3Store, jobId: string, signal?: AbortSignal): Promise<{ byNode: Map<string, WriteCounters> }> {
+  const byNode = new Map<string, WriteCounters>();
+  for (const name of await store.list(`${jobId}/populators/`, signal)) {
+    const report = await getJson<PopulatorReport>(store, name, signal);
+    for (const [address, counters] of Object.entries(report?.byNode ?? {})) {
+      addInto(byNode.get(address) ?? byNode.set(address, newWriteCounters()).get(address) as WriteCounters, counters);
+    }
+  }
+  return { byNode };
+}
+
+/**
+ * A complete job leaves nothing behind but its summary (and the chunks when kept). An
+ * incomplete one keeps its queues and chunks: the dead-letter queue and the objects it names
+ * are what a person needs to see what went wrong, and a rerun needs them to go on.
+ */
+async function cleanUp(
+  summary: WarmSummary,
+  ctx: { store: S3Store; sqs: SQSClient; queues: JobQueues; keepChunks: boolean; log: (line: string) => void; signal?: AbortSignal | undefined },
+): Promise<void> {
+  if (!summary.complete) {
+    ctx.log(`job ${summary.jobId} is incomplete: its queues and ${ctx.store.describe(`${summary.jobId}/`)} are kept for inspection`);
+    return;
+  }
+  await deleteJobQueues(ctx.sqs, ctx.queues, ctx.signal);
+  if (!ctx.keepChunks) {
+    const removed = await ctx.store.deleteAll(summary.jobId, ctx.signal);
+    ctx.log(`job ${summary.jobId}: removed its queues and ${removed} objects`);
+  }
+}

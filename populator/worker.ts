@@ -1,0 +1,391 @@
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SQSClient } from '@aws-sdk/client-sqs';
+import { connectDirect } from '../dumper/dump-node.js';
+import { BufferPool } from '../shared/buffer-pool.js';
+import type { ChunkMessage } from '../shared/chunk-message.js';
+import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
+import type { ChunkStore } from '../shared/chunk-store.js';
+import type { Clock } from '../shared/clock.js';
+import { type WriteCounters, WriteTally } from '../shared/counters.js';
+import { CachewarmError } from '../shared/errors.js';
+import { type JobQueueInfo, type QueueBacklog, backlogIsEmpty, queueBacklog, readJobQueue } from '../shared/job-queues.js';
+import { type JobManifest, dumpProgress, getJson, manifestName, populatorReportName, putJson } from '../shared/job-layout.js';
+import { SqsQueue } from '../shared/queue/sqs-queue.js';
+import { S3Store } from '../shared/store/s3-store.js';
+import { MetaNodeWriter } from './meta-node-writer.js';
+import type { NodeWriter } from './node-writer.js';
+import { runPopulator } from './populate.js';
+
+/** One structured log record: `event` says what happened, the rest where and how much. */
+export interface WorkerLogEntry {
+  readonly event: string;
+  readonly [field: string]: unknown;
+}
+
+export interface PopulatorWorkerOptions {
+  /** Built once by the caller (region, credentials, endpoint). */
+  readonly s3: S3Client;
+  readonly sqs: SQSClient;
+  /** The job queue: its tags name the job, the bucket, the prefix and the dead-letter queue. */
+  readonly queueUrl: string;
+  /** Names this worker's report; unique per process (e.g. hostname-pid). */
+  readonly workerId: string;
+  /** Chunks written at once. Memory: about concurrency × chunk size. Default 4. */
+  readonly concurrency?: number;
+  /** Keep polling after the job is complete; end only when the signal aborts. */
+  readonly follow?: boolean;
+  readonly clock: Clock;
+  /** Abort (SIGTERM from an autoscaler): stop receiving, hand held chunks back, report, return. */
+  readonly signal?: AbortSignal | undefined;
+  readonly log?: ((entry: WorkerLogEntry) => void) | undefined;
+  /** Long-poll wait of one receive, 1 to 20 s. Default 20. */
+  readonly waitTimeSeconds?: number;
+  /** Pause between the two completion checks (SQS counts are approximate). Default: one long poll. */
+  readonly pollIntervalMs?: number;
+  readonly progressIntervalMs?: number;
+  readonly reportIntervalMs?: number;
+  /** How items reach the target nodes; default meta commands over direct connections. Closed by its owner. */
+  readonly writer?: NodeWriter;
+}
+
+export interface WorkerResult {
+  readonly jobId: string;
+  readonly workerId: string;
+  /** Chunks this worker wrote whole and acknowledged. */
+  readonly chunks: number;
+  /** Messages this worker set aside on the dead-letter queue (malformed, out of scope, corrupt, retries used up). */
+  readonly parked: number;
+  readonly counters: WriteCounters;
+  readonly byNode: Readonly<Record<string, WriteCounters>>;
+  /** `complete`: every source node finished and the queue is empty. `aborted`: stopped by the signal. */
+  readonly outcome: 'complete' | 'aborted';
+  /** Messages on the job's dead-letter queue when the worker ended, parked by any worker; undefined when unreadable. */
+  readonly deadLettered: number | undefined;
+}
+
+/** The record each worker keeps in the store, so the controller can sum every worker's counters. */
+export interface PopulatorReport {
+  readonly workerId: string;
+  readonly jobId: string;
+  readonly chunks: number;
+  readonly parked: number;
+  readonly byNode: Readonly<Record<string, WriteCounters>>;
+  /** false while the worker runs (a periodic report), true from its last one. */
+  readonly final: boolean;
+  readonly updatedAt: string;
+}
+
+/** What one worker has done so far. */
+class WorkerStats {
+  chunks = 0;
+  parked = 0;
+  items = 0;
+  /** Deliveries received and not yet settled. */
+  held = 0;
+  readonly tally = new WriteTally();
+  /** The last `waiting` line logged, so it is logged once per change rather than every poll. */
+  lastWaiting = '';
+
+  byNode(): Record<string, WriteCounters> {
+    return Object.fromEntries([...this.tally.byNode].map(([address, counters]) => [address, { ...counters }]));
+  }
+}
+
+const DEFAULT_PROGRESS_INTERVAL_MS = 10_000;
+const DEFAULT_REPORT_INTERVAL_MS = 30_000;
+/** Time given to the last report once the worker was told to stop. */
+const FINAL_REPORT_TIMEOUT_MS = 15_000;
+
+/**
+ * A stateless populator: everything it needs comes from the job queue's tags and the job's
+ * manifest. It drains the queue (long poll, download, verify, add-only writes by the ring
+ * each message names, delete only when every item was handled), and ends when the job is
+ * complete — every source node's end marker written and nothing left on the queue — or,
+ * with `follow`, only when its signal aborts. Chunks are never deleted here: SQS may deliver
+ * a message twice, and the controller removes the job's objects at the end.
+ */
+export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promise<WorkerResult> {
+  const { sqs, clock, signal, workerId } = options;
+  const log = options.log ?? ((): void => undefined);
+  const waitTimeSeconds = options.waitTimeSeconds ?? 20;
+  // At least 1 s: an empty drain is what paces the completion checks.
+  if (!Number.isInteger(waitTimeSeconds) || waitTimeSeconds < 1 || waitTimeSeconds > 20) {
+    throw new CachewarmError('INVALID_ARGUMENT', `the long-poll wait must be 1 to 20 whole seconds, got ${waitTimeSeconds}`);
+  }
+  const job = await readJobQueue(sqs, options.queueUrl, signal);
+  const store = new S3Store({ client: options.s3, bucket: job.bucket, prefix: job.prefix });
+  const manifest = await loadManifest(store, job.jobId, signal);
+  const stats = new WorkerStats();
+  log({
+    event: 'worker-started',
+    job: job.jobId,
+    worker: workerId,
+    queue: job.queueUrl,
+    store: store.describe(job.jobId),
+    target: manifest.target.replica,
+    sourceNodes: manifest.source.nodes.length,
+    concurrency: options.concurrency ?? 4,
+    follow: options.follow === true,
+    visibilityTimeoutSeconds: job.visibilityTimeoutSeconds,
+    maxReceives: job.maxReceives,
+  });
+
+  const queue = new SqsQueue({
+    client: sqs,
+    queueUrl: job.queueUrl,
+    deadLetterQueueUrl: job.deadLetterQueueUrl,
+    waitTimeSeconds,
+    visibilityTimeoutSeconds: job.visibilityTimeoutSeconds,
+    stopWhenEmpty: true,
+    maxReceives: job.maxReceives,
+    onMalformed: (reason, messageId) => {
+      stats.parked++;
+      log({ event: 'message-parked', job: job.jobId, messageId, reason });
+    },
+    clock,
+  });
+  const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
+  const writer = options.writer ?? new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address });
+  const report = (final: boolean, reportSignal: AbortSignal): Promise<void> =>
+    putJson(store, populatorReportName(job.jobId, workerId), reportOf(job.jobId, workerId, stats, final, clock), reportSignal);
+
+  // On abort, chunks stuck on a node that does not answer would hold the worker until the
+  // reply timeout: closing our connections fails their writes at once, and each is handed back.
+  const closeOnAbort = (): void => void writer.close();
+  if (!options.writer) signal?.addEventListener('abort', closeOnAbort, { once: true });
+  const background = new AbortController();
+  const timers = Promise.all([
+    every(clock, options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS, background.signal, () => log(progressEntry(job.jobId, stats))),
+    // Not cut short by the stop: one still being written must land before the final one.
+    every(clock, options.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS, background.signal, () =>
+      report(false, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)).catch((error: unknown) => logReportFailure(log, job.jobId, error)),
+    ),
+  ]);
+  let outcome: WorkerResult['outcome'];
+  try {
+    outcome = await drainUntilDone({
+      ...options,
+      job,
+      store,
+      manifest,
+      stats,
+      log,
+      writer,
+      queue: observed(queue, job, stats, log),
+      pollIntervalMs: options.pollIntervalMs ?? waitTimeSeconds * 1000,
+    });
+  } finally {
+    background.abort();
+    await timers;
+    signal?.removeEventListener('abort', closeOnAbort);
+    if (!options.writer) await writer.close();
+    // After an abort too: the controller sums what every worker did, stopped ones included.
+    await report(true, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)).catch((error: unknown) => logReportFailure(log, job.jobId, error));
+  }
+  const deadLettered = await deadLetterCount(sqs, job.deadLetterQueueUrl);
+  const result: WorkerResult = {
+    jobId: job.jobId,
+    workerId,
+    chunks: stats.chunks,
+    parked: stats.parked,
+    counters: stats.tally.total(),
+    byNode: stats.byNode(),
+    outcome,
+    deadLettered,
+  };
+  log({ event: 'worker-finished', job: job.jobId, worker: workerId, outcome, chunks: stats.chunks, parked: stats.parked, deadLettered, ...result.counters });
+  return result;
+}
+
+async function loadManifest(store: ChunkStore, jobId: string, signal: AbortSignal | undefined): Promise<JobManifest> {
+  const name = manifestName(jobId);
+  const manifest = await getJson<JobManifest>(store, name, signal);
+  if (!manifest) {
+    throw new CachewarmError('CHUNK_MISSING', `job ${jobId} has no manifest at ${store.describe(name)} (the controller writes it before the job starts)`, {
+      chunk: name,
+    });
+  }
+  if (manifest.jobId !== jobId || !Array.isArray(manifest.source?.nodes) || !Array.isArray(manifest.target?.nodes)) {
+    throw new CachewarmError('CHUNK_CORRUPT', `${store.describe(name)} is not the manifest of job ${jobId}`, { chunk: name });
+  }
+  return manifest;
+}
+
+interface DrainContext extends PopulatorWorkerOptions {
+  readonly job: JobQueueInfo;
+  readonly store: ChunkStore;
+  readonly manifest: JobManifest;
+  readonly stats: WorkerStats;
+  readonly log: (entry: WorkerLogEntry) => void;
+  readonly writer: NodeWriter;
+  readonly queue: ChunkQueue;
+  readonly pollIntervalMs: number;
+}
+
+/**
+ * Drains until the queue is empty once, then asks whether the job is complete; if not
+ * (dumpers still running, chunks held by other workers), drains again. Without `follow`
+ * it returns once the job is complete; with it, only on abort.
+ */
+async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outcome']> {
+  const { job, store, stats, clock, signal, log } = context;
+  const pool = new BufferPool();
+  let announced = false;
+  for (;;) {
+    if (signal?.aborted) return 'aborted';
+    await runPopulator({
+      queue: context.queue,
+      store,
+      writer: context.writer,
+      clock,
+      tally: stats.tally,
+      concurrency: context.concurrency ?? 4,
+      // Never: SQS may deliver a message again, and its chunk must still be there.
+      deleteConsumed: false,
+      pool,
+      scope: { jobId: job.jobId, store: { bucket: job.bucket, prefix: job.prefix } },
+      onChunkDone: (message) => {
+        stats.chunks++;
+        stats.items += message.chunk.items;
+        log({ event: 'chunk-done', job: job.jobId, chunk: message.chunk.name, items: message.chunk.items });
+      },
+      signal,
+    });
+    if (signal?.aborted) return 'aborted';
+    if (!(await jobComplete(context).catch(abortedIsIncomplete(signal)))) continue;
+    if (!context.follow) return 'complete';
+    if (!announced) {
+      announced = true;
+      log({ ...progressEntry(job.jobId, stats), event: 'job-complete', following: true });
+    }
+  }
+}
+
+/** A check cut short by the abort answers "not complete"; the loop then sees the signal. */
+const abortedIsIncomplete =
+  (signal: AbortSignal | undefined) =>
+  (error: unknown): false => {
+    if (signal?.aborted) return false;
+    throw error;
+  };
+
+/**
+ * Complete: every source node's end marker is in the store and the queue holds nothing,
+ * seen twice a poll apart, since SQS's counts are approximate and a message can be in
+ * transit between a dumper's send and the count.
+ */
+async function jobComplete(context: DrainContext): Promise<boolean> {
+  const first = await jobState(context);
+  if (!first.complete) return false;
+  try {
+    await context.clock.sleep(context.pollIntervalMs, context.signal);
+  } catch {
+    return false; // aborted: the caller sees the signal
+  }
+  return (await jobState(context)).complete;
+}
+
+async function jobState(context: DrainContext): Promise<{ complete: boolean }> {
+  const { job, store, manifest, sqs, signal } = context;
+  const [progress, backlog] = await Promise.all([dumpProgress(store, manifest, signal), queueBacklog(sqs, job.queueUrl, signal)]);
+  const complete = progress.pending.length === 0 && backlogIsEmpty(backlog);
+  if (!complete) logWaiting(context, progress.pending, backlog);
+  else context.stats.lastWaiting = '';
+  return { complete };
+}
+
+/** Says what the worker waits for, once per change (not every poll). */
+function logWaiting(context: DrainContext, pending: readonly string[], backlog: QueueBacklog): void {
+  const entry = { event: 'waiting', job: context.job.jobId, dumpingNodes: pending, ...backlog };
+  const line = JSON.stringify(entry);
+  if (line === context.stats.lastWaiting) return;
+  context.stats.lastWaiting = line;
+  context.log(entry);
+}
+
+/** The queue as runPopulator sees it, telling the worker's stats and log what happens to each delivery. */
+function observed(queue: SqsQueue, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): ChunkQueue {
+  const parked = (delivery: Delivery, reason: string): void => {
+    stats.parked++;
+    log({ event: 'chunk-parked', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
+  };
+  return {
+    send: (message: ChunkMessage, signal?: AbortSignal) => queue.send(message, signal),
+    receive: async (signal?: AbortSignal) => {
+      const delivery = await queue.receive(signal);
+      if (!delivery) return undefined;
+      const chunk = delivery.message.chunk.name;
+      stats.held++;
+      log({ event: 'chunk-received', job: job.jobId, chunk, receiveCount: delivery.receiveCount });
+      const settled = async (settle: () => Promise<void>): Promise<void> => {
+        try {
+          await settle();
+        } finally {
+          stats.held--;
+        }
+      };
+      return {
+        message: delivery.message,
+        receiveCount: delivery.receiveCount,
+        ack: () => settled(() => delivery.ack()),
+        retry: (reason: string) =>
+          settled(async () => {
+            await delivery.retry(reason);
+            // SqsQueue parks, rather than returns, a message on its last allowed delivery.
+            if (job.maxReceives !== undefined && delivery.receiveCount >= job.maxReceives) {
+              parked(delivery, `${reason} (delivery ${delivery.receiveCount} of ${job.maxReceives})`);
+              return;
+            }
+            log({ event: 'chunk-retried', job: job.jobId, chunk, receiveCount: delivery.receiveCount, reason });
+          }),
+        park: (reason: string) =>
+          settled(async () => {
+            await delivery.park(reason);
+            parked(delivery, reason);
+          }),
+      };
+    },
+  };
+}
+
+function progressEntry(jobId: string, stats: WorkerStats): WorkerLogEntry {
+  return { event: 'progress', job: jobId, chunks: stats.chunks, items: stats.items, held: stats.held, parked: stats.parked, ...stats.tally.total() };
+}
+
+function reportOf(jobId: string, workerId: string, stats: WorkerStats, final: boolean, clock: Clock): PopulatorReport {
+  return {
+    workerId,
+    jobId,
+    chunks: stats.chunks,
+    parked: stats.parked,
+    byNode: stats.byNode(),
+    final,
+    updatedAt: new Date(clock.now()).toISOString(),
+  };
+}
+
+function logReportFailure(log: (entry: WorkerLogEntry) => void, jobId: string, error: unknown): void {
+  log({ event: 'report-failed', job: jobId, reason: error instanceof Error ? error.message : String(error) });
+}
+
+/** The dead-letter queue's size at the end; undefined when it cannot be read (the result still stands). */
+async function deadLetterCount(sqs: SQSClient, deadLetterQueueUrl: string): Promise<number | undefined> {
+  try {
+    const backlog = await queueBacklog(sqs, deadLetterQueueUrl, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS));
+    return backlog.visible + backlog.inFlight + backlog.delayed;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs `tick` every `intervalMs` until `stop` aborts; a tick's own failure is its business. */
+async function every(clock: Clock, intervalMs: number, stop: AbortSignal, tick: () => unknown): Promise<void> {
+  for (;;) {
+    try {
+      await clock.sleep(intervalMs, stop);
+    } catch {
+      return;
+    }
+    await tick();
+  }
+}
