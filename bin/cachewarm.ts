@@ -12,6 +12,8 @@ import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type Topology, loadTopology } from '../shared/topology.js';
 import { EXIT, byteSize, exitOnError, interruptSignal, positiveInt, progressPrinter } from './cli-support.js';
+import { registerDumperCommand } from './dumper-command.js';
+import { registerPopulatorCommand } from './populator-command.js';
 
 const defaultWorkDir = path.join(os.tmpdir(), 'cachewarm');
 
@@ -151,5 +153,9 @@ program
     const ok = summary.complete && verify.matched === verify.checked;
     process.exitCode = ok ? EXIT.ok : EXIT.incomplete;
   });
+
+registerPopulatorCommand(program);
+
+registerDumperCommand(program);
 
 program.parseAsync(process.argv).catch(exitOnError);
