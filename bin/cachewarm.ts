@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
 import { summaryText } from '../controller/report.js';
+import { warmDistributed } from '../controller/warm-distributed.js';
 import { warmReplica } from '../controller/warm-replica.js';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
@@ -12,6 +13,7 @@ import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type Topology, loadTopology } from '../shared/topology.js';
 import { EXIT, byteSize, exitOnError, interruptSignal, positiveInt, progressPrinter } from './cli-support.js';
+import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
 import { registerDumperCommand } from './dumper-command.js';
 import { registerPopulatorCommand } from './populator-command.js';
 
@@ -59,7 +61,7 @@ const program = new Command()
 
 const warm = program.command('warm').description('start a warm');
 
-warm
+addTransportOptions(warm
   .command('replica')
   .description('fill a replica with every live item of another replica')
   .requiredOption('--topology <file>', 'topology file (JSON or YAML)')
@@ -81,8 +83,8 @@ warm
       .default('meta'),
   )
   .option('--sasl-user <name>', 'SASL user for the target nodes (needs --writer memjs)')
-  .option('--sasl-password-file <file>', "file holding that user's password (a trailing newline is ignored)")
-  .action(async (opts: {
+  .option('--sasl-password-file <file>', "file holding that user's password (a trailing newline is ignored)"))
+  .action(async (opts: TransportOptions & {
     topology: string;
     target: string;
     source: string;
@@ -99,8 +101,29 @@ warm
     saslPasswordFile?: string;
   }) => {
     const topology = await loadTopology(opts.topology);
-    const writer = await targetWriter(opts, topology);
     const printer = progressPrinter();
+    const signal = interruptSignal();
+    if (opts.transport === 'aws') {
+      if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
+      const summary = await warmDistributed({
+        topology,
+        target: opts.target,
+        source: opts.source,
+        jobId: opts.jobId,
+        chunkSizeBytes: opts.chunkSize,
+        maxOpsPerNode: opts.maxOps,
+        keepChunks: opts.keepChunks === true,
+        clock: systemClock,
+        signal,
+        onProgress: opts.json ? undefined : printer.onProgress,
+        log: (line) => process.stderr.write(`${line}\n`),
+        ...(await distributedSettings(opts)),
+      }).finally(printer.done);
+      process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);
+      process.exitCode = summary.complete ? EXIT.ok : EXIT.incomplete;
+      return;
+    }
+    const writer = await targetWriter(opts, topology);
     const summary = await warmReplica({
       topology,
       target: opts.target,
@@ -114,7 +137,7 @@ warm
       keepChunks: opts.keepChunks === true,
       clock: systemClock,
       writer,
-      signal: interruptSignal(),
+      signal,
       onProgress: opts.json ? undefined : printer.onProgress,
     }).finally(printer.done);
     process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);

@@ -1,0 +1,156 @@
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { ListQueuesCommand } from '@aws-sdk/client-sqs';
+import assert from 'node:assert/strict';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { verifyCopy } from '../controller/verify-copy.js';
+import { targetRingOf } from '../controller/warm-replica.js';
+import { connectDirect } from '../dumper/dump-node.js';
+import { SidecarClient } from '../dumper/sidecar-client.js';
+import { OneLine } from '../shared/memcached/commands.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { type Topology, parseTopology } from '../shared/topology.js';
+import { type CliProcess, startCli } from './support/cli-process.js';
+import { type Cluster, itemCount, load, nowSeconds, startCluster } from './support/cluster.js';
+import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
+
+const TOKEN = 'distributed-test-token-0123456789';
+
+/**
+ * The replica warm at fleet scale, every part a real process on loopback: memcached nodes,
+ * one dumper sidecar per source node, the controller, and the populator workers it starts;
+ * S3 and SQS are fauxqs, spoken to through the AWS SDK.
+ */
+describe('a replica warm through sidecars, S3 and SQS', () => {
+  let fauxqs: Fauxqs;
+  let aws: AwsClients;
+  let cluster: Cluster;
+  let sidecars: CliProcess[] = [];
+  let topology: Topology;
+  let topologyFile: string;
+  let tokenFile: string;
+  let dir: string;
+
+  before(async () => {
+    fauxqs = await startFauxqs();
+    aws = awsClients(fauxqs.endpoint);
+    cluster = await startCluster({ a: 3, b: 4 });
+    dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
+    tokenFile = path.join(dir, 'token');
+    await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+    const sourceNodes = cluster.topology.replicas.get('a')?.nodes ?? [];
+    sidecars = sourceNodes.map((node) =>
+      startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', fauxqs.endpoint]),
+    );
+    const urls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
+    const document = {
+      replicas: {
+        a: { nodes: sourceNodes.map((n, i) => ({ address: n.address, sidecar: urls[i] })) },
+        b: { nodes: (cluster.topology.replicas.get('b')?.nodes ?? []).map((n) => ({ address: n.address })) },
+      },
+    };
+    topologyFile = path.join(dir, 'cluster.json');
+    await writeFile(topologyFile, JSON.stringify(document));
+    topology = parseTopology(document, topologyFile);
+  });
+
+  after(async () => {
+    for (const s of sidecars) s.kill();
+    await Promise.all(sidecars.map((s) => s.exited));
+    await cluster?.stop();
+    aws?.destroy();
+    await fauxqs?.stop();
+  });
+
+  async function flushTarget(): Promise<void> {
+    for (const node of topology.replicas.get('b')?.nodes ?? []) {
+      const conn = await connectDirect(node);
+      await conn.send(Buffer.from('flush_all\r\n'), new OneLine());
+      conn.close();
+    }
+  }
+
+  const warmArgs = (bucket: string, ...more: string[]): string[] => [
+    'warm', 'replica', '--topology', topologyFile, '--target', 'b', '--source', 'a',
+    '--transport', 'aws', '--bucket', bucket, '--prefix', 'warms', '--endpoint', fauxqs.endpoint,
+    '--sidecar-token-file', tokenFile, '--chunk-size', '64KiB', '--json', ...more,
+  ];
+
+  test('copies every item to the node the target ring names, then removes its queues and chunks', async () => {
+    const items = sampleItems({ count: 30_000, valueBytes: 200, nowSeconds: nowSeconds() });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-complete');
+
+    const controller = startCli(warmArgs(bucket, '--populators', '2'));
+    const code = await controller.exited;
+    assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; jobId: string; targetNodes: { stored: number }[] };
+    assert.equal(summary.complete, true);
+    assert.equal(summary.targetNodes.reduce((sum, n) => sum + n.stored, 0), items.length, 'the populators reported every item written');
+
+    const report = await verifyCopy(items, targetRingOf(topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
+    assert.equal(report.matched, items.length, report.examples.join('\n'));
+    let held = 0;
+    for (const node of topology.replicas.get('b')?.nodes ?? []) held += await itemCount(node);
+    assert.equal(held, items.length, 'nothing written anywhere else');
+
+    const { QueueUrls = [] } = await aws.sqs.send(new ListQueuesCommand({ QueueNamePrefix: 'cachewarm-' }));
+    assert.ok(!QueueUrls.some((url) => url.includes(summary.jobId.slice(0, 20))), `queues left: ${QueueUrls.join(', ')}`);
+    const { Contents = [] } = await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${summary.jobId}/` }));
+    assert.equal(Contents.length, 0, 'the chunks are removed');
+  });
+
+  test('a controller killed mid-job and run again with the same --job-id resumes the same dumps', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 15_000, valueBytes: 200, nowSeconds: nowSeconds(), seed: 'resume' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-resume');
+    const jobId = 'scale-up-resume-1';
+    // 1,500 items/s per node: the dumps are still running when the controller dies.
+    const args = warmArgs(bucket, '--job-id', jobId, '--populators', '1', '--max-ops', '1500');
+
+    const first = startCli(args);
+    const clients = (topology.replicas.get('a')?.nodes ?? []).map((n) => new SidecarClient({ baseUrl: n.sidecar as string, token: TOKEN }));
+    let before: (string | undefined)[] = [];
+    for (let i = 0; i < 200; i++) {
+      before = await Promise.all(clients.map(async (c) => (await c.status(jobId).catch(() => undefined))?.startedAt));
+      if (before.every(Boolean)) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    assert.ok(before.every(Boolean), 'every sidecar was dumping');
+    first.kill('SIGKILL');
+    assert.equal(await first.exited, null);
+
+    const second = startCli(args);
+    const code = await second.exited;
+    assert.equal(code, 0, JSON.stringify(second.lines.slice(-20)));
+    const after = await Promise.all(clients.map(async (c) => (await c.status(jobId))?.startedAt));
+    assert.deepEqual(after, before, 'the sidecars kept their dumps: nothing started over');
+    const summary = JSON.parse(second.stdout()) as { complete: boolean; jobId: string; sourceNodes: { listed: number }[] };
+    assert.equal(summary.jobId, jobId);
+    assert.equal(summary.complete, true);
+
+    const report = await verifyCopy(items, targetRingOf(topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
+    assert.equal(report.matched, items.length, report.examples.join('\n'));
+  });
+
+  test('a source node without a sidecar URL is refused, naming the node', async () => {
+    const document = {
+      replicas: {
+        a: { nodes: (topology.replicas.get('a')?.nodes ?? []).map((n) => ({ address: n.address })) },
+        b: { nodes: (topology.replicas.get('b')?.nodes ?? []).map((n) => ({ address: n.address })) },
+      },
+    };
+    const file = path.join(dir, 'no-sidecars.json');
+    await writeFile(file, JSON.stringify(document));
+    const bucket = await createBucket(aws.s3, 'warm-refused');
+    const args = warmArgs(bucket);
+    args[args.indexOf(topologyFile)] = file;
+    const run = startCli(args);
+    assert.equal(await run.exited, 2);
+    const first = topology.replicas.get('a')?.nodes[0]?.address ?? '';
+    assert.match(JSON.stringify(run.lines), new RegExp(`node a/${first.replace(/[.]/g, '\\.')} has no \\\\"sidecar\\\\" URL`));
+  });
+});
