@@ -6,8 +6,7 @@ import type { DistributedWarmOptions } from '../controller/warm-distributed.js';
 import { localPopulators } from '../controller/populator-fleet.js';
 import { CachewarmError } from '../shared/errors.js';
 import type { S3Encryption } from '../shared/store/s3-store.js';
-import { byteSize, positiveInt } from './cli-support.js';
-import { readTokenFile } from './dumper-command.js';
+import { byteSize, positiveInt, readTokenFile } from './cli-support.js';
 
 export interface AwsConnectionOptions {
   region?: string;

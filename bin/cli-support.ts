@@ -1,7 +1,8 @@
 import { InvalidArgumentError } from 'commander';
+import { readFile } from 'node:fs/promises';
 import type { WarmProgress } from '../controller/warm-replica.js';
 import { progressLine } from '../controller/report.js';
-import { isCachewarmError } from '../shared/errors.js';
+import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import { parseByteSize, parsePositiveInt } from '../shared/units.js';
 
 /** Exit codes, documented in the README. */
@@ -22,10 +23,11 @@ export const positiveInt = asArgument((text) => parsePositiveInt(text, 'value'))
 
 /**
  * Progress on stderr: one line rewritten in place on a terminal, a log line every
- * `everyMs` otherwise (cron, CI, a pipe), so logs stay readable.
+ * `everyMs` otherwise (cron, CI, a pipe), so logs stay readable. Both stdout and stderr must
+ * be terminals: a scheduler that captures only stdout still runs the command unattended.
  */
 export function progressPrinter(): { onProgress: (p: WarmProgress) => void; done: () => void } {
-  const tty = process.stderr.isTTY === true;
+  const tty = process.stdout.isTTY === true && process.stderr.isTTY === true;
   let last = 0;
   return {
     onProgress: (p) => {
@@ -67,3 +69,23 @@ export function exitOnError(error: unknown): void {
     process.exitCode = EXIT.incomplete;
   }
 }
+
+/**
+ * The token from its file: one trailing newline ignored. It goes in an HTTP header, so it is
+ * refused unless it is printable ASCII without spaces (what `openssl rand -hex 32` writes).
+ */
+export async function readTokenFile(file: string, option = '--token-file'): Promise<string> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    throw new CachewarmError('INVALID_ARGUMENT', `cannot read ${option} ${file}: ${(error as Error).message}`, { file });
+  }
+  const token = text.replace(/\r?\n$/, '');
+  if (token === '') throw new CachewarmError('INVALID_ARGUMENT', `${option} ${file} is empty`, { file });
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    throw new CachewarmError('INVALID_ARGUMENT', `${option} ${file}: the token must be one line of printable ASCII without spaces`, { file });
+  }
+  return token;
+}
+

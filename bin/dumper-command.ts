@@ -1,12 +1,12 @@
-import { readFile } from 'node:fs/promises';
-import { S3Client } from '@aws-sdk/client-s3';
-import { SQSClient } from '@aws-sdk/client-sqs';
 import { type Command, Option } from 'commander';
+import { RestartNotifier } from '../dumper/restart-notifier.js';
+import { watchForRestarts } from '../dumper/restart-watcher.js';
 import { createSidecar, sidecarMemoryCeilingBytes } from '../dumper/sidecar-server.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { parseAddress } from '../shared/topology.js';
-import { EXIT, asArgument, byteSize, positiveInt } from './cli-support.js';
+import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
+import { EXIT, asArgument, byteSize, positiveInt, readTokenFile } from './cli-support.js';
 
 interface ServeOptions {
   memcached: { host: string; port: number };
@@ -16,31 +16,15 @@ interface ServeOptions {
   endpoint?: string;
   fetchConcurrency: number;
   maxChunkSize: number;
+  node?: string;
+  controller?: string;
+  controllerTokenFile?: string;
 }
 
 /** `host:port`; port 0 asks for a free port (the `listening` log line names it). */
 function listenAddress(text: string): { host: string; port: number } {
   if (text.endsWith(':0')) return { host: parseAddress(`${text.slice(0, -2)}:1`).host, port: 0 };
   return parseAddress(text);
-}
-
-/**
- * The token from its file: one trailing newline ignored. It goes in an HTTP header, so it is
- * refused unless it is printable ASCII without spaces (what `openssl rand -hex 32` writes).
- */
-export async function readTokenFile(file: string): Promise<string> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (error) {
-    throw new CachewarmError('INVALID_ARGUMENT', `cannot read --token-file ${file}: ${(error as Error).message}`, { file });
-  }
-  const token = text.replace(/\r?\n$/, '');
-  if (token === '') throw new CachewarmError('INVALID_ARGUMENT', `--token-file ${file} is empty`, { file });
-  if (!/^[\x21-\x7e]+$/.test(token)) {
-    throw new CachewarmError('INVALID_ARGUMENT', `--token-file ${file}: the token must be one line of printable ASCII without spaces`, { file });
-  }
-  return token;
 }
 
 /** One JSON object per line on stderr, each stamped with the time. */
@@ -63,12 +47,8 @@ function stopSignal(): Promise<NodeJS.Signals> {
 
 async function serve(opts: ServeOptions): Promise<void> {
   const token = await readTokenFile(opts.tokenFile);
-  // Built once for the process: the SDK resolves credentials (env, profile, instance role)
-  // and, without --region, the region the standard way.
-  const common = { ...(opts.region && { region: opts.region }), ...(opts.endpoint && { endpoint: opts.endpoint }) };
-  // A compatible service at an explicit endpoint seldom has per-bucket DNS names.
-  const s3 = new S3Client({ ...common, ...(opts.endpoint && { forcePathStyle: true }) });
-  const sqs = new SQSClient(common);
+  const watch = await restartWatchSettings(opts);
+  const { s3, sqs } = awsClientsFrom(opts);
   const stopped = stopSignal();
   const sidecar = createSidecar({
     memcached: { ...opts.memcached, label: `${opts.memcached.host}:${opts.memcached.port}` },
@@ -93,9 +73,13 @@ async function serve(opts: ServeOptions): Promise<void> {
     } catch (error) {
       throw new CachewarmError('INVALID_ARGUMENT', `cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(error as Error).message}`);
     }
+    const watching = new AbortController();
+    const watcher = watch && watchRestarts(opts.memcached, watch, watching.signal);
     const signal = await stopped;
     // The running dump's progress is in the store: a start request after the restart resumes it.
     logLine({ event: 'stopping', signal });
+    watching.abort();
+    await watcher;
     await sidecar.close();
     process.exitCode = EXIT.ok;
   } finally {
@@ -107,7 +91,7 @@ async function serve(opts: ServeOptions): Promise<void> {
 
 export function registerDumperCommand(program: Command): void {
   const dumper = program.command('dumper').description("a source node's dumper");
-  dumper
+  const serveCommand = dumper
     .command('serve')
     .description('run the dumper sidecar: an authenticated HTTP API that dumps the local memcached node to S3 and SQS on request')
     .addOption(
@@ -121,13 +105,63 @@ export function registerDumperCommand(program: Command): void {
         .default(parseAddress('0.0.0.0:11299'), '0.0.0.0:11299'),
     )
     .requiredOption('--token-file <file>', 'file holding the bearer token clients must send (a trailing newline is ignored)')
-    .option('--region <region>', 'AWS region (default: the SDK\'s, e.g. AWS_REGION)')
-    .option('--endpoint <url>', 'S3 and SQS endpoint, for compatible services (S3 then uses path-style URLs)')
+    .option('--node <id>', "this node's id in the topology (`replica/host:port`): named in its restart signals")
+    .option('--controller <url>', 'the controller service to send restart signals to (needs --node and --controller-token-file)')
+    .option('--controller-token-file <file>', "file holding the controller's bearer token")
     .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once (a connection each)').argParser(positiveInt).default(2))
     .addOption(
       new Option('--max-chunk-size <size>', 'largest chunk size a start request may ask for: bounds the memory')
         .argParser(byteSize)
         .default(64 << 20, '64MiB'),
-    )
-    .action(serve);
+    );
+  addAwsConnectionOptions(serveCommand).action(serve);
+}
+
+interface RestartWatchSettings {
+  readonly node: string;
+  readonly replica: string;
+  readonly notifier: RestartNotifier;
+}
+
+/** `--controller`, `--node` and `--controller-token-file` go together: all or none. */
+async function restartWatchSettings(opts: ServeOptions): Promise<RestartWatchSettings | undefined> {
+  const given = [opts.controller, opts.node, opts.controllerTokenFile].filter((v) => v !== undefined).length;
+  if (given === 0) return undefined;
+  if (given !== 3 || !opts.controller || !opts.node || !opts.controllerTokenFile) {
+    throw new CachewarmError('INVALID_ARGUMENT', '--controller, --node and --controller-token-file go together');
+  }
+  const replica = opts.node.slice(0, opts.node.indexOf('/'));
+  if (!replica) throw new CachewarmError('INVALID_ARGUMENT', `--node ${opts.node}: expected replica/host:port, as in the topology`);
+  const token = await readTokenFile(opts.controllerTokenFile, '--controller-token-file');
+  const notifier = new RestartNotifier({
+    controllerUrl: opts.controller,
+    token,
+    onRetry: (signal, error, attempt, delayMs) => logLine({ event: 'restart-signal-retry', node: signal.node, attempt, delayMs, reason: error.message }),
+    onRefused: (signal, error) => logLine({ event: 'restart-signal-refused', level: 'error', node: signal.node, reason: error.message }),
+  });
+  return { node: opts.node, replica, notifier };
+}
+
+/**
+ * Watches the local memcached and tells the controller when it restarted (it came back
+ * empty, so the controller may warm it). Runs until `signal` aborts.
+ */
+async function watchRestarts(memcached: { host: string; port: number }, watch: RestartWatchSettings, signal: AbortSignal): Promise<void> {
+  logLine({ event: 'watching-restarts', node: watch.node });
+  try {
+    await watchForRestarts({
+      memcached: { ...memcached, label: watch.node },
+      node: watch.node,
+      replica: watch.replica,
+      clock: systemClock,
+      signal,
+      onRestart: (restart) => {
+        logLine({ event: 'memcached-restarted', ...restart });
+        void watch.notifier.notify(restart).then((outcome) => logLine({ event: 'restart-signal', node: restart.node, outcome: outcome.status }));
+      },
+      onError: (error) => logLine({ event: 'memcached-watch', level: 'warn', reason: error.message }),
+    });
+  } finally {
+    await watch.notifier.close();
+  }
 }

@@ -1,11 +1,10 @@
 import os from 'node:os';
-import { S3Client } from '@aws-sdk/client-s3';
-import { SQSClient } from '@aws-sdk/client-sqs';
 import { type Command, Option } from 'commander';
 import { type WorkerLogEntry, type WorkerResult, runPopulatorWorker } from '../populator/worker.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { parsePositiveInt } from '../shared/units.js';
+import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
 import { EXIT, asArgument, positiveInt } from './cli-support.js';
 
 interface PopulatorCommandOptions {
@@ -30,27 +29,22 @@ const waitSeconds = asArgument((text) => {
  * Errors thrown here go to the program's exitOnError (2 for usage and "not a job queue").
  */
 export function registerPopulatorCommand(program: Command): void {
-  program
+  const command = program
     .command('populator')
     .description("a stateless populator worker: writes the chunks announced on a job's SQS queue into the target replica, add-only")
     .requiredOption('--queue-url <url>', 'the job queue (made by the controller; its tags name the job, bucket and prefix)')
     .addOption(new Option('--concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
     .option('--follow', 'keep polling after the job is complete, until SIGTERM')
     .option('--worker-id <id>', "names this worker's report in the store (default: hostname-pid)")
-    .option('--region <region>', "AWS region (default: the SDK's own resolution, e.g. AWS_REGION)")
-    .option('--endpoint <url>', 'S3 and SQS endpoint, e.g. an emulator (S3 then path-style)')
-    .addOption(new Option('--wait-seconds <n>', 'long-poll wait of each receive, 1 to 20').argParser(waitSeconds).default(20))
-    .action(async (opts: PopulatorCommandOptions) => {
+    .addOption(new Option('--wait-seconds <n>', 'long-poll wait of each receive, 1 to 20').argParser(waitSeconds).default(20));
+  addAwsConnectionOptions(command).action(async (opts: PopulatorCommandOptions) => {
       process.exitCode = await populate(opts);
     });
 }
 
 async function populate(opts: PopulatorCommandOptions): Promise<number> {
   const workerId = opts.workerId ?? `${os.hostname()}-${process.pid}`;
-  // Built once: credentials from the SDK's standard chain, the region from --region or the environment.
-  const common = { ...(opts.region && { region: opts.region }), ...(opts.endpoint && { endpoint: opts.endpoint }) };
-  const s3 = new S3Client({ ...common, ...(opts.endpoint && { forcePathStyle: true }) });
-  const sqs = new SQSClient(common);
+  const { s3, sqs } = awsClientsFrom(opts);
   const log = (entry: WorkerLogEntry): void => {
     process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), worker: workerId, ...entry })}\n`);
   };

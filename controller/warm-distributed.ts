@@ -137,7 +137,9 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
       options.onProgress?.(progress());
       await clock.sleep(options.progressIntervalMs ?? 1_000, signal);
     }
-    // The workers see the same completion and exit; their last reports carry the final counts.
+    // The job is done: the workers are told so rather than left to find out after their long
+    // polls; they write their final reports (what the summary sums) on the way out.
+    fleet.stopAll();
     await fleet.settled();
     written = await populatorReports(store, jobId, signal);
     const parked = await parkedMessages(sqs, queues.deadLetterQueueUrl, signal);
