@@ -8,7 +8,9 @@
  *   warm     `cachewarm warm replica` end to end, as a separate process (so its peak RSS is
  *            its own), from a 3-node source replica to an empty 4-node target
  */
-import { execFile } from 'node:child_process';
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -36,6 +38,10 @@ const { values: args } = parseArgs({
     'fleet-threads': { type: 'string', default: '2' },
     /** Extra options for the warm, e.g. "--fetch-concurrency 1". */
     'warm-args': { type: 'string', default: '' },
+    /** Also run the S3+SQS transport (sidecars, fauxqs, populator processes); "false" to skip. */
+    aws: { type: 'string', default: 'true' },
+    /** Populator processes of the S3+SQS warm. */
+    populators: { type: 'string', default: '2' },
   },
 });
 const ITEMS = Number(args.items);
@@ -139,12 +145,12 @@ interface WarmSummaryJson {
 }
 
 /** `cachewarm warm replica` source → target as a separate process, timed from start to exit. */
-async function warmOnce(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[]): Promise<WarmRun> {
+async function warmOnce(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], extra: readonly string[] = []): Promise<WarmRun> {
   const sourceBefore = await memcachedCpu(fleet.slice(0, 3));
   const targetBefore = await memcachedCpu(fleet.slice(3));
   const started = performance.now();
   const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
-    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', ...String(args['warm-args']).split(' ').filter(Boolean)]);
+    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra]);
   const result = rate((performance.now() - started) / 1000, ITEMS, ITEMS * VALUE_BYTES);
   const summary = JSON.parse(out) as WarmSummaryJson;
   const stored = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
@@ -220,6 +226,8 @@ async function main(): Promise<void> {
     log('replica warm again into the same target nodes, flushed (memory already touched)');
     const intoTouched = await warmOnce(topologyFile, workDir, fleet);
 
+    const viaAws = args.aws === 'false' ? undefined : await awsWarm(document, workDir, fleet);
+
     const ratio = (warm: Rate, base: Rate): string => (warm.itemsPerSecond / base.itemsPerSecond).toFixed(2);
     const cpuLine = (w: WarmRun): string =>
       `cachewarm ${(w.summary.cpuMs / 1000).toFixed(1)} s (${w.summary.minorPageFaults.toLocaleString('en-US')} page faults), memcached source ${w.sourceCpu.toFixed(1)} s, target ${w.targetCpu.toFixed(1)} s`;
@@ -229,6 +237,12 @@ async function main(): Promise<void> {
       `ceiling into a flushed node     ${show(touchedCeiling.best)}   best of 1 and 4 connections: ${touchedCeiling.connections}; memcached ${touchedCeiling.cpu.toFixed(1)} CPU-s`,
       `warm into fresh nodes           ${show(intoFresh.rate)}   ${ratio(intoFresh.rate, freshCeiling.best)} of the fresh-node ceiling`,
       `warm into flushed nodes         ${show(intoTouched.rate)}   ${ratio(intoTouched.rate, touchedCeiling.best)} of the flushed-node ceiling`,
+      ...(viaAws
+        ? [
+            `warm via S3+SQS, flushed nodes  ${show(viaAws.rate)}   ${ratio(viaAws.rate, touchedCeiling.best)} of the flushed-node ceiling, ${ratio(viaAws.rate, intoTouched.rate)} of the embedded warm` +
+              ` (3 sidecars, ${args.populators} populators, fauxqs; controller peak RSS ${formatBytes(viaAws.summary.peakRssBytes)})`,
+          ]
+        : []),
       `warm peak RSS                   ${formatBytes(Math.max(intoFresh.summary.peakRssBytes, intoTouched.summary.peakRssBytes))} (chunk size ${args['chunk-size']})`,
       `warm CPU, fresh targets         ${cpuLine(intoFresh)}`,
       `warm CPU, flushed targets       ${cpuLine(intoTouched)}`,
@@ -239,6 +253,67 @@ async function main(): Promise<void> {
     await Promise.allSettled(fleet.map((s) => s.stop()));
     await rm(workDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The S3+SQS transport on this one machine: fauxqs (S3 and SQS over HTTP) in this process, a
+ * dumper sidecar process per source node, and the controller process with its populator
+ * processes, into the flushed target nodes.
+ */
+async function awsWarm(
+  document: { replicas: { source: { nodes: { address: string }[] }; target: { nodes: { address: string }[] } } },
+  workDir: string,
+  fleet: readonly MemcachedProcess[],
+): Promise<WarmRun> {
+  for (const node of fleet.slice(3)) await flush(node);
+  log(`replica warm again into the flushed target nodes through S3+SQS (fauxqs, 3 sidecars, ${args.populators} populators)`);
+  const { buildApp } = await import('fauxqs');
+  const { S3Client, CreateBucketCommand } = await import('@aws-sdk/client-s3');
+  const app = buildApp({ logger: false });
+  const endpoint = await app.listen({ port: 0, host: '127.0.0.1' });
+  const env = { ...process.env, AWS_ACCESS_KEY_ID: 'bench', AWS_SECRET_ACCESS_KEY: 'bench', AWS_REGION: 'us-east-1' };
+  const s3 = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'bench', secretAccessKey: 'bench' } });
+  await s3.send(new CreateBucketCommand({ Bucket: 'bench' }));
+  s3.destroy();
+  const tokenFile = path.join(workDir, 'token');
+  await writeFile(tokenFile, 'bench-token\n', { mode: 0o600 });
+  const sidecars = document.replicas.source.nodes.map((node) =>
+    spawn(process.execPath, [bin, 'dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', endpoint], {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    }),
+  );
+  try {
+    const urls = await Promise.all(sidecars.map(listeningUrl));
+    const withSidecars = {
+      replicas: {
+        source: { nodes: document.replicas.source.nodes.map((n, i) => ({ ...n, sidecar: urls[i] })) },
+        target: document.replicas.target,
+      },
+    };
+    const topologyFile = path.join(workDir, 'bench-topology-aws.json');
+    await writeFile(topologyFile, JSON.stringify(withSidecars));
+    process.env['AWS_ACCESS_KEY_ID'] = 'bench';
+    process.env['AWS_SECRET_ACCESS_KEY'] = 'bench';
+    process.env['AWS_REGION'] = 'us-east-1';
+    return await warmOnce(topologyFile, workDir, fleet, [
+      '--transport', 'aws', '--bucket', 'bench', '--endpoint', endpoint, '--sidecar-token-file', tokenFile, '--populators', String(args.populators),
+    ]);
+  } finally {
+    for (const sidecar of sidecars) sidecar.kill('SIGTERM');
+    await Promise.all(sidecars.map((s) => (s.exitCode === null ? once(s, 'exit') : undefined)));
+    await app.close();
+  }
+}
+
+/** The URL a sidecar logs once it listens (`{"event":"listening","url":…}`). */
+function listeningUrl(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (line) => {
+      if (line.includes('"listening"')) resolve(String((JSON.parse(line) as { url: string }).url));
+    });
+    child.once('exit', (code) => reject(new Error(`a sidecar exited (${code}) before listening`)));
+  });
 }
 
 await main();

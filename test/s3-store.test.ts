@@ -47,6 +47,23 @@ describe('the S3 chunk store (against fauxqs, through the real S3 client)', () =
     await store.delete('job/never-was.chunk');
   });
 
+  test('a chunk above the multipart threshold goes up in parts and comes back byte for byte', async () => {
+    const store = new S3Store({ client: aws.s3, bucket, prefix: 'multipart', multipartThresholdBytes: 6 << 20, multipartPartBytes: 5 << 20 });
+    const big = randomBytes(12 << 20); // three parts: 5 + 5 + 2 MiB
+    await store.put('job/a/data-000000.chunk', big);
+    const head = await aws.s3.send(new HeadObjectCommand({ Bucket: bucket, Key: 'multipart/job/a/data-000000.chunk' }));
+    assert.match(head.ETag ?? '', /-3"?$/, `a multipart object's ETag counts its parts: ${head.ETag}`);
+    assert.ok((await store.get('job/a/data-000000.chunk')).equals(big));
+  });
+
+  test('an aborted multipart put rejects with the abort reason', async () => {
+    const store = new S3Store({ client: aws.s3, bucket, prefix: 'multipart', multipartThresholdBytes: 6 << 20, multipartPartBytes: 5 << 20 });
+    const stop = new AbortController();
+    stop.abort(new Error('stopped by the test'));
+    await assert.rejects(store.put('job/a/aborted.chunk', randomBytes(12 << 20), stop.signal), /stopped by the test/);
+    assert.ok(!(await store.list('job/a')).includes('job/a/aborted.chunk'), 'no object was made');
+  });
+
   test('a put overwrites: a redone chunk replaces the old one', async () => {
     const store = new S3Store({ client: aws.s3, bucket, prefix: 'overwrite' });
     await store.put('c', Buffer.from('first version, longer'));
