@@ -1,5 +1,5 @@
-import { S3Client } from '@aws-sdk/client-s3';
-import { SQSClient } from '@aws-sdk/client-sqs';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { SQSClient } from '@aws-sdk/client-sqs';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { fileURLToPath } from 'node:url';
 import type { DistributedWarmOptions } from '../controller/warm-distributed.js';
@@ -22,9 +22,11 @@ export function addAwsConnectionOptions(command: Command): Command {
 
 /**
  * The SDK clients, built once at the entry and passed down. Credentials come from the
- * standard chain (environment, profile, instance or task role).
+ * standard chain (environment, profile, instance or task role). The SDK is loaded here, not
+ * at start-up: it costs a few hundred milliseconds that the embedded transport never needs.
  */
-export function awsClientsFrom(opts: AwsConnectionOptions): { s3: S3Client; sqs: SQSClient } {
+export async function awsClientsFrom(opts: AwsConnectionOptions): Promise<{ s3: S3Client; sqs: SQSClient }> {
+  const [{ S3Client }, { SQSClient }] = await Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/client-sqs')]);
   const common = { ...(opts.region && { region: opts.region }), ...(opts.endpoint && { endpoint: opts.endpoint }) };
   // A compatible service at an explicit endpoint seldom has per-bucket DNS names.
   return { s3: new S3Client({ ...common, ...(opts.endpoint && { forcePathStyle: true }) }), sqs: new SQSClient(common) };
@@ -84,7 +86,7 @@ export async function distributedSettings(
   if (opts.kmsKeyId && opts.sse !== 'aws:kms') throw new CachewarmError('INVALID_ARGUMENT', '--kms-key-id needs --sse aws:kms');
   const sse: S3Encryption | undefined =
     opts.sse === 'aws:kms' ? { type: 'aws:kms', kmsKeyId: opts.kmsKeyId } : opts.sse === 'AES256' ? { type: 'AES256' } : undefined;
-  const { s3, sqs } = awsClientsFrom(opts);
+  const { s3, sqs } = await awsClientsFrom(opts);
   return {
     s3,
     sqs,

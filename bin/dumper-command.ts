@@ -1,7 +1,6 @@
 import { type Command, Option } from 'commander';
 import { RestartNotifier } from '../dumper/restart-notifier.js';
 import { watchForRestarts } from '../dumper/restart-watcher.js';
-import { createSidecar, sidecarMemoryCeilingBytes } from '../dumper/sidecar-server.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { parseAddress } from '../shared/topology.js';
@@ -48,7 +47,8 @@ function stopSignal(): Promise<NodeJS.Signals> {
 async function serve(opts: ServeOptions): Promise<void> {
   const token = await readTokenFile(opts.tokenFile);
   const watch = await restartWatchSettings(opts);
-  const { s3, sqs } = awsClientsFrom(opts);
+  const { s3, sqs } = await awsClientsFrom(opts);
+  const { createSidecar, sidecarMemoryCeilingBytes } = await import('../dumper/sidecar-server.js');
   const stopped = stopSignal();
   const sidecar = createSidecar({
     memcached: { ...opts.memcached, label: `${opts.memcached.host}:${opts.memcached.port}` },

@@ -1,6 +1,6 @@
 import os from 'node:os';
 import { type Command, Option } from 'commander';
-import { type WorkerLogEntry, type WorkerResult, runPopulatorWorker } from '../populator/worker.js';
+import type { WorkerLogEntry, WorkerResult } from '../populator/worker.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { parsePositiveInt } from '../shared/units.js';
@@ -44,7 +44,8 @@ export function registerPopulatorCommand(program: Command): void {
 
 async function populate(opts: PopulatorCommandOptions): Promise<number> {
   const workerId = opts.workerId ?? `${os.hostname()}-${process.pid}`;
-  const { s3, sqs } = awsClientsFrom(opts);
+  const { s3, sqs } = await awsClientsFrom(opts);
+  const { runPopulatorWorker } = await import('../populator/worker.js');
   const log = (entry: WorkerLogEntry): void => {
     process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), worker: workerId, ...entry })}\n`);
   };
