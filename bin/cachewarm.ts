@@ -5,15 +5,17 @@ import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
 import { summaryText } from '../controller/report.js';
-import { warmDistributed } from '../controller/warm-distributed.js';
-import { warmReplica } from '../controller/warm-replica.js';
+import { DEFAULT_ALREADY_WARM_RATIO, parseAlreadyWarmRatio } from '../controller/already-warm.js';
+import { warmInstance } from '../controller/warm-instance.js';
+import { type WarmReplicaOptions, type WarmSummary, warmReplica } from '../controller/warm-replica.js';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import { type Topology, loadTopology } from '../shared/topology.js';
-import { EXIT, byteSize, exitOnError, interruptSignal, positiveInt, progressPrinter } from './cli-support.js';
+import { type NodeSpec, type Topology, findNode, loadTopology } from '../shared/topology.js';
+import { EXIT, asArgument, byteSize, exitOnError, interruptSignal, positiveInt, progressPrinter } from './cli-support.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
+import { registerControllerCommand } from './controller-command.js';
 import { registerDumperCommand } from './dumper-command.js';
 import { registerPopulatorCommand } from './populator-command.js';
 
@@ -25,7 +27,7 @@ const defaultWorkDir = path.join(os.tmpdir(), 'cachewarm');
  * file so it stays out of the process list.
  */
 async function targetWriter(
-  opts: { writer: 'meta' | 'memjs'; saslUser?: string; saslPasswordFile?: string; target: string },
+  opts: { writer: 'meta' | 'memjs'; saslUser?: string; saslPasswordFile?: string },
   topology: Topology,
 ): Promise<NodeWriter | undefined> {
   const sasl = opts.saslUser !== undefined || opts.saslPasswordFile !== undefined;
@@ -45,7 +47,8 @@ async function targetWriter(
     }
     if (password === '') throw new CachewarmError('INVALID_ARGUMENT', `--sasl-password-file ${opts.saslPasswordFile} is empty`);
   }
-  const labels = new Map((topology.replicas.get(opts.target)?.nodes ?? []).map((n) => [n.address, n.id]));
+  // A node's address belongs to one replica, so every node's id can label it, whatever is warmed.
+  const labels = new Map([...topology.replicas.values()].flatMap((r) => r.nodes.map((n) => [n.address, n.id] as const)));
   return new MemjsNodeWriter({
     clock: systemClock,
     username: opts.saslUser,
@@ -61,88 +64,139 @@ const program = new Command()
 
 const warm = program.command('warm').description('start a warm');
 
-addTransportOptions(warm
-  .command('replica')
-  .description('fill a replica with every live item of another replica')
-  .requiredOption('--topology <file>', 'topology file (JSON or YAML)')
-  .requiredOption('--target <replica>', 'the replica to fill')
-  .option('--source <replica>', "the replica to copy from, or 'auto' for the fullest reachable one", 'auto')
-  .option('--work-dir <dir>', 'where chunks and the job record are kept', defaultWorkDir)
-  .option('--job-id <id>', 'name the job (default: generated)')
-  // 4 MiB measured faster than 16 MiB on the embedded default (the chunks being written
-  // stay in cache) and keeps the warm's memory near 300 MiB.
-  .addOption(new Option('--chunk-size <size>', 'data chunk size, e.g. 16MiB').argParser(byteSize).default(4 << 20, '4MiB'))
-  .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
-  .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node').argParser(positiveInt).default(2))
-  .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
-  .option('--keep-chunks', 'keep chunks in the work directory after they are written')
-  .option('--json', 'print the summary as one JSON object')
-  .addOption(
-    new Option('--writer <kind>', 'how items are written to the target: meta commands, or memjs (binary protocol, SASL)')
-      .choices(['meta', 'memjs'])
-      .default('meta'),
-  )
-  .option('--sasl-user <name>', 'SASL user for the target nodes (needs --writer memjs)')
-  .option('--sasl-password-file <file>', "file holding that user's password (a trailing newline is ignored)"))
-  .action(async (opts: TransportOptions & {
-    topology: string;
-    target: string;
-    source: string;
-    workDir: string;
-    jobId?: string;
-    chunkSize: number;
-    maxOps?: number;
-    fetchConcurrency: number;
-    populateConcurrency: number;
-    keepChunks?: boolean;
-    json?: boolean;
-    writer: 'meta' | 'memjs';
-    saslUser?: string;
-    saslPasswordFile?: string;
-  }) => {
-    const topology = await loadTopology(opts.topology);
-    const printer = progressPrinter();
-    const signal = interruptSignal();
-    if (opts.transport === 'aws') {
-      if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
-      const summary = await warmDistributed({
-        topology,
-        target: opts.target,
-        source: opts.source,
-        jobId: opts.jobId,
-        chunkSizeBytes: opts.chunkSize,
-        maxOpsPerNode: opts.maxOps,
-        keepChunks: opts.keepChunks === true,
-        clock: systemClock,
-        signal,
-        onProgress: opts.json ? undefined : printer.onProgress,
-        log: (line) => process.stderr.write(`${line}\n`),
-        ...(await distributedSettings(opts)),
-      }).finally(printer.done);
-      process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);
-      process.exitCode = summary.complete ? EXIT.ok : EXIT.incomplete;
-      return;
-    }
-    const writer = await targetWriter(opts, topology);
-    const summary = await warmReplica({
-      topology,
-      target: opts.target,
-      source: opts.source,
-      workDir: opts.workDir,
-      jobId: opts.jobId,
-      chunkSizeBytes: opts.chunkSize,
-      maxOpsPerNode: opts.maxOps,
-      fetchConcurrency: opts.fetchConcurrency,
-      populateConcurrency: opts.populateConcurrency,
-      keepChunks: opts.keepChunks === true,
-      clock: systemClock,
-      writer,
-      signal,
-      onProgress: opts.json ? undefined : printer.onProgress,
-    }).finally(printer.done);
-    process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);
-    process.exitCode = summary.complete ? EXIT.ok : EXIT.incomplete;
+/** The options every `warm` command takes, after its own (what it warms). */
+interface WarmCommandOptions extends TransportOptions {
+  topology: string;
+  source: string;
+  workDir: string;
+  jobId?: string;
+  chunkSize: number;
+  maxOps?: number;
+  fetchConcurrency: number;
+  populateConcurrency: number;
+  keepChunks?: boolean;
+  json?: boolean;
+  writer: 'meta' | 'memjs';
+  saslUser?: string;
+  saslPasswordFile?: string;
+  force?: boolean;
+  alreadyWarmRatio: number;
+}
+
+function addWarmOptions(command: Command): Command {
+  return addTransportOptions(
+    command
+      .requiredOption('--topology <file>', 'topology file (JSON or YAML)')
+      .option('--source <replica>', "the replica to copy from, or 'auto' for the fullest reachable other replica", 'auto')
+      .option('--work-dir <dir>', 'where chunks and the job record are kept', defaultWorkDir)
+      .option('--job-id <id>', 'name the job (default: generated); the same id and work dir resume it')
+      // 4 MiB measured faster than 16 MiB on the embedded default (the chunks being written
+      // stay in cache) and keeps the warm's memory near 300 MiB.
+      .addOption(new Option('--chunk-size <size>', 'data chunk size, e.g. 16MiB').argParser(byteSize).default(4 << 20, '4MiB'))
+      .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
+      .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node').argParser(positiveInt).default(2))
+      .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
+      .option('--keep-chunks', 'keep chunks in the work directory after they are written')
+      .option('--json', 'print the summary as one JSON object')
+      .option('--force', 'copy even when the target already looks warm (embedded transport)')
+      .addOption(
+        new Option('--already-warm-ratio <r>', 'the target counts as warm, and nothing is copied, from this fraction of the expected items (embedded transport)')
+          .argParser(asArgument(parseAlreadyWarmRatio))
+          .default(DEFAULT_ALREADY_WARM_RATIO),
+      )
+      .addOption(
+        new Option('--writer <kind>', 'how items are written to the target: meta commands, or memjs (binary protocol, SASL)')
+          .choices(['meta', 'memjs'])
+          .default('meta'),
+      )
+      .option('--sasl-user <name>', 'SASL user for the target nodes (needs --writer memjs)')
+      .option('--sasl-password-file <file>', "file holding that user's password (a trailing newline is ignored)"),
+  );
+}
+
+/** What a `warm` command fills: a replica, or one node of it. */
+interface WarmTarget {
+  readonly replica: string;
+  readonly node?: NodeSpec;
+}
+
+/**
+ * Runs a warm on the transport asked for, prints the summary to stdout and sets the exit code:
+ * 0 when the warm completed, or had nothing to do (already warm, job already complete).
+ */
+async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Topology) => WarmTarget): Promise<void> {
+  const topology = await loadTopology(opts.topology);
+  const target = targetIn(topology);
+  const printer = progressPrinter();
+  const common: CommonWarmOptions = {
+    topology,
+    source: opts.source,
+    jobId: opts.jobId,
+    chunkSizeBytes: opts.chunkSize,
+    maxOpsPerNode: opts.maxOps,
+    keepChunks: opts.keepChunks === true,
+    clock: systemClock,
+    signal: interruptSignal(),
+    onProgress: opts.json ? undefined : printer.onProgress,
+  };
+  const summary = await (opts.transport === 'aws' ? warmOverAws(opts, target, common) : warmEmbedded(opts, target, common)).finally(
+    printer.done,
+  );
+  process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);
+  process.exitCode = summary.complete ? EXIT.ok : EXIT.incomplete;
+}
+
+/** What both transports take alike. */
+type CommonWarmOptions = Pick<
+  WarmReplicaOptions,
+  'topology' | 'source' | 'jobId' | 'chunkSizeBytes' | 'maxOpsPerNode' | 'keepChunks' | 'clock' | 'signal' | 'onProgress'
+>;
+
+async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
+  const embedded = {
+    ...common,
+    workDir: opts.workDir,
+    fetchConcurrency: opts.fetchConcurrency,
+    populateConcurrency: opts.populateConcurrency,
+    writer: await targetWriter(opts, common.topology),
+    force: opts.force === true,
+    alreadyWarmRatio: opts.alreadyWarmRatio,
+  };
+  return target.node ? warmInstance({ ...embedded, node: target.node.id }) : warmReplica({ ...embedded, target: target.replica });
+}
+
+async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
+  if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
+  // Loaded here: the AWS SDK costs a few hundred milliseconds the embedded transport never needs.
+  const { warmDistributed } = await import('../controller/warm-distributed.js');
+  return warmDistributed({
+    ...common,
+    target: target.replica,
+    onlyNode: target.node,
+    log: (line) => process.stderr.write(`${line}\n`),
+    ...(await distributedSettings(opts)),
   });
+}
+
+addWarmOptions(
+  warm
+    .command('replica')
+    .description('fill a replica with every live item of another replica')
+    .requiredOption('--target <replica>', 'the replica to fill'),
+).action((opts: WarmCommandOptions & { target: string }) => runWarmCommand(opts, () => ({ replica: opts.target })));
+
+addWarmOptions(
+  warm
+    .command('instance')
+    .description("fill a restarted node with its share of another replica's items, writing to that node only")
+    .requiredOption('--node <replica/host:port>', 'the node to fill, e.g. zone-b/10.0.1.7:11211'),
+).action((opts: WarmCommandOptions & { node: string }) =>
+  runWarmCommand(opts, (topology) => {
+    // Resolved here as well as in warmInstance: the S3+SQS transport takes the node itself.
+    const node = findNode(topology, opts.node);
+    return { replica: node.replica, node };
+  }),
+);
 
 program
   .command('demo')
@@ -180,5 +234,7 @@ program
 registerPopulatorCommand(program);
 
 registerDumperCommand(program);
+
+registerControllerCommand(program);
 
 program.parseAsync(process.argv).catch(exitOnError);

@@ -89,3 +89,21 @@ export async function readTokenFile(file: string, option = '--token-file'): Prom
   return token;
 }
 
+
+/** One JSON object per line on stderr, each stamped with the time: the services' log format. */
+export function logLine(event: Record<string, unknown>): void {
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
+}
+
+/** Resolves with the signal's name on the first SIGTERM or SIGINT: how a service is told to stop. */
+export function stopSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const on = (name: NodeJS.Signals): void => {
+      process.off('SIGTERM', on);
+      process.off('SIGINT', on);
+      resolve(name);
+    };
+    process.on('SIGTERM', on);
+    process.on('SIGINT', on);
+  });
+}

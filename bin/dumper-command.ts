@@ -3,9 +3,10 @@ import { RestartNotifier } from '../dumper/restart-notifier.js';
 import { watchForRestarts } from '../dumper/restart-watcher.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
+import { parseListenAddress } from '../shared/http-api.js';
 import { parseAddress } from '../shared/topology.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { EXIT, asArgument, byteSize, positiveInt, readTokenFile } from './cli-support.js';
+import { EXIT, asArgument, byteSize, logLine, positiveInt, readTokenFile, stopSignal } from './cli-support.js';
 
 interface ServeOptions {
   memcached: { host: string; port: number };
@@ -20,29 +21,7 @@ interface ServeOptions {
   controllerTokenFile?: string;
 }
 
-/** `host:port`; port 0 asks for a free port (the `listening` log line names it). */
-function listenAddress(text: string): { host: string; port: number } {
-  if (text.endsWith(':0')) return { host: parseAddress(`${text.slice(0, -2)}:1`).host, port: 0 };
-  return parseAddress(text);
-}
 
-/** One JSON object per line on stderr, each stamped with the time. */
-function logLine(event: Record<string, unknown>): void {
-  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
-}
-
-/** Resolves with the signal's name on the first SIGTERM or SIGINT. */
-function stopSignal(): Promise<NodeJS.Signals> {
-  return new Promise((resolve) => {
-    const on = (name: NodeJS.Signals): void => {
-      process.off('SIGTERM', on);
-      process.off('SIGINT', on);
-      resolve(name);
-    };
-    process.on('SIGTERM', on);
-    process.on('SIGINT', on);
-  });
-}
 
 async function serve(opts: ServeOptions): Promise<void> {
   const token = await readTokenFile(opts.tokenFile);
@@ -101,7 +80,7 @@ export function registerDumperCommand(program: Command): void {
     )
     .addOption(
       new Option('--listen <host:port>', 'where the HTTP API listens (port 0: any free port)')
-        .argParser(asArgument(listenAddress))
+        .argParser(asArgument(parseListenAddress))
         .default(parseAddress('0.0.0.0:11299'), '0.0.0.0:11299'),
     )
     .requiredOption('--token-file <file>', 'file holding the bearer token clients must send (a trailing newline is ignored)')

@@ -28,12 +28,15 @@ function table(header: string[], rows: (string | number)[][]): string {
 
 /** The end-of-warm summary a person reads: per node, what happened to every item. */
 export function summaryText(s: WarmSummary): string {
+  if (s.skipped === 'already-warm') return alreadyWarmText(s);
   const seconds = Math.max(s.durationMs / 1000, 0.001);
   const stored = s.targetNodes.reduce((sum, n) => sum + n.stored, 0);
   const bytes = s.targetNodes.reduce((sum, n) => sum + n.bytesWritten, 0);
   const lines = [
-    `job ${s.jobId}: ${s.source} -> ${s.target} ${s.complete ? 'completed' : 'INCOMPLETE'} in ${formatDuration(s.durationMs)}` +
-      ` (${formatRate(stored / seconds)} items, ${formatBytes(bytes / seconds)}/s written, peak RSS ${formatBytes(s.peakRssBytes)})`,
+    ...(s.skipped === 'already-complete' ? [`job ${s.jobId} was already complete: nothing redone. Its summary:`, ''] : []),
+    `job ${s.jobId}: ${s.source} -> ${s.node ?? s.target} ${s.complete ? 'completed' : 'INCOMPLETE'} in ${formatDuration(s.durationMs)}` +
+      ` (${formatRate(stored / seconds)} items, ${formatBytes(bytes / seconds)}/s written, peak RSS ${formatBytes(s.peakRssBytes)})` +
+      (s.resumed ? ', resumed from an earlier run' : ''),
     '',
     'source nodes',
     table(
@@ -49,4 +52,10 @@ export function summaryText(s: WarmSummary): string {
   ];
   for (const p of s.parked) lines.push(`parked chunk ${p.chunk}: ${p.reason}`);
   return lines.join('\n');
+}
+
+/** A warm that found nothing to do: what was compared, and how to copy anyway. */
+function alreadyWarmText(s: WarmSummary): string {
+  const why = s.warmth?.reason ?? `${s.node ?? s.target} already holds what ${s.source} would copy`;
+  return `${s.node ?? s.target} is already warm, nothing copied: ${why}. (--force copies anyway.)`;
 }

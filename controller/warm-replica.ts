@@ -7,15 +7,18 @@ import { BufferPool } from '../shared/buffer-pool.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
-import { abortReason, isCachewarmError } from '../shared/errors.js';
+import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
 import { peakRssBytes } from '../shared/peak-memory.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
+import { nodeDirectory } from '../shared/job-layout.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
-import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
-import { JobJournal } from './job-journal.js';
-import { endpointOf } from './node-stats.js';
-import { selectSource } from './select-source.js';
+import { type NodeSpec, type ReplicaSpec, type Topology, findNode, replicaOf } from '../shared/topology.js';
+import { ringFilter } from '../dumper/ring-filter.js';
+import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio, instanceWarmth, replicaWarmth } from './already-warm.js';
+import { JobJournal, type JobRecord } from './job-journal.js';
+import { endpointOf, nodeStats } from './node-stats.js';
+import { type ReplicaStats, selectSource } from './select-source.js';
 
 export interface WarmReplicaOptions {
   readonly topology: Topology;
@@ -44,6 +47,18 @@ export interface WarmReplicaOptions {
   readonly signal?: AbortSignal | undefined;
   readonly onProgress?: (progress: WarmProgress) => void;
   readonly progressIntervalMs?: number;
+  /**
+   * Warm one node of the target replica only (an instance warm): its id, `replica/address`.
+   * Only the source keys that hash to it on the target's ring are dumped, only it is written.
+   */
+  readonly only?: { readonly node: string } | undefined;
+  /** Copy even when the target already looks warm (see alreadyWarmRatio). */
+  readonly force?: boolean | undefined;
+  /**
+   * The target counts as already warm, and nothing is copied, when it holds at least this
+   * fraction of the items expected (default 0.95).
+   */
+  readonly alreadyWarmRatio?: number | undefined;
 }
 
 export interface WarmProgress {
@@ -71,7 +86,22 @@ export interface WarmSummary {
   readonly cpuMs: number;
   /** Page faults this process took: on a VM, the hidden cost of touching fresh memory. */
   readonly minorPageFaults: number;
+  // Optional: the S3+SQS transport builds summaries too, and leaves out what it does not do.
+  readonly kind?: JobKind | undefined;
+  /** An instance warm's node (`replica/address`); `target` is its replica. */
+  readonly node?: string | undefined;
+  /** This run went on with a job an earlier run had started (same job id and work dir). */
+  readonly resumed?: boolean | undefined;
+  /**
+   * Why nothing was copied: the target already held what the warm would copy, or the job
+   * had completed in an earlier run (its summary is the one returned).
+   */
+  readonly skipped?: 'already-warm' | 'already-complete' | undefined;
+  /** The already-warm check, when it was made (not with force, nor on a resumed job). */
+  readonly warmth?: WarmthCheck | undefined;
 }
+
+export type JobKind = JobRecord['kind'];
 
 export function targetRingOf(topology: Topology, replica: string, writeOnly?: readonly string[]): TargetRing {
   return {
@@ -87,45 +117,143 @@ export function newJobId(kind: string, target: string, now: number): string {
   return `${kind}-${target}-${stamp}-${randomBytes(3).toString('hex')}`;
 }
 
+/** What a warm copies and writes: a whole replica, or one node of it (an instance warm). */
+interface WarmScope {
+  readonly kind: JobKind;
+  readonly replica: ReplicaSpec;
+  /** An instance warm's node. */
+  readonly node: NodeSpec | undefined;
+  /** The target nodes written, probed, judged and reported. */
+  readonly nodes: readonly NodeSpec[];
+  /** Travels in every message; an instance warm's allows writes to its node only. */
+  readonly ring: TargetRing;
+  /** An instance warm's dumpers keep only the keys its node owns on the target ring. */
+  readonly keyFilter: ((key: Buffer) => boolean) | undefined;
+  /** The job record's target: the replica's name, or the node's id. */
+  readonly label: string;
+}
+
+function scopeOf(topology: Topology, target: string, only: WarmReplicaOptions['only']): WarmScope {
+  const replica = replicaOf(topology, target, '--target');
+  if (!only) {
+    const ring = targetRingOf(topology, target);
+    return { kind: 'replica', replica, node: undefined, nodes: replica.nodes, ring, keyFilter: undefined, label: target };
+  }
+  const node = findNode(topology, only.node);
+  // The source is chosen among the replicas other than the target: the node's own replica
+  // must be the target, or the node could be "warmed" from the very replica it missed writes in.
+  if (node.replica !== target) {
+    throw new CachewarmError('INVALID_ARGUMENT', `node ${node.id} is in replica ${node.replica}, not in the target ${target}`, {
+      node: node.id,
+      target,
+    });
+  }
+  const ring = targetRingOf(topology, target, [node.address]);
+  return { kind: 'instance', replica, node, nodes: [node], ring, keyFilter: ringFilter(ring.nodes, [node.address]), label: node.id };
+}
+
 /**
  * A replica warm on one machine (the embedded default): chunks in a local directory, handed
  * over through a bounded in-process queue. Every source node's dumper and the populators run
- * at once; populators start on the first chunk, not after the dump.
+ * at once; populators start on the first chunk, not after the dump. With `only`, an instance
+ * warm: one node of the target, filled with its share of the source.
+ *
+ * Safe to run again: with the same job id and work directory a run resumes the job (each
+ * source node's dump goes on from what the work directory holds, and a finished node is not
+ * dumped again); a job that completed is reported as such, not redone. A new job whose
+ * target already holds what it would copy copies nothing (unless `force`).
  */
 export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSummary> {
-  const { topology, target, clock, connect = connectDirect } = options;
+  const { topology, clock, connect = connectDirect, signal } = options;
   const started = clock.now();
-  const targetReplica = replicaOf(topology, target, '--target');
-  const { source } = await selectSource(topology, target, { connect, requested: options.source, signal: options.signal });
-  const labels = new Map(targetReplica.nodes.map((n) => [n.address, n.id]));
-  const pool = new BufferPool();
-  const writer: NodeWriter =
-    options.writer ?? new MetaNodeWriter({ connect, clock, pool, labelOf: (address) => labels.get(address) ?? address });
-  try {
-    // Fail fast, naming the node, when a target node does not answer before any work starts.
-    await Promise.all(targetReplica.nodes.map((node) => writer.probe(node.address, options.signal)));
-  } catch (error) {
-    await writer.close();
-    throw error;
-  }
+  const scope = scopeOf(topology, options.target, options.only);
+  checkRequestedSource(scope, options.source);
+  checkAlreadyWarmRatio(options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO);
+  const jobId = options.jobId ?? newJobId(scope.kind, nodeDirectory(scope.label), started);
+  const earlier = options.jobId === undefined ? undefined : await JobJournal.read(options.workDir, jobId);
+  if (earlier) checkSameJob(earlier, scope, options.source);
+  if (earlier?.status === 'completed') return alreadyComplete(earlier);
 
-  const jobId = options.jobId ?? newJobId('replica', target, started);
+  // A resumed job keeps its source: its dumps so far are of that replica's nodes.
+  const requested = earlier?.source ?? options.source;
+  const { source } = await selectSource(topology, scope.replica.name, { connect, requested, signal });
+  // A resumed job was judged when it started; judged now, its partial copy could pass for warm.
+  const warmth = earlier || options.force ? undefined : await checkWarmth(topology, scope, source, options);
+  if (warmth?.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
+  return runWarm(options, { scope, source, jobId, started, resumed: earlier !== undefined, warmth });
+}
+
+function checkRequestedSource(scope: WarmScope, requested: string | undefined): void {
+  if (scope.node && requested === scope.replica.name) {
+    throw new CachewarmError(
+      'INVALID_ARGUMENT',
+      `--source ${requested} is the node's own replica: it missed the writes made while ${scope.node.id} was down`,
+      { source: requested, node: scope.node.id },
+    );
+  }
+}
+
+/** A job id reused for another warm would mix two jobs' chunks: refused, naming the job's own. */
+function checkSameJob(earlier: JobRecord, scope: WarmScope, requested: string | undefined): void {
+  if (earlier.kind !== scope.kind || earlier.target !== scope.label) {
+    throw new CachewarmError(
+      'INVALID_ARGUMENT',
+      `job ${earlier.id} is the ${earlier.kind} warm of ${earlier.target}, not the ${scope.kind} warm of ${scope.label}: choose another --job-id`,
+      { job: earlier.id, target: earlier.target },
+    );
+  }
+  if (requested !== undefined && requested !== 'auto' && requested !== earlier.source) {
+    throw new CachewarmError(
+      'INVALID_ARGUMENT',
+      `job ${earlier.id} copies from ${earlier.source}: resume it with --source ${earlier.source} (or auto), or choose another --job-id`,
+      { job: earlier.id, source: earlier.source },
+    );
+  }
+}
+
+function checkWarmth(topology: Topology, scope: WarmScope, source: ReplicaStats, options: WarmReplicaOptions): Promise<WarmthCheck> {
+  const { writer, signal } = options;
+  const connect = options.connect ?? connectDirect;
+  const check = {
+    itemsAt: (node: NodeSpec): Promise<number> =>
+      writer ? writer.probe(node.address, signal) : nodeStats(node, connect, signal).then((s) => s.items),
+    threshold: options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO,
+    signal: options.signal,
+  };
+  return scope.node ? instanceWarmth(topology, scope.node, scope.replica, check) : replicaWarmth(scope.replica, source.items, check);
+}
+
+interface JobPlan {
+  readonly scope: WarmScope;
+  readonly source: ReplicaStats;
+  readonly jobId: string;
+  readonly started: number;
+  readonly resumed: boolean;
+  readonly warmth: WarmthCheck | undefined;
+}
+
+async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<WarmSummary> {
+  const { clock, connect = connectDirect } = options;
+  const { scope, source, jobId, started } = plan;
+  const pool = new BufferPool();
+  const writer = await openWriter(options, scope, pool);
   const journal = await JobJournal.open(options.workDir, {
     id: jobId,
-    kind: 'replica',
+    kind: scope.kind,
     source: source.replica.name,
-    target,
+    target: scope.label,
   });
   const store = new LocalDirStore(options.workDir);
   const queue = new MemoryQueue({ capacity: options.queueCapacity ?? 8 });
-  const ring = targetRingOf(topology, target);
   const tally = new WriteTally();
   const dumpCounters = new Map(source.replica.nodes.map((n) => [n.id, newDumpCounters()]));
 
   // One failure stops the whole job: a warm with a hole in it must not look complete.
   const stop = new AbortController();
   const onOuterAbort = (): void => stop.abort(abortReason(options.signal as AbortSignal));
-  options.signal?.addEventListener('abort', onOuterAbort, { once: true });
+  // The signal may have fired while the source was chosen and the targets probed.
+  if (options.signal?.aborted) onOuterAbort();
+  else options.signal?.addEventListener('abort', onOuterAbort, { once: true });
   // The job's error is its first failure (or the interrupt): what fails after it, because it
   // was aborted, is only a consequence.
   const fail = (error: unknown): never => {
@@ -136,6 +264,8 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   const dumped = (): DumpCounters => [...dumpCounters.values()].reduce(addInto, newDumpCounters());
   const progress = (): WarmProgress => ({
     elapsedMs: clock.now() - started,
+    // The source's whole count even for an instance warm: the keys left out by its filter
+    // are counted too (`filtered`), and the ETA subtracts them.
     expectedItems: source.items,
     dumped: dumped(),
     written: tally.total(),
@@ -172,12 +302,13 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
           jobId,
           store,
           queue,
-          target: ring,
+          target: scope.ring,
           clock,
           connect,
           chunkSizeBytes: options.chunkSizeBytes,
           fetchConcurrency: options.fetchConcurrency ?? 2,
           rateLimiter: options.maxOpsPerNode ? new TokenBucket({ ratePerSecond: options.maxOpsPerNode, clock }) : unlimited,
+          keyFilter: scope.keyFilter,
           counters: dumpCounters.get(node.id) as DumpCounters,
           pool,
           onDataChunk: (message) => journal.chunk('produced', message.chunk.name),
@@ -192,17 +323,15 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
     if (stop.signal.aborted) throw abortReason(stop.signal);
 
     const summary: WarmSummary = {
-      jobId,
-      source: source.replica.name,
-      target,
+      ...identity(plan),
       durationMs: clock.now() - started,
       sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumpCounters.get(n.id) as DumpCounters) })),
-      targetNodes: targetReplica.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
+      targetNodes: scope.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
       parked: queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })),
       complete: queue.parked.length === 0 && tally.total().failed === 0 && dumped().unsupported === 0,
-      peakRssBytes: peakRssBytes(),
-      cpuMs: cpuMs(process.cpuUsage()),
-      minorPageFaults: process.resourceUsage().minorPageFault,
+      ...processUsage(),
+      resumed: plan.resumed,
+      warmth: plan.warmth,
     };
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
@@ -217,9 +346,84 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   }
 }
 
-const cpuMs = (usage: NodeJS.CpuUsage): number => (usage.user + usage.system) / 1000;
+/** The writer to the target nodes, each probed: fail fast, naming the node, before any work starts. */
+async function openWriter(options: WarmReplicaOptions, scope: WarmScope, pool: BufferPool): Promise<NodeWriter> {
+  const { clock, connect = connectDirect } = options;
+  const labels = new Map(scope.replica.nodes.map((n) => [n.address, n.id]));
+  const writer: NodeWriter =
+    options.writer ?? new MetaNodeWriter({ connect, clock, pool, labelOf: (address) => labels.get(address) ?? address });
+  try {
+    await Promise.all(scope.nodes.map((node) => writer.probe(node.address, options.signal)));
+  } catch (error) {
+    await writer.close();
+    throw error;
+  }
+  return writer;
+}
+
+/** The fields that say which warm a summary is of. */
+function identity(plan: Pick<JobPlan, 'scope' | 'source' | 'jobId'>): Pick<WarmSummary, 'jobId' | 'source' | 'target' | 'kind' | 'node'> {
+  return {
+    jobId: plan.jobId,
+    source: plan.source.replica.name,
+    target: plan.scope.replica.name,
+    kind: plan.scope.kind,
+    node: plan.scope.node?.id,
+  };
+}
+
+function alreadyWarm(plan: Pick<JobPlan, 'scope' | 'source' | 'jobId' | 'warmth'> & { durationMs: number }): WarmSummary {
+  return {
+    ...identity(plan),
+    durationMs: plan.durationMs,
+    sourceNodes: [],
+    targetNodes: plan.scope.nodes.map((n) => ({ node: n.id, ...newWriteCounters() })),
+    parked: [],
+    complete: true,
+    ...processUsage(),
+    skipped: 'already-warm',
+    warmth: plan.warmth,
+  };
+}
+
+/** A completed job run again: its recorded summary, marked as not redone. */
+function alreadyComplete(record: JobRecord): WarmSummary {
+  const recorded = isWarmSummary(record.summary)
+    ? record.summary
+    : {
+        // A record written without a summary still says the job completed.
+        jobId: record.id,
+        source: record.source,
+        target: record.target,
+        durationMs: 0,
+        sourceNodes: [],
+        targetNodes: [],
+        parked: [],
+        complete: true,
+        kind: record.kind,
+        ...processUsage(),
+      };
+  return { ...recorded, skipped: 'already-complete' };
+}
+
+function isWarmSummary(value: unknown): value is WarmSummary {
+  const s = value as Partial<Record<keyof WarmSummary, unknown>> | null | undefined;
+  return (
+    typeof s === 'object' &&
+    s !== null &&
+    typeof s.jobId === 'string' &&
+    typeof s.complete === 'boolean' &&
+    Array.isArray(s.sourceNodes) &&
+    Array.isArray(s.targetNodes) &&
+    Array.isArray(s.parked)
+  );
+}
+
+function processUsage(): Pick<WarmSummary, 'peakRssBytes' | 'cpuMs' | 'minorPageFaults'> {
+  const cpu = process.cpuUsage();
+  return { peakRssBytes: peakRssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, minorPageFaults: process.resourceUsage().minorPageFault };
+}
 
 function endpointAndId(node: NodeSpec): { id: string; host: string; port: number; label: string } {
   return { id: node.id, ...endpointOf(node) };
 }
-

@@ -116,7 +116,6 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   const ended = stored.includes(endMarkerName(jobId, node.id))
     ? await getJson<EndMarker>(store, endMarkerName(jobId, node.id), signal)
     : undefined;
-  if (ended) return Object.assign(counters, ended.counters);
   const crawlDone = stored.includes(crawlDoneName(jobId, node.id));
   const keyChunks = stored.filter((name) => KEY_CHUNK.test(name));
   // Names this run's data chunks apart from those of an interrupted run.
@@ -145,7 +144,8 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   }
 
   // An in-process queue lost its messages with the process that ran it: announce again what
-  // an earlier run stored. (SQS kept them.)
+  // an earlier run stored (SQS kept them), even for a node whose dump had finished: its last
+  // chunks may not have been written when that process stopped.
   if (!options.durableQueue) {
     for (const name of stored.filter((n) => DATA_CHUNK.test(n))) {
       const chunk = await store.get(name, { signal, into: pool });
@@ -153,6 +153,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
       pool.release(chunk);
     }
   }
+  if (ended) return Object.assign(counters, ended.counters);
 
   // Key chunks are read in parallel, each on a connection of its own. The crawl runs ahead
   // of the reads: its batches go to the store and are read back when a reader gets to them,

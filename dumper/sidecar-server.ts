@@ -1,12 +1,21 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
-import { once } from 'node:events';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type http from 'node:http';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { SQSClient } from '@aws-sdk/client-sqs';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
+import {
+  BearerAuth,
+  HttpError,
+  type Reply,
+  allow,
+  createJsonApiServer,
+  describeError,
+  idInPath,
+  listenHttp,
+  readJsonBody,
+  safeLog,
+} from '../shared/http-api.js';
 import { version } from '../shared/memcached/commands.js';
 import type { Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
 import { type Metric, PROMETHEUS_CONTENT_TYPE, renderMetrics } from '../shared/prometheus.js';
@@ -18,7 +27,6 @@ import { ringFilter } from './ring-filter.js';
 import {
   type DumpState,
   type DumpStatus,
-  type ErrorBody,
   type HealthStatus,
   MAX_REQUEST_BODY_BYTES,
   SIDECAR_PATHS,
@@ -89,110 +97,6 @@ export function sidecarMemoryCeilingBytes(options: Pick<SidecarOptions, 'fetchCo
   const chunkBytes = options.maxChunkSizeBytes ?? DEFAULT_MAX_CHUNK_SIZE_BYTES;
   const perReader = chunkBytes * 2 + PIPELINED_READ_BYTES + 2 * KEY_CHUNK_BYTES;
   return fetchConcurrency * perReader + SEEN_KEYS_BYTES + MAX_CONNECTIONS * MAX_REQUEST_BODY_BYTES;
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP plumbing
-
-/** A refusal with its HTTP status; everything a handler throws that is not one is a 500. */
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    readonly code: string,
-    message: string,
-    readonly headers: Readonly<Record<string, string>> = {},
-    readonly field?: string,
-  ) {
-    super(message);
-  }
-}
-
-interface Reply {
-  readonly status: number;
-  readonly body: unknown;
-  readonly contentType?: string;
-  readonly headers?: Readonly<Record<string, string>>;
-}
-
-function send(res: http.ServerResponse, reply: Reply): void {
-  const text = typeof reply.body === 'string' ? reply.body : `${JSON.stringify(reply.body)}\n`;
-  res.writeHead(reply.status, {
-    'content-type': reply.contentType ?? 'application/json; charset=utf-8',
-    'content-length': Buffer.byteLength(text),
-    'cache-control': 'no-store',
-    ...reply.headers,
-  });
-  res.end(text);
-}
-
-function errorReply(error: HttpError): Reply {
-  const body: ErrorBody = { error: { code: error.code, message: error.message, ...(error.field && { field: error.field }) } };
-  return { status: error.status, body, headers: error.headers };
-}
-
-/** The body as JSON, refusing more than MAX_REQUEST_BODY_BYTES without buffering it. */
-function readJsonBody(req: http.IncomingMessage): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const tooLarge = (): HttpError =>
-      new HttpError(413, 'PAYLOAD_TOO_LARGE', `the request body is larger than ${MAX_REQUEST_BODY_BYTES} bytes`);
-    const declared = Number(req.headers['content-length']);
-    if (declared > MAX_REQUEST_BODY_BYTES) {
-      // Discard what the client still sends, so the connection can answer and stay usable.
-      req.resume();
-      reject(tooLarge());
-      return;
-    }
-    const parts: Buffer[] = [];
-    let bytes = 0;
-    let refused = false;
-    req.on('data', (part: Buffer) => {
-      if (refused) return;
-      bytes += part.length;
-      if (bytes > MAX_REQUEST_BODY_BYTES) {
-        refused = true;
-        parts.length = 0;
-        reject(tooLarge());
-        return;
-      }
-      parts.push(part);
-    });
-    req.on('error', reject);
-    // A client gone mid-body: settle, so nothing waits on a body that will never end.
-    req.on('close', () => {
-      if (!req.complete) reject(new HttpError(400, 'ABORTED', 'the request body was cut short'));
-    });
-    req.on('end', () => {
-      if (refused) return;
-      const text = Buffer.concat(parts).toString('utf8');
-      try {
-        resolve(JSON.parse(text));
-      } catch (error) {
-        reject(new HttpError(400, 'INVALID_ARGUMENT', `the request body is not JSON: ${(error as Error).message}`, {}, '(body)'));
-      }
-    });
-  });
-}
-
-/** Compares hashes of both (equal lengths), so neither the token nor its length leaks through timing. */
-function tokenMatches(header: string | undefined, tokenDigest: Buffer): boolean {
-  const match = /^Bearer +(\S+) *$/i.exec(header ?? '');
-  if (!match) return false;
-  const given = createHash('sha256').update(match[1] as string).digest();
-  return timingSafeEqual(given, tokenDigest);
-}
-
-function unauthorized(header: string | undefined): HttpError {
-  const why = header ? 'the bearer token was refused' : 'an Authorization: Bearer <token> header is required';
-  return new HttpError(401, 'UNAUTHORIZED', why, { 'www-authenticate': 'Bearer realm="cachewarm-dumper"' });
-}
-
-function httpUrl(host: string, port: number): string {
-  return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
-}
-
-function describeError(error: unknown): { code: string; message: string } {
-  if (isCachewarmError(error)) return { code: error.code, message: error.message };
-  return { code: 'INTERNAL', message: error instanceof Error ? error.message : String(error) };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -450,50 +354,15 @@ async function memcachedAnswers(options: SidecarOptions, timeoutMs: number): Pro
   }
 }
 
-/** The path of a request target (`/v1/dumps/x?y` → `/v1/dumps/x`); 400 for one that is not a path. */
-function pathOf(target: string | undefined): string {
-  if (!target?.startsWith('/')) throw new HttpError(400, 'BAD_REQUEST', `the request target ${JSON.stringify(target)} is not a path`);
-  try {
-    return new URL(target, 'http://sidecar').pathname;
-  } catch {
-    throw new HttpError(400, 'BAD_REQUEST', `the request target ${JSON.stringify(target)} is not a path`);
-  }
-}
-
-/** `/v1/dumps/<id>` → the id; undefined for any other path. */
-function jobIdInPath(pathname: string): string | undefined {
-  const prefix = `${SIDECAR_PATHS.dumps}/`;
-  if (!pathname.startsWith(prefix)) return undefined;
-  const rest = pathname.slice(prefix.length);
-  if (rest === '' || rest.includes('/')) return undefined;
-  try {
-    return decodeURIComponent(rest);
-  } catch {
-    return undefined;
-  }
-}
-
-function allow(method: string | undefined, allowed: readonly string[]): void {
-  if (!allowed.includes(method ?? '')) {
-    throw new HttpError(405, 'METHOD_NOT_ALLOWED', `${method} is not allowed here; use ${allowed.join(' or ')}`, { allow: allowed.join(', ') });
-  }
-}
-
 /**
  * The dumper sidecar: a small authenticated HTTP API beside one memcached node that runs
  * that node's dump (dumpNode over an S3 store and an SQS queue) on a controller's request.
  * See dumper/sidecar-api.ts for the routes and sidecarMemoryCeilingBytes for its memory.
  */
 export function createSidecar(options: SidecarOptions): Sidecar {
-  const log = (event: Record<string, unknown>): void => {
-    try {
-      options.log?.(event);
-    } catch {
-      // A broken log sink must not break a request or a dump.
-    }
-  };
+  const log = safeLog(options.log);
   if (options.token === '') throw new CachewarmError('INVALID_ARGUMENT', 'the sidecar needs a non-empty token');
-  const tokenDigest = createHash('sha256').update(options.token).digest();
+  const auth = new BearerAuth(options.token, 'cachewarm-dumper');
   const registry = new DumpRegistry(options, log);
   const cancelWaitMs = options.cancelWaitMs ?? 10_000;
   let closing: Promise<void> | undefined;
@@ -511,7 +380,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
   }
 
   async function startDump(req: http.IncomingMessage): Promise<Reply> {
-    const body = await readJsonBody(req);
+    const body = await readJsonBody(req, MAX_REQUEST_BODY_BYTES);
     if (closing) throw new HttpError(503, 'SHUTTING_DOWN', 'the sidecar is shutting down');
     let request: StartDumpRequest;
     try {
@@ -530,7 +399,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
       allow(req.method, ['GET']);
       return health();
     }
-    if (!tokenMatches(req.headers.authorization, tokenDigest)) throw unauthorized(req.headers.authorization);
+    auth.require(req.headers.authorization);
     if (pathname === SIDECAR_PATHS.metrics) {
       allow(req.method, ['GET']);
       return { status: 200, body: metricsText(registry), contentType: PROMETHEUS_CONTENT_TYPE };
@@ -539,7 +408,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
       allow(req.method, ['POST']);
       return startDump(req);
     }
-    const jobId = jobIdInPath(pathname);
+    const jobId = idInPath(pathname, SIDECAR_PATHS.dumps);
     if (jobId === undefined) throw new HttpError(404, 'NOT_FOUND', `no such path: ${pathname}`);
     allow(req.method, ['GET', 'DELETE']);
     const run = found(jobId);
@@ -551,47 +420,13 @@ export function createSidecar(options: SidecarOptions): Sidecar {
     return { status: 200, body: run.status() };
   }
 
-  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const startedMs = Date.now();
-    let pathname = req.url ?? '/';
-    let reply: Reply;
-    try {
-      pathname = pathOf(req.url);
-      reply = await route(req, pathname);
-    } catch (error) {
-      if (error instanceof HttpError) {
-        reply = errorReply(error);
-      } else {
-        log({ event: 'request-error', method: req.method, path: pathname, error: describeError(error) });
-        reply = errorReply(new HttpError(500, 'INTERNAL', `internal error: ${describeError(error).message}`));
-      }
-    }
-    // Drain an unread body (a refused or body-less request) so a keep-alive connection stays usable.
-    if (!req.readableEnded) req.resume();
-    send(res, reply);
-    // Probes, scrapes and status polls come every few seconds: logging them would drown the
-    // rest. Starts, cancels and refusals are logged.
-    const routine = req.method === 'GET' && reply.status < 400;
-    if (routine) return;
-    const durationMs = Date.now() - startedMs;
-    log({ event: 'request', method: req.method, path: pathname, status: reply.status, durationMs, remote: req.socket.remoteAddress });
-  }
-
-  const server = http.createServer((req, res) => {
-    handle(req, res).catch((error: unknown) => {
-      // Only writing the answer can get here (the socket went away): nobody is left to tell.
-      log({ event: 'request-error', method: req.method, error: describeError(error) });
-      res.destroy();
-    });
-  });
-  server.maxConnections = MAX_CONNECTIONS;
-  server.requestTimeout = 60_000;
+  // Probes, scrapes and status polls are not logged (they come every few seconds); starts,
+  // cancels and refusals are.
+  const server = createJsonApiServer({ route, log, maxConnections: MAX_CONNECTIONS });
 
   return {
     async listen(host, port) {
-      server.listen(port, host);
-      await once(server, 'listening'); // rejects with the error (EADDRINUSE, …) instead
-      const url = httpUrl(host, (server.address() as AddressInfo).port);
+      const url = await listenHttp(server, host, port); // rejects with EADDRINUSE and the like
       log({ event: 'listening', url, memcached: `${options.memcached.host}:${options.memcached.port}` });
       return { url };
     },

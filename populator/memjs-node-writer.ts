@@ -125,12 +125,12 @@ export class MemjsNodeWriter implements NodeWriter {
     throw stillFailing(address, this.retry, this.describe(address, lastError), lastError);
   }
 
-  async probe(address: string): Promise<void> {
+  async probe(address: string): Promise<number> {
     const client = this.clientFor(address);
     try {
       // `stats` over the binary protocol: answers only once the SASL login went through.
-      await new Promise<void>((resolve, reject) => {
-        client.stats((error) => (error ? reject(error) : resolve()));
+      return await new Promise<number>((resolve, reject) => {
+        client.stats((error, _server, stats) => (error ? reject(error) : resolve(Number(stats?.['curr_items'] ?? 0))));
       });
     } catch (error) {
       this.discard(address, client);

@@ -2,7 +2,7 @@ import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
 import { isCachewarmError } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
-import { version } from '../shared/memcached/commands.js';
+import { stats } from '../shared/memcached/commands.js';
 import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import type { Connect } from '../dumper/dump-node.js';
 import type { NodeWriter } from './node-writer.js';
@@ -69,8 +69,8 @@ export class MetaNodeWriter implements NodeWriter {
     return this.connections.close();
   }
 
-  async probe(address: string, signal?: AbortSignal): Promise<void> {
-    await version(await this.connections.get(address, signal));
+  async probe(address: string, signal?: AbortSignal): Promise<number> {
+    return Number((await stats(await this.connections.get(address, signal))).get('curr_items') ?? 0);
   }
 
   async addItems(

@@ -17,8 +17,11 @@ export interface NodeWriter {
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
   ): Promise<void>;
-  /** Checks that the node answers (and, where it needs it, accepts our credentials). */
-  probe(address: string, signal?: AbortSignal): Promise<void>;
+  /**
+   * Checks that the node answers (and, where it needs it, accepts our credentials); resolves
+   * with the items it holds (`curr_items`), read the way this writer reaches the node.
+   */
+  probe(address: string, signal?: AbortSignal): Promise<number>;
   /** Closes every connection. Idempotent. */
   close(): Promise<void>;
 }

@@ -1,45 +1,14 @@
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { once } from 'node:events';
-import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { sampleItems } from '../shared/sample-items.js';
-import type { Topology } from '../shared/topology.js';
+import { bin, cachewarm, topologyFile, topologyFileOf } from './support/cli.js';
 import { load, nowSeconds, startCluster } from './support/cluster.js';
-
-const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function cachewarm(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [bin, ...args], { maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
-      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-async function topologyFile(document: unknown): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-cli-'));
-  const file = path.join(dir, 'cluster.json');
-  await writeFile(file, JSON.stringify(document));
-  return file;
-}
-
-/** The topology file a user would write for a test cluster. */
-function topologyFileOf(topology: Topology): Promise<string> {
-  const replicas = [...topology.replicas.values()].map((r) => [r.name, { nodes: r.nodes.map((n) => ({ address: n.address })) }]);
-  return topologyFile({ replicas: Object.fromEntries(replicas) });
-}
 
 describe('the cachewarm command', () => {
   test('warm replica copies a replica and prints the summary as JSON with --json, exiting 0', async () => {

@@ -137,4 +137,37 @@ describe('a dump resumes from what its store holds', () => {
       await cluster.stop();
     }
   });
+
+  test('with an in-process queue, a dump that had finished announces again the data chunks still in the store', async () => {
+    const cluster = await startCluster({ a: 1, b: 1 });
+    try {
+      const items = sampleItems({ count: 2_000, valueBytes: 100, nowSeconds: nowSeconds() });
+      await load(cluster.topology, 'a', items);
+      const source = cluster.topology.replicas.get('a')?.nodes[0];
+      assert.ok(source);
+      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
+      const options = (queue: MemoryQueue): DumpNodeOptions => ({
+        node: { id: source.id, host: source.host, port: source.port },
+        jobId: 'job-3',
+        store,
+        queue,
+        target: targetRingOf(cluster.topology, 'b'),
+        clock: systemClock,
+        chunkSizeBytes: 16 << 10,
+        fetchConcurrency: 1,
+      });
+      // The dump finishes, but the process stops before any of its chunks is written.
+      const finished = await dumpNode(options(new MemoryQueue({ capacity: 10_000 })));
+      assert.ok(await getJson<EndMarker>(store, endMarkerName('job-3', source.id)));
+
+      const queue = new MemoryQueue({ capacity: 10_000 });
+      const again = await dumpNode(options(queue));
+      const { keys } = await drain(queue, store);
+
+      assert.equal(new Set(keys).size, items.length, 'every item reaches the new queue');
+      assert.deepEqual(again, finished, 'the counters are those of the finished dump: nothing was read again');
+    } finally {
+      await cluster.stop();
+    }
+  });
 });

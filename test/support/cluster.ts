@@ -7,11 +7,16 @@ import { statsAt } from '../../shared/memcached/commands.js';
 import { MetaGetReplies, buildMetaGets } from '../../shared/memcached/meta-get.js';
 import type { WritableItem } from '../../shared/memcached/meta-add.js';
 import { type Topology, parseTopology } from '../../shared/topology.js';
-import { type MemcachedProcess, type StartMemcachedOptions, startMemcachedCluster } from './memcached.js';
+import { type MemcachedProcess, type StartMemcachedOptions, startMemcached, startMemcachedCluster } from './memcached.js';
 
 export interface Cluster {
   readonly topology: Topology;
   readonly servers: Readonly<Record<string, MemcachedProcess[]>>;
+  /**
+   * Stops node `index` of `replica` and starts an empty memcached on its port: a restarted
+   * node, still where the topology names it. The new process replaces it in `servers`.
+   */
+  restartEmpty(replica: string, index: number): Promise<MemcachedProcess>;
   stop(): Promise<void>;
 }
 
@@ -27,13 +32,30 @@ export async function startCluster(sizes: Record<string, number>, options: Start
     replicas[name] = { nodes: (servers[name] as MemcachedProcess[]).map((s) => ({ address: s.address })) };
     at += size;
   }
+  const memoryMb = options.memoryMb ?? 128;
   return {
     topology: parseTopology({ hashing: 'spymemcached', replicas }, 'test-topology'),
     servers,
+    restartEmpty: async (replica, index) => {
+      const old = servers[replica]?.[index];
+      if (!old) throw new Error(`no node ${index} in replica ${replica}`);
+      await old.stop();
+      const fresh = await startMemcached({ ...options, memoryMb, port: old.port });
+      (servers[replica] as MemcachedProcess[])[index] = fresh;
+      all[all.indexOf(old)] = fresh;
+      return fresh;
+    },
     stop: async () => {
       await Promise.allSettled(all.map((s) => s.stop()));
     },
   };
+}
+
+/** Writes items to one node, whatever a ring would say: to give source nodes unequal loads. */
+export async function loadNode(server: { address: string }, items: readonly WritableItem[]): Promise<void> {
+  const ring = { replica: 'loader', hashing: 'spymemcached' as const, nodes: [{ address: server.address, ringName: server.address }] };
+  const { stored } = await writeAll(items, ring, { connect: connectDirect, clock: systemClock });
+  if (stored !== items.length) throw new Error(`loaded ${stored} of ${items.length} items into ${server.address}`);
 }
 
 /** Writes items to a replica the way its clients would: each to the node the ring names. */
@@ -76,3 +98,21 @@ export async function itemCount(server: { host: string; port: number }): Promise
 }
 
 export const nowSeconds = (): number => Math.floor(Date.now() / 1000);
+
+/** The counters that tell whether a node was read or written: `stats` cmd_get, cmd_set, total_items, curr_items. */
+export interface ServerCounters {
+  readonly cmdGet: number;
+  readonly cmdSet: number;
+  readonly totalItems: number;
+  readonly currItems: number;
+}
+
+export async function serverCounters(server: { host: string; port: number }): Promise<ServerCounters> {
+  const stats = await statsAt(server);
+  const num = (name: string): number => Number(stats.get(name));
+  return { cmdGet: num('cmd_get'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items') };
+}
+
+export function countersOf(servers: readonly { host: string; port: number }[]): Promise<ServerCounters[]> {
+  return Promise.all(servers.map(serverCounters));
+}

@@ -1,0 +1,140 @@
+import os from 'node:os';
+import path from 'node:path';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { createControllerServer } from '../controller/controller-server.js';
+import { instanceWarmDecider } from '../controller/decide-instance-warm.js';
+import { DEFAULT_MIN_SHARE } from '../controller/expected-share.js';
+import { ACTIVE_STATES, InstanceJobManager, type RunWarm } from '../controller/instance-jobs.js';
+import { TopologyWatch } from '../controller/topology-watch.js';
+import { warmInstance } from '../controller/warm-instance.js';
+import { connectDirect } from '../dumper/dump-node.js';
+import { systemClock } from '../shared/clock.js';
+import { CachewarmError } from '../shared/errors.js';
+import { parseListenAddress } from '../shared/http-api.js';
+import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
+import { EXIT, asArgument, byteSize, logLine, positiveInt, readTokenFile, stopSignal } from './cli-support.js';
+
+interface ServeOptions extends TransportOptions {
+  topology: string;
+  listen: { host: string; port: number };
+  tokenFile: string;
+  minShare: number;
+  workDir: string;
+  chunkSize: number;
+  maxOps?: number;
+  topologyPollMs: number;
+}
+
+
+function minShare(text: string): number {
+  const value = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(text) ? Number(text) : Number.NaN;
+  if (!(value >= 0 && value <= 1)) throw new InvalidArgumentError(`expected a fraction from 0 to 1, got ${JSON.stringify(text)}`);
+  return value;
+}
+
+/** The warm each job runs: in this process (embedded), or through the sidecars, S3 and SQS. */
+async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; close: () => void }> {
+  const common = { chunkSizeBytes: opts.chunkSize, maxOpsPerNode: opts.maxOps, clock: systemClock };
+  if (opts.transport === 'aws') {
+    // Built once: the SDK clients and the sidecars' token serve every job. Loaded here only:
+    // the SDK costs a few hundred milliseconds the embedded transport never needs.
+    const settings = await distributedSettings(opts);
+    const { warmDistributed } = await import('../controller/warm-distributed.js');
+    return {
+      runWarm: (node, topology, { jobId, signal, onProgress }) =>
+        warmDistributed({
+          ...common,
+          ...settings,
+          topology,
+          target: node.replica,
+          onlyNode: node,
+          jobId,
+          signal,
+          onProgress,
+          log: (line) => logLine({ event: 'warm-log', jobId, line }),
+        }),
+      close: () => {
+        settings.s3.destroy();
+        settings.sqs.destroy();
+      },
+    };
+  }
+  return {
+    runWarm: (node, topology, { jobId, signal, onProgress }) =>
+      warmInstance({
+        ...common,
+        topology,
+        node: node.id,
+        workDir: opts.workDir,
+        jobId,
+        signal,
+        onProgress,
+        // The controller has decided already, with its own --min-share: the warm's own
+        // already-warm check would second-guess it with another threshold.
+        force: true,
+      }),
+    close: () => undefined,
+  };
+}
+
+async function serve(opts: ServeOptions): Promise<void> {
+  const token = await readTokenFile(opts.tokenFile);
+  const stopped = stopSignal();
+  const watch = await TopologyWatch.open({ file: opts.topology, clock: systemClock, intervalMs: opts.topologyPollMs, log: logLine });
+  const { runWarm, close: closeRunner } = await warmRunner(opts);
+  // Bound late: a peer with a job of its own holds less than its share, and must not count
+  // as healthy when its neighbour is judged.
+  let jobs: InstanceJobManager | undefined;
+  const decide = instanceWarmDecider({
+    connect: connectDirect,
+    minShare: opts.minShare,
+    excludePeer: (peer) => jobs?.activeJob(peer.id) !== undefined,
+  });
+  jobs = new InstanceJobManager({ runWarm, decide, clock: systemClock, log: logLine });
+  const server = createControllerServer({ token, jobs, topology: () => watch.current, topologyFile: opts.topology, log: logLine });
+  try {
+    const nodes = [...watch.current.replicas.values()].reduce((sum, r) => sum + r.nodes.length, 0);
+    logLine({ event: 'starting', topology: opts.topology, replicas: watch.current.replicas.size, nodes, transport: opts.transport, minShare: opts.minShare });
+    try {
+      await server.listen(opts.listen.host, opts.listen.port);
+    } catch (error) {
+      throw new CachewarmError('INVALID_ARGUMENT', `cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(error as Error).message}`);
+    }
+    const signal = await stopped;
+    // Cancelled warms leave nodes partly filled: the sidecars signal again after the
+    // controller's restart only if the nodes restart, so a person re-triggers them (POST /v1/jobs).
+    logLine({ event: 'stopping', signal, cancelling: jobs.list().filter((j) => ACTIVE_STATES.has(j.state)).map((j) => j.id) });
+    process.exitCode = EXIT.ok;
+  } finally {
+    await server.close();
+    await jobs.close();
+    await watch.close();
+    closeRunner();
+    logLine({ event: 'stopped' });
+  }
+}
+
+export function registerControllerCommand(program: Command): void {
+  const controller = program.command('controller').description('the controller as a service');
+  addTransportOptions(
+    controller
+      .command('serve')
+      .description('take restart signals from the sidecars and warm restarted nodes that lost their share, from another replica')
+      .requiredOption('--topology <file>', 'topology file (JSON or YAML); re-read when it changes')
+      .addOption(
+        new Option('--listen <host:port>', 'where the HTTP API listens (port 0: any free port)')
+          .argParser(asArgument(parseListenAddress))
+          .default(parseListenAddress('0.0.0.0:11300'), '0.0.0.0:11300'),
+      )
+      .requiredOption('--token-file <file>', 'file holding the bearer token clients must send (a trailing newline is ignored)')
+      .addOption(
+        new Option('--min-share <fraction>', 'warm a node holding less than this fraction of its expected items')
+          .argParser(minShare)
+          .default(DEFAULT_MIN_SHARE),
+      )
+      .option('--work-dir <dir>', 'where chunks and job records are kept (embedded transport)', path.join(os.tmpdir(), 'cachewarm', 'controller'))
+      .addOption(new Option('--chunk-size <size>', 'data chunk size').argParser(byteSize).default(4 << 20, '4MiB'))
+      .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
+      .addOption(new Option('--topology-poll-ms <ms>', 'how often the topology file is checked for changes').argParser(positiveInt).default(3_000).hideHelp()),
+  ).action(serve);
+}

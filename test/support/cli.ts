@@ -1,0 +1,38 @@
+// Runs the built `cachewarm` command as a user would: a separate process, stdout and stderr piped.
+import { execFile } from 'node:child_process';
+import { mkdtemp, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Topology } from '../../shared/topology.js';
+
+export const bin = fileURLToPath(new URL('../../bin/cachewarm.js', import.meta.url));
+
+export interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+export function cachewarm(...args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [bin, ...args], { maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
+      const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+/** A topology file in a directory of its own (which a test may use as the work directory too). */
+export async function topologyFile(document: unknown): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-cli-'));
+  const file = path.join(dir, 'cluster.json');
+  await writeFile(file, JSON.stringify(document));
+  return file;
+}
+
+/** The topology file a user would write for a test cluster. */
+export function topologyFileOf(topology: Topology): Promise<string> {
+  const replicas = [...topology.replicas.values()].map((r) => [r.name, { nodes: r.nodes.map((n) => ({ address: n.address })) }]);
+  return topologyFile({ replicas: Object.fromEntries(replicas) });
+}
