@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../dumper/dump-node.js';
 import { writeAll } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';

@@ -173,6 +173,8 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     ...common,
     target: target.replica,
     onlyNode: target.node,
+    force: opts.force === true,
+    alreadyWarmRatio: opts.alreadyWarmRatio,
     log: (line) => process.stderr.write(`${line}\n`),
     ...(await distributedSettings(opts)),
   });

@@ -48,6 +48,8 @@ async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; close
           topology,
           target: node.replica,
           onlyNode: node,
+          // Decided already, with --min-share (see the embedded runner below).
+          force: true,
           jobId,
           signal,
           onProgress,

@@ -7,14 +7,14 @@ import type { PopulatorReport } from '../populator/worker.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
-import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, putJson } from '../shared/job-layout.js';
+import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, nodeDirectory, putJson, summaryName } from '../shared/job-layout.js';
 import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog } from '../shared/job-queues.js';
-import { peakRssBytes } from '../shared/peak-memory.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
-import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
+import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
 import { selectSource } from './select-source.js';
-import { type WarmProgress, type WarmSummary, newJobId, targetRingOf } from './warm-replica.js';
+import { type WarmProgress, type WarmSummary } from './warm-replica.js';
+import { alreadyWarm, checkRequestedSource, checkWarmth, identity, newJobId, processUsage, scopeOf } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -23,6 +23,10 @@ export interface DistributedWarmOptions {
   readonly source?: string | undefined;
   /** Only this node of the target is written, and only its keys are dumped (an instance warm). */
   readonly onlyNode?: NodeSpec | undefined;
+  /** Copy even when the target already looks warm (see alreadyWarmRatio). */
+  readonly force?: boolean | undefined;
+  /** The target counts as already warm, and nothing is copied, from this fraction of the expected items (default 0.95). */
+  readonly alreadyWarmRatio?: number | undefined;
   /** Reusing a job id resumes that job: same queues, same objects, the sidecars pick up where they were. */
   readonly jobId?: string | undefined;
   readonly chunkSizeBytes: number;
@@ -64,29 +68,38 @@ const MAX_POPULATOR_CRASHES = 10;
  * and its start requests find the dumps running, finished, or resumable from their chunks.
  */
 export async function warmDistributed(options: DistributedWarmOptions): Promise<WarmSummary> {
-  const { topology, target, clock, s3, sqs, signal } = options;
+  const { topology, clock, s3, sqs, signal } = options;
   const connect = options.connect ?? connectDirect;
   const log = options.log ?? ((): void => undefined);
   const started = clock.now();
-  const targetReplica = replicaOf(topology, target, '--target');
-  const { source } = await selectSource(topology, target, { connect, requested: options.source, signal });
-  const sidecars = new Map(source.replica.nodes.map((node) => [node.id, sidecarOf(node, options.sidecarToken)]));
-
-  const only = options.onlyNode;
-  const ring = targetRingOf(topology, target, only && [only.address]);
-  const keyFilter: KeyFilterSpec | undefined = only && { nodes: ring.nodes, hashing: ring.hashing, keep: [only.address] };
-  const jobId = options.jobId ?? newJobId(only ? 'instance' : 'replica', target, started);
+  const scope = scopeOf(topology, options.target, options.onlyNode && { node: options.onlyNode.id });
+  checkRequestedSource(scope, options.source);
+  const jobId = options.jobId ?? newJobId(scope.kind, nodeDirectory(scope.label), started);
   const store = new S3Store({ client: s3, bucket: options.bucket, prefix: options.prefix, sse: options.sse });
-  const manifest = await openManifest(store, {
+
+  const finished = await getJson<WarmSummary>(store, summaryName(jobId), signal);
+  if (finished) return { ...finished, skipped: 'already-complete' };
+  const earlier = await getJson<JobManifest>(store, manifestName(jobId), signal);
+  // A resumed job keeps its source, and is not judged warm by its own partial copy.
+  const { source } = await selectSource(topology, scope.replica.name, { connect, requested: earlier?.source.replica ?? options.source, signal });
+  // A source node without a sidecar is a topology mistake: said before anything else.
+  const sidecars = new Map(source.replica.nodes.map((node) => [node.id, sidecarOf(node, options.sidecarToken)]));
+  if (!earlier && !options.force) {
+    const warmth = await checkWarmth(topology, scope, source, { connect, alreadyWarmRatio: options.alreadyWarmRatio, signal });
+    if (warmth.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
+  }
+  const ring = scope.ring;
+  const keyFilter: KeyFilterSpec | undefined = scope.node && { nodes: ring.nodes, hashing: ring.hashing, keep: [scope.node.address] };
+  const manifest = await openManifest(store, earlier, {
     version: LAYOUT_VERSION,
     jobId,
-    kind: only ? 'instance' : 'replica',
+    kind: scope.kind,
     source: { replica: source.replica.name, nodes: source.replica.nodes.map((n) => n.id) },
     target: ring,
     createdAt: new Date(started).toISOString(),
   }, signal);
   const queues = await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal);
-  log(`job ${jobId}: ${manifest.source.replica} -> ${target}${only ? ` (node ${only.id})` : ''}, queue ${queues.queueUrl}`);
+  log(`job ${jobId}: ${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`);
 
   const request = (node: string): StartDumpRequest => ({
     jobId,
@@ -112,7 +125,7 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
   let backlog: QueueBacklog = { visible: 0, inFlight: 0, delayed: 0 };
   const progress = (): WarmProgress => ({
     elapsedMs: clock.now() - started,
-    expectedItems: only ? Math.round(source.items / targetReplica.nodes.length) : source.items,
+    expectedItems: scope.node ? Math.round(source.items / scope.replica.nodes.length) : source.items,
     dumped: sumDumped(dumps),
     written: [...written.byNode.values()].reduce(addInto, newWriteCounters()),
     queueDepth: backlog.visible + backlog.inFlight,
@@ -147,19 +160,14 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
     const writtenTotal = [...written.byNode.values()].reduce(addInto, newWriteCounters());
     const complete = parked.length === 0 && writtenTotal.failed === 0 && dumpedTotal.unsupported === 0;
     const summary: WarmSummary = {
-      jobId,
-      source: source.replica.name,
-      target,
+      ...identity({ scope, source, jobId }),
       durationMs: clock.now() - started,
       sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()) })),
-      targetNodes: targetReplica.nodes
-        .filter((n) => !only || n.address === only.address)
-        .map((n) => ({ node: n.id, ...(written.byNode.get(n.address) ?? newWriteCounters()) })),
+      targetNodes: scope.nodes.map((n) => ({ node: n.id, ...(written.byNode.get(n.address) ?? newWriteCounters()) })),
       parked: parked.map((p) => ({ chunk: p.chunk ?? `message ${p.messageId ?? '?'}`, reason: p.reason })),
       complete,
-      peakRssBytes: peakRssBytes(),
-      cpuMs: (process.cpuUsage().user + process.cpuUsage().system) / 1000,
-      minorPageFaults: process.resourceUsage().minorPageFault,
+      ...processUsage(),
+      resumed: earlier !== undefined,
     };
     await cleanUp(summary, { store, sqs, queues, keepChunks: options.keepChunks === true, log, signal });
     return summary;
@@ -187,8 +195,7 @@ function sidecarOf(node: NodeSpec, token: string): SidecarClient {
 }
 
 /** The job's manifest: written on the first run, checked on a rerun (a job id names one warm). */
-async function openManifest(store: S3Store, wanted: JobManifest, signal?: AbortSignal): Promise<JobManifest> {
-  const existing = await getJson<JobManifest>(store, manifestName(wanted.jobId), signal);
+async function openManifest(store: S3Store, existing: JobManifest | undefined, wanted: JobManifest, signal?: AbortSignal): Promise<JobManifest> {
   if (!existing) {
     await putJson(store, manifestName(wanted.jobId), wanted, signal);
     return wanted;
@@ -198,7 +205,7 @@ async function openManifest(store: S3Store, wanted: JobManifest, signal?: AbortS
     throw new CachewarmError(
       'INVALID_ARGUMENT',
       `job ${wanted.jobId} already exists in ${store.describe(manifestName(wanted.jobId))} for another warm ` +
-        `(${existing.kind} ${existing.source.replica} -> ${existing.target.replica}): pick another --job-id`,
+        `(${existing.kind} ${existing.source.replica} -> ${existing.target.replica}${existing.target.writeOnly ? ` node ${existing.target.writeOnly.join(', ')}` : ''}): pick another --job-id`,
       { job: wanted.jobId },
     );
   }
@@ -258,9 +265,10 @@ async function populatorReports(store: S3Store, jobId: string, signal?: AbortSig
 }
 
 /**
- * A complete job leaves nothing behind but its summary (and the chunks when kept). An
- * incomplete one keeps its queues and chunks: the dead-letter queue and the objects it names
- * are what a person needs to see what went wrong, and a rerun needs them to go on.
+ * A complete job leaves nothing behind but its manifest and summary (the record that a rerun
+ * of the job id reads as "already complete"), and its chunks when kept. An incomplete one
+ * keeps its queues and chunks: the dead-letter queue and the objects it names are what a
+ * person needs to see what went wrong, and a rerun needs them to go on.
  */
 async function cleanUp(
   summary: WarmSummary,
@@ -270,9 +278,11 @@ async function cleanUp(
     ctx.log(`job ${summary.jobId} is incomplete: its queues and ${ctx.store.describe(`${summary.jobId}/`)} are kept for inspection`);
     return;
   }
+  await putJson(ctx.store, summaryName(summary.jobId), summary, ctx.signal);
   await deleteJobQueues(ctx.sqs, ctx.queues, ctx.signal);
   if (!ctx.keepChunks) {
-    const removed = await ctx.store.deleteAll(summary.jobId, ctx.signal);
+    const record = new Set([manifestName(summary.jobId), summaryName(summary.jobId)]);
+    const removed = await ctx.store.deleteAll(summary.jobId, (name) => !record.has(name), ctx.signal);
     ctx.log(`job ${summary.jobId}: removed its queues and ${removed} objects`);
   }
 }

@@ -1,23 +1,20 @@
-import { randomBytes } from 'node:crypto';
 import { type Connect, connectDirect, dumpNode } from '../dumper/dump-node.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { BufferPool } from '../shared/buffer-pool.js';
-import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
-import { peakRssBytes } from '../shared/peak-memory.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { nodeDirectory } from '../shared/job-layout.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
-import { type NodeSpec, type ReplicaSpec, type Topology, findNode, replicaOf } from '../shared/topology.js';
-import { ringFilter } from '../dumper/ring-filter.js';
-import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio, instanceWarmth, replicaWarmth } from './already-warm.js';
+import type { NodeSpec, Topology } from '../shared/topology.js';
+import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
+import { type JobKind, type WarmScope, alreadyWarm, checkRequestedSource, checkWarmth, identity, newJobId, processUsage, scopeOf } from './warm-plan.js';
 import { JobJournal, type JobRecord } from './job-journal.js';
-import { endpointOf, nodeStats } from './node-stats.js';
+import { endpointOf } from './node-stats.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
 
 export interface WarmReplicaOptions {
@@ -101,56 +98,10 @@ export interface WarmSummary {
   readonly warmth?: WarmthCheck | undefined;
 }
 
-export type JobKind = JobRecord['kind'];
 
-export function targetRingOf(topology: Topology, replica: string, writeOnly?: readonly string[]): TargetRing {
-  return {
-    replica,
-    hashing: topology.hashing,
-    nodes: replicaOf(topology, replica).nodes.map((n) => ({ address: n.address, ringName: n.ringName })),
-    writeOnly,
-  };
-}
 
-export function newJobId(kind: string, target: string, now: number): string {
-  const stamp = new Date(now).toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
-  return `${kind}-${target}-${stamp}-${randomBytes(3).toString('hex')}`;
-}
 
-/** What a warm copies and writes: a whole replica, or one node of it (an instance warm). */
-interface WarmScope {
-  readonly kind: JobKind;
-  readonly replica: ReplicaSpec;
-  /** An instance warm's node. */
-  readonly node: NodeSpec | undefined;
-  /** The target nodes written, probed, judged and reported. */
-  readonly nodes: readonly NodeSpec[];
-  /** Travels in every message; an instance warm's allows writes to its node only. */
-  readonly ring: TargetRing;
-  /** An instance warm's dumpers keep only the keys its node owns on the target ring. */
-  readonly keyFilter: ((key: Buffer) => boolean) | undefined;
-  /** The job record's target: the replica's name, or the node's id. */
-  readonly label: string;
-}
 
-function scopeOf(topology: Topology, target: string, only: WarmReplicaOptions['only']): WarmScope {
-  const replica = replicaOf(topology, target, '--target');
-  if (!only) {
-    const ring = targetRingOf(topology, target);
-    return { kind: 'replica', replica, node: undefined, nodes: replica.nodes, ring, keyFilter: undefined, label: target };
-  }
-  const node = findNode(topology, only.node);
-  // The source is chosen among the replicas other than the target: the node's own replica
-  // must be the target, or the node could be "warmed" from the very replica it missed writes in.
-  if (node.replica !== target) {
-    throw new CachewarmError('INVALID_ARGUMENT', `node ${node.id} is in replica ${node.replica}, not in the target ${target}`, {
-      node: node.id,
-      target,
-    });
-  }
-  const ring = targetRingOf(topology, target, [node.address]);
-  return { kind: 'instance', replica, node, nodes: [node], ring, keyFilter: ringFilter(ring.nodes, [node.address]), label: node.id };
-}
 
 /**
  * A replica warm on one machine (the embedded default): chunks in a local directory, handed
@@ -183,15 +134,6 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   return runWarm(options, { scope, source, jobId, started, resumed: earlier !== undefined, warmth });
 }
 
-function checkRequestedSource(scope: WarmScope, requested: string | undefined): void {
-  if (scope.node && requested === scope.replica.name) {
-    throw new CachewarmError(
-      'INVALID_ARGUMENT',
-      `--source ${requested} is the node's own replica: it missed the writes made while ${scope.node.id} was down`,
-      { source: requested, node: scope.node.id },
-    );
-  }
-}
 
 /** A job id reused for another warm would mix two jobs' chunks: refused, naming the job's own. */
 function checkSameJob(earlier: JobRecord, scope: WarmScope, requested: string | undefined): void {
@@ -211,17 +153,6 @@ function checkSameJob(earlier: JobRecord, scope: WarmScope, requested: string | 
   }
 }
 
-function checkWarmth(topology: Topology, scope: WarmScope, source: ReplicaStats, options: WarmReplicaOptions): Promise<WarmthCheck> {
-  const { writer, signal } = options;
-  const connect = options.connect ?? connectDirect;
-  const check = {
-    itemsAt: (node: NodeSpec): Promise<number> =>
-      writer ? writer.probe(node.address, signal) : nodeStats(node, connect, signal).then((s) => s.items),
-    threshold: options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO,
-    signal: options.signal,
-  };
-  return scope.node ? instanceWarmth(topology, scope.node, scope.replica, check) : replicaWarmth(scope.replica, source.items, check);
-}
 
 interface JobPlan {
   readonly scope: WarmScope;
@@ -362,29 +293,7 @@ async function openWriter(options: WarmReplicaOptions, scope: WarmScope, pool: B
 }
 
 /** The fields that say which warm a summary is of. */
-function identity(plan: Pick<JobPlan, 'scope' | 'source' | 'jobId'>): Pick<WarmSummary, 'jobId' | 'source' | 'target' | 'kind' | 'node'> {
-  return {
-    jobId: plan.jobId,
-    source: plan.source.replica.name,
-    target: plan.scope.replica.name,
-    kind: plan.scope.kind,
-    node: plan.scope.node?.id,
-  };
-}
 
-function alreadyWarm(plan: Pick<JobPlan, 'scope' | 'source' | 'jobId' | 'warmth'> & { durationMs: number }): WarmSummary {
-  return {
-    ...identity(plan),
-    durationMs: plan.durationMs,
-    sourceNodes: [],
-    targetNodes: plan.scope.nodes.map((n) => ({ node: n.id, ...newWriteCounters() })),
-    parked: [],
-    complete: true,
-    ...processUsage(),
-    skipped: 'already-warm',
-    warmth: plan.warmth,
-  };
-}
 
 /** A completed job run again: its recorded summary, marked as not redone. */
 function alreadyComplete(record: JobRecord): WarmSummary {
@@ -419,10 +328,6 @@ function isWarmSummary(value: unknown): value is WarmSummary {
   );
 }
 
-function processUsage(): Pick<WarmSummary, 'peakRssBytes' | 'cpuMs' | 'minorPageFaults'> {
-  const cpu = process.cpuUsage();
-  return { peakRssBytes: peakRssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, minorPageFaults: process.resourceUsage().minorPageFault };
-}
 
 function endpointAndId(node: NodeSpec): { id: string; host: string; port: number; label: string } {
   return { id: node.id, ...endpointOf(node) };

@@ -9,6 +9,7 @@ import { CachewarmError } from './errors.js';
  * controller) and each source node's end-of-dump marker (written by its dumper last).
  *
  *   <job>/manifest.json
+ *   <job>/summary.json                      the job completed (kept when its chunks are removed)
  *   <job>/<node>/keys-000000.chunk          key chunks still to be read
  *   <job>/<node>/keys-done.json             the crawl finished: no key chunk will be added
  *   <job>/<node>/data-000000-<run>-000.chunk
@@ -24,6 +25,8 @@ export function nodeDirectory(nodeId: string): string {
 
 export const nodePrefix = (jobId: string, nodeId: string): string => `${jobId}/${nodeDirectory(nodeId)}`;
 export const manifestName = (jobId: string): string => `${jobId}/manifest.json`;
+/** Written by the controller when the job completed: a rerun of the job id reports it. */
+export const summaryName = (jobId: string): string => `${jobId}/summary.json`;
 export const endMarkerName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/end.json`;
 export const crawlDoneName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/keys-done.json`;
 export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;

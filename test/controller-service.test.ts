@@ -3,7 +3,7 @@ import { mkdtemp, rename, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { ringFilter } from '../dumper/ring-filter.js';
 import type { RestartSignal } from '../dumper/restart-watcher.js';
 import { statsAt } from '../shared/memcached/commands.js';

@@ -6,7 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { verifyCopy } from '../controller/verify-copy.js';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../dumper/dump-node.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import { OneLine } from '../shared/memcached/commands.js';
@@ -99,7 +99,22 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     const { QueueUrls = [] } = await aws.sqs.send(new ListQueuesCommand({ QueueNamePrefix: 'cachewarm-' }));
     assert.ok(!QueueUrls.some((url) => url.includes(summary.jobId.slice(0, 20))), `queues left: ${QueueUrls.join(', ')}`);
     const { Contents = [] } = await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${summary.jobId}/` }));
-    assert.equal(Contents.length, 0, 'the chunks are removed');
+    assert.deepEqual(
+      Contents.map((o) => o.Key).sort(),
+      [`warms/${summary.jobId}/manifest.json`, `warms/${summary.jobId}/summary.json`],
+      "the chunks are removed; the job's record stays",
+    );
+
+    // Run again as a scheduler would: the same job id is already complete; a new one finds the target warm.
+    const again = startCli(warmArgs(bucket, '--job-id', summary.jobId));
+    assert.equal(await again.exited, 0);
+    const repeated = JSON.parse(again.stdout()) as { skipped?: string; jobId: string };
+    assert.equal(repeated.skipped, 'already-complete');
+    const fresh = startCli(warmArgs(bucket));
+    assert.equal(await fresh.exited, 0);
+    const judged = JSON.parse(fresh.stdout()) as { skipped?: string; warmth?: { ratio: number } };
+    assert.equal(judged.skipped, 'already-warm');
+    assert.ok((judged.warmth?.ratio ?? 0) >= 0.95);
   });
 
   test('a controller killed mid-job and run again with the same --job-id resumes the same dumps', async () => {
@@ -109,7 +124,8 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     const bucket = await createBucket(aws.s3, 'warm-resume');
     const jobId = 'scale-up-resume-1';
     // 1,500 items/s per node: the dumps are still running when the controller dies.
-    const args = warmArgs(bucket, '--job-id', jobId, '--populators', '1', '--max-ops', '1500');
+    // --force: after flush_all, memcached reports the old curr_items until its crawler reclaims them.
+    const args = warmArgs(bucket, '--job-id', jobId, '--populators', '1', '--max-ops', '1500', '--force');
 
     const first = startCli(args);
     const clients = (topology.replicas.get('a')?.nodes ?? []).map((n) => new SidecarClient({ baseUrl: n.sidecar as string, token: TOKEN }));

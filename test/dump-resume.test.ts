@@ -3,7 +3,7 @@ import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { type DumpNodeOptions, dumpNode } from '../dumper/dump-node.js';
 import { decodeDataChunk } from '../shared/chunk-format.js';
 import type { ChunkMessage } from '../shared/chunk-message.js';

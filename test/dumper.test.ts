@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import { describe, test } from 'node:test';
 import { dumpNode } from '../dumper/dump-node.js';
 import { ringFilter } from '../dumper/ring-filter.js';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { decodeDataChunk } from '../shared/chunk-format.js';
 import { systemClock } from '../shared/clock.js';

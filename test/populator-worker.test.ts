@@ -3,7 +3,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { connectDirect, dumpNode } from '../dumper/dump-node.js';
 import { type PopulatorReport, type WorkerLogEntry, type WorkerResult, runPopulatorWorker } from '../populator/worker.js';

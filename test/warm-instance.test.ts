@@ -5,7 +5,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { warmInstance } from '../controller/warm-instance.js';
-import { targetRingOf } from '../controller/warm-replica.js';
+import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../dumper/dump-node.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';

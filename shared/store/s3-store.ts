@@ -157,11 +157,11 @@ export class S3Store implements ChunkStore {
   }
 
   /**
-   * Removes every object under `prefix` (a job's directory), a thousand per request (S3's
-   * most per DeleteObjects). Returns how many were removed.
+   * Removes the objects under `prefix` (a job's directory) that `which` selects (default:
+   * all), a thousand per request (S3's most per DeleteObjects). Returns how many were removed.
    */
-  async deleteAll(prefix: string, signal?: AbortSignal): Promise<number> {
-    const names = await this.list(prefix, signal);
+  async deleteAll(prefix: string, which: (name: string) => boolean = () => true, signal?: AbortSignal): Promise<number> {
+    const names = (await this.list(prefix, signal)).filter(which);
     for (let i = 0; i < names.length; i += 1000) {
       const keys = names.slice(i, i + 1000).map((name) => ({ Key: this.keyOf(name) }));
       try {

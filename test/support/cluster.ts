@@ -1,6 +1,6 @@
 import { connectDirect } from '../../dumper/dump-node.js';
 import { writeAll } from '../../populator/write-to-ring.js';
-import { targetRingOf } from '../../controller/warm-replica.js';
+import { targetRingOf } from '../../controller/warm-plan.js';
 import { systemClock } from '../../shared/clock.js';
 import { MemcachedConnection } from '../../shared/memcached/connection.js';
 import { statsAt } from '../../shared/memcached/commands.js';

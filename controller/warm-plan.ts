@@ -1,0 +1,135 @@
+import { randomBytes } from 'node:crypto';
+import { type Connect, connectDirect } from '../dumper/dump-node.js';
+import { ringFilter } from '../dumper/ring-filter.js';
+import type { NodeWriter } from '../populator/node-writer.js';
+import type { TargetRing } from '../shared/chunk-message.js';
+import { newWriteCounters } from '../shared/counters.js';
+import { CachewarmError } from '../shared/errors.js';
+import { peakRssBytes } from '../shared/peak-memory.js';
+import { type NodeSpec, type ReplicaSpec, type Topology, findNode, replicaOf } from '../shared/topology.js';
+import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWarmth } from './already-warm.js';
+import type { JobRecord } from './job-journal.js';
+import { nodeStats } from './node-stats.js';
+import type { ReplicaStats } from './select-source.js';
+import type { WarmSummary } from './warm-replica.js';
+
+/**
+ * What every transport decides the same way before it copies anything: what is warmed (a
+ * replica, or one node of it), which replicas may be the source, whether the target is
+ * already warm, and how a warm that copied nothing is reported.
+ */
+
+export type JobKind = JobRecord['kind'];
+
+export function targetRingOf(topology: Topology, replica: string, writeOnly?: readonly string[]): TargetRing {
+  return {
+    replica,
+    hashing: topology.hashing,
+    nodes: replicaOf(topology, replica).nodes.map((n) => ({ address: n.address, ringName: n.ringName })),
+    writeOnly,
+  };
+}
+
+export function newJobId(kind: string, target: string, now: number): string {
+  const stamp = new Date(now).toISOString().replace(/[-:]/g, '').replace(/\..*/, '');
+  return `${kind}-${target}-${stamp}-${randomBytes(3).toString('hex')}`;
+}
+
+/** What a warm copies and writes: a whole replica, or one node of it (an instance warm). */
+export interface WarmScope {
+  readonly kind: JobKind;
+  readonly replica: ReplicaSpec;
+  /** An instance warm's node. */
+  readonly node: NodeSpec | undefined;
+  /** The target nodes written, probed, judged and reported. */
+  readonly nodes: readonly NodeSpec[];
+  /** Travels in every message; an instance warm's allows writes to its node only. */
+  readonly ring: TargetRing;
+  /** An instance warm's dumpers keep only the keys its node owns on the target ring. */
+  readonly keyFilter: ((key: Buffer) => boolean) | undefined;
+  /** The job record's target: the replica's name, or the node's id. */
+  readonly label: string;
+}
+
+/** The scope of a warm of `target`, or with `only`, of one node of it. */
+export function scopeOf(topology: Topology, target: string, only: { readonly node: string } | undefined): WarmScope {
+  const replica = replicaOf(topology, target, '--target');
+  if (!only) {
+    const ring = targetRingOf(topology, target);
+    return { kind: 'replica', replica, node: undefined, nodes: replica.nodes, ring, keyFilter: undefined, label: target };
+  }
+  const node = findNode(topology, only.node);
+  // The source is chosen among the replicas other than the target: the node's own replica
+  // must be the target, or the node could be "warmed" from the very replica it missed writes in.
+  if (node.replica !== target) {
+    throw new CachewarmError('INVALID_ARGUMENT', `node ${node.id} is in replica ${node.replica}, not in the target ${target}`, {
+      node: node.id,
+      target,
+    });
+  }
+  const ring = targetRingOf(topology, target, [node.address]);
+  return { kind: 'instance', replica, node, nodes: [node], ring, keyFilter: ringFilter(ring.nodes, [node.address]), label: node.id };
+}
+
+/** An instance warm's source is never the node's own replica: it missed the writes made while the node was down. */
+export function checkRequestedSource(scope: WarmScope, requested: string | undefined): void {
+  if (scope.node && requested === scope.replica.name) {
+    throw new CachewarmError(
+      'INVALID_ARGUMENT',
+      `--source ${requested} is the node's own replica: it missed the writes made while ${scope.node.id} was down`,
+      { source: requested, node: scope.node.id },
+    );
+  }
+}
+
+export interface WarmthOptions {
+  readonly connect?: Connect | undefined;
+  /** When given, the target's items are read through it (a SASL-only target answers no text `stats`). */
+  readonly writer?: NodeWriter | undefined;
+  readonly alreadyWarmRatio?: number | undefined;
+  readonly signal?: AbortSignal | undefined;
+}
+
+/** Whether the scope's target already holds what the warm would copy. */
+export function checkWarmth(topology: Topology, scope: WarmScope, source: ReplicaStats, options: WarmthOptions): Promise<WarmthCheck> {
+  const { writer, signal } = options;
+  const connect = options.connect ?? connectDirect;
+  const check = {
+    itemsAt: (node: NodeSpec): Promise<number> =>
+      writer ? writer.probe(node.address, signal) : nodeStats(node, connect, signal).then((s) => s.items),
+    threshold: options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO,
+    signal: options.signal,
+  };
+  return scope.node ? instanceWarmth(topology, scope.node, scope.replica, check) : replicaWarmth(scope.replica, source.items, check);
+}
+
+export function identity(plan: { readonly scope: WarmScope; readonly source: ReplicaStats; readonly jobId: string }): Pick<WarmSummary, 'jobId' | 'source' | 'target' | 'kind' | 'node'> {
+  return {
+    jobId: plan.jobId,
+    source: plan.source.replica.name,
+    target: plan.scope.replica.name,
+    kind: plan.scope.kind,
+    node: plan.scope.node?.id,
+  };
+}
+
+/** The summary of a warm that found its target warm already: nothing copied. */
+export function alreadyWarm(plan: { readonly scope: WarmScope; readonly source: ReplicaStats; readonly jobId: string; readonly warmth: WarmthCheck; readonly durationMs: number }): WarmSummary {
+  return {
+    ...identity(plan),
+    durationMs: plan.durationMs,
+    sourceNodes: [],
+    targetNodes: plan.scope.nodes.map((n) => ({ node: n.id, ...newWriteCounters() })),
+    parked: [],
+    complete: true,
+    ...processUsage(),
+    skipped: 'already-warm',
+    warmth: plan.warmth,
+  };
+}
+
+/** This process's peak memory, CPU and page faults, for a summary. */
+export function processUsage(): Pick<WarmSummary, 'peakRssBytes' | 'cpuMs' | 'minorPageFaults'> {
+  const cpu = process.cpuUsage();
+  return { peakRssBytes: peakRssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, minorPageFaults: process.resourceUsage().minorPageFault };
+}
