@@ -144,13 +144,16 @@ interface WarmSummaryJson {
   readonly targetNodes: readonly { stored: number }[];
 }
 
-/** `cachewarm warm replica` source → target as a separate process, timed from start to exit. */
+/**
+ * `cachewarm warm replica` source → target as a separate process, timed from start to exit.
+ * `--force`: a flushed target still reports its old item count, and would pass for warm.
+ */
 async function warmOnce(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], extra: readonly string[] = []): Promise<WarmRun> {
   const sourceBefore = await memcachedCpu(fleet.slice(0, 3));
   const targetBefore = await memcachedCpu(fleet.slice(3));
   const started = performance.now();
   const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
-    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra]);
+    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', '--force', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra]);
   const result = rate((performance.now() - started) / 1000, ITEMS, ITEMS * VALUE_BYTES);
   const summary = JSON.parse(out) as WarmSummaryJson;
   const stored = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
@@ -187,7 +190,7 @@ async function bestCeiling(items: readonly WritableItem[], fresh: boolean): Prom
 async function main(): Promise<void> {
   // The replicas' 7 nodes, all on this one machine, get FLEET_THREADS worker threads each
   // (one node per machine in a real fleet); a ceiling's node gets 4, for 4 connections.
-  const fleet = await startMemcachedCluster(7, { memoryMb: MEMORY_MB, threads: FLEET_THREADS });
+  const fleet = [...(await startMemcachedCluster(7, { memoryMb: MEMORY_MB, threads: FLEET_THREADS }))];
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-bench-'));
   try {
     const document = {
@@ -227,6 +230,8 @@ async function main(): Promise<void> {
     const intoTouched = await warmOnce(topologyFile, workDir, fleet);
 
     const viaAws = args.aws === 'false' ? undefined : await awsWarm(document, workDir, fleet);
+    log('instance warm: source node 1 of 3 restarted empty, warmed from the (full) target replica');
+    const instance = await instanceWarm(topologyFile, workDir, fleet);
 
     const ratio = (warm: Rate, base: Rate): string => (warm.itemsPerSecond / base.itemsPerSecond).toFixed(2);
     const cpuLine = (w: WarmRun): string =>
@@ -243,6 +248,8 @@ async function main(): Promise<void> {
               ` (3 sidecars, ${args.populators} populators, fauxqs; controller peak RSS ${formatBytes(viaAws.summary.peakRssBytes)})`,
           ]
         : []),
+      `instance warm, 1 node of 3      ${show(instance.rate)}   ${instance.items.toLocaleString('en-US')} items into a restarted node;` +
+        ` ${ratio(instance.rate, intoFresh.rate)} of the replica warm's rate into fresh nodes`,
       `warm peak RSS                   ${formatBytes(Math.max(intoFresh.summary.peakRssBytes, intoTouched.summary.peakRssBytes))} (chunk size ${args['chunk-size']})`,
       `warm CPU, fresh targets         ${cpuLine(intoFresh)}`,
       `warm CPU, flushed targets       ${cpuLine(intoTouched)}`,
@@ -253,6 +260,25 @@ async function main(): Promise<void> {
     await Promise.allSettled(fleet.map((s) => s.stop()));
     await rm(workDir, { recursive: true, force: true });
   }
+}
+
+/**
+ * An instance warm: the first source node is stopped and started again empty on its port (a
+ * restarted node), then `cachewarm warm instance` fills it from the other replica, timed from
+ * start to exit. Its rate counts the items written into that one node.
+ */
+async function instanceWarm(topologyFile: string, workDir: string, fleet: MemcachedProcess[]): Promise<{ rate: Rate; items: number }> {
+  const node = fleet[0] as MemcachedProcess;
+  await node.stop();
+  fleet[0] = await startMemcached({ port: node.port, memoryMb: MEMORY_MB, threads: FLEET_THREADS });
+  const started = performance.now();
+  const out = await run(['warm', 'instance', '--topology', topologyFile, '--node', `source/${node.address}`, '--source', 'target',
+    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json']);
+  const seconds = (performance.now() - started) / 1000;
+  const summary = JSON.parse(out) as WarmSummaryJson;
+  const items = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
+  if (!summary.complete || items < ITEMS / 4) throw new Error(`the instance warm stored ${items} items`);
+  return { rate: rate(seconds, items, items * VALUE_BYTES), items };
 }
 
 /**
