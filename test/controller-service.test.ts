@@ -13,6 +13,7 @@ import type { NodeSpec, Topology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
 import { type Cluster, countersOf, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
+import { type HttpAnswer, type HttpOptions, httpWithToken } from './support/http.js';
 import { type MemcachedProcess, startMemcached } from './support/memcached.js';
 
 const TOKEN = 'controller-test-token-0123456789';
@@ -20,33 +21,8 @@ const ITEMS = 20_000;
 const FINAL_STATES = ['skipped', 'completed', 'failed', 'cancelled'];
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-interface HttpAnswer {
-  status: number;
-  headers: Headers;
-  /** Parsed JSON, read freely by the assertions. */
-  body: any;
-  text: string;
-}
-
 /** One request to the service at `base`, with the token unless told otherwise. */
-async function request(base: string, method: string, pathname: string, options: { token?: string | null; body?: unknown } = {}): Promise<HttpAnswer> {
-  const token = options.token === undefined ? TOKEN : options.token;
-  const body = options.body === undefined ? undefined : JSON.stringify(options.body);
-  const response = await fetch(`${base}${pathname}`, {
-    method,
-    headers: { ...(token !== null && { authorization: `Bearer ${token}` }), ...(body !== undefined && { 'content-type': 'application/json' }) },
-    ...(body !== undefined && { body }),
-    signal: AbortSignal.timeout(20_000),
-  });
-  const text = await response.text();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    parsed = undefined;
-  }
-  return { status: response.status, headers: response.headers, body: parsed, text };
-}
+const request = httpWithToken(TOKEN);
 
 /** Polls the job until it reaches `states` (by default, any final state). */
 async function jobIn(base: string, id: string, states = FINAL_STATES, timeoutMs = 180_000): Promise<any> {
@@ -134,7 +110,7 @@ describe('the controller service', () => {
 
   const writeTopology = (topology: Topology, more: Record<string, { nodes: { address: string }[] }> = {}): Promise<void> =>
     writeTopologyFile(topologyPath, { ...documentOf(topology), ...more });
-  const http = (method: string, pathname: string, options: { token?: string | null; body?: unknown } = {}): Promise<HttpAnswer> =>
+  const http = (method: string, pathname: string, options: HttpOptions = {}): Promise<HttpAnswer> =>
     request(url, method, pathname, options);
   const finalJob = (id: string): Promise<any> => jobIn(url, id);
   const nodeOf = (replica: string, index: number): NodeSpec => cluster.topology.replicas.get(replica)!.nodes[index]!;

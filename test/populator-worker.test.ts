@@ -22,11 +22,12 @@ import {
   queueBacklog,
   readJobQueue,
 } from '../shared/job-queues.js';
+import { statsAt } from '../shared/memcached/commands.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { REASON_ATTRIBUTE, SqsQueue } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { S3Store } from '../shared/store/s3-store.js';
-import { type Cluster, itemCount, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
+import { type Cluster, itemCount, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
 
 const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
@@ -255,6 +256,8 @@ const storedIn = (report: PopulatorReport): number => Object.values(report.byNod
 
 /** Every item on the node the target ring names, identical, and nothing anywhere else. */
 async function assertWarmed(job: Job, items: readonly WritableItem[]): Promise<void> {
+  // A node thawed from SIGSTOP reads TTLs against a clock that catches up on its next tick.
+  for (const server of job.cluster.servers['b'] ?? []) await clockCaughtUp(server);
   const report = await verifyCopy(items, job.target, { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
   assert.deepEqual(
     { matched: report.matched, missing: report.missing, mismatched: report.mismatched, examples: report.examples },
@@ -277,12 +280,11 @@ async function onTarget(job: Job, keys: readonly Buffer[]): Promise<number> {
   return found;
 }
 
-async function withCluster(sizes: Record<string, number>, run: (cluster: Cluster) => Promise<void>): Promise<void> {
-  const cluster = await startCluster(sizes);
-  try {
-    await run(cluster);
-  } finally {
-    await cluster.stop();
+/** Waits (a few seconds at most) until the server's own clock (`stats time`) has reached ours. */
+async function clockCaughtUp(server: { host: string; port: number }): Promise<void> {
+  for (let i = 0; i < 30; i++) {
+    if (Number((await statsAt({ ...server, label: `${server.host}:${server.port}` })).get('time')) >= nowSeconds()) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
 

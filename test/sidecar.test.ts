@@ -1,12 +1,8 @@
 import assert from 'node:assert/strict';
-import { type ChildProcess, spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
 import { after, before, describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { ReceiveMessageCommand } from '@aws-sdk/client-sqs';
 import { type StartDumpRequest, parseStartDumpRequest } from '../dumper/sidecar-api.js';
@@ -21,11 +17,12 @@ import { KetamaRing } from '../shared/ketama.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { renderMetrics } from '../shared/prometheus.js';
 import { sampleItems } from '../shared/sample-items.js';
+import { type CliProcess, startCli } from './support/cli-process.js';
 import { type Cluster, load, nowSeconds, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
+import { httpWithToken } from './support/http.js';
 import { freePort } from './support/memcached.js';
 
-const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
 const TOKEN = 'sidecar-test-token-0123456789abcdef';
 const ITEMS = 20_000;
 const CHUNK_BYTES = 64 << 10;
@@ -39,38 +36,8 @@ const TARGET: TargetRing = {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
-interface HttpAnswer {
-  status: number;
-  headers: Headers;
-  /** Parsed JSON, read freely by the assertions. */
-  body: any;
-  text: string;
-}
-
 /** One raw request, with the token unless told otherwise. */
-async function http(
-  url: string,
-  method: string,
-  pathname: string,
-  options: { token?: string | null; body?: unknown; rawBody?: string } = {},
-): Promise<HttpAnswer> {
-  const token = options.token === undefined ? TOKEN : options.token;
-  const body = options.rawBody ?? (options.body === undefined ? undefined : JSON.stringify(options.body));
-  const response = await fetch(`${url}${pathname}`, {
-    method,
-    headers: { ...(token !== null && { authorization: `Bearer ${token}` }), ...(body !== undefined && { 'content-type': 'application/json' }) },
-    ...(body !== undefined && { body }),
-    signal: AbortSignal.timeout(20_000),
-  });
-  const text = await response.text();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    parsed = undefined;
-  }
-  return { status: response.status, headers: response.headers, body: parsed, text };
-}
+const http = httpWithToken(TOKEN);
 
 describe('the dumper sidecar', () => {
   let fauxqs: Fauxqs;
@@ -490,37 +457,11 @@ describe('the dumper sidecar', () => {
       return file;
     }
 
-    function serve(...args: string[]): { child: ChildProcess; lines: Record<string, unknown>[]; event: (name: string) => Promise<Record<string, unknown>> } {
-      const child = spawn(process.execPath, [bin, 'dumper', 'serve', '--memcached', memcached.address, ...args], {
-        env: { ...process.env, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_REGION: 'us-east-1' },
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
-      const lines: Record<string, unknown>[] = [];
-      const waiting: { name: string; resolve: (e: Record<string, unknown>) => void }[] = [];
-      createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', (line) => {
-        let event: Record<string, unknown>;
-        try {
-          event = JSON.parse(line) as Record<string, unknown>;
-        } catch {
-          event = { event: 'text', line };
-        }
-        lines.push(event);
-        for (const w of waiting.filter((w) => w.name === event['event'])) w.resolve(event);
-      });
-      const event = (name: string): Promise<Record<string, unknown>> => {
-        const seen = lines.find((e) => e['event'] === name);
-        if (seen) return Promise.resolve(seen);
-        return new Promise((resolve, reject) => {
-          waiting.push({ name, resolve });
-          child.once('exit', () => reject(new Error(`the sidecar exited before logging ${name}: ${JSON.stringify(lines)}`)));
-        });
-      };
-      return { child, lines, event };
-    }
+    const serve = (...args: string[]): CliProcess => startCli(['dumper', 'serve', '--memcached', memcached.address, ...args]);
 
     test('serves with a token file and an endpoint, dumps to it, and on SIGTERM cancels its dump and exits 0', async () => {
       const file = await tokenFile(`${TOKEN}\n`);
-      const { child, lines, event } = serve('--listen', '127.0.0.1:0', '--token-file', file, '--endpoint', fauxqs.endpoint);
+      const { lines, event, exited, kill } = serve('--listen', '127.0.0.1:0', '--token-file', file, '--endpoint', fauxqs.endpoint);
       try {
         const listening = await event('listening');
         const cliUrl = String(listening['url']);
@@ -541,14 +482,14 @@ describe('the dumper sidecar', () => {
 
         const slow = await newJob({ maxItemsPerSecond: 300 });
         await cliClient.start(slow);
-        child.kill('SIGTERM');
-        const [code] = (await once(child, 'close')) as [number | null];
+        kill('SIGTERM');
+        const code = await exited;
         assert.equal(code, 0, JSON.stringify(lines));
         const names = lines.map((e) => e['event']);
         assert.ok(names.includes('stopping') && names.includes('dump-cancelled') && names.includes('closed'), JSON.stringify(names));
         assert.ok(!JSON.stringify(lines).includes(TOKEN), 'the token is never logged');
       } finally {
-        if (child.exitCode === null) child.kill('SIGKILL');
+        kill('SIGKILL');
       }
     });
 
@@ -557,8 +498,8 @@ describe('the dumper sidecar', () => {
         [await tokenFile('\n'), /--token-file .* is empty/],
         [path.join(os.tmpdir(), 'no-such-dir-cachewarm', 'token'), /cannot read --token-file .*no-such-dir-cachewarm\/token/],
       ] as const) {
-        const { child, lines } = serve('--listen', '127.0.0.1:0', '--token-file', file);
-        const [code] = (await once(child, 'close')) as [number | null];
+        const { lines, exited } = serve('--listen', '127.0.0.1:0', '--token-file', file);
+        const code = await exited;
         assert.equal(code, 2);
         assert.match(lines.map((l) => String(l['line'])).join('\n'), message);
       }

@@ -14,18 +14,9 @@ import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import type { Topology } from '../shared/topology.js';
 import { cachewarm, topologyFile, topologyFileOf } from './support/cli.js';
-import { type Cluster, countersOf, itemCount, load, nowSeconds, startCluster } from './support/cluster.js';
+import { countersOf, itemCount, load, nowSeconds, withCluster } from './support/cluster.js';
 
 const workDir = (): Promise<string> => mkdtemp(path.join(os.tmpdir(), 'cachewarm-instance-'));
-
-async function withCluster(sizes: Record<string, number>, run: (cluster: Cluster) => Promise<void>): Promise<void> {
-  const cluster = await startCluster(sizes);
-  try {
-    await run(cluster);
-  } finally {
-    await cluster.stop();
-  }
-}
 
 /** The items a replica's ring places on the node at `address`. */
 function ownedBy(topology: Topology, replica: string, address: string, items: readonly WritableItem[]): WritableItem[] {

@@ -13,18 +13,9 @@ import { CachewarmError } from '../shared/errors.js';
 import net from 'node:net';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
-import { type Cluster, itemCount, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
+import { type Cluster, itemCount, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
 
 const workDir = (): Promise<string> => mkdtemp(path.join(os.tmpdir(), 'cachewarm-test-'));
-
-async function withCluster(sizes: Record<string, number>, run: (cluster: Cluster) => Promise<void>, extraArgs?: string[]): Promise<void> {
-  const cluster = await startCluster(sizes, extraArgs ? { extraArgs } : {});
-  try {
-    await run(cluster);
-  } finally {
-    await cluster.stop();
-  }
-}
 
 function warm(cluster: Cluster, overrides: Partial<Parameters<typeof warmReplica>[0]> & { workDir: string }) {
   return warmReplica({
@@ -119,7 +110,7 @@ describe('a replica warm on the embedded default', () => {
         const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
         assert.equal(report.matched, items.length, report.examples.join('\n'));
       },
-      ['-I', '2m'],
+      { extraArgs: ['-I', '2m'] },
     );
   });
 

@@ -13,18 +13,9 @@ import { CachewarmError } from '../shared/errors.js';
 import { nodeDirectory } from '../shared/job-layout.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { cachewarm, topologyFileOf } from './support/cli.js';
-import { type Cluster, countersOf, load, loadNode, nowSeconds, startCluster } from './support/cluster.js';
+import { countersOf, load, loadNode, nowSeconds, withCluster } from './support/cluster.js';
 
 const workDir = (): Promise<string> => mkdtemp(path.join(os.tmpdir(), 'cachewarm-rerun-'));
-
-async function withCluster(sizes: Record<string, number>, run: (cluster: Cluster) => Promise<void>): Promise<void> {
-  const cluster = await startCluster(sizes);
-  try {
-    await run(cluster);
-  } finally {
-    await cluster.stop();
-  }
-}
 
 interface JobJson {
   status: string;

@@ -51,6 +51,16 @@ export async function startCluster(sizes: Record<string, number>, options: Start
   };
 }
 
+/** Runs `run` against a fresh cluster (see startCluster), stopping the cluster however `run` ends. */
+export async function withCluster(sizes: Record<string, number>, run: (cluster: Cluster) => Promise<void>, options: StartMemcachedOptions = {}): Promise<void> {
+  const cluster = await startCluster(sizes, options);
+  try {
+    await run(cluster);
+  } finally {
+    await cluster.stop();
+  }
+}
+
 /** Writes items to one node, whatever a ring would say: to give source nodes unequal loads. */
 export async function loadNode(server: { address: string }, items: readonly WritableItem[]): Promise<void> {
   const ring = { replica: 'loader', hashing: 'spymemcached' as const, nodes: [{ address: server.address, ringName: server.address }] };
