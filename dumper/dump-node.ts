@@ -4,7 +4,7 @@ import type { ChunkLocation, ChunkMessage, TargetRing } from '../shared/chunk-me
 import type { ChunkQueue } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { BufferPool } from '../shared/buffer-pool.js';
-import { ChunkBuilder, HEADER_BYTES, type KeyItem, chunkHeader, decodeKeyChunk } from '../shared/chunk-format.js';
+import { ChunkBuilder, type KeyItem, chunkHeader, decodeKeyChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { type EndMarker, LAYOUT_VERSION, crawlDoneName, endMarkerName, getJson, nodePrefix, putJson } from '../shared/job-layout.js';
@@ -121,14 +121,14 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   // Names this run's data chunks apart from those of an interrupted run.
   const run = randomBytes(3).toString('hex');
 
+  /** Announces a stored chunk; `chunk` is read here only, before any await (the caller may release it then). */
   async function announce(name: string, chunk: Buffer): Promise<void> {
-    const { items, crc32 } = chunkHeader(chunk);
     const message: ChunkMessage = {
       version: 2,
       jobId,
       source: node.id,
       ...(options.location && { store: options.location }),
-      chunk: { name, bytes: chunk.length, items, crc32 },
+      chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) },
       target,
     };
     await queue.send(message, signal);
@@ -139,8 +139,9 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   async function emit(name: string, chunk: Buffer): Promise<void> {
     await uploadLimiter.take(chunk.length, signal);
     await store.put(name, chunk, signal);
+    const announced = announce(name, chunk);
     pool.release(chunk);
-    await announce(name, chunk);
+    await announced;
   }
 
   // An in-process queue lost its messages with the process that ran it: announce again what
@@ -149,8 +150,9 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   if (!options.durableQueue) {
     for (const name of stored.filter((n) => DATA_CHUNK.test(n))) {
       const chunk = await store.get(name, { signal, into: pool });
-      await announce(name, chunk.subarray(0, HEADER_BYTES));
+      const announced = announce(name, chunk);
       pool.release(chunk);
+      await announced;
     }
   }
   if (ended) return Object.assign(counters, ended.counters);

@@ -21,7 +21,9 @@ async function drain(queue: MemoryQueue, store: LocalDirStore): Promise<{ messag
   const keys: string[] = [];
   for (let d = await queue.receive(); d; d = await queue.receive()) {
     messages.push(d.message);
-    for (const item of decodeDataChunk(await store.get(d.message.chunk.name), d.message.chunk.name)) keys.push(item.key.toString());
+    const body = await store.get(d.message.chunk.name);
+    assert.equal(d.message.chunk.bytes, body.length, `the message of ${d.message.chunk.name} states its size`);
+    for (const item of decodeDataChunk(body, d.message.chunk.name)) keys.push(item.key.toString());
     await d.ack();
   }
   return { messages, keys };

@@ -60,5 +60,6 @@ export function decodeUriKey(buf: Uint8Array, start: number, end: number): Buffe
     out[n++] = (hi << 4) | lo;
     i += 2;
   }
-  return out.subarray(0, n);
+  // Most keys need no escape: no second view of the buffer for them.
+  return n === out.length ? out : out.subarray(0, n);
 }
