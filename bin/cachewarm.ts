@@ -98,9 +98,9 @@ function addWarmOptions(command: Command): Command {
       .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
       .option('--json', 'print the summary as one JSON object')
-      .option('--force', 'copy even when the target already looks warm (embedded transport)')
+      .option('--force', 'copy even when the target already looks warm')
       .addOption(
-        new Option('--already-warm-ratio <r>', 'the target counts as warm, and nothing is copied, from this fraction of the expected items (embedded transport)')
+        new Option('--already-warm-ratio <r>', 'the target counts as warm, and nothing is copied, from this fraction of the expected items')
           .argParser(asArgument(parseAlreadyWarmRatio))
           .default(DEFAULT_ALREADY_WARM_RATIO),
       )

@@ -103,6 +103,7 @@ export function checkWarmth(topology: Topology, scope: WarmScope, source: Replic
   return scope.node ? instanceWarmth(topology, scope.node, scope.replica, check) : replicaWarmth(scope.replica, source.items, check);
 }
 
+/** The fields that say which warm a summary is of. */
 export function identity(plan: { readonly scope: WarmScope; readonly source: ReplicaStats; readonly jobId: string }): Pick<WarmSummary, 'jobId' | 'source' | 'target' | 'kind' | 'node'> {
   return {
     jobId: plan.jobId,

@@ -98,11 +98,6 @@ export interface WarmSummary {
   readonly warmth?: WarmthCheck | undefined;
 }
 
-
-
-
-
-
 /**
  * A replica warm on one machine (the embedded default): chunks in a local directory, handed
  * over through a bounded in-process queue. Every source node's dumper and the populators run
@@ -134,7 +129,6 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   return runWarm(options, { scope, source, jobId, started, resumed: earlier !== undefined, warmth });
 }
 
-
 /** A job id reused for another warm would mix two jobs' chunks: refused, naming the job's own. */
 function checkSameJob(earlier: JobRecord, scope: WarmScope, requested: string | undefined): void {
   if (earlier.kind !== scope.kind || earlier.target !== scope.label) {
@@ -152,7 +146,6 @@ function checkSameJob(earlier: JobRecord, scope: WarmScope, requested: string | 
     );
   }
 }
-
 
 interface JobPlan {
   readonly scope: WarmScope;
@@ -292,9 +285,6 @@ async function openWriter(options: WarmReplicaOptions, scope: WarmScope, pool: B
   return writer;
 }
 
-/** The fields that say which warm a summary is of. */
-
-
 /** A completed job run again: its recorded summary, marked as not redone. */
 function alreadyComplete(record: JobRecord): WarmSummary {
   const recorded = isWarmSummary(record.summary)
@@ -327,7 +317,6 @@ function isWarmSummary(value: unknown): value is WarmSummary {
     Array.isArray(s.parked)
   );
 }
-
 
 function endpointAndId(node: NodeSpec): { id: string; host: string; port: number; label: string } {
   return { id: node.id, ...endpointOf(node) };
