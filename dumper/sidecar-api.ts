@@ -3,6 +3,7 @@ import type { DumpCounters } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { HASHING_PROFILES, type HashingProfile } from '../shared/ketama.js';
 import type { S3Encryption } from '../shared/store/s3-store.js';
+import { isRecord } from '../shared/json-values.js';
 
 /**
  * The dumper sidecar's HTTP API, shared by the server (dumper/sidecar-server.ts) and the
@@ -115,10 +116,6 @@ function invalid(field: string, why: string): CachewarmError {
 
 function expected(field: string, what: string, got: unknown): CachewarmError {
   return invalid(field, `expected ${what}, got ${describe(got)}`);
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 // Control characters would end up in S3 keys, log lines and metric labels.

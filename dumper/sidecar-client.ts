@@ -8,6 +8,7 @@ import {
   dumpPath,
   parseStartDumpRequest,
 } from './sidecar-api.js';
+import { isRecord } from '../shared/json-values.js';
 
 export interface SidecarClientOptions {
   /** e.g. `http://10.0.0.1:11299` (a path after the host is kept: a proxy may mount the API under one). */
@@ -29,10 +30,6 @@ interface Answer {
   readonly status: number;
   readonly body: unknown;
   readonly url: string;
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 /** The server's own words from an ErrorBody, else the HTTP status. */

@@ -1,5 +1,6 @@
 import { CachewarmError } from './errors.js';
 import { HASHING_PROFILES, type HashingProfile } from './ketama.js';
+import { isRecord, normalizePrefix } from './json-values.js';
 
 /** 2: `store` names the bucket and prefix a chunk is in (absent for a local directory). */
 export const MESSAGE_VERSION = 2;
@@ -39,10 +40,6 @@ export interface ChunkMessage {
 
 function malformed(where: string, why: string): CachewarmError {
   return new CachewarmError('MESSAGE_MALFORMED', `message ${where}: ${why}`, { message: where });
-}
-
-function isRecord(value: unknown): value is Record<string, unknown> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function field<T>(obj: Record<string, unknown>, name: string, where: string, check: (v: unknown) => v is T, expected: string): T {
@@ -128,6 +125,5 @@ export function checkMessageScope(message: ChunkMessage, scope: { jobId: string;
   }
 }
 
-const normalizePrefix = (prefix: string | undefined): string => (prefix ?? '').replace(/^\/+|\/+$/g, '');
 const describeLocation = (location: ChunkLocation | undefined): string =>
   location ? `s3://${location.bucket}/${normalizePrefix(location.prefix)}` : 'local store';

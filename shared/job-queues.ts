@@ -13,7 +13,9 @@ import {
   TagQueueCommand,
 } from '@aws-sdk/client-sqs';
 import { CachewarmError, abortReason } from './errors.js';
-import { REASON_ATTRIBUTE, awsErrorName, sqsFailure } from './queue/sqs-queue.js';
+import { awsErrorName } from './aws-errors.js';
+import { normalizePrefix } from './json-values.js';
+import { REASON_ATTRIBUTE, sqsFailure } from './queue/sqs-queue.js';
 
 /**
  * A fleet job's two SQS queues: the job queue the dumpers announce chunks on and the
@@ -82,7 +84,6 @@ export interface ParkedEntry {
   readonly messageId?: string | undefined;
 }
 
-const normalizePrefix = (prefix: string): string => prefix.replace(/^\/+|\/+$/g, '');
 
 /**
  * `cachewarm-<job>` and `cachewarm-<job>-dlq`, valid SQS names for any job id: characters

@@ -10,6 +10,7 @@ import { isIPv4, isIPv6 } from 'node:net';
 import { parseDocument } from 'yaml';
 import { CachewarmError, type ErrorContext } from './errors.js';
 import { HASHING_PROFILES, ringNameFor, type HashingProfile } from './ketama.js';
+import { isRecord } from './json-values.js';
 
 export type { HashingProfile } from './ketama.js';
 
@@ -602,10 +603,6 @@ function editDistance(a: string, b: string): number {
     previous = current;
   }
   return previous[b.length] ?? 0;
-}
-
-function isRecord(value: unknown): value is Readonly<Record<string, unknown>> {
-  return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
 function errnoCode(error: unknown): string | undefined {

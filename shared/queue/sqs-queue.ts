@@ -6,6 +6,7 @@ import {
   SendMessageCommand,
   type SQSClient,
 } from '@aws-sdk/client-sqs';
+import { awsErrorName } from '../aws-errors.js';
 import { type ChunkMessage, parseChunkMessage } from '../chunk-message.js';
 import type { ChunkQueue, Delivery } from '../chunk-queue.js';
 import type { Clock } from '../clock.js';
@@ -256,13 +257,4 @@ export function sqsFailure(operation: string, queueUrl: string, error: unknown):
 
 function truncate(text: string): string {
   return text.length <= MAX_REASON_CHARS ? text : `${text.slice(0, MAX_REASON_CHARS - 1)}…`;
-}
-
-export function awsErrorName(error: unknown): string | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const { name, Code } = error as { name?: unknown; Code?: unknown };
-  // The modelled error name (QueueDoesNotExist) reads better than a query-compatible Code
-  // (AWS.SimpleQueueService.NonExistentQueue); Code is for errors the SDK does not model.
-  if (typeof name === 'string' && name !== 'Error' && name !== 'Unknown') return name;
-  return typeof Code === 'string' ? Code : undefined;
 }

@@ -8,6 +8,8 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
+import { awsErrorName } from '../aws-errors.js';
+import { normalizePrefix } from '../json-values.js';
 import type { BufferPool } from '../buffer-pool.js';
 import type { ChunkStore } from '../chunk-store.js';
 import { CachewarmError, abortReason } from '../errors.js';
@@ -49,7 +51,7 @@ export class S3Store implements ChunkStore {
   constructor(options: S3StoreOptions) {
     this.client = options.client;
     this.bucket = options.bucket;
-    this.prefix = (options.prefix ?? '').replace(/^\/+|\/+$/g, '');
+    this.prefix = normalizePrefix(options.prefix);
     this.sse = options.sse;
     this.listPageSize = options.listPageSize;
     this.multipartThresholdBytes = options.multipartThresholdBytes ?? 16 << 20;
@@ -180,7 +182,7 @@ export class S3Store implements ChunkStore {
 
   /** Names under `prefix` taken as a directory (`j` and `j/` both list `j/...`), relative to the store, sorted. */
   async list(prefix: string, signal?: AbortSignal): Promise<string[]> {
-    const dir = prefix.replace(/^\/+|\/+$/g, '');
+    const dir = normalizePrefix(prefix);
     const storeDir = this.prefix ? `${this.prefix}/` : '';
     const keyPrefix = storeDir + (dir ? `${dir}/` : '');
     const names: string[] = [];
@@ -234,13 +236,4 @@ export class S3Store implements ChunkStore {
       { cause: error },
     );
   }
-}
-
-function awsErrorName(error: unknown): string | undefined {
-  if (typeof error !== 'object' || error === null) return undefined;
-  const { name, Code } = error as { name?: unknown; Code?: unknown };
-  // The modelled error name (QueueDoesNotExist) reads better than a query-compatible Code
-  // (AWS.SimpleQueueService.NonExistentQueue); Code is for errors the SDK does not model.
-  if (typeof name === 'string' && name !== 'Error' && name !== 'Unknown') return name;
-  return typeof Code === 'string' ? Code : undefined;
 }
