@@ -17,7 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { targetRingOf } from '../controller/warm-plan.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { writeAll } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
 import { type MemcachedProcess, startMemcached, startMemcachedCluster } from '../shared/local-memcached.js';

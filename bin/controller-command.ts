@@ -7,7 +7,7 @@ import { DEFAULT_MIN_SHARE } from '../controller/expected-share.js';
 import { ACTIVE_STATES, InstanceJobManager, type RunWarm } from '../controller/instance-jobs.js';
 import { TopologyWatch } from '../controller/topology-watch.js';
 import { warmInstance } from '../controller/warm-instance.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { parseListenAddress } from '../shared/http-api.js';

@@ -4,7 +4,7 @@
  * its sidecar restarted, or the network blipped) is left alone rather than loading a source
  * replica for nothing.
  */
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import { CachewarmError } from '../shared/errors.js';
 import { stats } from '../shared/memcached/commands.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';

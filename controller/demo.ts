@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { writeAll } from '../populator/write-to-ring.js';
 import type { Clock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';

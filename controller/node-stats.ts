@@ -1,4 +1,4 @@
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import { statsAt } from '../shared/memcached/commands.js';
 import type { NodeSpec } from '../shared/topology.js';
 

@@ -1,4 +1,4 @@
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type ReplicaSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { type NodeStats, nodeStats } from './node-stats.js';

@@ -1,4 +1,4 @@
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import { MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';

@@ -1,6 +1,6 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { SQSClient } from '@aws-sdk/client-sqs';
-import { type Connect, connectDirect } from '../dumper/dump-node.js';
+import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { DumpStatus, KeyFilterSpec, StartDumpRequest } from '../dumper/sidecar-api.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import type { PopulatorReport } from '../populator/worker.js';

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { type Connect, connectDirect } from '../dumper/dump-node.js';
+import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { ringFilter } from '../dumper/ring-filter.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import type { TargetRing } from '../shared/chunk-message.js';

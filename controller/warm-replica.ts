@@ -1,4 +1,5 @@
-import { type Connect, connectDirect, dumpNode } from '../dumper/dump-node.js';
+import { dumpNode } from '../dumper/dump-node.js';
+import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';

@@ -8,15 +8,12 @@ import { ChunkBuilder, type KeyItem, chunkHeader, decodeKeyChunk } from '../shar
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { type EndMarker, LAYOUT_VERSION, crawlDoneName, endMarkerName, getJson, nodePrefix, putJson } from '../shared/job-layout.js';
-import { MemcachedConnection, type Endpoint } from '../shared/memcached/connection.js';
+import type { MemcachedConnection, Endpoint } from '../shared/memcached/connection.js';
+import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { CrawlMode, KeyBatch } from '../shared/memcached/crawler.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
 import { fetchValues } from './fetch-values.js';
 import { listKeys } from './list-keys.js';
-
-export type Connect = (endpoint: Endpoint, signal?: AbortSignal) => Promise<MemcachedConnection>;
-
-export const connectDirect: Connect = (endpoint, signal) => MemcachedConnection.connect(endpoint, { signal });
 
 export interface SourceNode extends Endpoint {
   /** Stable id, `replica/address`: names the node's chunks and its messages. */

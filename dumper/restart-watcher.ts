@@ -14,7 +14,7 @@ import { type Clock } from '../shared/clock.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import { stats } from '../shared/memcached/commands.js';
 import { type Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
-import type { Connect } from './dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 
 export interface RestartSignal {
   /** `replica/address`, as NodeSpec.id */

@@ -22,7 +22,8 @@ import { type Metric, PROMETHEUS_CONTENT_TYPE, renderMetrics } from '../shared/p
 import { SqsQueue } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { TokenBucket } from '../shared/token-bucket.js';
-import { type Connect, connectDirect, dumpNode } from './dump-node.js';
+import { dumpNode } from './dump-node.js';
+import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { ringFilter } from './ring-filter.js';
 import {
   type DumpState,

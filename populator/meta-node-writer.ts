@@ -4,7 +4,7 @@ import { isCachewarmError } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats } from '../shared/memcached/commands.js';
 import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
 import { DEFAULT_RETRY, type RetryPolicy, backoffMs, stillFailing } from './retry-policy.js';
 import { TargetConnections } from './target-connections.js';

@@ -1,4 +1,4 @@
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { parseAddress } from '../shared/topology.js';
 

@@ -1,7 +1,7 @@
 import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import { type WriteCounters, WriteTally } from '../shared/counters.js';
-import type { Connect } from '../dumper/dump-node.js';
+import type { Connect } from '../shared/memcached/connect.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
 import { hasExpired } from '../shared/expiry.js';
 import { KetamaRing } from '../shared/ketama.js';

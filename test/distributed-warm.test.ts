@@ -7,7 +7,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { targetRingOf } from '../controller/warm-plan.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';

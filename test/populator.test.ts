@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { targetRingOf } from '../controller/warm-plan.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { targetRingOf } from '../controller/warm-plan.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import { runPopulator } from '../populator/populate.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';

@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { warmInstance } from '../controller/warm-instance.js';
 import { targetRingOf } from '../controller/warm-plan.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';

@@ -7,7 +7,7 @@ import { describe, test } from 'node:test';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { warmReplica } from '../controller/warm-replica.js';
 import { targetRingOf } from '../controller/warm-plan.js';
-import { connectDirect } from '../dumper/dump-node.js';
+import { connectDirect } from '../shared/memcached/connect.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { nodeDirectory } from '../shared/job-layout.js';

@@ -1,4 +1,4 @@
-import { connectDirect } from '../../dumper/dump-node.js';
+import { connectDirect } from '../../shared/memcached/connect.js';
 import { writeAll } from '../../populator/write-to-ring.js';
 import { targetRingOf } from '../../controller/warm-plan.js';
 import { systemClock } from '../../shared/clock.js';
