@@ -78,10 +78,10 @@ async function flush(server: MemcachedProcess): Promise<void> {
 
 /** memcached's ceiling: prebuilt pipelined adds streamed into one empty node. */
 async function ceiling(server: MemcachedProcess, items: readonly WritableItem[], connections: number): Promise<Rate> {
-  const batches: { request: Buffer; count: number }[] = [];
+  const batches: { request: Buffer; batch: readonly WritableItem[] }[] = [];
   for (let i = 0; i < items.length; i += 256) {
     const batch = items.slice(i, i + 256);
-    batches.push({ request: buildMetaAdds(batch), count: batch.length });
+    batches.push({ request: buildMetaAdds(batch), batch });
   }
   const conns = await Promise.all(Array.from({ length: connections }, () => MemcachedConnection.connect(server)));
   const started = performance.now();
@@ -89,8 +89,8 @@ async function ceiling(server: MemcachedProcess, items: readonly WritableItem[],
     conns.map(async (conn, c) => {
       const replies: Promise<unknown>[] = [];
       for (let b = c; b < batches.length; b += connections) {
-        const { request, count } = batches[b] as { request: Buffer; count: number };
-        const reply = new MetaAddReplies(count, conn.label);
+        const { request, batch } = batches[b] as { request: Buffer; batch: readonly WritableItem[] };
+        const reply = new MetaAddReplies(batch, conn.label);
         await conn.enqueue(request, reply);
         replies.push(reply.promise);
         // Bound what is in flight the way any real writer must.

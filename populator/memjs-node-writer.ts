@@ -1,7 +1,7 @@
 import memjs, { type Client, type Response, type Server } from 'memjs';
 import type { Clock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import type { AddOutcome, WritableItem } from '../shared/memcached/meta-add.js';
+import { type AddOutcome, type WritableItem, newAddOutcome } from '../shared/memcached/meta-add.js';
 import { parseAddress } from '../shared/topology.js';
 import { DEFAULT_RETRY, type RetryPolicy, backoffMs, stillFailing } from './retry-policy.js';
 import type { NodeWriter } from './node-writer.js';
@@ -26,12 +26,14 @@ export interface MemjsNodeWriterOptions {
 const OPCODE_ADD = 0x02;
 const STATUS_OK = 0x0000;
 const STATUS_KEY_EXISTS = 0x0002;
+// The binary protocol's E2BIG and ENOMEM.
+const STATUS_TOO_LARGE = 0x0003;
+const STATUS_OUT_OF_MEMORY = 0x0082;
 /** How often outcomes are handed to `onOutcome`, in answered items. */
 const REPORT_EVERY = 256;
 /** memjs reports a refused SASL login (or a command refused for want of one) with this text. */
 const AUTH_FAILED = /authentication failed/i;
 
-const newOutcome = (): AddOutcome => ({ stored: 0, existed: 0, failed: 0, errors: [] });
 
 /** Extras of a binary ADD, laid out as memjs's own `add` builds them: flags, then expiry, u32 big-endian. */
 function addExtras(item: WritableItem): Buffer {
@@ -188,7 +190,7 @@ export class MemjsNodeWriter implements NodeWriter {
       let inFlight = 0;
       let inFlightBytes = 0;
       let done = false;
-      let outcome = newOutcome();
+      let outcome = newAddOutcome();
       let answered = 0;
       let answeredBytes = 0;
       let lastProgress = Date.now();
@@ -209,7 +211,7 @@ export class MemjsNodeWriter implements NodeWriter {
         if (answered === 0) return;
         const batch = outcome;
         const bytes = answeredBytes;
-        outcome = newOutcome();
+        outcome = newAddOutcome();
         answered = 0;
         answeredBytes = 0;
         onOutcome(batch, bytes);
@@ -241,11 +243,12 @@ export class MemjsNodeWriter implements NodeWriter {
           else {
             // Too large, out of memory, invalid key: memcached answered, the pipeline is in
             // step, only this item is lost.
-            outcome.failed++;
-            if (outcome.errors.length < 10) {
-              const text = response.val.toString('latin1').trim();
-              outcome.errors.push(`status 0x${status.toString(16).padStart(4, '0')}${text ? ` ${text}` : ''}`);
-            }
+            const text = response.val.toString('latin1').trim();
+            outcome.refused.push({
+              item,
+              reason: status === STATUS_TOO_LARGE ? 'tooLarge' : status === STATUS_OUT_OF_MEMORY ? 'outOfMemory' : 'serverError',
+              message: `status 0x${status.toString(16).padStart(4, '0')}${text ? ` ${text}` : ''}`,
+            });
           }
           answered++;
           answeredBytes += item.value.length;

@@ -116,7 +116,7 @@ export class MetaNodeWriter implements NodeWriter {
     const inFlight: Promise<void>[] = [];
     for (const batch of batches) {
       if (inFlight.length >= WINDOW) await inFlight.shift();
-      const reply = new MetaAddReplies(batch.length, conn.label);
+      const reply = new MetaAddReplies(batch, conn.label);
       const request = buildMetaAdds(batch, this.pool);
       await conn.enqueue(request, reply);
       inFlight.push(

@@ -5,7 +5,7 @@ import type { Connect } from '../shared/memcached/connect.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
 import { hasExpired } from '../shared/expiry.js';
 import { KetamaRing } from '../shared/ketama.js';
-import type { WritableItem } from '../shared/memcached/meta-add.js';
+import type { Refusal, WritableItem } from '../shared/memcached/meta-add.js';
 import type { NodeWriter } from './node-writer.js';
 
 export type TargetNodeRing = KetamaRing<TargetRing['nodes'][number]>;
@@ -20,6 +20,8 @@ export interface WriteToRingOptions {
   readonly tally: WriteTally;
   /** Addresses that may be written; items that hash elsewhere are left out. */
   readonly writeOnly?: readonly string[] | undefined;
+  /** Told of every item a node refused (counted in the tally too), e.g. to retry it later. */
+  readonly onRefused?: ((address: string, refusals: readonly Refusal[]) => void) | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -55,8 +57,11 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
         (outcome, bytes) => {
           counters.stored += outcome.stored;
           counters.existed += outcome.existed;
-          counters.failed += outcome.failed;
           counters.bytesWritten += bytes;
+          if (outcome.refused.length === 0) return;
+          for (const refusal of outcome.refused) counters[refusal.reason]++;
+          counters.failed += outcome.refused.length;
+          options.onRefused?.(address, outcome.refused);
         },
         options.signal,
       );

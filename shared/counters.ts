@@ -25,8 +25,14 @@ export interface WriteCounters {
   existed: number;
   /** Expired while waiting in a chunk: skipped rather than written with a wrong TTL. */
   expired: number;
-  /** Refused by the target (too large, out of memory) or lost to a node that stayed down. */
+  /** Refused by the target, for any of the reasons below (their sum). */
   failed: number;
+  /** Refused as larger than the node's item size limit (`-I`, `item_size_max`). */
+  tooLarge: number;
+  /** Refused for want of memory (`-M`, or no slab memory left for the item's size). */
+  outOfMemory: number;
+  /** Any other SERVER_ERROR (or binary status) the node answered with. */
+  serverError: number;
   bytesWritten: number;
 }
 
@@ -35,7 +41,7 @@ export function newDumpCounters(): DumpCounters {
 }
 
 export function newWriteCounters(): WriteCounters {
-  return { stored: 0, existed: 0, expired: 0, failed: 0, bytesWritten: 0 };
+  return { stored: 0, existed: 0, expired: 0, failed: 0, tooLarge: 0, outOfMemory: 0, serverError: 0, bytesWritten: 0 };
 }
 
 /** Write counters per target node address, created on first use. */

@@ -149,7 +149,7 @@ async function fetchAll(conn: MemcachedConnection, keys: Buffer[]): Promise<(Fet
 }
 
 async function addAll(conn: MemcachedConnection, items: WritableItem[]): Promise<AddOutcome> {
-  return conn.send(buildMetaAdds(items), new MetaAddReplies(items.length, conn.label));
+  return conn.send(buildMetaAdds(items), new MetaAddReplies(items, conn.label));
 }
 
 async function collect(batches: AsyncIterable<KeyBatch>): Promise<KeyBatch[]> {
@@ -478,7 +478,7 @@ describe('meta add: pipelined ms ... ME', () => {
       { key: Buffer.from('new-big'), value: patterned(MiB, 4), flags: 1, exptime: now + 100 },
     ];
     const outcome = await addAll(conn, items);
-    assert.deepEqual(outcome, { stored: items.length, existed: 0, failed: 0, errors: [] });
+    assert.deepEqual(outcome, { stored: items.length, existed: 0, refused: [] });
     const readAt = nowSeconds();
     for (const item of items) {
       const got = await rawGet(node.port, item.key);
@@ -502,7 +502,7 @@ describe('meta add: pipelined ms ... ME', () => {
       { key: Buffer.from('live'), value: Buffer.from('stale copy'), flags: 1, exptime: nowSeconds() + 60 },
       { key: Buffer.from('fresh-2'), value: Buffer.from('b'), flags: 0, exptime: 0 },
     ]);
-    assert.deepEqual(outcome, { stored: 2, existed: 1, failed: 0, errors: [] });
+    assert.deepEqual(outcome, { stored: 2, existed: 1, refused: [] });
     const live = await rawGet(node.port, Buffer.from('live'));
     assert.deepEqual(live && { value: live.value.toString(), flags: live.flags, ttl: live.ttl }, { value: 'written by traffic', flags: 9, ttl: -1 });
     // Adding the same batch again stores nothing.
@@ -510,7 +510,7 @@ describe('meta add: pipelined ms ... ME', () => {
       { key: Buffer.from('fresh-1'), value: Buffer.from('changed'), flags: 0, exptime: 0 },
       { key: Buffer.from('fresh-2'), value: Buffer.from('changed'), flags: 0, exptime: 0 },
     ]);
-    assert.deepEqual(again, { stored: 0, existed: 2, failed: 0, errors: [] });
+    assert.deepEqual(again, { stored: 0, existed: 2, refused: [] });
     assert.equal((await rawGet(node.port, Buffer.from('fresh-1')))?.value.toString(), 'a');
   });
 
@@ -524,9 +524,10 @@ describe('meta add: pipelined ms ... ME', () => {
     const outcome = await addAll(conn, items);
     assert.equal(outcome.stored, 3);
     assert.equal(outcome.existed, 0);
-    assert.equal(outcome.failed, 1);
-    assert.equal(outcome.errors.length, 1);
-    assert.match(outcome.errors[0] ?? '', /^SERVER_ERROR object too large for cache$/);
+    assert.deepEqual(
+      outcome.refused.map((r) => [r.item.key.toString(), r.reason, r.message]),
+      [['too-big', 'tooLarge', 'SERVER_ERROR object too large for cache']],
+    );
     assert.equal(await rawGet(node.port, Buffer.from('too-big')), undefined);
     assert.equal((await rawGet(node.port, Buffer.from('after-big')))?.value.toString(), '2');
     assert.equal((await rawGet(node.port, Buffer.from('after-big-2')))?.value.toString(), '3');
@@ -534,8 +535,7 @@ describe('meta add: pipelined ms ... ME', () => {
     assert.deepEqual(await addAll(conn, [{ key: Buffer.from('after-big-3'), value: Buffer.from('4'), flags: 0, exptime: 0 }]), {
       stored: 1,
       existed: 0,
-      failed: 0,
-      errors: [],
+      refused: [],
     });
   });
 
@@ -562,7 +562,7 @@ describe('meta add: pipelined ms ... ME', () => {
       Buffer.from(' ключ 🔑 '),
     ];
     const items = keys.map((key, i): WritableItem => ({ key, value: Buffer.from(`spaced-${i}`), flags: i, exptime: 0 }));
-    assert.deepEqual(await addAll(conn, items), { stored: keys.length, existed: 0, failed: 0, errors: [] });
+    assert.deepEqual(await addAll(conn, items), { stored: keys.length, existed: 0, refused: [] });
     // Read back through the code under test and independently.
     const results = await fetchAll(conn, keys);
     keys.forEach((key, i) => {
@@ -575,11 +575,11 @@ describe('meta add: pipelined ms ... ME', () => {
     assert.ok(dump.has('with%20space'), 'the key memcached holds is the decoded one');
     assert.ok(dump.has('%00%01%7F'));
     // A second add of the same keys finds them.
-    assert.deepEqual(await addAll(conn, items), { stored: 0, existed: keys.length, failed: 0, errors: [] });
+    assert.deepEqual(await addAll(conn, items), { stored: 0, existed: keys.length, refused: [] });
   });
 
   test('an empty batch resolves at once', async () => {
-    assert.deepEqual(await new MetaAddReplies(0, conn.label).promise, { stored: 0, existed: 0, failed: 0, errors: [] });
+    assert.deepEqual(await new MetaAddReplies([], conn.label).promise, { stored: 0, existed: 0, refused: [] });
     assert.equal(buildMetaAdds([]).length, 0);
   });
 });
@@ -602,7 +602,7 @@ describe('connections and errors', () => {
     assert.match(await version(conn), /^1\.6\./);
     // A value memcached is still waiting for the end of: the reply stays pending.
     const pending = assertRejectsWith(
-      conn.send(Buffer.from('ms somekey 100 ME\r\nonly part of the value'), new MetaAddReplies(1, conn.label)),
+      conn.send(Buffer.from('ms somekey 100 ME\r\nonly part of the value'), new MetaAddReplies([{ key: Buffer.from('somekey'), value: Buffer.alloc(100), flags: 0, exptime: 0 }], conn.label)),
       'NODE_UNREACHABLE',
       ['zone-c/doomed'],
     );

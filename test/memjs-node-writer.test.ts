@@ -14,7 +14,7 @@ import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { RetryPolicy } from '../populator/retry-policy.js';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import type { AddOutcome, WritableItem } from '../shared/memcached/meta-add.js';
+import { type AddOutcome, type WritableItem, newAddOutcome } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { itemCount, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
 import { type MemcachedProcess, freePort, startMemcached } from './support/memcached.js';
@@ -41,7 +41,7 @@ interface Written {
 }
 
 async function write(writer: MemjsNodeWriter, address: string, items: readonly WritableItem[], signal?: AbortSignal): Promise<Written> {
-  const total: AddOutcome = { stored: 0, existed: 0, failed: 0, errors: [] };
+  const total: AddOutcome = newAddOutcome();
   let batches = 0;
   let valueBytes = 0;
   await writer.addItems(
@@ -52,8 +52,7 @@ async function write(writer: MemjsNodeWriter, address: string, items: readonly W
       valueBytes += bytes;
       total.stored += outcome.stored;
       total.existed += outcome.existed;
-      total.failed += outcome.failed;
-      total.errors.push(...outcome.errors);
+      total.refused.push(...outcome.refused);
     },
     signal,
   );
@@ -114,7 +113,7 @@ describe('MemjsNodeWriter against plain memcached', () => {
     const writer = new MemjsNodeWriter({ clock: systemClock });
     try {
       const { total } = await write(writer, server.address, items);
-      assert.deepEqual(total, { stored: 4, existed: 0, failed: 0, errors: [] });
+      assert.deepEqual(total, { stored: 4, existed: 0, refused: [] });
     } finally {
       await writer.close();
     }
@@ -141,10 +140,10 @@ describe('MemjsNodeWriter against plain memcached', () => {
     const writer = new MemjsNodeWriter({ clock: systemClock, maxInFlight: 64 });
     let largest = 0;
     try {
-      const total: AddOutcome = { stored: 0, existed: 0, failed: 0, errors: [] };
+      const total: AddOutcome = newAddOutcome();
       let bytes = 0;
       await writer.addItems(server.address, items, (outcome, valueBytes) => {
-        largest = Math.max(largest, outcome.stored + outcome.existed + outcome.failed);
+        largest = Math.max(largest, outcome.stored + outcome.existed + outcome.refused.length);
         total.stored += outcome.stored;
         bytes += valueBytes;
       });
@@ -171,10 +170,10 @@ describe('MemjsNodeWriter against plain memcached', () => {
     const writer = new MemjsNodeWriter({ clock: systemClock });
     try {
       const { total } = await write(writer, server.address, [item('keep:me', 'new value', 9, 0), item('keep:fresh', 'fresh', 1, 0)]);
-      assert.deepEqual(total, { stored: 1, existed: 1, failed: 0, errors: [] });
+      assert.deepEqual(total, { stored: 1, existed: 1, refused: [] });
       // Again: both present now.
       const again = await write(writer, server.address, [item('keep:me', 'newer', 10, 0), item('keep:fresh', 'other', 2, 0)]);
-      assert.deepEqual(again.total, { stored: 0, existed: 2, failed: 0, errors: [] });
+      assert.deepEqual(again.total, { stored: 0, existed: 2, refused: [] });
     } finally {
       await writer.close();
     }
@@ -200,9 +199,8 @@ describe('MemjsNodeWriter against plain memcached', () => {
     }
     assert.equal(written.total.stored, 2);
     assert.equal(written.total.existed, 0);
-    assert.equal(written.total.failed, 1);
-    assert.equal(written.total.errors.length, 1);
-    assert.match(written.total.errors[0] ?? '', /0x0003.*too large/i);
+    assert.deepEqual(written.total.refused.map((r) => r.reason), ['tooLarge']);
+    assert.match(written.total.refused[0]?.message ?? '', /0x0003.*too large/i);
     assert.equal(written.valueBytes, 2 + (2 << 20));
     const back = await readFrom(server, items.map((i) => i.key));
     assert.equal(back[0]?.value.toString(), 'a');
@@ -220,7 +218,7 @@ describe('MemjsNodeWriter against plain memcached', () => {
     const writer = new MemjsNodeWriter({ clock: systemClock });
     try {
       const { total } = await write(writer, server.address, items);
-      assert.deepEqual(total, { stored: 3, existed: 0, failed: 0, errors: [] });
+      assert.deepEqual(total, { stored: 3, existed: 0, refused: [] });
     } finally {
       await writer.close();
     }
@@ -270,7 +268,7 @@ describe('MemjsNodeWriter against plain memcached', () => {
     assert.ok(clock.sleeps.length >= 1, 'the writer backed off before retrying');
     // An add the server stored but whose reply was cut off is found present on the retry.
     assert.equal(written.total.stored + written.total.existed, items.length);
-    assert.equal(written.total.failed, 0);
+    assert.deepEqual(written.total.refused, []);
     assert.ok(written.total.stored >= 100);
     assert.equal(written.valueBytes, items.length * 200, 'each item reported exactly once');
     const back = await readFrom(server, items.map((i) => i.key));
@@ -459,9 +457,9 @@ describe('MemjsNodeWriter against memcached with SASL (-S)', () => {
     const items = [item('sasl:a', 'alpha', 0xffffffff, nowSeconds() + 3_600), item(Buffer.from([0xff, 0x00, 0x20]), 'beta', 7, 0)];
     const writer = new MemjsNodeWriter({ clock: systemClock, username: SASL_USER, password: SASL_PASSWORD });
     try {
-      assert.deepEqual((await write(writer, sasl.address, items)).total, { stored: 2, existed: 0, failed: 0, errors: [] });
+      assert.deepEqual((await write(writer, sasl.address, items)).total, { stored: 2, existed: 0, refused: [] });
       const again = await write(writer, sasl.address, [item('sasl:a', 'other', 1, 0)]);
-      assert.deepEqual(again.total, { stored: 0, existed: 1, failed: 0, errors: [] });
+      assert.deepEqual(again.total, { stored: 0, existed: 1, refused: [] });
     } finally {
       await writer.close();
     }

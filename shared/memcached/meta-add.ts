@@ -11,13 +11,31 @@ export interface WritableItem {
   readonly exptime: number;
 }
 
+/** Why a target refused an item: it answered, so only that item is lost. */
+export type RefusalReason = 'tooLarge' | 'outOfMemory' | 'serverError';
+
+export interface Refusal {
+  readonly item: WritableItem;
+  readonly reason: RefusalReason;
+  /** What the server said, e.g. `SERVER_ERROR object too large for cache`. */
+  readonly message: string;
+}
+
 export interface AddOutcome {
   stored: number;
   /** The target already held the key: left as it was, by design. */
   existed: number;
-  /** memcached refused the item (too large, out of memory): `errors` says why. */
-  failed: number;
-  errors: string[];
+  /** Items memcached refused, each with its reason: the caller decides whether to retry them. */
+  refused: Refusal[];
+}
+
+export const newAddOutcome = (): AddOutcome => ({ stored: 0, existed: 0, refused: [] });
+
+/** memcached's text-protocol refusals, by the words it uses (1.6: proto_text.c / proto_proxy). */
+export function refusalReason(message: string): RefusalReason {
+  if (/too large/i.test(message)) return 'tooLarge';
+  if (/out of memory/i.test(message)) return 'outOfMemory';
+  return 'serverError';
 }
 
 /**
@@ -55,18 +73,18 @@ export function buildMetaAdds(items: readonly WritableItem[], pool?: BufferPool)
 /** Reads one status line per `ms`: HD stored, NS not stored because it exists, or an error. */
 export class MetaAddReplies extends Reply<AddOutcome> {
   private seen = 0;
-  private readonly outcome: AddOutcome = { stored: 0, existed: 0, failed: 0, errors: [] };
+  private readonly outcome: AddOutcome = newAddOutcome();
 
   constructor(
-    private readonly count: number,
+    private readonly items: readonly WritableItem[],
     private readonly label: string,
   ) {
     super();
-    if (count === 0) this.finish(this.outcome);
+    if (items.length === 0) this.finish(this.outcome);
   }
 
   read(buf: Buffer, pos: number): number {
-    while (this.seen < this.count) {
+    while (this.seen < this.items.length) {
       const end = lineEnd(buf, pos);
       if (end < 0) return pos;
       const c0 = buf[pos];
@@ -76,8 +94,8 @@ export class MetaAddReplies extends Reply<AddOutcome> {
       else if (c0 === 0x53 && c1 === 0x45) {
         // SERVER_ERROR (object too large, out of memory): memcached swallowed the value,
         // so the pipeline stays in step and only this item is lost.
-        this.outcome.failed++;
-        if (this.outcome.errors.length < 10) this.outcome.errors.push(lineText(buf, pos, end));
+        const message = lineText(buf, pos, end);
+        this.outcome.refused.push({ item: this.items[this.seen] as WritableItem, reason: refusalReason(message), message });
       } else {
         // CLIENT_ERROR or ERROR means the stream is out of step: nothing after it can be trusted.
         throw protocolError(this.label, 'unexpected reply to ms', lineText(buf, pos, end));
