@@ -6,7 +6,7 @@ import type { DistributedWarmOptions } from '../controller/warm-distributed.js';
 import { localPopulators } from '../controller/populator-fleet.js';
 import { CachewarmError } from '../shared/errors.js';
 import type { S3Encryption } from '../shared/store/s3-store.js';
-import { byteSize, positiveInt, readTokenFile } from './cli-support.js';
+import { BOUNDS, byteSize, concurrency, readTokenFile } from './cli-support.js';
 
 export interface AwsConnectionOptions {
   region?: string;
@@ -44,16 +44,22 @@ export interface TransportOptions extends AwsConnectionOptions {
   maxBytes?: number;
 }
 
+/** `--populators`: N (0 to 64), `auto` (1 to 8), or `auto:MIN-MAX` (0 ≤ MIN ≤ MAX, 1 ≤ MAX ≤ 64). */
 function populatorCount(text: string): DistributedWarmOptions['populators'] {
-  const auto = /^auto(?::(\d+)-(\d+))?$/.exec(text);
+  const { min: least, max: most } = BOUNDS.populators;
+  const auto = /^auto(?::(\d+)-(\d+))?$/.exec(text.trim());
   if (auto) {
     const min = Number(auto[1] ?? 1);
     const max = Number(auto[2] ?? 8);
     if (min > max) throw new InvalidArgumentError(`auto:${min}-${max}: the lower bound is above the upper`);
+    if (max < 1 || max > most) throw new InvalidArgumentError(`auto:${min}-${max}: the upper bound must be from 1 to ${most} (0 populators: give 0)`);
     return { min, max, chunksPerPopulator: 16 };
   }
-  if (!/^\d+$/.test(text)) throw new InvalidArgumentError(`expected a number, 'auto' or 'auto:MIN-MAX', got ${JSON.stringify(text)}`);
-  return { fixed: Number(text) };
+  const fixed = /^\d+$/.test(text.trim()) ? Number(text.trim()) : Number.NaN;
+  if (!(fixed >= least && fixed <= most)) {
+    throw new InvalidArgumentError(`expected a number from ${least} to ${most}, 'auto' or 'auto:MIN-MAX', got ${JSON.stringify(text)}`);
+  }
+  return { fixed };
 }
 
 /** The options of the S3+SQS transport, on `warm replica` and `warm instance`. */
@@ -68,11 +74,11 @@ export function addTransportOptions(command: Command): Command {
           .argParser(populatorCount)
           .default({ min: 1, max: 8, chunksPerPopulator: 16 }, 'auto:1-8'),
       )
-      .addOption(new Option('--populator-concurrency <n>', 'chunks each populator writes at once').argParser(positiveInt))
+      .addOption(new Option('--populator-concurrency <n>', 'chunks each populator writes at once, 1 to 64').argParser(concurrency))
       .addOption(new Option('--sse <kind>', 'server-side encryption of the chunks').choices(['AES256', 'aws:kms']))
       .option('--kms-key-id <id>', 'KMS key for --sse aws:kms (default: the account\'s aws/s3 key)')
       .option('--sidecar-token-file <file>', 'file holding the bearer token of the dumper sidecars')
-      .addOption(new Option('--max-bytes <size>', 'bytes per second each sidecar uploads (default: unlimited)').argParser(byteSize)),
+      .addOption(new Option('--max-bytes <size>', 'bytes per second each sidecar uploads, 1KiB to 1TiB (default: unlimited)').argParser(byteSize(BOUNDS.maxBytes))),
   );
   return command;
 }

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
+import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -13,7 +14,24 @@ import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type NodeSpec, type Topology, findNode, loadTopology } from '../shared/topology.js';
-import { EXIT, asArgument, byteSize, exitOnError, interruptSignal, positiveInt, progressPrinter } from './cli-support.js';
+import {
+  BOUNDS,
+  EXIT,
+  JsonOutcome,
+  asArgument,
+  byteSize,
+  checkWorkDir,
+  chunkSize,
+  commandOf,
+  concurrency,
+  exitOnError,
+  handleCrashes,
+  interruptSignal,
+  jsonRequested,
+  progressPrinter,
+  routeCommanderErrors,
+  wholeNumber,
+} from './cli-support.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
 import { registerControllerCommand } from './controller-command.js';
 import { registerDumperCommand } from './dumper-command.js';
@@ -57,10 +75,24 @@ async function targetWriter(
   });
 }
 
+/** The package's version, for `--version`: package.json is two levels above dist/bin/. */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 const program = new Command()
   .name('cachewarm')
   .description('Warms memcached replicas: copies live items into a new or emptied replica, add-only.')
+  .version(packageVersion(), '-V, --version', 'print the version')
   .showHelpAfterError('(run with --help for usage)');
+
+/** Under `--json`, a warm's one JSON object on stdout: its summary, or its failure. */
+const jsonOutcome = new JsonOutcome();
 
 const warm = program.command('warm').description('start a warm');
 
@@ -92,10 +124,12 @@ function addWarmOptions(command: Command): Command {
       .option('--job-id <id>', 'name the job (default: generated); the same id and work dir resume it')
       // 4 MiB measured faster than 16 MiB on the embedded default (the chunks being written
       // stay in cache) and keeps the warm's memory near 300 MiB.
-      .addOption(new Option('--chunk-size <size>', 'data chunk size, e.g. 16MiB').argParser(byteSize).default(4 << 20, '4MiB'))
-      .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
-      .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node').argParser(positiveInt).default(2))
-      .addOption(new Option('--populate-concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
+      .addOption(new Option('--chunk-size <size>', 'data chunk size, 64KiB to 1GiB, e.g. 16MiB').argParser(chunkSize).default(4 << 20, '4MiB'))
+      .addOption(
+        new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)),
+      )
+      .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node, 1 to 64').argParser(concurrency).default(2))
+      .addOption(new Option('--populate-concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
       .option('--json', 'print the summary as one JSON object')
       .option('--force', 'copy even when the target already looks warm')
@@ -122,9 +156,13 @@ interface WarmTarget {
 
 /**
  * Runs a warm on the transport asked for, prints the summary to stdout and sets the exit code:
- * 0 when the warm completed, or had nothing to do (already warm, job already complete).
+ * 0 when the warm completed, or had nothing to do (already warm, job already complete). Under
+ * `--json` a failure prints its JSON object too (the program's catch does, see below).
  */
 async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Topology) => WarmTarget): Promise<void> {
+  if (opts.json) jsonOutcome.want(opts.jobId === undefined ? {} : { jobId: opts.jobId });
+  // Checked before anything is opened: a bad work directory found mid-warm left connections open.
+  if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const topology = await loadTopology(opts.topology);
   const target = targetIn(topology);
   const printer = progressPrinter();
@@ -142,7 +180,8 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
   const summary = await (opts.transport === 'aws' ? warmOverAws(opts, target, common) : warmEmbedded(opts, target, common)).finally(
     printer.done,
   );
-  process.stdout.write(opts.json ? `${JSON.stringify(summary)}\n` : `${summaryText(summary)}\n`);
+  if (opts.json) jsonOutcome.result(summary);
+  else process.stdout.write(`${summaryText(summary)}\n`);
   process.exitCode = summary.complete ? EXIT.ok : EXIT.incomplete;
 }
 
@@ -203,13 +242,14 @@ addWarmOptions(
 program
   .command('demo')
   .description('start a local demo cluster (two replicas on loopback), load it, warm one replica from the other, verify, stop')
-  .addOption(new Option('--items <n>', 'items loaded into the source replica').argParser(positiveInt).default(100_000))
-  .addOption(new Option('--value-size <size>', 'bytes per value').argParser(byteSize).default(512, '512B'))
-  .addOption(new Option('--source-nodes <n>', 'nodes in the source replica').argParser(positiveInt).default(3))
-  .addOption(new Option('--target-nodes <n>', 'nodes in the target replica').argParser(positiveInt).default(4))
-  .addOption(new Option('--chunk-size <size>', 'data chunk size').argParser(byteSize).default(4 << 20, '4MiB'))
+  .addOption(new Option('--items <n>', 'items loaded into the source replica').argParser(wholeNumber(BOUNDS.demoItems)).default(100_000))
+  .addOption(new Option('--value-size <size>', 'bytes per value').argParser(byteSize(BOUNDS.demoValueSize)).default(512, '512B'))
+  .addOption(new Option('--source-nodes <n>', 'nodes in the source replica, 1 to 32').argParser(wholeNumber(BOUNDS.demoNodes)).default(3))
+  .addOption(new Option('--target-nodes <n>', 'nodes in the target replica, 1 to 32').argParser(wholeNumber(BOUNDS.demoNodes)).default(4))
+  .addOption(new Option('--chunk-size <size>', 'data chunk size, 64KiB to 1GiB').argParser(chunkSize).default(4 << 20, '4MiB'))
   .option('--work-dir <dir>', 'where chunks and the job record are kept', path.join(defaultWorkDir, 'demo'))
   .action(async (opts: { items: number; valueSize: number; sourceNodes: number; targetNodes: number; chunkSize: number; workDir: string }) => {
+    await checkWorkDir(opts.workDir);
     const printer = progressPrinter();
     const { summary, verify } = await runDemo({
       items: opts.items,
@@ -239,4 +279,14 @@ registerDumperCommand(program);
 
 registerControllerCommand(program);
 
-program.parseAsync(process.argv).catch(exitOnError);
+// Set on every command, once all are registered: commander's errors exit 2 as `cachewarm: …`.
+routeCommanderErrors(program);
+handleCrashes(jsonOutcome);
+
+program.parseAsync(process.argv).catch((error: unknown) => {
+  // A warm refused while its options were parsed: under --json it still prints its one object.
+  const command = commandOf(error);
+  if (!jsonOutcome.wanted && command?.parent?.name() === 'warm' && jsonRequested(command)) jsonOutcome.want();
+  jsonOutcome.failure(error);
+  exitOnError(error);
+});

@@ -1,13 +1,39 @@
-import { InvalidArgumentError } from 'commander';
-import { readFile } from 'node:fs/promises';
+import { type Command, CommanderError, InvalidArgumentError } from 'commander';
+import { constants as fsConstants } from 'node:fs';
+import { access, mkdir, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
 import type { WarmProgress } from '../controller/warm-replica.js';
 import { progressLine } from '../controller/report.js';
+import { MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES } from '../dumper/sidecar-api.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
-import { parseByteSize, parsePositiveInt } from '../shared/units.js';
+import { type Bounds, parseByteSizeInRange, parseIntInRange } from '../shared/units.js';
 
 /** Exit codes, documented in the README. */
 export const EXIT = { ok: 0, incomplete: 1, usage: 2, interrupted: 130 } as const;
 
+/** The error codes that mean the command was given something it cannot use: exit 2. */
+const USAGE_CODES: ReadonlySet<string> = new Set(['INVALID_ARGUMENT', 'TOPOLOGY_INVALID']);
+
+/**
+ * The bounds of every numeric option, in one place. Chunk sizes are those a dumper sidecar
+ * accepts in a start request (the chunk format's own limit, a u32 body length, is 4 GiB); the
+ * upper bounds of the others are far above any useful setting and below the harmful ones
+ * (each unit of concurrency holds a chunk in memory and, for readers, a connection per node).
+ */
+export const BOUNDS = {
+  chunkSize: { min: MIN_CHUNK_SIZE_BYTES, max: MAX_CHUNK_SIZE_BYTES, why: 'the chunk sizes the dumpers accept' },
+  concurrency: { min: 1, max: 64 },
+  maxOps: { min: 1, max: 100_000_000, why: 'items per second per source node' },
+  maxBytes: { min: 1 << 10, max: 2 ** 40, why: 'bytes per second per sidecar' },
+  populators: { min: 0, max: 64 },
+  waitSeconds: { min: 1, max: 20, why: 'SQS long-polls at most 20 s' },
+  topologyPollMs: { min: 10, max: 3_600_000 },
+  demoItems: { min: 1, max: 10_000_000 },
+  demoValueSize: { min: 0, max: 1000 << 10, why: "memcached's default 1 MiB item limit, less room for the key and header" },
+  demoNodes: { min: 1, max: 32 },
+} as const satisfies Record<string, Bounds>;
+
+/** A commander argument parser from a parse function: its error becomes commander's "argument is invalid" line. */
 export function asArgument<T>(parse: (text: string) => T): (text: string) => T {
   return (text) => {
     try {
@@ -18,8 +44,18 @@ export function asArgument<T>(parse: (text: string) => T): (text: string) => T {
   };
 }
 
-export const byteSize = asArgument(parseByteSize);
-export const positiveInt = asArgument((text) => parsePositiveInt(text, 'value'));
+/** An option's parser for a whole number within `bounds`. */
+export function wholeNumber(bounds: Bounds): (text: string) => number {
+  return asArgument((text) => parseIntInRange(text, bounds));
+}
+
+/** An option's parser for a byte size ("16MiB") within `bounds`. */
+export function byteSize(bounds: Bounds): (text: string) => number {
+  return asArgument((text) => parseByteSizeInRange(text, bounds));
+}
+
+export const chunkSize = byteSize(BOUNDS.chunkSize);
+export const concurrency = wholeNumber(BOUNDS.concurrency);
 
 /**
  * Progress on stderr: one line rewritten in place on a terminal, a log line every
@@ -55,18 +91,213 @@ export function interruptSignal(): AbortSignal {
   return controller.signal;
 }
 
-/** The exit code and the one line a person reads, for whatever a command threw. */
-export function exitOnError(error: unknown): void {
+/** What a failed run comes to: its exit code, and the code and message it is reported with. */
+export interface Failure {
+  readonly exitCode: number;
+  readonly code: string;
+  readonly message: string;
+}
+
+const commandOfError = new WeakMap<Error, Command>();
+
+/** Every command of the program, the program first. */
+function commandsOf(command: Command): Command[] {
+  return [command, ...command.commands.flatMap(commandsOf)];
+}
+
+/**
+ * Makes commander's own errors (unknown option or command, missing option or argument, an
+ * argument its parser refuses) read like every other message, `cachewarm: <message>`, and
+ * throw instead of exiting, so that exitOnError gives them exit 2 (help and version displays
+ * keep 0). exitOverride and configureOutput are settings of each command, not inherited by
+ * commands added before them: call this once every command is registered.
+ */
+export function routeCommanderErrors(program: Command): void {
+  for (const command of commandsOf(program)) {
+    command
+      .exitOverride((error) => {
+        commandOfError.set(error, command);
+        throw error;
+      })
+      .configureOutput({ outputError: (text, write) => write(`cachewarm: ${withoutErrorPrefix(text)}`) });
+    // Given no subcommand, commander shows the usage on stderr and exits 1: the error line
+    // goes first, like every other one (and exitOnError makes it exit 2).
+    if (command.commands.length > 0) command.addHelpText('before', ({ error }) => (error ? `cachewarm: ${missingCommand(command)}` : ''));
+  }
+}
+
+function missingCommand(command: Command): string {
+  const names = command.commands.map((c) => c.name()).join(', ');
+  return command.parent ? `'${commandPath(command).replace(/^\S+ /, '')}' needs a command: ${names}` : `a command is needed: ${names}`;
+}
+
+/** The command whose parsing raised a commander error (undefined for any other error). */
+export function commandOf(error: unknown): Command | undefined {
+  return error instanceof Error ? commandOfError.get(error) : undefined;
+}
+
+function withoutErrorPrefix(text: string): string {
+  return text.replace(/^error: /, '');
+}
+
+/** "cachewarm warm replica". */
+export function commandPath(command: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = command; c; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
+}
+
+/** The exit code, error code and message for whatever a command threw. */
+export function failureOf(error: unknown): Failure {
+  if (error instanceof CommanderError) {
+    const shown = error.code === 'commander.helpDisplayed' || error.code === 'commander.version' || (error.code === 'commander.help' && error.exitCode === 0);
+    if (shown) return { exitCode: EXIT.ok, code: error.code, message: error.message };
+    const command = commandOf(error);
+    const message = error.code !== 'commander.help' ? withoutErrorPrefix(error.message) : command ? missingCommand(command) : 'a command is needed';
+    return { exitCode: EXIT.usage, code: 'INVALID_ARGUMENT', message };
+  }
   if (isCachewarmError(error)) {
-    process.stderr.write(`cachewarm: ${error.message} [${error.code}]\n`);
-    const usage = error.code === 'TOPOLOGY_INVALID' || error.code === 'INVALID_ARGUMENT';
-    process.exitCode = usage ? EXIT.usage : error.code === 'ABORTED' ? EXIT.interrupted : EXIT.incomplete;
-  } else if ((error as { code?: string }).code === 'ABORTED') {
-    process.stderr.write(`cachewarm: ${(error as Error).message}\n`);
-    process.exitCode = EXIT.interrupted;
-  } else {
-    process.stderr.write(`cachewarm: ${(error as Error)?.stack ?? String(error)}\n`);
-    process.exitCode = EXIT.incomplete;
+    const exitCode = USAGE_CODES.has(error.code) ? EXIT.usage : error.code === 'ABORTED' ? EXIT.interrupted : EXIT.incomplete;
+    return { exitCode, code: error.code, message: error.message };
+  }
+  const code = (error as { code?: unknown } | undefined)?.code;
+  const message = error instanceof Error ? error.message : String(error);
+  if (code === 'ABORTED') return { exitCode: EXIT.interrupted, code, message };
+  return { exitCode: EXIT.incomplete, code: typeof code === 'string' && code !== '' ? code : 'UNEXPECTED', message: message || String(error) };
+}
+
+/** CACHEWARM_DEBUG=1 (or any value but 0/false): stacks are printed with the messages. */
+export function debugging(): boolean {
+  const value = process.env['CACHEWARM_DEBUG'];
+  return value !== undefined && value !== '' && value !== '0' && value.toLowerCase() !== 'false';
+}
+
+/** How long a failed command may take to close what it opened before the process is ended. */
+const EXIT_GRACE_MS = 2_000;
+
+/**
+ * The exit code and the one line a person reads, for whatever a command threw: `cachewarm:
+ * <message>`, never a stack (CACHEWARM_DEBUG=1 adds it). Commander has printed its own errors
+ * already. A failed command ends the process even if something it opened is still open.
+ */
+export function exitOnError(error: unknown): void {
+  const failure = failureOf(error);
+  // Commander has printed its errors already (see routeCommanderErrors).
+  if (!(error instanceof CommanderError) && failure.exitCode !== EXIT.ok) {
+    const code = isCachewarmError(error) ? ` [${error.code}]` : '';
+    const hint = failure.code === 'UNEXPECTED' && !debugging() ? ' (CACHEWARM_DEBUG=1 prints where)' : '';
+    process.stderr.write(`cachewarm: ${failure.message}${code}${hint}\n`);
+  }
+  if (debugging() && error instanceof Error && !(error instanceof CommanderError)) process.stderr.write(`${stackOf(error)}\n`);
+  process.exitCode = failure.exitCode;
+  if (failure.exitCode !== EXIT.ok) setTimeout(() => process.exit(), EXIT_GRACE_MS).unref();
+}
+
+function stackOf(error: Error): string {
+  const cause = error.cause instanceof Error ? `\ncaused by: ${stackOf(error.cause)}` : '';
+  return `${error.stack ?? error.message}${cause}`;
+}
+
+/**
+ * The JSON outcome of a run under `--json`: exactly one object on stdout, the summary when the
+ * run got one, else `{complete: false, exitCode, error: {code, message}}` (with the job id
+ * when it was given), whatever ended it: a refused option, a failure, an interruption.
+ */
+export class JsonOutcome {
+  private context: Record<string, unknown> | undefined;
+  private printed = false;
+
+  /** From now on the run's outcome is printed as JSON; `context` goes into a failure's object. */
+  want(context: Record<string, unknown> = {}): void {
+    this.context = context;
+  }
+
+  get wanted(): boolean {
+    return this.context !== undefined;
+  }
+
+  /** Prints the summary (at most one object is ever printed). */
+  result(summary: object): void {
+    this.print(summary);
+  }
+
+  /** Prints the failure's object, if JSON is wanted and nothing was printed yet. */
+  failure(error: unknown): void {
+    if (!this.context) return;
+    const failure = failureOf(error);
+    if (failure.exitCode === EXIT.ok) return;
+    this.print({ complete: false, ...this.context, exitCode: failure.exitCode, error: { code: failure.code, message: failure.message } });
+  }
+
+  private print(value: object): void {
+    if (this.printed) return;
+    this.printed = true;
+    process.stdout.write(`${JSON.stringify(value)}\n`);
+  }
+}
+
+/** Whether `--json` is among the arguments given to `command` (before a `--`). */
+export function jsonRequested(command: Command, argv: readonly string[] = process.argv.slice(2)): boolean {
+  if ((command.opts() as { json?: unknown }).json === true) return true;
+  const end = argv.indexOf('--');
+  return (end === -1 ? argv : argv.slice(0, end)).includes('--json');
+}
+
+/**
+ * A bug that escapes every handler (an error event nobody listens to, a promise nobody
+ * awaits) still ends in one line, exit 1, and the JSON outcome when one is wanted.
+ */
+export function handleCrashes(json: JsonOutcome): void {
+  const crash = (error: unknown): void => {
+    const message = error instanceof Error ? error.message : String(error);
+    process.stderr.write(`cachewarm: unexpected error: ${message}${debugging() ? '' : ' (CACHEWARM_DEBUG=1 prints where)'}\n`);
+    if (debugging() && error instanceof Error) process.stderr.write(`${stackOf(error)}\n`);
+    json.failure(Object.assign(new Error(message), { code: 'UNEXPECTED' }));
+    process.exit(EXIT.incomplete);
+  };
+  process.on('uncaughtException', crash);
+  process.on('unhandledRejection', crash);
+}
+
+/**
+ * Checks a work directory before anything is opened: it must be a directory this process can
+ * write in, or a path where one can be created (it is created then). Throws INVALID_ARGUMENT
+ * (exit 2) naming it otherwise.
+ */
+export async function checkWorkDir(dir: string, option = '--work-dir'): Promise<void> {
+  const refuse = (why: string): CachewarmError => new CachewarmError('INVALID_ARGUMENT', `${option} ${dir}: ${why}`, { dir });
+  const absolute = path.resolve(dir);
+  // The deepest part of the path that exists must be a directory; the missing ones below it
+  // are made one at a time (a recursive mkdir never returns on some paths, /proc/x for one).
+  const missing: string[] = [];
+  for (let at = absolute; ; ) {
+    let isDirectory: boolean;
+    try {
+      isDirectory = (await stat(at)).isDirectory();
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      const up = path.dirname(at);
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && up !== at) {
+        missing.unshift(at);
+        at = up;
+        continue;
+      }
+      throw refuse(`cannot use it: ${(error as Error).message}`);
+    }
+    if (!isDirectory) throw refuse(at === absolute ? 'not a directory' : `cannot create it: ${at} is a file, not a directory`);
+    break;
+  }
+  for (const part of missing) {
+    try {
+      await mkdir(part);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw refuse(`cannot create it: ${(error as Error).message}`);
+    }
+  }
+  try {
+    await access(absolute, fsConstants.W_OK | fsConstants.X_OK);
+  } catch {
+    throw refuse('not writable');
   }
 }
 
@@ -88,7 +319,6 @@ export async function readTokenFile(file: string, option = '--token-file'): Prom
   }
   return token;
 }
-
 
 /** One JSON object per line on stderr, each stamped with the time: the services' log format. */
 export function logLine(event: Record<string, unknown>): void {

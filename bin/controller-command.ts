@@ -1,6 +1,6 @@
 import os from 'node:os';
 import path from 'node:path';
-import { type Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { createControllerServer } from '../controller/controller-server.js';
 import { instanceWarmDecider } from '../controller/decide-instance-warm.js';
 import { DEFAULT_MIN_SHARE } from '../controller/expected-share.js';
@@ -11,8 +11,9 @@ import { connectDirect } from '../shared/memcached/connect.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { parseListenAddress } from '../shared/http-api.js';
+import { parseFractionInRange } from '../shared/units.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
-import { EXIT, asArgument, byteSize, logLine, positiveInt, readTokenFile, stopSignal } from './cli-support.js';
+import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, logLine, readTokenFile, stopSignal, wholeNumber } from './cli-support.js';
 
 interface ServeOptions extends TransportOptions {
   topology: string;
@@ -26,11 +27,7 @@ interface ServeOptions extends TransportOptions {
 }
 
 
-function minShare(text: string): number {
-  const value = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(text) ? Number(text) : Number.NaN;
-  if (!(value >= 0 && value <= 1)) throw new InvalidArgumentError(`expected a fraction from 0 to 1, got ${JSON.stringify(text)}`);
-  return value;
-}
+const minShare = asArgument((text) => parseFractionInRange(text, { min: 0, max: 1 }));
 
 /** The warm each job runs: in this process (embedded), or through the sidecars, S3 and SQS. */
 async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; close: () => void }> {
@@ -81,6 +78,7 @@ async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; close
 
 async function serve(opts: ServeOptions): Promise<void> {
   const token = await readTokenFile(opts.tokenFile);
+  if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const stopped = stopSignal();
   const watch = await TopologyWatch.open({ file: opts.topology, clock: systemClock, intervalMs: opts.topologyPollMs, log: logLine });
   const { runWarm, close: closeRunner } = await warmRunner(opts);
@@ -135,8 +133,15 @@ export function registerControllerCommand(program: Command): void {
           .default(DEFAULT_MIN_SHARE),
       )
       .option('--work-dir <dir>', 'where chunks and job records are kept (embedded transport)', path.join(os.tmpdir(), 'cachewarm', 'controller'))
-      .addOption(new Option('--chunk-size <size>', 'data chunk size').argParser(byteSize).default(4 << 20, '4MiB'))
-      .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(positiveInt))
-      .addOption(new Option('--topology-poll-ms <ms>', 'how often the topology file is checked for changes').argParser(positiveInt).default(3_000).hideHelp()),
+      .addOption(new Option('--chunk-size <size>', 'data chunk size, 64KiB to 1GiB').argParser(chunkSize).default(4 << 20, '4MiB'))
+      .addOption(
+        new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)),
+      )
+      .addOption(
+        new Option('--topology-poll-ms <ms>', 'how often the topology file is checked for changes')
+          .argParser(wholeNumber(BOUNDS.topologyPollMs))
+          .default(3_000)
+          .hideHelp(),
+      ),
   ).action(serve);
 }

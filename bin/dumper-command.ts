@@ -6,7 +6,7 @@ import { CachewarmError } from '../shared/errors.js';
 import { parseListenAddress } from '../shared/http-api.js';
 import { parseAddress } from '../shared/topology.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { EXIT, asArgument, byteSize, logLine, positiveInt, readTokenFile, stopSignal } from './cli-support.js';
+import { EXIT, asArgument, chunkSize, concurrency, logLine, readTokenFile, stopSignal } from './cli-support.js';
 
 interface ServeOptions {
   memcached: { host: string; port: number };
@@ -87,10 +87,10 @@ export function registerDumperCommand(program: Command): void {
     .option('--node <id>', "this node's id in the topology (`replica/host:port`): named in its restart signals")
     .option('--controller <url>', 'the controller service to send restart signals to (needs --node and --controller-token-file)')
     .option('--controller-token-file <file>', "file holding the controller's bearer token")
-    .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once (a connection each)').argParser(positiveInt).default(2))
+    .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once (a connection each), 1 to 64').argParser(concurrency).default(2))
     .addOption(
-      new Option('--max-chunk-size <size>', 'largest chunk size a start request may ask for: bounds the memory')
-        .argParser(byteSize)
+      new Option('--max-chunk-size <size>', 'largest chunk size a start request may ask for, 64KiB to 1GiB: bounds the memory')
+        .argParser(chunkSize)
         .default(64 << 20, '64MiB'),
     );
   addAwsConnectionOptions(serveCommand).action(serve);

@@ -3,9 +3,8 @@ import { type Command, Option } from 'commander';
 import type { WorkerLogEntry, WorkerResult } from '../populator/worker.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import { parsePositiveInt } from '../shared/units.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { EXIT, asArgument, positiveInt } from './cli-support.js';
+import { BOUNDS, EXIT, concurrency, wholeNumber } from './cli-support.js';
 
 interface PopulatorCommandOptions {
   queueUrl: string;
@@ -17,12 +16,6 @@ interface PopulatorCommandOptions {
   waitSeconds: number;
 }
 
-const waitSeconds = asArgument((text) => {
-  const seconds = parsePositiveInt(text, '--wait-seconds');
-  if (seconds > 20) throw new Error(`--wait-seconds: SQS long-polls at most 20 s, got ${seconds}`);
-  return seconds;
-});
-
 /**
  * `cachewarm populator --queue-url URL`: one stateless populator worker, as many as the
  * autoscaler likes. Logs are JSON lines on stderr; the result is one JSON line on stdout.
@@ -33,10 +26,10 @@ export function registerPopulatorCommand(program: Command): void {
     .command('populator')
     .description("a stateless populator worker: writes the chunks announced on a job's SQS queue into the target replica, add-only")
     .requiredOption('--queue-url <url>', 'the job queue (made by the controller; its tags name the job, bucket and prefix)')
-    .addOption(new Option('--concurrency <n>', 'chunks written at once').argParser(positiveInt).default(4))
+    .addOption(new Option('--concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
     .option('--follow', 'keep polling after the job is complete, until SIGTERM')
     .option('--worker-id <id>', "names this worker's report in the store (default: hostname-pid)")
-    .addOption(new Option('--wait-seconds <n>', 'long-poll wait of each receive, 1 to 20').argParser(waitSeconds).default(20));
+    .addOption(new Option('--wait-seconds <n>', 'long-poll wait of each receive, 1 to 20').argParser(wholeNumber(BOUNDS.waitSeconds)).default(20));
   addAwsConnectionOptions(command).action(async (opts: PopulatorCommandOptions) => {
       process.exitCode = await populate(opts);
     });

@@ -49,6 +49,78 @@ export function parsePositiveInt(text: string, what: string): number {
   return value;
 }
 
+/** Inclusive bounds of a setting; `why` says where they come from (shown in the message). */
+export interface Bounds {
+  readonly min: number;
+  readonly max: number;
+  readonly why?: string;
+}
+
+function outOfBounds(text: string, what: string | undefined, expected: string, bounds: Bounds): CachewarmError {
+  const lead = what ? `${what}: ` : '';
+  const why = bounds.why ? ` (${bounds.why})` : '';
+  return new CachewarmError('INVALID_ARGUMENT', `${lead}expected ${expected}${why}, got "${text}"`, {
+    ...(what !== undefined && { what }),
+    input: text,
+    min: bounds.min,
+    max: bounds.max,
+  });
+}
+
+/**
+ * Parses a whole number within `bounds` (inclusive). Only plain decimal digits are taken:
+ * "1e3", "0x10", "1.5" and "" are refused, as is anything outside the bounds ("-5", "0").
+ */
+export function parseIntInRange(text: string, bounds: Bounds, what?: string): number {
+  const trimmed = text.trim();
+  const value = /^[+-]?\d+$/.test(trimmed) ? Number(trimmed) : Number.NaN;
+  if (!Number.isSafeInteger(value) || value < bounds.min || value > bounds.max) {
+    throw outOfBounds(text, what, `a whole number from ${bounds.min} to ${bounds.max}`, bounds);
+  }
+  return value;
+}
+
+/** Parses a byte size (see parseByteSize) within `bounds` (inclusive, in bytes). */
+export function parseByteSizeInRange(text: string, bounds: Bounds, what?: string): number {
+  let bytes: number;
+  try {
+    bytes = parseByteSize(text);
+  } catch (error) {
+    if (what === undefined) throw error;
+    throw new CachewarmError('INVALID_ARGUMENT', `${what}: ${(error as Error).message}`, { what, input: text });
+  }
+  if (bytes < bounds.min || bytes > bounds.max) {
+    throw outOfBounds(text, what, `a size from ${exactBytes(bounds.min)} to ${exactBytes(bounds.max)}`, bounds);
+  }
+  return bytes;
+}
+
+/**
+ * Parses a fraction within `bounds` (inclusive): plain decimal notation only ("0.5", ".5",
+ * "1"), so "1e-1", "NaN" and "50%" are refused.
+ */
+export function parseFractionInRange(text: string, bounds: Bounds, what?: string): number {
+  const value = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(text) ? Number(text) : Number.NaN;
+  if (!(value >= bounds.min && value <= bounds.max)) {
+    throw outOfBounds(text, what, `a number from ${bounds.min} to ${bounds.max}`, bounds);
+  }
+  return value;
+}
+
+/** A byte count in the largest unit that writes it exactly: "64 KiB", "1 GiB", "1000 B", "1.5 MiB" is "1536 KiB". */
+export function exactBytes(n: number): string {
+  const units: ReadonlyArray<[string, number]> = [
+    ['TiB', 2 ** 40],
+    ['GiB', 2 ** 30],
+    ['MiB', 2 ** 20],
+    ['KiB', 2 ** 10],
+  ];
+  for (const [unit, size] of units) {
+    if (n !== 0 && n % size === 0) return `${n / size} ${unit}`;
+  }
+  return `${n} B`;
+}
+
 /**
  * Scales `value` to the largest unit it reaches, judged after rounding to one decimal so
  * that 1023.96 KiB prints as "1.0 MiB" rather than "1024.0 KiB".

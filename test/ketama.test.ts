@@ -2,7 +2,7 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isCachewarmError } from '../shared/errors.js';
 import {
@@ -14,21 +14,14 @@ import {
   type RingMember,
 } from '../shared/ketama.js';
 
-// Tests run from dist/test/, three levels below /work where the shared vectors live.
-function vectorsDir(): string {
-  const override = process.env['CACHEWARM_KETAMA_VECTORS'];
-  return override
-    ? resolve(override)
-    : fileURLToPath(new URL('../../../shared/ketama-vectors/', import.meta.url));
-}
+// The reference vectors are fixtures in the repository (test/fixtures/ketama-vectors/, see its
+// README for the client versions that produced them). The compiled test runs from dist/test/,
+// so the path is taken from the project root, two levels up.
+const VECTORS_DIR = fileURLToPath(new URL('../../test/fixtures/ketama-vectors/', import.meta.url));
 
 function readVectorFile(name: string): string {
-  const dir = vectorsDir();
-  const path = join(dir, name);
-  assert.ok(
-    existsSync(path),
-    `ketama vector file ${path} is missing; set CACHEWARM_KETAMA_VECTORS to the ketama-vectors directory`,
-  );
+  const path = join(VECTORS_DIR, name);
+  assert.ok(existsSync(path), `ketama vector file ${path} is missing`);
   return readFileSync(path, 'utf8');
 }
 
@@ -92,9 +85,8 @@ describe('ketama placement matches the reference clients', () => {
   }
 
   test('no vector file goes unchecked', () => {
-    const dir = vectorsDir();
-    assert.ok(existsSync(dir), `ketama vectors directory ${dir} is missing; set CACHEWARM_KETAMA_VECTORS`);
-    const present = readdirSync(dir).filter((f) => f.endsWith('.tsv')).sort();
+    assert.ok(existsSync(VECTORS_DIR), `ketama vectors directory ${VECTORS_DIR} is missing`);
+    const present = readdirSync(VECTORS_DIR).filter((f) => f.endsWith('.tsv')).sort();
     const checked = VECTOR_FILES.map(({ profile, ring }) => `${profile}-${ring}.tsv`).sort();
     assert.deepEqual(present, checked);
   });

@@ -1,7 +1,17 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { isCachewarmError } from '../shared/errors.js';
-import { formatBytes, formatDuration, formatRate, parseByteSize, parsePositiveInt } from '../shared/units.js';
+import {
+  exactBytes,
+  formatBytes,
+  formatDuration,
+  formatRate,
+  parseByteSize,
+  parseByteSizeInRange,
+  parseFractionInRange,
+  parseIntInRange,
+  parsePositiveInt,
+} from '../shared/units.js';
 
 describe('parseByteSize', () => {
   const cases: Array<[string, number]> = [
@@ -56,6 +66,84 @@ describe('parsePositiveInt', () => {
         (e) => isCachewarmError(e, 'INVALID_ARGUMENT') && e.message.includes('--concurrency') && e.message.includes(`"${text}"`),
       );
     });
+  }
+});
+
+describe('parseIntInRange', () => {
+  const bounds = { min: 1, max: 64 };
+  test('accepts whole numbers within the bounds, ends included', () => {
+    assert.equal(parseIntInRange('1', bounds), 1);
+    assert.equal(parseIntInRange('64', bounds), 64);
+    assert.equal(parseIntInRange(' 8 ', bounds), 8);
+    assert.equal(parseIntInRange('0', { min: 0, max: 3 }), 0);
+  });
+
+  for (const text of ['0', '65', '-5', '1.5', 'ten', '', '1e3', '0x10', '4XB', '99999999999999999999']) {
+    test(`refuses "${text}", stating the bounds`, () => {
+      assert.throws(
+        () => parseIntInRange(text, bounds, '--concurrency'),
+        (e) => isCachewarmError(e, 'INVALID_ARGUMENT') && e.message === `--concurrency: expected a whole number from 1 to 64, got "${text}"`,
+      );
+    });
+  }
+
+  test('says where the bounds come from when told', () => {
+    assert.throws(() => parseIntInRange('30', { min: 1, max: 20, why: 'SQS long-polls at most 20 s' }), {
+      message: 'expected a whole number from 1 to 20 (SQS long-polls at most 20 s), got "30"',
+    });
+  });
+});
+
+describe('parseByteSizeInRange', () => {
+  const bounds = { min: 64 << 10, max: 1 << 30 };
+  test('accepts sizes within the bounds, ends included', () => {
+    assert.equal(parseByteSizeInRange('64KiB', bounds), 64 << 10);
+    assert.equal(parseByteSizeInRange('4MiB', bounds), 4 << 20);
+    assert.equal(parseByteSizeInRange('1GiB', bounds), 1 << 30);
+  });
+
+  for (const text of ['0', '1KiB', '65535', '100GiB', '1.5GiB']) {
+    test(`refuses "${text}" as out of bounds`, () => {
+      assert.throws(
+        () => parseByteSizeInRange(text, bounds, '--chunk-size'),
+        (e) => isCachewarmError(e, 'INVALID_ARGUMENT') && e.message === `--chunk-size: expected a size from 64 KiB to 1 GiB, got "${text}"`,
+      );
+    });
+  }
+
+  test('refuses a malformed size with the accepted forms', () => {
+    assert.throws(
+      () => parseByteSizeInRange('4XB', bounds, '--max-bytes'),
+      (e) => isCachewarmError(e, 'INVALID_ARGUMENT') && e.message.startsWith('--max-bytes: invalid byte size "4XB"') && /MiB/.test(e.message),
+    );
+  });
+});
+
+describe('parseFractionInRange', () => {
+  test('accepts plain decimals within the bounds', () => {
+    assert.equal(parseFractionInRange('0', { min: 0, max: 1 }), 0);
+    assert.equal(parseFractionInRange('.5', { min: 0, max: 1 }), 0.5);
+    assert.equal(parseFractionInRange('1', { min: 0, max: 1 }), 1);
+  });
+  for (const text of ['2', '-0.1', '1e-1', 'NaN', '50%', '']) {
+    test(`refuses "${text}"`, () => {
+      assert.throws(() => parseFractionInRange(text, { min: 0, max: 1 }), { message: `expected a number from 0 to 1, got "${text}"` });
+    });
+  }
+});
+
+describe('exactBytes', () => {
+  const cases: Array<[number, string]> = [
+    [0, '0 B'],
+    [1000, '1000 B'],
+    [1024, '1 KiB'],
+    [64 << 10, '64 KiB'],
+    [1_572_864, '1536 KiB'],
+    [1 << 30, '1 GiB'],
+    [2 ** 40, '1 TiB'],
+  ];
+  for (const [n, text] of cases) {
+    test(`${n} is "${text}"`, () => assert.equal(exactBytes(n), text));
   }
 });
 
