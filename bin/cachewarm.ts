@@ -34,6 +34,7 @@ import {
 } from './cli-support.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
 import { registerControllerCommand } from './controller-command.js';
+import { registerVerifyCommand } from './verify-command.js';
 import { registerDumperCommand } from './dumper-command.js';
 import { registerPopulatorCommand } from './populator-command.js';
 
@@ -113,6 +114,8 @@ interface WarmCommandOptions extends TransportOptions {
   saslPasswordFile?: string;
   force?: boolean;
   alreadyWarmRatio: number;
+  acceptEvictions?: boolean;
+  skipTooLarge?: boolean;
 }
 
 function addWarmOptions(command: Command): Command {
@@ -133,6 +136,8 @@ function addWarmOptions(command: Command): Command {
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
       .option('--json', 'print the summary as one JSON object')
       .option('--force', 'copy even when the target already looks warm')
+      .option('--accept-evictions', 'start even when the target looks too small for what it would receive (its evictions still leave the job incomplete)')
+      .option('--skip-too-large', "leave out, and count, items larger than a target node's item size limit instead of holding them against the job")
       .addOption(
         new Option('--already-warm-ratio <r>', 'the target counts as warm, and nothing is copied, from this fraction of the expected items')
           .argParser(asArgument(parseAlreadyWarmRatio))
@@ -200,6 +205,8 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
     writer: await targetWriter(opts, common.topology),
     force: opts.force === true,
     alreadyWarmRatio: opts.alreadyWarmRatio,
+    acceptEvictions: opts.acceptEvictions === true,
+    skipTooLarge: opts.skipTooLarge === true,
   };
   return target.node ? warmInstance({ ...embedded, node: target.node.id }) : warmReplica({ ...embedded, target: target.replica });
 }
@@ -278,6 +285,8 @@ registerPopulatorCommand(program);
 registerDumperCommand(program);
 
 registerControllerCommand(program);
+
+registerVerifyCommand(program);
 
 // Set on every command, once all are registered: commander's errors exit 2 as `cachewarm: …`.
 routeCommanderErrors(program);

@@ -31,6 +31,7 @@ export const BOUNDS = {
   demoItems: { min: 1, max: 10_000_000 },
   demoValueSize: { min: 0, max: 1000 << 10, why: "memcached's default 1 MiB item limit, less room for the key and header" },
   demoNodes: { min: 1, max: 32 },
+  verifySample: { min: 1, max: 10_000_000, why: 'keys per target node (--all checks every key)' },
 } as const satisfies Record<string, Bounds>;
 
 /** A commander argument parser from a parse function: its error becomes commander's "argument is invalid" line. */

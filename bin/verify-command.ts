@@ -3,8 +3,8 @@ import { type VerifyReport, verifyReplicas } from '../controller/verify-replicas
 import { systemClock } from '../shared/clock.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { findNode, loadTopology } from '../shared/topology.js';
-import { formatDuration, formatRate, parsePositiveInt } from '../shared/units.js';
-import { EXIT, asArgument, interruptSignal } from './cli-support.js';
+import { formatDuration, formatRate } from '../shared/units.js';
+import { BOUNDS, EXIT, interruptSignal, wholeNumber } from './cli-support.js';
 
 interface VerifyCommandOptions {
   topology: string;
@@ -19,7 +19,6 @@ interface VerifyCommandOptions {
 
 export const DEFAULT_VERIFY_SAMPLE = 2_000;
 
-const count = (what: string): ((text: string) => number) => asArgument((text) => parsePositiveInt(text, what));
 
 /**
  * `cachewarm verify --topology F --source A --target B`: compares the target replica with the
@@ -36,10 +35,10 @@ export function registerVerifyCommand(program: Command): void {
     .requiredOption('--target <replica>', 'the replica checked')
     .option('--node <replica/host:port>', 'check only the keys the target ring places on this node of the target (e.g. after an instance warm)')
     .addOption(
-      new Option('--sample <n>', 'keys checked per target node, a uniform random sample').argParser(count('--sample')).default(DEFAULT_VERIFY_SAMPLE).conflicts('all'),
+      new Option('--sample <n>', 'keys checked per target node, a uniform random sample').argParser(wholeNumber(BOUNDS.verifySample)).default(DEFAULT_VERIFY_SAMPLE).conflicts('all'),
     )
     .option('--all', 'check every key')
-    .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(count('--max-ops')))
+    .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)))
     .option('--json', 'print the report as one JSON object')
     .action(async (opts: VerifyCommandOptions) => {
       const topology = await loadTopology(opts.topology);

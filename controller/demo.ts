@@ -8,7 +8,8 @@ import { type MemcachedProcess, startMemcachedCluster } from '../shared/local-me
 import { sampleItems } from '../shared/sample-items.js';
 import { parseTopology } from '../shared/topology.js';
 import { type VerifyReport, verifyCopy } from './verify-copy.js';
-import { type WarmProgress, type WarmSummary, warmReplica } from './warm-replica.js';
+import { warmReplica } from './warm-replica.js';
+import type { WarmProgress, WarmSummary } from './warm-summary.js';
 import { targetRingOf } from './warm-plan.js';
 
 export interface DemoOptions {

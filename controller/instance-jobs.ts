@@ -21,7 +21,7 @@ import { type LogEvent, describeError, safeLog } from '../shared/http-api.js';
 import { nodeDirectory } from '../shared/job-layout.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import type { WarmDecision } from './expected-share.js';
-import { type WarmProgress, type WarmSummary } from './warm-replica.js';
+import type { WarmProgress, WarmSummary } from './warm-summary.js';
 import { newJobId } from './warm-plan.js';
 
 export type JobState = 'queued' | 'deciding' | 'skipped' | 'running' | 'completed' | 'failed' | 'cancelled';

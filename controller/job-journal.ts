@@ -5,6 +5,26 @@ import { CachewarmError } from '../shared/errors.js';
 
 export type JobStatus = 'running' | 'completed' | 'failed';
 
+/**
+ * One pass of a job over its source: the first copy, or what a later one redoes. A pass
+ * dumps under `<job>/<pass id>/`, so an unfinished one resumes from its own chunks.
+ */
+export interface PassRecord {
+  readonly id: string;
+  /**
+   * copy: the first; repair: the share of target nodes that restarted or evicted; retry: items
+   * a target refused (their keys stored by the run that saw it); source: the share of source
+   * nodes that restarted mid-dump; rerun: everything again, for a failure no pass tracks.
+   */
+  readonly kind: 'copy' | 'repair' | 'retry' | 'source' | 'rerun';
+  readonly reason: string;
+  /** Target node addresses the pass writes (and whose keys it dumps); all of the job's when absent. */
+  readonly nodes?: readonly string[] | undefined;
+  /** Source node ids that dump in this pass; all when absent. */
+  readonly sourceNodes?: readonly string[] | undefined;
+  done: boolean;
+}
+
 export interface JobRecord {
   readonly id: string;
   readonly kind: 'replica' | 'instance';
@@ -15,6 +35,19 @@ export interface JobRecord {
   updatedAt: string;
   error?: string | undefined;
   summary?: unknown;
+  /** Runs of this job so far, this one included. */
+  runs?: number | undefined;
+  passes?: PassRecord[] | undefined;
+  /** Per target node address, the process the job's writes went into: a rerun that finds another one refills it. */
+  targets?: Record<string, NodeIdentity> | undefined;
+  /** The same of the source nodes (by address): a rerun that finds another one says the source lost its crawl. */
+  sources?: Record<string, NodeIdentity> | undefined;
+}
+
+/** Which process served a node: its pid and start time (`time - uptime`). */
+export interface NodeIdentity {
+  readonly pid: number;
+  readonly startedAtSeconds: number;
 }
 
 // A job id names a directory under the work directory: "../x" must not escape it.
@@ -46,15 +79,34 @@ export class JobJournal {
     private readonly log: WriteStream,
   ) {}
 
+  /** The job's directory in `workDir`, made if missing; fails with a clear error when it cannot be. */
+  static async directoryOf(workDir: string, id: string): Promise<string> {
+    checkJobId(id);
+    const directory = path.join(workDir, id);
+    try {
+      await mkdir(directory, { recursive: true });
+    } catch (error) {
+      throw new CachewarmError('INVALID_ARGUMENT', `--work-dir ${workDir}: cannot make the job's directory ${directory} (${(error as NodeJS.ErrnoException).code ?? (error as Error).message})`, { workDir });
+    }
+    return directory;
+  }
+
   static async open(workDir: string, record: Omit<JobRecord, 'createdAt' | 'updatedAt' | 'status'>): Promise<JobJournal> {
-    checkJobId(record.id);
-    const directory = path.join(workDir, record.id);
-    await mkdir(directory, { recursive: true });
+    const directory = await JobJournal.directoryOf(workDir, record.id);
     const earlier = await JobJournal.read(workDir, record.id);
     const now = new Date().toISOString();
     const journal = new JobJournal(
       directory,
-      { ...record, createdAt: earlier?.createdAt ?? now, updatedAt: now, status: 'running' },
+      {
+        ...record,
+        createdAt: earlier?.createdAt ?? now,
+        updatedAt: now,
+        status: 'running',
+        runs: (earlier?.runs ?? 0) + 1,
+        passes: earlier?.passes,
+        targets: earlier?.targets,
+        sources: earlier?.sources,
+      },
       createWriteStream(path.join(directory, 'chunks.log'), { flags: 'a' }),
     );
     await journal.save();
@@ -92,7 +144,9 @@ export class JobJournal {
     await new Promise<void>((resolve) => this.log.end(resolve));
   }
 
-  private async save(): Promise<void> {
+  /** Writes the record, with `changes`, whole and atomically. */
+  async save(changes: Partial<JobRecord> = {}): Promise<void> {
+    Object.assign(this.record, changes);
     this.record.updatedAt = new Date().toISOString();
     const file = path.join(this.directory, 'job.json');
     await writeFile(`${file}.partial`, `${JSON.stringify(this.record, null, 2)}\n`);

@@ -1,5 +1,5 @@
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
-import type { WarmProgress, WarmSummary } from './warm-replica.js';
+import type { WarmProgress, WarmSummary } from './warm-summary.js';
 
 /** One progress line: what was dumped and written so far, the rate, and the ETA. */
 export function progressLine(p: WarmProgress): string {
@@ -46,11 +46,25 @@ export function summaryText(s: WarmSummary): string {
     '',
     'target nodes',
     table(
-      ['node', 'written', 'already present', 'expired', 'failed', 'bytes written'],
-      s.targetNodes.map((n) => [n.node, n.stored, n.existed, n.expired, n.failed, formatBytes(n.bytesWritten)]),
+      ['node', 'written', 'already present', 'expired', 'too large', 'out of memory', 'other refusals', 'evicted', 'restarts', 'bytes written'],
+      s.targetNodes.map((n) => [
+        n.node,
+        n.stored,
+        n.existed,
+        n.expired,
+        n.tooLarge,
+        n.outOfMemory,
+        n.serverError,
+        n.evictions ?? '?',
+        n.restarts ?? '?',
+        formatBytes(n.bytesWritten),
+      ]),
     ),
   ];
+  for (const r of s.repairs ?? []) lines.push(`${r.pass}: ${r.reason}${r.nodes ? ` (wrote ${r.nodes.join(', ')})` : ''}`);
+  if (s.skippedTooLarge) lines.push(`${s.skippedTooLarge.toLocaleString('en-US')} items too large for the target were left out (--skip-too-large)`);
   for (const p of s.parked) lines.push(`parked chunk ${p.chunk}: ${p.reason}`);
+  if (s.problems && s.problems.length > 0) lines.push('', 'incomplete because:', ...s.problems.map((p) => `  - ${p}`));
   return lines.join('\n');
 }
 

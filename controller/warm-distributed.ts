@@ -13,8 +13,8 @@ import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
 import { selectSource } from './select-source.js';
-import { type WarmProgress, type WarmSummary } from './warm-replica.js';
-import { alreadyWarm, checkRequestedSource, checkWarmth, identity, newJobId, processUsage, scopeOf } from './warm-plan.js';
+import { type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
+import { alreadyWarm, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -156,16 +156,17 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
     await fleet.settled();
     written = await populatorReports(store, jobId, signal);
     const parked = await parkedMessages(sqs, queues.deadLetterQueueUrl, signal);
-    const dumpedTotal = sumDumped(dumps);
-    const writtenTotal = [...written.byNode.values()].reduce(addInto, newWriteCounters());
-    const complete = parked.length === 0 && writtenTotal.failed === 0 && dumpedTotal.unsupported === 0;
+    const sourceNodes = source.replica.nodes.map((n) => ({ node: n.id, ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()) }));
+    const targetNodes = scope.nodes.map((n) => targetNodeReport(n.id, written.byNode.get(n.address)));
+    const problems = problemsOf({ sourceNodes, targetNodes, parked });
     const summary: WarmSummary = {
-      ...identity({ scope, source, jobId }),
+      ...planIdentity({ scope, source, jobId }),
       durationMs: clock.now() - started,
-      sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()) })),
-      targetNodes: scope.nodes.map((n) => ({ node: n.id, ...(written.byNode.get(n.address) ?? newWriteCounters()) })),
+      sourceNodes,
+      targetNodes,
       parked: parked.map((p) => ({ chunk: p.chunk ?? `message ${p.messageId ?? '?'}`, reason: p.reason })),
-      complete,
+      complete: problems.length === 0,
+      problems,
       ...processUsage(),
       resumed: earlier !== undefined,
     };

@@ -3,15 +3,12 @@ import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { ringFilter } from '../dumper/ring-filter.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import type { TargetRing } from '../shared/chunk-message.js';
-import { newWriteCounters } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
-import { peakRssBytes } from '../shared/peak-memory.js';
 import { type NodeSpec, type ReplicaSpec, type Topology, findNode, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWarmth } from './already-warm.js';
-import type { JobRecord } from './job-journal.js';
 import { nodeStats } from './node-stats.js';
 import type { ReplicaStats } from './select-source.js';
-import type { WarmSummary } from './warm-replica.js';
+import { type JobKind, type WarmSummary, identity, processUsage, targetNodeReport } from './warm-summary.js';
 
 /**
  * What every transport decides the same way before it copies anything: what is warmed (a
@@ -19,7 +16,7 @@ import type { WarmSummary } from './warm-replica.js';
  * already warm, and how a warm that copied nothing is reported.
  */
 
-export type JobKind = JobRecord['kind'];
+export type { JobKind };
 
 export function targetRingOf(topology: Topology, replica: string, writeOnly?: readonly string[]): TargetRing {
   return {
@@ -104,33 +101,27 @@ export function checkWarmth(topology: Topology, scope: WarmScope, source: Replic
 }
 
 /** The fields that say which warm a summary is of. */
-export function identity(plan: { readonly scope: WarmScope; readonly source: ReplicaStats; readonly jobId: string }): Pick<WarmSummary, 'jobId' | 'source' | 'target' | 'kind' | 'node'> {
-  return {
+export function planIdentity(plan: { readonly scope: WarmScope; readonly source: ReplicaStats; readonly jobId: string }): ReturnType<typeof identity> {
+  return identity({
     jobId: plan.jobId,
+    kind: plan.scope.kind,
     source: plan.source.replica.name,
     target: plan.scope.replica.name,
-    kind: plan.scope.kind,
     node: plan.scope.node?.id,
-  };
+  });
 }
 
 /** The summary of a warm that found its target warm already: nothing copied. */
 export function alreadyWarm(plan: { readonly scope: WarmScope; readonly source: ReplicaStats; readonly jobId: string; readonly warmth: WarmthCheck; readonly durationMs: number }): WarmSummary {
   return {
-    ...identity(plan),
+    ...planIdentity(plan),
     durationMs: plan.durationMs,
     sourceNodes: [],
-    targetNodes: plan.scope.nodes.map((n) => ({ node: n.id, ...newWriteCounters() })),
+    targetNodes: plan.scope.nodes.map((n) => targetNodeReport(n.id, undefined)),
     parked: [],
     complete: true,
     ...processUsage(),
     skipped: 'already-warm',
     warmth: plan.warmth,
   };
-}
-
-/** This process's peak memory, CPU and page faults, for a summary. */
-export function processUsage(): Pick<WarmSummary, 'peakRssBytes' | 'cpuMs' | 'minorPageFaults'> {
-  const cpu = process.cpuUsage();
-  return { peakRssBytes: peakRssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, minorPageFaults: process.resourceUsage().minorPageFault };
 }

@@ -1,22 +1,30 @@
+import { rmdir } from 'node:fs/promises';
 import { dumpNode } from '../dumper/dump-node.js';
-import { type Connect, connectDirect } from '../shared/memcached/connect.js';
+import { ringFilter } from '../dumper/ring-filter.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
-import { type DumpCounters, type WriteCounters, WriteTally, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
+import { type DumpCounters, WriteTally, addInto, newDumpCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
+import { nodeDirectory } from '../shared/job-layout.js';
+import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
-import { nodeDirectory } from '../shared/job-layout.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
-import { type JobKind, type WarmScope, alreadyWarm, checkRequestedSource, checkWarmth, identity, newJobId, processUsage, scopeOf } from './warm-plan.js';
-import { JobJournal, type JobRecord } from './job-journal.js';
+import { ringShares } from './expected-share.js';
+import { JobJournal, type JobRecord, type PassRecord } from './job-journal.js';
+import { JobLock } from './job-lock.js';
+import { isRestart } from '../dumper/restart-watcher.js';
+import { NodeWatch, type WatchedNode } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
+import { RefusedLog } from './refused-log.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
+import { type WarmScope, alreadyWarm, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf, targetRingOf } from './warm-plan.js';
+import { type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
   readonly topology: Topology;
@@ -57,47 +65,18 @@ export interface WarmReplicaOptions {
    * fraction of the items expected (default 0.95).
    */
   readonly alreadyWarmRatio?: number | undefined;
-}
-
-export interface WarmProgress {
-  readonly elapsedMs: number;
-  /** Items the source held when the warm started: the denominator of the ETA. */
-  readonly expectedItems: number;
-  readonly dumped: DumpCounters;
-  readonly written: WriteCounters;
-  readonly queueDepth: number;
-}
-
-export interface WarmSummary {
-  readonly jobId: string;
-  readonly source: string;
-  readonly target: string;
-  readonly durationMs: number;
-  readonly sourceNodes: readonly ({ node: string } & DumpCounters)[];
-  readonly targetNodes: readonly ({ node: string } & WriteCounters)[];
-  readonly parked: readonly { chunk: string; reason: string }[];
-  /** True when every listed item was written, already present, expired or gone: none failed, parked or unsupported. */
-  readonly complete: boolean;
-  /** The process's peak resident memory: what the warm's bounds are checked against. */
-  readonly peakRssBytes: number;
-  /** CPU time this process spent, user + system. */
-  readonly cpuMs: number;
-  /** Page faults this process took: on a VM, the hidden cost of touching fresh memory. */
-  readonly minorPageFaults: number;
-  // Optional: the S3+SQS transport builds summaries too, and leaves out what it does not do.
-  readonly kind?: JobKind | undefined;
-  /** An instance warm's node (`replica/address`); `target` is its replica. */
-  readonly node?: string | undefined;
-  /** This run went on with a job an earlier run had started (same job id and work dir). */
-  readonly resumed?: boolean | undefined;
   /**
-   * Why nothing was copied: the target already held what the warm would copy, or the job
-   * had completed in an earlier run (its summary is the one returned).
+   * Start even when the target looks too small for what it would receive. Its evictions are
+   * still reported, and still leave the job incomplete: the target does not hold the source.
    */
-  readonly skipped?: 'already-warm' | 'already-complete' | undefined;
-  /** The already-warm check, when it was made (not with force, nor on a resumed job). */
-  readonly warmth?: WarmthCheck | undefined;
+  readonly acceptEvictions?: boolean | undefined;
+  /** Items too large for a target node are counted and left out, not held against the job. */
+  readonly skipTooLarge?: boolean | undefined;
+  /** How often every source and target node's `stats` is read during the job. @default 1000 */
+  readonly watchIntervalMs?: number | undefined;
 }
+
+export type { WarmProgress, WarmSummary } from './warm-summary.js';
 
 /**
  * A replica warm on one machine (the embedded default): chunks in a local directory, handed
@@ -105,10 +84,17 @@ export interface WarmSummary {
  * at once; populators start on the first chunk, not after the dump. With `only`, an instance
  * warm: one node of the target, filled with its share of the source.
  *
- * Safe to run again: with the same job id and work directory a run resumes the job (each
- * source node's dump goes on from what the work directory holds, and a finished node is not
- * dumped again); a job that completed is reported as such, not redone. A new job whose
- * target already holds what it would copy copies nothing (unless `force`).
+ * The job is a list of passes. The first copies the scope; every source and target node is
+ * watched while it runs. A target node that restarted lost what was written to it, so its
+ * share is copied again in a repair pass (a dump filtered to that node, as an instance warm
+ * does). Items a target refused, a source node that restarted, chunks that were parked and
+ * target nodes that evicted leave the job incomplete, with a pass recorded for the rerun.
+ *
+ * Safe to run again: with the same job id and work directory a run resumes the job. It
+ * redoes exactly what is not done (unfinished passes, refused items, the share of a target
+ * node that restarted or evicted since); a job that completed is reported as such, not redone.
+ * A new job whose target already holds what it would copy copies nothing (unless `force`).
+ * One run per job id: a second run is refused, naming the first.
  */
 export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSummary> {
   const { topology, clock, connect = connectDirect, signal } = options;
@@ -117,17 +103,25 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
   checkRequestedSource(scope, options.source);
   checkAlreadyWarmRatio(options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO);
   const jobId = options.jobId ?? newJobId(scope.kind, nodeDirectory(scope.label), started);
-  const earlier = options.jobId === undefined ? undefined : await JobJournal.read(options.workDir, jobId);
-  if (earlier) checkSameJob(earlier, scope, options.source);
-  if (earlier?.status === 'completed') return alreadyComplete(earlier);
+  const directory = await JobJournal.directoryOf(options.workDir, jobId);
+  const lock = await JobLock.acquire(directory, jobId);
+  try {
+    const earlier = options.jobId === undefined ? undefined : await JobJournal.read(options.workDir, jobId);
+    if (earlier) checkSameJob(earlier, scope, options.source);
+    if (earlier?.status === 'completed') return alreadyComplete(earlier);
 
-  // A resumed job keeps its source: its dumps so far are of that replica's nodes.
-  const requested = earlier?.source ?? options.source;
-  const { source } = await selectSource(topology, scope.replica.name, { connect, requested, signal });
-  // A resumed job was judged when it started; judged now, its partial copy could pass for warm.
-  const warmth = earlier || options.force ? undefined : await checkWarmth(topology, scope, source, options);
-  if (warmth?.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
-  return runWarm(options, { scope, source, jobId, started, resumed: earlier !== undefined, warmth });
+    // A resumed job keeps its source: its dumps so far are of that replica's nodes.
+    const requested = earlier?.source ?? options.source;
+    const { source } = await selectSource(topology, scope.replica.name, { connect, requested, signal });
+    // A resumed job was judged when it started; judged now, its partial copy could pass for warm.
+    const warmth = earlier || options.force ? undefined : await checkWarmth(topology, scope, source, options);
+    if (warmth?.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
+    return await runWarm(options, { scope, source, jobId, started, earlier, warmth });
+  } finally {
+    await lock.release();
+    // A job that found nothing to do leaves no directory behind.
+    await rmdir(directory).catch(() => undefined);
+  }
 }
 
 /** A job id reused for another warm would mix two jobs' chunks: refused, naming the job's own. */
@@ -153,30 +147,197 @@ interface JobPlan {
   readonly source: ReplicaStats;
   readonly jobId: string;
   readonly started: number;
-  readonly resumed: boolean;
+  readonly earlier: JobRecord | undefined;
   readonly warmth: WarmthCheck | undefined;
 }
 
-async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<WarmSummary> {
-  const { clock, connect = connectDirect } = options;
-  const { scope, source, jobId, started } = plan;
-  const pool = new BufferPool();
-  const writer = await openWriter(options, scope, pool);
-  const journal = await JobJournal.open(options.workDir, {
-    id: jobId,
-    kind: scope.kind,
-    source: source.replica.name,
-    target: scope.label,
-  });
-  const store = new LocalDirStore(options.workDir);
-  const queue = new MemoryQueue({ capacity: options.queueCapacity ?? 8 });
-  const tally = new WriteTally();
-  const dumpCounters = new Map(source.replica.nodes.map((n) => [n.id, newDumpCounters()]));
+/** What the job's passes share: where chunks go, who writes, what is counted. */
+interface PassContext {
+  readonly options: WarmReplicaOptions;
+  readonly plan: JobPlan;
+  readonly store: LocalDirStore;
+  readonly writer: NodeWriter;
+  readonly pool: BufferPool;
+  readonly tally: WriteTally;
+  readonly journal: JobJournal;
+  /** Each pass's dump counters per source node id, summed for reports. */
+  readonly dumped: Map<string, DumpCounters>[];
+  /** Where this run's refused items go, for the rerun's retry pass; made on the first refusal. */
+  refused: { log: RefusedLog; pass: PassRecord } | undefined;
+  readonly parked: { chunk: string; reason: string }[];
+  queueDepth: () => number;
+}
 
-  // One failure stops the whole job: a warm with a hole in it must not look complete.
+const MAX_REPAIRS_PER_RUN = 3;
+
+async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<WarmSummary> {
+  const { clock, connect = connectDirect, topology } = options;
+  const { scope, source, jobId, started, earlier } = plan;
+  const watchOptions = { connect, clock, intervalMs: options.watchIntervalMs };
+  // Every node is read before anything is opened that would need closing: one that does not
+  // answer fails the job here, naming it.
+  const targets = await NodeWatch.start(scope.nodes, watchOptions, options.signal);
+  const sources = await NodeWatch.start(source.replica.nodes, watchOptions, options.signal).catch(async (error: unknown) => {
+    await targets.stop();
+    throw error;
+  });
+  if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets);
+
+  const pool = new BufferPool();
+  const writer = await openWriter(options, scope, pool).catch(async (error: unknown) => {
+    await Promise.all([targets.stop(), sources.stop()]);
+    throw error;
+  });
+  const journal = await JobJournal.open(options.workDir, { id: jobId, kind: scope.kind, source: source.replica.name, target: scope.label });
+  const ctx: PassContext = {
+    options,
+    plan,
+    store: new LocalDirStore(options.workDir),
+    writer,
+    pool,
+    tally: new WriteTally(),
+    journal,
+    dumped: [],
+    refused: undefined,
+    parked: [],
+    queueDepth: () => 0,
+  };
+  const progress = (): WarmProgress => ({
+    elapsedMs: clock.now() - started,
+    // The source's whole count even for an instance warm: the keys left out by its filter
+    // are counted too (`filtered`), and the ETA subtracts them.
+    expectedItems: source.items,
+    dumped: ctx.dumped.flatMap((pass) => [...pass.values()]).reduce(addInto, newDumpCounters()),
+    written: ctx.tally.total(),
+    queueDepth: ctx.queueDepth(),
+  });
+  const ticker = options.onProgress ? setInterval(() => options.onProgress?.(progress()), options.progressIntervalMs ?? 1_000) : undefined;
+
+  try {
+    const passes = pendingPasses(earlier, targets, scope);
+    // A source node restarted since the last run: what its crawl listed then is gone now.
+    const restartedSources = new Set(replacedSince(earlier?.sources, sources).map((n) => n.id));
+    // From here a rerun knows which processes were read and written, and what is owed.
+    await journal.save({ passes, targets: identities(targets), sources: identities(sources) });
+    const repairs: RepairReport[] = [];
+    const lost: string[] = [];
+    for (let i = 0; i < passes.length; i++) {
+      const pass = passes[i] as PassRecord;
+      if (pass.done) continue;
+      if (pass.kind !== 'copy') repairs.push({ pass: pass.id, nodes: pass.nodes?.map((a) => idOf(scope, a)), reason: pass.reason });
+      const parkedBefore = ctx.parked.length;
+      await runPass(ctx, pass);
+      await Promise.all([targets.look(options.signal), sources.look(options.signal)]);
+      for (const node of sources.restarted()) restartedSources.add(node.id);
+      pass.done = ctx.parked.length === parkedBefore;
+      // A target node that restarted lost what this job wrote to it: its share is copied again.
+      const restarted = targets.restarted();
+      if (restarted.length > 0) {
+        targets.rebase(restarted);
+        const why = `${restarted.map((n) => n.id).join(', ')} restarted during ${pass.id}`;
+        if (repairs.length < MAX_REPAIRS_PER_RUN) passes.push(newPass(passes, 'repair', why, restarted));
+        else lost.push(`${why}, and ${MAX_REPAIRS_PER_RUN} repairs in one run were not enough: rerun the job to refill ${restarted.length === 1 ? 'it' : 'them'}`);
+      }
+      await journal.save({ targets: identities(targets), sources: identities(sources) });
+    }
+    if (restartedSources.size > 0) {
+      // What the source lost is gone: the rerun copies its share again from what it holds then.
+      sources.rebase(source.replica.nodes.filter((n) => restartedSources.has(n.id)));
+      passes.push({ ...newPass(passes, 'source', `source ${[...restartedSources].join(', ')} restarted during its dump`, undefined), sourceNodes: [...restartedSources] });
+    }
+    if (ctx.refused) {
+      await ctx.refused.log.close(source.replica.nodes.map((n) => n.id), options.signal);
+      passes.push(ctx.refused.pass);
+    }
+    const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
+    const evicted = scope.nodes.filter((n) => (watched.get(n.address)?.evictions ?? 0) > 0);
+    // Evicted items are unknown: the rerun refills the share of every node that evicted.
+    if (evicted.length > 0) passes.push(newPass(passes, 'repair', `${evicted.map((n) => n.id).join(', ')} evicted items`, evicted));
+    const summary = summarize(ctx, { restartedSources, repairs, lost, watched });
+    await journal.finish(summary.complete ? 'completed' : 'failed', summary);
+    return summary;
+  } catch (error) {
+    await journal.finish('failed', progress(), error instanceof Error ? error.message : String(error));
+    throw error;
+  } finally {
+    if (ticker) clearInterval(ticker);
+    await Promise.all([targets.stop(), sources.stop(), writer.close(), journal.close()]);
+  }
+}
+
+/**
+ * The passes this run owes: the first run's copy; a rerun's unfinished passes, plus a repair
+ * of every target node that is no longer the process the job wrote into.
+ */
+function pendingPasses(earlier: JobRecord | undefined, targets: NodeWatch, scope: WarmScope): PassRecord[] {
+  if (!earlier?.passes) return [{ id: 'copy', kind: 'copy', reason: `copy ${scope.label}`, done: false }];
+  const passes = earlier.passes.map((p) => ({ ...p }));
+  const replaced = replacedSince(earlier.targets, targets);
+  if (replaced.length > 0) passes.push(newPass(passes, 'repair', `${replaced.map((n) => n.id).join(', ')} restarted since the last run`, replaced));
+  // An incomplete job with nothing left to redo (its record predates passes, or what failed
+  // is not tracked) copies everything again: add-only makes that safe.
+  if (passes.every((p) => p.done)) passes.push(newPass(passes, 'rerun', 'the last run was incomplete', undefined));
+  return passes;
+}
+
+/** Nodes served now by another process than the one recorded (a restart between two runs). */
+function replacedSince(recorded: JobRecord['targets'], watch: NodeWatch): NodeSpec[] {
+  return watch.nodes
+    .filter((w) => {
+      const before = recorded?.[w.node.address];
+      return before !== undefined && isRestart({ ...w.latest, ...before, uptimeSeconds: 0 }, w.latest, 0);
+    })
+    .map((w) => w.node);
+}
+
+function newPass(passes: readonly PassRecord[], kind: PassRecord['kind'], reason: string, nodes: readonly NodeSpec[] | undefined): PassRecord {
+  return { id: `${kind}-${passes.length}`, kind, reason, nodes: nodes?.map((n) => n.address), done: false };
+}
+
+function identities(watch: NodeWatch): NonNullable<JobRecord['targets']> {
+  return Object.fromEntries(watch.nodes.map((w) => [w.node.address, { pid: w.identity.pid, startedAtSeconds: w.identity.startedAtSeconds }]));
+}
+
+const idOf = (scope: WarmScope, address: string): string => scope.nodes.find((n) => n.address === address)?.id ?? address;
+
+/**
+ * A warm that cannot fit is refused before it starts: what each target node would receive
+ * (the source's bytes times the node's share of the target ring) against its memory. Slab
+ * rounding leaves about a tenth of `limit_maxbytes` unusable for items.
+ */
+function checkCapacity(topology: Topology, scope: WarmScope, source: ReplicaStats, targets: NodeWatch): void {
+  const shares = ringShares(scope.replica.nodes, topology.hashing);
+  const short = targets.nodes.filter((w) => source.bytes * (shares.get(w.node.address) ?? 0) > USABLE_MEMORY * w.latest.limitMaxBytes);
+  if (short.length === 0) return;
+  const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  const lines = short.map((w) => `${w.node.id} would receive ~${mib(source.bytes * (shares.get(w.node.address) ?? 0))} but has ${mib(w.latest.limitMaxBytes)} (-m)`);
+  throw new CachewarmError(
+    'TARGET_TOO_SMALL',
+    `the target cannot hold what ${source.replica.name} would copy (${mib(source.bytes)}): ${lines.join('; ')}. Give it more memory or nodes, or accept evictions with --accept-evictions`,
+    { target: scope.label, sourceBytes: source.bytes },
+  );
+}
+
+const USABLE_MEMORY = 0.9;
+
+/** One pass: every source node (or those named) dumped through the filter, written by the populators. */
+async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
+  const { options, plan, store, writer, pool, tally, journal } = ctx;
+  const { clock, connect = connectDirect, topology } = options;
+  const { scope, source } = plan;
+  const passJob = `${plan.jobId}/${pass.id}`;
+  const queue = new MemoryQueue({ capacity: options.queueCapacity ?? 8 });
+  ctx.queueDepth = () => queue.depth;
+  const nodes = pass.nodes ? scope.nodes.filter((n) => pass.nodes?.includes(n.address)) : undefined;
+  const ring = nodes ? targetRingOf(topology, scope.replica.name, nodes.map((n) => n.address)) : scope.ring;
+  const keyFilter = pass.kind === 'retry' ? undefined : nodes ? ringFilter(ring.nodes, nodes.map((n) => n.address)) : scope.keyFilter;
+  const dumpers = source.replica.nodes.filter((n) => !pass.sourceNodes || pass.sourceNodes.includes(n.id));
+  const counters = new Map(dumpers.map((n) => [n.id, newDumpCounters()]));
+  ctx.dumped.push(counters);
+
+  // One failure stops the whole pass: a warm with a hole in it must not look complete.
   const stop = new AbortController();
   const onOuterAbort = (): void => stop.abort(abortReason(options.signal as AbortSignal));
-  // The signal may have fired while the source was chosen and the targets probed.
   if (options.signal?.aborted) onOuterAbort();
   else options.signal?.addEventListener('abort', onOuterAbort, { once: true });
   // The job's error is its first failure (or the interrupt): what fails after it, because it
@@ -185,21 +346,6 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     if (!stop.signal.aborted) stop.abort(error);
     throw abortReason(stop.signal);
   };
-
-  const dumped = (): DumpCounters => [...dumpCounters.values()].reduce(addInto, newDumpCounters());
-  const progress = (): WarmProgress => ({
-    elapsedMs: clock.now() - started,
-    // The source's whole count even for an instance warm: the keys left out by its filter
-    // are counted too (`filtered`), and the ETA subtracts them.
-    expectedItems: source.items,
-    dumped: dumped(),
-    written: tally.total(),
-    queueDepth: queue.depth,
-  });
-  const ticker = options.onProgress
-    ? setInterval(() => options.onProgress?.(progress()), options.progressIntervalMs ?? 1_000)
-    : undefined;
-
   try {
     const populating = runPopulator({
       queue,
@@ -211,6 +357,9 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       deleteConsumed: !options.keepChunks,
       pool,
       signal: stop.signal,
+      onRefused: (message, _address, refusals) => {
+        for (const refusal of refusals) if (refusal.reason !== 'tooLarge' || !options.skipTooLarge) refusedLog(ctx).add(message.source, refusal.item);
+      },
       onChunkDone: (message) => journal.chunk('consumed', message.chunk.name),
       onChunkFailed: (message, error, parked) => {
         journal.chunk(parked ? 'parked' : 'retry', message.chunk.name, error.message);
@@ -219,22 +368,21 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
         if (isCachewarmError(error, 'NODE_UNREACHABLE')) stop.abort(error);
       },
     }).catch(fail);
-
     const dumping = Promise.all(
-      source.replica.nodes.map((node) =>
+      dumpers.map((node) =>
         dumpNode({
-          node: endpointAndId(node),
-          jobId,
+          node: { id: node.id, ...endpointOf(node) },
+          jobId: passJob,
           store,
           queue,
-          target: scope.ring,
+          target: ring,
           clock,
           connect,
           chunkSizeBytes: options.chunkSizeBytes,
           fetchConcurrency: options.fetchConcurrency ?? 2,
           rateLimiter: options.maxOpsPerNode ? new TokenBucket({ ratePerSecond: options.maxOpsPerNode, clock }) : unlimited,
-          keyFilter: scope.keyFilter,
-          counters: dumpCounters.get(node.id) as DumpCounters,
+          keyFilter,
+          counters: counters.get(node.id) as DumpCounters,
           pool,
           onDataChunk: (message) => journal.chunk('produced', message.chunk.name),
           signal: stop.signal,
@@ -243,32 +391,65 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     )
       .catch(fail)
       .finally(() => queue.close());
-
     await Promise.all([dumping, populating]);
     if (stop.signal.aborted) throw abortReason(stop.signal);
-
-    const summary: WarmSummary = {
-      ...identity(plan),
-      durationMs: clock.now() - started,
-      sourceNodes: source.replica.nodes.map((n) => ({ node: n.id, ...(dumpCounters.get(n.id) as DumpCounters) })),
-      targetNodes: scope.nodes.map((n) => ({ node: n.id, ...(tally.byNode.get(n.address) ?? newWriteCounters()) })),
-      parked: queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })),
-      complete: queue.parked.length === 0 && tally.total().failed === 0 && dumped().unsupported === 0,
-      ...processUsage(),
-      resumed: plan.resumed,
-      warmth: plan.warmth,
-    };
-    await journal.finish(summary.complete ? 'completed' : 'failed', summary);
-    return summary;
-  } catch (error) {
-    await journal.finish('failed', progress(), error instanceof Error ? error.message : String(error));
-    throw error;
   } finally {
-    if (ticker) clearInterval(ticker);
+    ctx.parked.push(...queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })));
     options.signal?.removeEventListener('abort', onOuterAbort);
-    await writer.close();
-    await journal.close();
   }
+}
+
+function refusedLog(ctx: PassContext): RefusedLog {
+  if (!ctx.refused) {
+    // Named by the run, not by its place in the list: passes of this run are added after it is made.
+    const pass: PassRecord = { id: `retry-run${ctx.journal.record.runs ?? 1}`, kind: 'retry', reason: 'items the target refused', done: false };
+    ctx.refused = { log: new RefusedLog(ctx.store, `${ctx.plan.jobId}/${pass.id}`), pass };
+  }
+  return ctx.refused.log;
+}
+
+function summarize(
+  ctx: PassContext,
+  seen: { restartedSources: ReadonlySet<string>; repairs: RepairReport[]; lost: string[]; watched: Map<string, WatchedNode> },
+): WarmSummary {
+  const { options, plan, tally } = ctx;
+  const { scope, source } = plan;
+  const sourceNodes = source.replica.nodes.map((n) => ({
+    node: n.id,
+    ...ctx.dumped.map((pass) => pass.get(n.id) ?? newDumpCounters()).reduce(addInto, newDumpCounters()),
+    restarted: seen.restartedSources.has(n.id) || undefined,
+  }));
+  const targetNodes = scope.nodes.map((n) => {
+    const w = seen.watched.get(n.address);
+    return targetNodeReport(n.id, tally.byNode.get(n.address), {
+      restarts: seen.repairs.filter((r) => r.nodes?.includes(n.id)).length,
+      evictions: w?.evictions,
+      limitMaxBytes: w?.latest.limitMaxBytes,
+      bytes: w?.latest.bytes,
+    });
+  });
+  const problems = problemsOf({
+    sourceNodes,
+    targetNodes,
+    parked: ctx.parked,
+    skipTooLarge: options.skipTooLarge,
+    lost: seen.lost,
+  });
+  const tooLarge = targetNodes.reduce((sum, n) => sum + n.tooLarge, 0);
+  return {
+    ...planIdentity(plan),
+    durationMs: options.clock.now() - plan.started,
+    sourceNodes,
+    targetNodes,
+    parked: ctx.parked,
+    complete: problems.length === 0,
+    problems,
+    ...processUsage(),
+    resumed: plan.earlier !== undefined,
+    repairs: seen.repairs,
+    skippedTooLarge: options.skipTooLarge && tooLarge > 0 ? tooLarge : undefined,
+    warmth: plan.warmth,
+  };
 }
 
 /** The writer to the target nodes, each probed: fail fast, naming the node, before any work starts. */
@@ -317,8 +498,4 @@ function isWarmSummary(value: unknown): value is WarmSummary {
     Array.isArray(s.targetNodes) &&
     Array.isArray(s.parked)
   );
-}
-
-function endpointAndId(node: NodeSpec): { id: string; host: string; port: number; label: string } {
-  return { id: node.id, ...endpointOf(node) };
 }

@@ -7,6 +7,7 @@ import type { Clock } from '../shared/clock.js';
 import type { WriteTally } from '../shared/counters.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import type { NodeWriter } from './node-writer.js';
+import type { Refusal } from '../shared/memcached/meta-add.js';
 import { type TargetNodeRing, ringOfTarget, writeToRing } from './write-to-ring.js';
 
 export interface PopulatorOptions {
@@ -20,6 +21,8 @@ export interface PopulatorOptions {
   /** Remove a chunk from the store once all its items are handled. */
   readonly deleteConsumed?: boolean;
   readonly onChunkDone?: (message: ChunkMessage) => void;
+  /** Items a target node refused, with the message whose chunk held them (counted in the tally too). */
+  readonly onRefused?: ((message: ChunkMessage, address: string, refusals: readonly Refusal[]) => void) | undefined;
   /** A chunk failed: `parked` when it can never apply, else it was handed back for redelivery. */
   readonly onChunkFailed?: (message: ChunkMessage, error: Error, parked: boolean) => void;
   /** Where chunk buffers come from and go back to. */
@@ -72,6 +75,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
         clock,
         tally,
         writeOnly: message.target.writeOnly,
+        onRefused: options.onRefused && ((address, refusals) => options.onRefused?.(message, address, refusals)),
         signal,
       });
     } finally {

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Makes sure a memcached binary is available for the integration tests, and saslpasswd2 for
 # the SASL tests (memcached -S against a sasldb), installing Debian's packages (memcached,
-# sasl2-bin) when they are missing (fresh CI machines do not have them).
+# sasl2-bin) when they are missing (fresh CI machines do not have them). Also the two
+# third-party clients test/third-party-clients.test.ts reads a warmed replica with: pylibmc
+# for Debian's own /usr/bin/python3 (python3-pylibmc) and spymemcached's jar
+# (libspymemcached-java); without them that test skips, saying why, and the rest still runs.
 set -euo pipefail
 
 apt_updated=false
@@ -70,4 +73,23 @@ else
     exit 1
   fi
   echo "ensure-memcached: installed $saslpasswd2 (for the SASL tests)"
+fi
+
+# The third-party clients (test/third-party-clients.test.ts). pylibmc is Debian's package for
+# Debian's python, /usr/bin/python3 (a pyenv python on PATH would not see it).
+if [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1; then
+  echo "ensure-memcached: found pylibmc $(/usr/bin/python3 -c 'import pylibmc; print(pylibmc.__version__)' 2>/dev/null) for /usr/bin/python3 (for the third-party client tests)"
+elif apt_install python3-pylibmc 'pylibmc (for /usr/bin/python3)' && /usr/bin/python3 -c 'import pylibmc' >/dev/null 2>&1; then
+  echo "ensure-memcached: installed pylibmc for /usr/bin/python3 (for the third-party client tests)"
+else
+  echo "ensure-memcached: warning: pylibmc is not available to /usr/bin/python3; the pylibmc test will be skipped" >&2
+fi
+
+SPYMEMCACHED_JAR=/usr/share/java/spymemcached.jar
+if [[ -f "$SPYMEMCACHED_JAR" ]]; then
+  echo "ensure-memcached: found $SPYMEMCACHED_JAR (for the third-party client tests)"
+elif apt_install libspymemcached-java "$SPYMEMCACHED_JAR" && [[ -f "$SPYMEMCACHED_JAR" ]]; then
+  echo "ensure-memcached: installed $SPYMEMCACHED_JAR (for the third-party client tests)"
+else
+  echo "ensure-memcached: warning: $SPYMEMCACHED_JAR is not available; the spymemcached test will be skipped" >&2
 fi

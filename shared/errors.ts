@@ -14,6 +14,10 @@ export type ErrorCode =
   | 'MESSAGE_MALFORMED'
   | 'SOURCE_UNAVAILABLE'
   | 'JOB_FAILED'
+  /** Another run holds the job: one run per job id. */
+  | 'JOB_LOCKED'
+  /** The target cannot hold what the warm would copy into it. */
+  | 'TARGET_TOO_SMALL'
   | 'TRANSPORT_FAILED'
   | 'ABORTED'
   | 'INVALID_ARGUMENT';

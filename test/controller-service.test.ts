@@ -11,30 +11,34 @@ import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, countersOf, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
+import { type Cluster, countersOf, load, nowSeconds, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
 import { type HttpAnswer, type HttpOptions, httpWithToken } from './support/http.js';
 import { type MemcachedProcess, startMemcached } from './support/memcached.js';
+import { assertExactCopy } from './support/read-back.js';
+import { waitFor } from './support/wait.js';
 
 const TOKEN = 'controller-test-token-0123456789';
 const ITEMS = 20_000;
 const FINAL_STATES = ['skipped', 'completed', 'failed', 'cancelled'];
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** One request to the service at `base`, with the token unless told otherwise. */
 const request = httpWithToken(TOKEN);
 
-/** Polls the job until it reaches `states` (by default, any final state). */
+/** Polls the job until it reaches `states` (by default, any final state); fails if it ends otherwise, or not in time. */
 async function jobIn(base: string, id: string, states = FINAL_STATES, timeoutMs = 180_000): Promise<any> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const answer = await request(base, 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
-    assert.equal(answer.status, 200, answer.text);
-    if (states.includes(answer.body.state)) return answer.body;
-    assert.ok(!FINAL_STATES.includes(answer.body.state), `job ${id} ended ${answer.body.state}, not ${states.join(' or ')}: ${answer.text}`);
-    assert.ok(Date.now() < deadline, `job ${id} still ${answer.body.state} after ${timeoutMs} ms`);
-    await sleep(200);
-  }
+  let last = '';
+  return waitFor(
+    async () => {
+      const answer = await request(base, 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
+      assert.equal(answer.status, 200, answer.text);
+      last = answer.text;
+      if (states.includes(answer.body.state)) return answer.body;
+      assert.ok(!FINAL_STATES.includes(answer.body.state), `job ${id} ended ${answer.body.state}, not ${states.join(' or ')}: ${answer.text}`);
+      return undefined;
+    },
+    { timeoutMs, intervalMs: 200, what: `job ${id} in state ${states.join(' or ')}`, detail: () => last },
+  );
 }
 
 /** The signal the node's sidecar would send: the server's own pid and uptime. */
@@ -50,10 +54,10 @@ async function signalOf(node: NodeSpec): Promise<RestartSignal> {
   };
 }
 
-/** The keys of `items` that the ring of the node's replica places on it. */
-function ownedBy(topology: Topology, node: NodeSpec, items: readonly WritableItem[]): Buffer[] {
+/** The items that the ring of the node's replica places on it. */
+function ownedBy(topology: Topology, node: NodeSpec, items: readonly WritableItem[]): WritableItem[] {
   const owns = ringFilter(targetRingOf(topology, node.replica).nodes, [node.address]);
-  return items.map((i) => i.key).filter(owns);
+  return items.filter((item) => owns(item.key));
 }
 
 /** A topology file written elsewhere and renamed over `file`, as config managers do. */
@@ -103,7 +107,7 @@ describe('the controller service', () => {
 
   after(async () => {
     controller?.kill('SIGKILL');
-    await controller?.exited;
+    await controller?.exit();
     await Promise.allSettled(extra.map((m) => m.stop()));
     await cluster?.stop();
   });
@@ -134,11 +138,11 @@ describe('the controller service', () => {
     assert.match(job.decision.reason, /: warm$/);
     assert.ok(job.counters.written.stored > 0);
 
-    const keys = ownedBy(cluster.topology, victim, items);
-    const found = (await readFrom(victim, keys)).filter(Boolean).length;
-    assert.ok(found >= keys.length * 0.99, `${found} of the ${keys.length} keys b's ring places on the node`);
+    // Every item b's ring places on the node is back, value, flags and expiry identical, and nothing else.
+    const owned = ownedBy(cluster.topology, victim, items);
+    await assertExactCopy({ topology: cluster.topology, replica: 'b' }, owned, { what: `the ${owned.length} items b's ring places on ${victim.id}`, nothingElseOn: [victim.address] });
     assert.deepEqual((await countersOf(peers)).map((c) => c.cmdSet), peersBefore.map((c) => c.cmdSet), 'no writes to its peers');
-    assert.equal(job.counters.written.stored, found, 'every item written is one it owns');
+    assert.equal(job.counters.written.stored, owned.length, 'every item written is one it owns');
 
     const events = controller.lines.filter((e) => e['jobId'] === job.id).map((e) => e['event']);
     for (const event of ['signal-received', 'decision', 'job-started', 'job-finished']) assert.ok(events.includes(event), `logged ${event}: ${events.join(', ')}`);
@@ -146,7 +150,7 @@ describe('the controller service', () => {
     const metrics = await http('GET', '/metrics');
     assert.equal(metrics.status, 200);
     assert.match(metrics.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
-    assert.match(metrics.text, new RegExp(`^cachewarm_controller_items_written_total\\{node="${victim.id.replace(/\./g, '\\.')}"\\} ${found}$`, 'm'));
+    assert.match(metrics.text, new RegExp(`^cachewarm_controller_items_written_total\\{node="${victim.id.replace(/\./g, '\\.')}"\\} ${owned.length}$`, 'm'));
     assert.match(metrics.text, /^cachewarm_controller_jobs_ended_total\{state="completed"\} 1$/m);
     assert.match(metrics.text, new RegExp(`^cachewarm_controller_last_decision_warm\\{node="${victim.id.replace(/\./g, '\\.')}"\\} 1$`, 'm'));
   });
@@ -182,6 +186,8 @@ describe('the controller service', () => {
     const job = await finalJob(answers[0]!.body.job.id);
     assert.equal(job.state, 'completed', JSON.stringify(job));
     assert.equal(job.duplicates, 1);
+    const owned = ownedBy(cluster.topology, node, items);
+    await assertExactCopy({ topology: cluster.topology, replica: 'b' }, owned, { what: `the ${owned.length} items b's ring places on ${node.id}`, nothingElseOn: [node.address] });
   });
 
   test('a signal for a node the topology does not have is refused with 404 naming it; a bad body with 400', async () => {
@@ -221,31 +227,36 @@ describe('the controller service', () => {
     assert.equal((await http('POST', '/v1/signals/restart', { body: signal })).status, 404, 'not in the topology yet');
 
     await writeTopology(cluster.topology, { c: { nodes: [{ address: added.address }] } });
-    let answer: HttpAnswer | undefined;
-    for (let i = 0; i < 100; i++) {
-      answer = await http('POST', '/v1/signals/restart', { body: signal });
-      if (answer.status !== 404) break;
-      await sleep(100);
-    }
-    assert.equal(answer?.status, 202, answer?.text);
+    let last: HttpAnswer | undefined;
+    const answer = await waitFor(
+      async () => {
+        last = await http('POST', '/v1/signals/restart', { body: signal });
+        return last.status === 404 ? undefined : last;
+      },
+      { timeoutMs: 30_000, intervalMs: 100, what: `a signal for ${signal.node} accepted once the topology file names it`, detail: () => last?.text },
+    );
+    assert.equal(answer.status, 202, answer.text);
     assert.ok(controller.lines.some((e) => e['event'] === 'topology-reloaded' && JSON.stringify(e['added']) === JSON.stringify([signal.node])));
     // Alone in its replica, it has no peer to be judged against: left alone, saying so.
-    const job = await finalJob(answer!.body.job.id);
+    const job = await finalJob(answer.body.job.id);
     assert.equal(job.state, 'skipped');
     assert.match(job.reason, /no healthy peer/);
   });
 
   test('a bad topology file is logged and the last good one kept', async () => {
     await writeFile(topologyPath, '{ "replicas": ');
-    for (let i = 0; i < 100 && !controller.lines.some((e) => e['event'] === 'topology-invalid'); i++) await sleep(100);
-    assert.ok(controller.lines.some((e) => e['event'] === 'topology-invalid'), 'the bad file is logged');
+    await waitFor(() => controller.lines.some((e) => e['event'] === 'topology-invalid'), {
+      timeoutMs: 30_000,
+      what: 'topology-invalid log line for the bad topology file',
+      detail: () => controller.lines.slice(-3),
+    });
     const health = await http('GET', '/healthz', { token: null });
     assert.deepEqual(health.body.topology, { replicas: 3, nodes: 7 });
   });
 
   test('SIGTERM stops the service with exit 0, cancelling the warm under way', async () => {
     controller.kill('SIGTERM');
-    assert.equal(await controller.exited, 0, JSON.stringify(controller.lines.slice(-5)));
+    assert.equal(await controller.exit(), 0, JSON.stringify(controller.lines.slice(-5)));
     assert.ok(controller.lines.some((e) => e['event'] === 'stopped'));
 
     // Another one, whose warms crawl at 200 items/s per source node: still running when stopped.
@@ -259,7 +270,7 @@ describe('the controller service', () => {
     assert.equal(posted.body.job.trigger, 'manual');
     await jobIn(slowUrl, posted.body.job.id, ['running']);
     slow.kill('SIGTERM');
-    assert.equal(await slow.exited, 0, JSON.stringify(slow.lines.slice(-5)));
+    assert.equal(await slow.exit(), 0, JSON.stringify(slow.lines.slice(-5)));
     const ended = slow.lines.find((e) => e['event'] === 'job-finished' && e['jobId'] === posted.body.job.id);
     assert.equal(ended?.['state'], 'cancelled', JSON.stringify(slow.lines.slice(-8)));
     assert.equal(ended?.['reason'], 'the controller is shutting down');
@@ -286,7 +297,7 @@ describe('the controller service on the S3+SQS transport', () => {
 
   after(async () => {
     for (const p of processes) p.kill('SIGKILL');
-    await Promise.all(processes.map((p) => p.exited));
+    await Promise.all(processes.map((p) => p.exit()));
     aws?.destroy();
     await fauxqs?.stop();
     await cluster?.stop();
@@ -332,25 +343,21 @@ describe('the controller service on the S3+SQS transport', () => {
     ]);
     processes.push(watcher);
 
-    let jobId: string | undefined;
-    for (let i = 0; i < 300 && jobId === undefined; i++) {
-      const listed = await request(url, 'GET', '/v1/jobs');
-      jobId = listed.body.jobs.find((j: { node: string }) => j.node === victim.id)?.id;
-      if (jobId === undefined) await sleep(100);
-    }
-    assert.ok(jobId, `a job for ${victim.id}: ${JSON.stringify(watcher.lines.slice(-5))}`);
+    const jobId: string = await waitFor(
+      async () => (await request(url, 'GET', '/v1/jobs')).body.jobs.find((j: { node: string }) => j.node === victim.id)?.id,
+      { timeoutMs: 60_000, intervalMs: 100, what: `a job for ${victim.id}, started by its sidecar's signal`, detail: () => watcher.lines.slice(-5) },
+    );
     const job = await jobIn(url, jobId);
     assert.equal(job.state, 'completed', JSON.stringify(job));
     assert.equal(job.source, 'a');
     assert.equal(job.trigger, 'restart');
 
-    const keys = ownedBy(cluster.topology, victim, items);
-    const found = (await readFrom(victim, keys)).filter(Boolean).length;
-    assert.ok(found >= keys.length * 0.99, `${found} of the ${keys.length} keys b's ring places on the node`);
+    const owned = ownedBy(cluster.topology, victim, items);
+    await assertExactCopy({ topology: cluster.topology, replica: 'b' }, owned, { what: `the ${owned.length} items b's ring places on ${victim.id}`, nothingElseOn: [victim.address] });
     assert.deepEqual((await countersOf(peers)).map((c) => c.cmdSet), peersBefore.map((c) => c.cmdSet), 'no writes to its peers');
     assert.ok(watcher.lines.some((e) => e['event'] === 'restart-signal' && e['outcome'] === 'acknowledged'), 'the sidecar saw its signal acknowledged');
 
     controller.kill('SIGTERM');
-    assert.equal(await controller.exited, 0);
+    assert.equal(await controller.exit(), 0);
   });
 });

@@ -2,12 +2,13 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { WarmDecision } from '../controller/expected-share.js';
 import { type DecideWarm, type InstanceJobView, InstanceJobManager, type RunWarm, type WarmContext, compareRestarts } from '../controller/instance-jobs.js';
-import type { WarmSummary } from '../controller/warm-replica.js';
+import type { WarmSummary } from '../controller/warm-summary.js';
 import type { RestartSignal } from '../dumper/restart-watcher.js';
 import { newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason } from '../shared/errors.js';
 import { type NodeSpec, findNode, parseTopology } from '../shared/topology.js';
 import { FakeClock, settle } from './support/fake-clock.js';
+import { within } from './support/wait.js';
 
 const topology = parseTopology(
   {
@@ -87,8 +88,9 @@ function harness(options: { decide?: DecideWarm; keepFinishedJobs?: number; maxC
   return { clock, warms, events, decided, jobs };
 }
 
+/** The job once it has ended; fails the test (instead of hanging it) if it does not. */
 async function settled(jobs: InstanceJobManager, id: string): Promise<InstanceJobView> {
-  const view = await jobs.whenSettled(id);
+  const view = await within(jobs.whenSettled(id), { timeoutMs: 10_000, what: `end of job ${id}` });
   assert.ok(view, `job ${id} is kept`);
   return view;
 }
@@ -154,7 +156,7 @@ describe('the instance job manager', () => {
     assert.notEqual(second.job.id, first.job.id);
     assert.equal(jobs.activeJob(B1.id)?.id, second.job.id, 'the node has one job under way: the new one');
 
-    await warms[0]!.aborted;
+    await within(warms[0]!.aborted, { timeoutMs: 10_000, what: 'the superseded warm to see its abort' });
     const old = await settled(jobs, first.job.id);
     assert.equal(old.state, 'cancelled');
     assert.equal(old.supersededBy, second.job.id);
@@ -243,7 +245,7 @@ describe('the instance job manager', () => {
     assert.equal(warms.length, 1);
     assert.deepEqual(jobs.list().map((j) => j.id), [two.job.id, one.job.id], 'newest first');
 
-    await Promise.all([jobs.close(), jobs.close()]);
+    await within(Promise.all([jobs.close(), jobs.close()]), { timeoutMs: 10_000, what: 'close to finish' });
     assert.equal(jobs.get(one.job.id)?.state, 'cancelled');
     assert.equal(jobs.get(two.job.id)?.state, 'cancelled');
     assert.equal(jobs.get(one.job.id)?.reason, 'the controller is shutting down');

@@ -18,6 +18,8 @@ import { type AddOutcome, type WritableItem, newAddOutcome } from '../shared/mem
 import { sampleItems } from '../shared/sample-items.js';
 import { itemCount, load, nowSeconds, readFrom, startCluster } from './support/cluster.js';
 import { type MemcachedProcess, freePort, startMemcached } from './support/memcached.js';
+import { assertExactCopy } from './support/read-back.js';
+import { within } from './support/wait.js';
 
 const QUICK_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 5, maxDelayMs: 10 };
 
@@ -73,18 +75,12 @@ async function textCommand(server: { host: string; port: number }, command: Buff
   return reply;
 }
 
-/** Fails instead of hanging when `promise` does not settle within `ms`. */
-async function withDeadline<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, deadline]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
+/** The one node as a ring of its own, for the read-back checker. */
+const ringOf = (server: { address: string }) => ({
+  replica: 'one',
+  hashing: 'spymemcached' as const,
+  nodes: [{ address: server.address, ringName: server.address }],
+});
 
 const item = (key: Buffer | string, value: Buffer | string, flags: number, exptime: number): WritableItem => ({
   key: typeof key === 'string' ? Buffer.from(key) : key,
@@ -117,21 +113,8 @@ describe('MemjsNodeWriter against plain memcached', () => {
     } finally {
       await writer.close();
     }
-    const back = await readFrom(server, items.map((i) => i.key));
-    for (const [i, expected] of items.entries()) {
-      const got = back[i];
-      assert.ok(got, `${expected.key.toString()} was not stored`);
-      assert.deepEqual(got.value, expected.value, `value of ${expected.key.toString()}`);
-      assert.equal(got.flags, expected.flags, `flags of ${expected.key.toString()}`);
-      if (expected.exptime === 0) {
-        assert.equal(got.ttl, -1, `${expected.key.toString()} must not expire`);
-      } else {
-        // Remaining TTL from the absolute expiry: memcached's clock ticks once a second and may
-        // lag the wall clock by one; add a second or two of elapsed time.
-        const ttl = expected.exptime - now;
-        assert.ok(got.ttl <= ttl + 1 && got.ttl >= ttl - 3, `ttl of ${expected.key.toString()}: ${got.ttl}, expected about ${ttl}`);
-      }
-    }
+    // Value, flags and the absolute expiry, exactly (by memcached's own clock: see read-back.ts).
+    await assertExactCopy(ringOf(server), items);
   });
 
   test('pipelines thousands of adds, reporting outcomes in bounded batches', async () => {
@@ -154,15 +137,7 @@ describe('MemjsNodeWriter against plain memcached', () => {
     }
     assert.ok(largest > 0 && largest <= 256, `outcome batch of ${largest} items`);
     assert.equal((await itemCount(server)) - before, items.length);
-    const back = await readFrom(server, items.map((i) => i.key));
-    for (const [i, expected] of items.entries()) {
-      const got = back[i];
-      assert.ok(got, `item ${i} missing`);
-      assert.deepEqual(got.value, expected.value);
-      assert.equal(got.flags, expected.flags);
-      if (expected.exptime === 0) assert.equal(got.ttl, -1);
-      else assert.ok(Math.abs(nowSeconds() + got.ttl - expected.exptime) <= 2, `item ${i}: ttl ${got.ttl}`);
-    }
+    await assertExactCopy(ringOf(server), items);
   });
 
   test('never overwrites a key the node already holds: it is counted as existed', async () => {
@@ -281,18 +256,19 @@ describe('MemjsNodeWriter against plain memcached', () => {
     const proxy = await cuttingProxy(server.port, 10 * 24);
     const items = sampleItems({ count: 40, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'memjs-silent' });
     const clock = countingClock();
-    const writer = new MemjsNodeWriter({ clock, retry: QUICK_RETRY, timeoutSeconds: 0.3 });
+    const writer = new MemjsNodeWriter({ clock, retry: QUICK_RETRY, timeoutSeconds: 1 });
     let written: Written;
-    const started = Date.now();
     try {
-      written = await withDeadline(write(writer, `127.0.0.1:${proxy.port}`, items), 5_000, 'the adds left unanswered were never failed');
+      written = await within(write(writer, `127.0.0.1:${proxy.port}`, items), { timeoutMs: 30_000, what: 'end of the write: the adds left unanswered were never failed' });
     } finally {
       await writer.close();
       await proxy.close();
     }
-    assert.ok(Date.now() - started < 5_000);
-    assert.equal(proxy.connections(), 2);
-    assert.deepEqual(clock.sleeps, [5]);
+    // The cut connection's adds timed out and went again on a new connection, after a backoff.
+    // (How many attempts that took is the machine's business: a loaded one may time out again.)
+    assert.ok(proxy.connections() >= 2, `the proxy saw ${proxy.connections()} connection(s)`);
+    assert.equal(clock.sleeps.length, proxy.connections() - 1, 'one backoff before each new connection');
+    assert.deepEqual(clock.sleeps, [5, 10].slice(0, clock.sleeps.length), 'the policy\'s backoffs, in order');
     assert.equal(written.total.stored + written.total.existed, items.length);
     assert.ok(written.total.existed >= 30, `the adds stored before the cut are found present (${written.total.existed})`);
     assert.equal(written.valueBytes, items.length * 100);
@@ -410,7 +386,7 @@ async function startSaslMemcached(): Promise<SaslMemcached> {
     await rm(dir, { recursive: true, force: true });
   };
   // The text protocol is off with -S (a probe gets no answer at all): wait for the port to accept.
-  const deadline = Date.now() + 5_000;
+  const deadline = Date.now() + 15_000;
   for (;;) {
     if (child.exitCode !== null) {
       await stop();
@@ -426,7 +402,7 @@ async function startSaslMemcached(): Promise<SaslMemcached> {
     if (accepted) break;
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`memcached -S did not listen on port ${port} within 5 s: ${stderr.trim()}`);
+      throw new Error(`memcached -S did not listen on port ${port} within 15 s: ${stderr.trim()}`);
     }
     await delay(25);
   }

@@ -30,9 +30,9 @@ import { sampleItems } from '../shared/sample-items.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { type Cluster, itemCount, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
+import { waitFor, within } from './support/wait.js';
 
 const bin = fileURLToPath(new URL('../bin/cachewarm.js', import.meta.url));
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 const PREFIX = 'warm/fleet';
 
 let fauxqs: Fauxqs;
@@ -140,14 +140,9 @@ function startPopulator(queueUrl: string, name: string, ...extra: string[]): Pop
   };
 }
 
-/** Waits for a populator to end on its own, within a bound. */
+/** Waits for a populator to end on its own; fails the test if it is still running after `timeoutMs`. */
 async function finished(populator: Populator, timeoutMs = 60_000): Promise<Exit & { result: WorkerResult }> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), timeoutMs);
-  });
-  const exit = await Promise.race([populator.exit, timeout]).finally(() => clearTimeout(timer));
-  if (!exit) throw new Error(`${populator.name} still running after ${timeoutMs} ms`);
+  const exit = await within(populator.exit, { timeoutMs, what: `exit of ${populator.name}`, detail: () => populator.events.slice(-5) });
   const line = exit.stdout.trim().split('\n').pop() ?? '';
   let result: WorkerResult;
   try {
@@ -281,12 +276,17 @@ async function onTarget(job: Job, keys: readonly Buffer[]): Promise<number> {
   return found;
 }
 
-/** Waits (a few seconds at most) until the server's own clock (`stats time`) has reached ours. */
+/** Waits until the server's own clock (`stats time`) has reached ours; fails the test if it does not. */
 async function clockCaughtUp(server: { host: string; port: number }): Promise<void> {
-  for (let i = 0; i < 30; i++) {
-    if (Number((await statsAt({ ...server, label: `${server.host}:${server.port}` })).get('time')) >= nowSeconds()) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  const target = nowSeconds();
+  let seen = 0;
+  await waitFor(
+    async () => {
+      seen = Number((await statsAt({ ...server, label: `${server.host}:${server.port}` })).get('time'));
+      return seen >= target;
+    },
+    { timeoutMs: 15_000, intervalMs: 100, what: `${server.host}:${server.port}'s clock at ${target}`, detail: () => seen },
+  );
 }
 
 /** Stops a memcached process (SIGSTOP): connections stay open and writes to it hang, as on a stalled node. */
@@ -450,12 +450,18 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
       // A stalled target node holds the worker mid-chunk: the writes to it hang unanswered.
       const thaw = freeze(cluster.servers['b']![0]!.pid);
       try {
-        await sleep(1_500);
-        const held = heldChunks(doomed);
-        assert.ok(held.size > 0, 'the worker holds chunks it has not finished');
+        const receivedBefore = doomed.events.filter(named('chunk-received')).length;
+        // A chunk received after the freeze cannot be finished: every chunk has items for each node.
+        await doomed.waitFor(
+          () => doomed.events.filter(named('chunk-received')).length > receivedBefore && heldChunks(doomed).size > 0,
+          'a chunk received while the node is stalled',
+        );
         doomed.child.kill('SIGKILL');
-        assert.equal((await doomed.exit).signal, 'SIGKILL');
+        assert.equal((await within(doomed.exit, { what: 'exit of the SIGKILLed worker' })).signal, 'SIGKILL');
         thaw();
+        // What it held when it died: received, never finished, retried or parked (by its whole log).
+        const held = heldChunks(doomed);
+        assert.ok(held.size > 0, 'the worker held chunks it had not finished');
 
         const rescuer = startPopulator(job.queues.queueUrl, 'rescuer');
         const end = await finished(rescuer);
@@ -549,8 +555,8 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
 
       const worker = startPopulator(job.queues.queueUrl, 'follower', '--follow');
       await worker.waitFor(named('job-complete'), 'job-complete');
-      await sleep(2_500);
       assert.equal(worker.child.exitCode, null, 'still running after the job completed');
+      assert.equal(worker.events.filter(named('worker-finished')).length, 0);
 
       // A chunk announced late is still picked up.
       const late = sampleItems({ count: 100, valueBytes: 20, nowSeconds: nowSeconds(), seed: 'late' });
@@ -567,13 +573,15 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
         chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) },
         target: job.target,
       });
-      await worker.waitFor(named('chunk-done', name), 'the late chunk');
+      // Picked up after the job was complete: it kept polling, and keeps on after this one too.
+      const lateDone = await worker.waitFor(named('chunk-done', name), 'the late chunk');
+      assert.ok(worker.events.indexOf(lateDone) > worker.events.findIndex(named('job-complete')));
+      assert.equal(worker.child.exitCode, null, 'still running after the late chunk');
 
-      const stoppedAt = Date.now();
       worker.child.kill('SIGTERM');
+      // Promptly: well before another 20 s long poll (--wait-seconds 1 here) could matter.
       const end = await finished(worker, 15_000);
       assert.equal(end.code, 0, end.stderr.slice(-2000));
-      assert.ok(Date.now() - stoppedAt < 5_000, 'it stopped promptly');
       assert.equal(end.result.outcome, 'aborted');
       await assertWarmed(job, [...items, ...late]);
       const [report] = await reports(job);
@@ -593,16 +601,17 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
       try {
         const worker = startPopulator(job.queues.queueUrl, 'scaled-in', '--concurrency', '2');
         await worker.waitFor(() => worker.events.filter(named('chunk-received')).length >= 2, 'two chunks received');
-        await sleep(500);
-        const held = heldChunks(worker);
-        assert.equal(held.size, 2, 'both chunks are stuck on the stalled node');
-        const stoppedAt = Date.now();
         worker.child.kill('SIGTERM');
+        // Well inside the 30 s reply timeout the stalled writes would otherwise wait out.
         const end = await finished(worker, 20_000);
         assert.equal(end.code, 0, end.stderr.slice(-2000));
         assert.equal(end.result.outcome, 'aborted');
-        assert.ok(Date.now() - stoppedAt < 10_000, `stopped in ${Date.now() - stoppedAt} ms, well inside the 30 s reply timeout`);
-        for (const chunk of held) assert.ok(worker.events.some(named('chunk-retried', chunk)), `${chunk} was handed back`);
+        // Every chunk has items for the stalled node: none could be finished, each one received was handed back.
+        const received = new Set(worker.events.filter(named('chunk-received')).map((e) => e['chunk'] as string));
+        assert.ok(received.size >= 2);
+        assert.deepEqual(worker.events.filter(named('chunk-done')), [], 'no chunk was finished');
+        for (const chunk of received) assert.ok(worker.events.some(named('chunk-retried', chunk)), `${chunk} was handed back`);
+        assert.deepEqual([...heldChunks(worker)], [], 'nothing left held');
         const backlog = await queueBacklog(aws.sqs, job.queues.queueUrl);
         assert.equal(backlog.inFlight, 0, 'nothing is left hidden for the 60 s visibility timeout');
       } finally {
@@ -637,9 +646,14 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
         progressIntervalMs: 300,
         reportIntervalMs: 300,
       });
-      const deadline = Date.now() + 20_000;
       const periodic = async (): Promise<PopulatorReport | undefined> => (await reports(job))[0];
-      while (!((await periodic())?.chunks === announced && log.some(named('waiting'))) && Date.now() < deadline) await sleep(200);
+      // Every chunk written and reported, the node still dumping said, and progress logged more than once.
+      await waitFor(async () => (await periodic())?.chunks === announced && log.some(named('waiting')) && log.filter(named('progress')).length >= 2, {
+        timeoutMs: 30_000,
+        intervalMs: 100,
+        what: `a report of all ${announced} chunks, a waiting line and two progress lines`,
+        detail: () => log.slice(-5),
+      });
 
       const waiting = log.find(named('waiting'));
       assert.deepEqual(waiting?.['dumpingNodes'], ['a/10.0.0.9:11211'], 'it says which node it waits for');
@@ -650,7 +664,7 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
       assert.ok(!log.some(named('worker-finished')), 'still running');
 
       stop.abort(new CachewarmError('ABORTED', 'scaled in'));
-      const result = await running;
+      const result = await within(running, { what: 'the worker to return after the abort' });
       assert.equal(result.outcome, 'aborted');
       assert.equal(result.chunks, announced);
       assert.equal(result.counters.stored, items.length);
@@ -678,7 +692,7 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
   test('a queue without the cachewarm tags: exit 2, saying it is not a job queue', async () => {
     const plain = await createQueue(aws.sqs, 'not-a-job');
     const worker = startPopulator(plain, 'lost');
-    const exit = await worker.exit;
+    const exit = await within(worker.exit, { what: 'exit of the worker on a plain queue' });
     assert.equal(exit.code, 2, exit.stderr);
     assert.match(exit.stderr, /not-a-job is not a cachewarm job queue \(no cachewarm-job tag\)/);
     assert.match(exit.stderr, /INVALID_ARGUMENT/);

@@ -3,24 +3,20 @@ import { once } from 'node:events';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { describe, test } from 'node:test';
-import { setTimeout as delay } from 'node:timers/promises';
 import { type NotifyOutcome, RestartNotifier, backoffDelayMs } from '../dumper/restart-notifier.js';
 import { type RestartSignal, watchForRestarts } from '../dumper/restart-watcher.js';
 import { systemClock } from '../shared/clock.js';
 import { type CachewarmError, isCachewarmError } from '../shared/errors.js';
 import { FakeClock } from './support/fake-clock.js';
 import { freePort, startMemcached } from './support/memcached.js';
+import { waitFor, within } from './support/wait.js';
 
 const INTERVAL_MS = 5_000;
 const NODE = 'a/127.0.0.1:11211';
 
-/** Waits, in real time, for something the code under test does on its own I/O. */
-async function until(condition: () => boolean, what: string, timeoutMs = 5_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await delay(5);
-  }
+/** Waits, in real time, for something the code under test does on its own I/O; fails the test if it does not. */
+async function until(condition: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
+  await waitFor(condition, { what, timeoutMs, intervalMs: 5 });
 }
 
 /**
@@ -57,7 +53,7 @@ function watch(port: number, overrides: { freshUptimeSeconds?: number; pollTimeo
     },
     async stop(): Promise<void> {
       stop.abort();
-      await done;
+      await within(done, { what: 'the watch to settle after its abort' });
     },
   };
 }
@@ -353,7 +349,7 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
     });
     try {
       const signal = restart('a/10.0.0.1:11211', 1234);
-      assert.deepEqual(await notifier.notify(signal), { status: 'acknowledged', attempts: 5 });
+      assert.deepEqual(await within(notifier.notify(signal), { what: 'delivery through the 503s' }), { status: 'acknowledged', attempts: 5 });
       assert.deepEqual(retries, [1, 2, 3, 4]);
       assert.equal(controller.received.length, 5);
       for (const request of controller.received) {
@@ -374,20 +370,23 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
   test('stops at a 404 (a node the controller does not know) and reports it, never retrying', async () => {
     const controller = await standInController([404]);
     const refused: CachewarmError[] = [];
+    const clock = new FakeClock();
     const notifier = new RestartNotifier({
       controllerUrl: controller.url,
       token: 't',
+      clock,
       initialBackoffMs: 5,
       onRefused: (_signal, error) => refused.push(error),
     });
     try {
-      const outcome = await notifier.notify(restart('a/10.9.9.9:11211', 1));
+      const outcome = await within(notifier.notify(restart('a/10.9.9.9:11211', 1)), { what: 'the outcome of a refused signal' });
       assert.equal(outcome.status, 'refused');
       assert.equal(refused.length, 1);
       assert.equal(refused[0]?.context['status'], 404);
       assert.match(refused[0]?.message ?? '', /404 "node a\/10\.9\.9\.9:11211 is not in the topology": refused/);
-      await delay(50);
-      assert.equal(controller.received.length, 1);
+      assert.equal(clock.pendingSleeps, 0, 'no retry is waiting');
+      await clock.advance(600_000);
+      assert.equal(controller.received.length, 1, 'nor sent later');
     } finally {
       await notifier.close();
       await controller.close();
@@ -396,8 +395,18 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
 
   test('retries while the controller is not listening yet, and delivers once it is', async () => {
     const port = await freePort();
+    const refusedAttempts: number[] = [];
     // A trailing slash or a path prefix in the URL is kept, not doubled or dropped.
-    const notifier = new RestartNotifier({ controllerUrl: `http://127.0.0.1:${port}/cachewarm/`, token: 't', initialBackoffMs: 10, maxBackoffMs: 50 });
+    const notifier = new RestartNotifier({
+      controllerUrl: `http://127.0.0.1:${port}/cachewarm/`,
+      token: 't',
+      initialBackoffMs: 10,
+      maxBackoffMs: 50,
+      onRetry: (_signal, error, attempt) => {
+        assert.match(error.message, /ECONNREFUSED/);
+        refusedAttempts.push(attempt);
+      },
+    });
     const paths: (string | undefined)[] = [];
     const server = http.createServer((req, res) => {
       paths.push(req.url);
@@ -405,12 +414,12 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
     });
     try {
       const outcome = notifier.notify(restart('a/10.0.0.1:11211', 9));
-      await delay(100);
+      await until(() => refusedAttempts.length >= 1, 'an attempt refused while nothing listens');
       server.listen(port, '127.0.0.1');
       await once(server, 'listening');
-      const delivered = await outcome;
+      const delivered = await within(outcome, { what: 'delivery once the controller listens' });
       assert.equal(delivered.status, 'acknowledged');
-      assert.ok(delivered.status === 'acknowledged' && delivered.attempts > 1);
+      assert.ok(delivered.status === 'acknowledged' && delivered.attempts === refusedAttempts.length + 1, JSON.stringify({ delivered, refusedAttempts }));
       assert.deepEqual(paths, ['/cachewarm/v1/signals/restart']);
     } finally {
       await notifier.close();
@@ -432,14 +441,18 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
     const notifier = new RestartNotifier({
       controllerUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
       token: 't',
-      requestTimeoutMs: 100,
+      // Long enough that an answered request is never cut short on a loaded machine.
+      requestTimeoutMs: 1_000,
       initialBackoffMs: 5,
       onRetry: (_s, error) => errors.push(error.message),
     });
     try {
-      assert.deepEqual(await notifier.notify(restart('a/10.0.0.1:11211', 9)), { status: 'acknowledged', attempts: 2 });
+      assert.deepEqual(await within(notifier.notify(restart('a/10.0.0.1:11211', 9)), { what: 'delivery after the timed-out attempt' }), {
+        status: 'acknowledged',
+        attempts: 2,
+      });
       assert.equal(errors.length, 1);
-      assert.match(errors[0] ?? '', /no answer within 100 ms/);
+      assert.match(errors[0] ?? '', /no answer within 1000 ms/);
     } finally {
       await notifier.close();
       server.closeAllConnections();
@@ -459,12 +472,12 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
       await until(() => clock.pendingSleeps === 1, 'the first attempt to fail and wait for its retry');
 
       const newerOutcome = notifier.notify(newer);
-      assert.deepEqual(await olderOutcome, { status: 'superseded', by: newer });
+      assert.deepEqual(await within(olderOutcome, { what: 'the older signal superseded' }), { status: 'superseded', by: newer });
       // another node's signal is its own: it does not replace this one
-      assert.deepEqual(await notifier.notify(elsewhere), { status: 'acknowledged', attempts: 1 });
+      assert.deepEqual(await within(notifier.notify(elsewhere), { what: "another node's signal delivered" }), { status: 'acknowledged', attempts: 1 });
 
       await clock.advance(60_000);
-      assert.deepEqual(await newerOutcome, { status: 'acknowledged', attempts: 1 });
+      assert.deepEqual(await within(newerOutcome, { what: 'the newer signal delivered' }), { status: 'acknowledged', attempts: 1 });
       assert.deepEqual(
         controller.received.map((r) => (r.body as RestartSignal).pid),
         [100, 300, 200],
@@ -484,8 +497,9 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
       await until(() => clock.pendingSleeps === 1, 'the retry to be waiting');
       await clock.advance(9_999);
       assert.equal(controller.received.length, 1);
+      assert.equal(clock.pendingSleeps, 1, 'still waiting');
       await clock.advance(1);
-      assert.deepEqual(await outcome, { status: 'acknowledged', attempts: 2 });
+      assert.deepEqual(await within(outcome, { what: 'the retry after the Retry-After' }), { status: 'acknowledged', attempts: 2 });
     } finally {
       await notifier.close();
       await controller.close();
@@ -497,10 +511,9 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
     const notifier = new RestartNotifier({ controllerUrl: controller.url, token: 't' });
     try {
       const node = 'a/10.0.0.1:11211';
-      assert.equal((await notifier.notify(restart(node, 1))).status, 'acknowledged');
+      assert.equal((await within(notifier.notify(restart(node, 1)), { what: 'the first signal delivered' })).status, 'acknowledged');
       const second = notifier.notify(restart(node, 2));
-      const outcome = await Promise.race([second, delay(2_000, { status: 'still pending' })]);
-      assert.deepEqual(outcome, { status: 'acknowledged', attempts: 1 });
+      assert.deepEqual(await within(second, { what: 'the second signal delivered' }), { status: 'acknowledged', attempts: 1 });
       assert.deepEqual(controller.received.map((r) => (r.body as RestartSignal).pid), [1, 2]);
     } finally {
       await notifier.close();
@@ -517,9 +530,9 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
       await until(() => clock.pendingSleeps === 1, 'a retry to be waiting');
       const first = notifier.close();
       assert.equal(notifier.close(), first);
-      await first;
+      await within(first, { what: 'close to finish' });
       const closed: NotifyOutcome = { status: 'closed' };
-      assert.deepEqual(await outcome, closed);
+      assert.deepEqual(await within(outcome, { what: 'the pending signal to resolve as closed' }), closed);
       assert.equal(clock.pendingSleeps, 0);
       await clock.advance(600_000);
       assert.equal(controller.received.length, 1);

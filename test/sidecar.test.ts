@@ -21,7 +21,9 @@ import { type CliProcess, startCli } from './support/cli-process.js';
 import { type Cluster, load, nowSeconds, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
 import { httpWithToken } from './support/http.js';
+import { FakeClock } from './support/fake-clock.js';
 import { freePort } from './support/memcached.js';
+import { waitFor } from './support/wait.js';
 
 const TOKEN = 'sidecar-test-token-0123456789abcdef';
 const ITEMS = 20_000;
@@ -33,8 +35,6 @@ const TARGET: TargetRing = {
   hashing: 'spymemcached',
   nodes: ['10.0.1.1:11211', '10.0.1.2:11211', '10.0.1.3:11211'].map((address) => ({ address, ringName: address })),
 };
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** One raw request, with the token unless told otherwise. */
 const http = httpWithToken(TOKEN);
@@ -96,16 +96,39 @@ describe('the dumper sidecar', () => {
     };
   }
 
-  async function waitForState(jobId: string, state: string, timeoutMs = 60_000, sidecarClient = client) {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const status = await sidecarClient.status(jobId);
-      assert.ok(status, `the sidecar knows job ${jobId}`);
-      if (status.state === state) return status;
-      assert.ok(status.state === 'running', `job ${jobId} ended ${status.state}, not ${state}: ${JSON.stringify(status.error)}`);
-      assert.ok(Date.now() < deadline, `job ${jobId} still ${status.state} after ${timeoutMs} ms`);
-      await sleep(100);
-    }
+  /**
+   * Polls the job until it is in `state`; fails if it ends otherwise or not in time. `tick`
+   * runs between two polls (a sidecar on a FakeClock moves its clock there).
+   */
+  async function waitForState(jobId: string, state: string, timeoutMs = 60_000, sidecarClient = client, tick?: () => Promise<void>) {
+    let last: unknown;
+    return waitFor(
+      async () => {
+        const status = await sidecarClient.status(jobId);
+        assert.ok(status, `the sidecar knows job ${jobId}`);
+        last = status;
+        if (status.state === state) return status;
+        assert.ok(status.state === 'running', `job ${jobId} ended ${status.state}, not ${state}: ${JSON.stringify(status.error)}`);
+        await tick?.();
+        return undefined;
+      },
+      { timeoutMs, intervalMs: 100, what: `job ${jobId} ${state}`, detail: () => last },
+    );
+  }
+
+  /** A sidecar of its own on the same memcached, on a FakeClock the test moves: rate limits then wait on it, not on real time. */
+  async function sidecarOnFakeClock() {
+    const clock = new FakeClock(Date.now());
+    const own = createSidecar({ memcached, token: TOKEN, s3: aws.s3, sqs: aws.sqs, clock });
+    const { url: ownUrl } = await own.listen('127.0.0.1', 0);
+    return { clock, own, client: new SidecarClient({ baseUrl: ownUrl, token: TOKEN }), url: ownUrl };
+  }
+
+  /** The data chunks in the job's bucket, and their bytes, as S3 counts them. */
+  async function uploaded(request: StartDumpRequest): Promise<{ chunks: number; bytes: number }> {
+    const out = await aws.s3.send(new ListObjectsV2Command({ Bucket: request.bucket }));
+    const chunks = (out.Contents ?? []).filter((o) => /\/data-[^/]+\.chunk$/.test(o.Key ?? ''));
+    return { chunks: chunks.length, bytes: chunks.reduce((sum, o) => sum + (o.Size ?? 0), 0) };
   }
 
   /** Every object key in the bucket, as S3 has it. */
@@ -281,47 +304,81 @@ describe('the dumper sidecar', () => {
   });
 
   test('cancel stops a running dump; started again, the job runs to the end and every item is in its chunks', async () => {
-    const request = await newJob({ maxItemsPerSecond: 300 });
-    await client.start(request);
-    const deadline = Date.now() + 10_000;
-    while (((await client.status(request.jobId))?.counters.read ?? 0) === 0) {
-      assert.ok(Date.now() < deadline, 'the dump reads items');
-      await sleep(50);
+    // Reads at 300 items/s by a clock the test moves: the dump reads only as far as the test lets it.
+    const { clock, own, client: ownClient, url: ownUrl } = await sidecarOnFakeClock();
+    try {
+      const request = await newJob({ maxItemsPerSecond: 300 });
+      await ownClient.start(request);
+      // At most 10 s of clock: at most 30 + 3,000 items can be read, far from all 20,000.
+      let moved = 0;
+      await waitFor(
+        async () => {
+          if (((await ownClient.status(request.jobId))?.counters.read ?? 0) > 0) return true;
+          if (moved < 10_000) {
+            await clock.advance(500);
+            moved += 500;
+          }
+          return false;
+        },
+        { what: 'the first items read' },
+      );
+
+      const answer = await http(ownUrl, 'DELETE', `/v1/dumps/${request.jobId}`);
+      assert.equal(answer.status, 200);
+      assert.equal(answer.body.state, 'cancelled');
+      assert.ok(answer.body.finishedAt);
+      const read = answer.body.counters.read as number;
+      assert.ok(read > 0 && read < ITEMS, `stopped part way (${read} read)`);
+      // Nothing of the dump waits on the clock any more: time that would let it read thousands more goes by.
+      assert.equal(clock.pendingSleeps, 0, 'no read left waiting for its turn');
+      await clock.advance(60_000);
+      assert.equal((await ownClient.status(request.jobId))?.counters.read, read, 'nothing is read after the cancel');
+      assert.equal((await ownClient.cancel(request.jobId))?.state, 'cancelled', 'cancelling again is harmless');
+
+      // A cancelled (or failed) job is started again: dumpNode picks up from what the store holds.
+      const { maxItemsPerSecond: _slow, ...unlimited } = request;
+      const again = await ownClient.start(unlimited);
+      assert.equal(again.started, true);
+      await waitForState(request.jobId, 'finished', 60_000, ownClient, () => clock.advance(200));
+      const dumped = await itemsIn(request.bucket, await dataChunks(request));
+      assert.deepEqual([...dumped.keys()].sort(), loadedKeys());
+    } finally {
+      await own.close();
     }
-
-    const answer = await http(url, 'DELETE', `/v1/dumps/${request.jobId}`);
-    assert.equal(answer.status, 200);
-    assert.equal(answer.body.state, 'cancelled');
-    assert.ok(answer.body.finishedAt);
-    const read = answer.body.counters.read as number;
-    assert.ok(read > 0 && read < ITEMS, `stopped part way (${read} read)`);
-    await sleep(500);
-    assert.equal((await client.status(request.jobId))?.counters.read, read, 'nothing is read after the cancel');
-    assert.equal((await client.cancel(request.jobId))?.state, 'cancelled', 'cancelling again is harmless');
-
-    // A cancelled (or failed) job is started again: dumpNode picks up from what the store holds.
-    const { maxItemsPerSecond: _slow, ...unlimited } = request;
-    const again = await client.start(unlimited);
-    assert.equal(again.started, true);
-    await waitForState(request.jobId, 'finished');
-    const dumped = await itemsIn(request.bucket, await dataChunks(request));
-    assert.deepEqual([...dumped.keys()].sort(), loadedKeys());
   });
 
-  test('the bytes/s limit holds the uploads back: far from done after a while, few chunks uploaded', async () => {
-    const bytesPerSecond = 16 << 10;
-    const request = await newJob({ maxBytesPerSecond: bytesPerSecond });
-    const startedMs = Date.now();
-    await client.start(request);
-    await sleep(1_500);
-    const status = await client.status(request.jobId);
-    const elapsedS = (Date.now() - startedMs) / 1000;
-    assert.equal(status?.state, 'running', `${ITEMS} items of 100 bytes at 16 KiB/s take minutes`);
-    assert.ok((status?.counters.read ?? 0) < ITEMS, 'the reads wait for the uploads');
-    const uploaded = await dataChunks(request);
-    // Loosely: what the rate allows, plus a chunk taken on credit and one in flight.
-    assert.ok(uploaded.length * CHUNK_BYTES <= bytesPerSecond * elapsedS + 2 * CHUNK_BYTES, `${uploaded.length} chunks after ${elapsedS} s`);
-    assert.equal((await client.cancel(request.jobId))?.state, 'cancelled');
+  test('the bytes/s limit holds the uploads back: never more uploaded than the rate allows by the clock, and uploads go on as it moves', async () => {
+    const { clock, own, client: ownClient } = await sidecarOnFakeClock();
+    try {
+      const bytesPerSecond = 16 << 10;
+      const burst = bytesPerSecond / 10; // the token bucket's default
+      const request = await newJob({ maxBytesPerSecond: bytesPerSecond });
+      const startedAt = clock.now();
+      await ownClient.start(request);
+      // (+1: the bucket's floating-point refill may grant a hair early.)
+      const allowed = (): number => burst + (bytesPerSecond * (clock.now() - startedAt)) / 1000 + 1;
+
+      // Whatever the machine's speed, S3 never holds more than the clock allowed by then.
+      assert.deepEqual(await uploaded(request), { chunks: 0, bytes: 0 }, 'a 64 KiB chunk waits ~4 s of clock for its turn');
+      const seen: { chunks: number; bytes: number }[] = [];
+      await waitFor(
+        async () => {
+          const now = await uploaded(request);
+          assert.ok(now.bytes <= allowed(), `${now.bytes} bytes uploaded after ${clock.now() - startedAt} ms of clock, ${allowed()} allowed`);
+          seen.push(now);
+          if (now.chunks >= 2) return true;
+          await clock.advance(1_000);
+          return false;
+        },
+        { what: 'two chunks uploaded as the clock moves', detail: () => seen.slice(-5) },
+      );
+      const status = await ownClient.status(request.jobId);
+      assert.equal(status?.state, 'running', `${ITEMS} items of 100 bytes at 16 KiB/s take minutes of clock`);
+      assert.ok((status?.counters.read ?? 0) < ITEMS, 'the reads wait for the uploads');
+      assert.equal((await ownClient.cancel(request.jobId))?.state, 'cancelled');
+    } finally {
+      await own.close();
+    }
   });
 
   test('with a key filter, only the keys the ring places on the kept node are copied', async () => {
@@ -428,7 +485,8 @@ describe('the dumper sidecar', () => {
     const ownClient = new SidecarClient({ baseUrl: ownUrl, token: TOKEN });
     const request = await newJob({ maxItemsPerSecond: 300 });
     await ownClient.start(request);
-    await sleep(300);
+    // Under way: its crawl has listed keys (its reads, at 300 items/s, take a minute).
+    await waitFor(async () => ((await ownClient.status(request.jobId))?.counters.listed ?? 0) > 0, { what: 'keys listed by the dump' });
     await Promise.all([own.close(), own.close()]);
     await own.close();
     assert.deepEqual(
@@ -461,7 +519,7 @@ describe('the dumper sidecar', () => {
 
     test('serves with a token file and an endpoint, dumps to it, and on SIGTERM cancels its dump and exits 0', async () => {
       const file = await tokenFile(`${TOKEN}\n`);
-      const { lines, event, exited, kill } = serve('--listen', '127.0.0.1:0', '--token-file', file, '--endpoint', fauxqs.endpoint);
+      const { lines, event, exit, kill } = serve('--listen', '127.0.0.1:0', '--token-file', file, '--endpoint', fauxqs.endpoint);
       try {
         const listening = await event('listening');
         const cliUrl = String(listening['url']);
@@ -483,7 +541,7 @@ describe('the dumper sidecar', () => {
         const slow = await newJob({ maxItemsPerSecond: 300 });
         await cliClient.start(slow);
         kill('SIGTERM');
-        const code = await exited;
+        const code = await exit();
         assert.equal(code, 0, JSON.stringify(lines));
         const names = lines.map((e) => e['event']);
         assert.ok(names.includes('stopping') && names.includes('dump-cancelled') && names.includes('closed'), JSON.stringify(names));
@@ -498,8 +556,8 @@ describe('the dumper sidecar', () => {
         [await tokenFile('\n'), /--token-file .* is empty/],
         [path.join(os.tmpdir(), 'no-such-dir-cachewarm', 'token'), /cannot read --token-file .*no-such-dir-cachewarm\/token/],
       ] as const) {
-        const { lines, exited } = serve('--listen', '127.0.0.1:0', '--token-file', file);
-        const code = await exited;
+        const { lines, exit } = serve('--listen', '127.0.0.1:0', '--token-file', file);
+        const code = await exit();
         assert.equal(code, 2);
         assert.match(lines.map((l) => String(l['line'])).join('\n'), message);
       }

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { GetQueueAttributesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { setTimeout as delay } from 'node:timers/promises';
+import { GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
@@ -8,14 +9,16 @@ import { runPopulator } from '../populator/populate.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import type { ChunkMessage } from '../shared/chunk-message.js';
 import type { Delivery } from '../shared/chunk-queue.js';
-import { systemClock } from '../shared/clock.js';
+import { type Clock, systemClock } from '../shared/clock.js';
 import { WriteTally } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { REASON_ATTRIBUTE, SqsQueue, type SqsQueueOptions } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { nowSeconds, readFrom, startCluster } from './support/cluster.js';
+import { FakeClock } from './support/fake-clock.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
+import { waitFor, within } from './support/wait.js';
 
 function chunkMessage(name: string): ChunkMessage {
   return {
@@ -27,7 +30,14 @@ function chunkMessage(name: string): ChunkMessage {
   };
 }
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** One SQS call as the client made it: the command, its input, when (by the given clock), and its answer once there. */
+interface Call {
+  readonly command: string;
+  readonly input: Record<string, any>;
+  readonly at: number;
+  output?: Record<string, any>;
+  settled: boolean;
+}
 
 describe('the SQS chunk queue (against fauxqs, through the real SQS client)', () => {
   let fauxqs: Fauxqs;
@@ -53,6 +63,35 @@ describe('the SQS chunk queue (against fauxqs, through the real SQS client)', ()
   afterEach(async () => {
     await Promise.allSettled(received.splice(0).map((d) => d.ack()));
   });
+
+  /**
+   * An SQS client whose every call is recorded (see Call), `at` read from `clock`: the tests
+   * assert what the queue sent, not how many calls fit in some stretch of time.
+   */
+  function observedSqs(clock: Clock = systemClock): { sqs: SQSClient; calls: Call[]; settled: (command: string) => Call[]; destroy(): void } {
+    const clients = awsClients(fauxqs.endpoint);
+    const calls: Call[] = [];
+    clients.sqs.middlewareStack.add(
+      (next, context) => async (args) => {
+        const call: Call = { command: context.commandName ?? '?', input: args.input as Record<string, any>, at: clock.now(), settled: false };
+        calls.push(call);
+        try {
+          const out = await next(args);
+          call.output = out.output as Record<string, any>;
+          return out;
+        } finally {
+          call.settled = true;
+        }
+      },
+      { step: 'initialize', name: 'recordCalls' },
+    );
+    return {
+      sqs: clients.sqs,
+      calls,
+      settled: (command) => calls.filter((c) => c.command === command && c.settled),
+      destroy: () => clients.destroy(),
+    };
+  }
 
   /** A fresh main queue and dead-letter queue. */
   async function fresh(options: Partial<SqsQueueOptions> = {}) {
@@ -115,34 +154,60 @@ describe('the SQS chunk queue (against fauxqs, through the real SQS client)', ()
   });
 
   test('with stopWhenEmpty, receive returns undefined after one empty long poll', async () => {
-    const { make } = await fresh();
-    const started = Date.now();
-    assert.equal(await make({ stopWhenEmpty: true }).receive(), undefined);
-    assert.ok(Date.now() - started >= 900, 'it waited out the long poll first');
+    const observed = observedSqs();
+    try {
+      const { make } = await fresh({ client: observed.sqs });
+      assert.equal(await make({ stopWhenEmpty: true }).receive(), undefined);
+      const receives = observed.calls.filter((c) => c.command === 'ReceiveMessageCommand');
+      assert.equal(receives.length, 1, 'one receive');
+      assert.equal(receives[0]?.input['WaitTimeSeconds'], 1, 'a long poll, waited out by SQS');
+      assert.deepEqual(receives[0]?.output?.['Messages'] ?? [], [], 'that came back empty');
+    } finally {
+      observed.destroy();
+    }
   });
 
   test('without stopWhenEmpty, receive keeps polling across empty long polls until a message comes', async () => {
-    const { queue } = await fresh();
-    const pending = queue.receive(AbortSignal.timeout(10_000));
-    await sleep(2_500); // two and a half 1 s long polls come back empty meanwhile
-    await queue.send(chunkMessage('late'));
-    const delivery = track(await pending);
-    assert.equal(delivery?.message.chunk.name, 'late');
-    await delivery?.ack();
+    const observed = observedSqs();
+    try {
+      const { queue } = await fresh({ client: observed.sqs });
+      const pending = queue.receive(AbortSignal.timeout(60_000)).then(track);
+      const emptyPolls = () => observed.settled('ReceiveMessageCommand').filter((c) => !c.output?.['Messages']?.length).length;
+      await waitFor(() => emptyPolls() >= 2, { what: 'two empty long polls', detail: () => observed.calls.map((c) => c.command) });
+      await queue.send(chunkMessage('late'));
+      const delivery = await within(pending, { what: 'the message sent after two empty polls' });
+      assert.equal(delivery?.message.chunk.name, 'late');
+      await delivery?.ack();
+    } finally {
+      observed.destroy();
+    }
   });
 
-  test('a retried message is delivered again, with receiveCount 2', async () => {
-    const { queue, queueUrl } = await fresh();
-    await queue.send(chunkMessage('flaky'));
-    const first = await receiveOne(queue);
-    await first.retry('target node down');
-    // Past one renewal period: a renewal still running after the retry would hide it again.
-    await sleep(1_200);
-    const second = await receiveOne(queue);
-    assert.equal(second.message.chunk.name, 'flaky');
-    assert.equal(second.receiveCount, 2);
-    await second.ack();
-    assert.deepEqual(await depth(queueUrl), { visible: 0, held: 0 });
+  test('a retried message is delivered again, with receiveCount 2; its renewals stop with the retry', async () => {
+    const clock = new FakeClock();
+    const observed = observedSqs(clock);
+    try {
+      const { queue, queueUrl } = await fresh({ client: observed.sqs, clock });
+      await queue.send(chunkMessage('flaky'));
+      const first = await receiveOne(queue);
+      assert.equal(clock.pendingSleeps, 1, 'the renewal waits for its time');
+      await first.retry('target node down');
+      assert.equal(clock.pendingSleeps, 0, 'the retry ended the renewals');
+      // Renewal periods pass: a renewal still running after the retry would hide it again.
+      await clock.advance(10_000);
+      assert.deepEqual(
+        observed.calls.filter((c) => c.command === 'ChangeMessageVisibilityCommand').map((c) => c.input['VisibilityTimeout']),
+        [0],
+        'only the retry itself changed the visibility: back to visible at once',
+      );
+      const second = await receiveOne(queue);
+      assert.equal(second.message.chunk.name, 'flaky');
+      assert.equal(second.receiveCount, 2);
+      await second.ack();
+      assert.deepEqual(await depth(queueUrl), { visible: 0, held: 0 });
+    } finally {
+      observed.destroy();
+    }
   });
 
   test('with maxReceives, a retry of the last allowed delivery parks the message with the retry reason', async () => {
@@ -219,66 +284,102 @@ describe('the SQS chunk queue (against fauxqs, through the real SQS client)', ()
     // Received by a bare client: nothing renews its visibility.
     const raw = await aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: queueUrl, VisibilityTimeout: 2, WaitTimeSeconds: 1 }));
     assert.equal(raw.Messages?.length, 1);
-    const again = track(await queue.receive(AbortSignal.timeout(5_000)));
+    const again = track(await queue.receive(AbortSignal.timeout(30_000)));
     assert.equal(again?.message.chunk.name, 'unrenewed');
     assert.equal(again?.receiveCount, 2);
     await again?.ack();
   });
 
-  test('a delivery held longer than the visibility timeout is not redelivered to a second receiver', async () => {
-    const { queue, make, queueUrl } = await fresh();
-    await queue.send(chunkMessage('long'));
-    const held = await receiveOne(queue); // visibility 2 s, renewed every 1 s
-    const other = make();
-    const started = Date.now();
-    // (Were it redelivered, the second receiver's delivery is tracked, to be settled after the test.)
-    await assert.rejects(other.receive(AbortSignal.timeout(5_000)).then(track), (error: unknown) => {
-      assert.equal((error as Error).name, 'TimeoutError', 'the second receiver got nothing for 5 s');
-      return true;
-    });
-    assert.ok(Date.now() - started >= 4_900);
-    assert.deepEqual(await depth(queueUrl), { visible: 0, held: 1 });
-    await held.ack();
-    assert.deepEqual(await depth(queueUrl), { visible: 0, held: 0 });
+  test('a delivery held longer than the visibility timeout is not redelivered to a second receiver while it is renewed', async () => {
+    // The renewals run on a FakeClock the test moves, so each one is sent when the test says
+    // (well inside the 2 s timeout), however loaded the machine; SQS's own timeout is real.
+    const clock = new FakeClock();
+    const observed = observedSqs(clock);
+    try {
+      const { queue, make, queueUrl } = await fresh({ client: observed.sqs, clock });
+      await queue.send(chunkMessage('long'));
+      const held = await receiveOne(queue); // visibility 2 s, renewed every 1 s of the clock
+      const heldAt = Date.now();
+      const stop = new AbortController();
+      const reason = new Error('the test is over');
+      // (Were it redelivered, the second receiver's delivery is tracked, to be settled after the test.)
+      const second = make({ client: aws.sqs, clock: systemClock }).receive(stop.signal).then(track);
+      second.catch(() => undefined);
+      let renewed = 0;
+      while (Date.now() - heldAt < 3 * 2_000) {
+        await clock.advance(1_000);
+        renewed++;
+        await waitFor(() => observed.settled('ChangeMessageVisibilityCommand').length === renewed && clock.pendingSleeps === 1, {
+          timeoutMs: 10_000,
+          what: `renewal ${renewed} sent and answered`,
+        });
+        await delay(250);
+      }
+      assert.ok(renewed >= 3);
+      assert.deepEqual(await depth(queueUrl), { visible: 0, held: 1 }, 'still held, past three visibility timeouts');
+      stop.abort(reason);
+      await assert.rejects(within(second, { what: 'the second receiver to stop' }), (error: unknown) => error === reason, 'the second receiver got nothing');
+      await held.ack();
+      assert.deepEqual(await depth(queueUrl), { visible: 0, held: 0 });
+    } finally {
+      observed.destroy();
+    }
   });
 
   test('renews visibility every half timeout while held, and stops once settled', async () => {
-    const observed = awsClients(fauxqs.endpoint);
-    const renewals: number[] = [];
-    observed.sqs.middlewareStack.add(
-      (next, context) => async (args) => {
-        if (context.commandName === 'ChangeMessageVisibilityCommand') renewals.push(Date.now());
-        return next(args);
-      },
-      { step: 'initialize', name: 'countRenewals' },
-    );
+    const clock = new FakeClock();
+    const observed = observedSqs(clock);
+    const renewals = () => observed.settled('ChangeMessageVisibilityCommand');
     try {
       const { queueUrl } = await fresh();
-      const queue = new SqsQueue({ client: observed.sqs, queueUrl, waitTimeSeconds: 1, visibilityTimeoutSeconds: 2, clock: systemClock });
+      const queue = new SqsQueue({ client: observed.sqs, queueUrl, waitTimeSeconds: 1, visibilityTimeoutSeconds: 2, clock });
       await queue.send(chunkMessage('renewed'));
       const delivery = await receiveOne(queue);
-      const heldAt = Date.now();
-      await sleep(2_600);
-      assert.equal(renewals.length, 2, 'renewed at about 1 s and 2 s');
-      assert.ok((renewals[0] as number) - heldAt >= 900);
+      const heldAt = clock.now();
+      const handle = observed.settled('ReceiveMessageCommand').find((c) => c.output?.['Messages']?.length)?.output?.['Messages'][0].ReceiptHandle;
+      assert.ok(handle);
+
+      await clock.advance(999);
+      assert.equal(observed.calls.filter((c) => c.command === 'ChangeMessageVisibilityCommand').length, 0, 'nothing before half the timeout');
+      await clock.advance(1);
+      await waitFor(() => renewals().length === 1 && clock.pendingSleeps === 1, { what: 'the first renewal' });
+      await clock.advance(1_000);
+      await waitFor(() => renewals().length === 2 && clock.pendingSleeps === 1, { what: 'the second renewal' });
+      assert.deepEqual(
+        renewals().map((c) => ({ at: c.at - heldAt, handle: c.input['ReceiptHandle'], timeout: c.input['VisibilityTimeout'] })),
+        [
+          { at: 1_000, handle, timeout: 2 },
+          { at: 2_000, handle, timeout: 2 },
+        ],
+        'every half timeout, for the whole timeout again',
+      );
+
       await delivery.ack();
-      const atAck = renewals.length;
-      await sleep(1_500);
-      assert.equal(renewals.length, atAck, 'no renewal after the ack');
+      assert.equal(clock.pendingSleeps, 0, 'the ack ended the renewals');
+      await clock.advance(60_000);
+      assert.equal(observed.calls.filter((c) => c.command === 'ChangeMessageVisibilityCommand').length, 2, 'no renewal after the ack');
+      assert.deepEqual(await depth(queueUrl), { visible: 0, held: 0 });
     } finally {
       observed.destroy();
     }
   });
 
   test('a pending receive rejects promptly with the reason when its signal aborts', async () => {
-    const { make } = await fresh();
-    const queue = make({ waitTimeSeconds: 20 });
-    const controller = new AbortController();
-    const reason = new CachewarmError('ABORTED', 'job stopped');
-    const started = Date.now();
-    setTimeout(() => controller.abort(reason), 200);
-    await assert.rejects(queue.receive(controller.signal), (error: unknown) => error === reason);
-    assert.ok(Date.now() - started < 2_000, 'it did not wait out the 20 s long poll');
+    const observed = observedSqs();
+    try {
+      const { make } = await fresh({ client: observed.sqs });
+      const queue = make({ waitTimeSeconds: 20 });
+      const controller = new AbortController();
+      const reason = new CachewarmError('ABORTED', 'job stopped');
+      const pending = queue.receive(controller.signal);
+      pending.catch(() => undefined);
+      await waitFor(() => observed.calls.some((c) => c.command === 'ReceiveMessageCommand'), { what: 'the 20 s long poll to be sent' });
+      controller.abort(reason);
+      // Well short of the 20 s the long poll would take.
+      await assert.rejects(within(pending, { timeoutMs: 10_000, what: 'the receive to end on the abort' }), (error: unknown) => error === reason);
+    } finally {
+      observed.destroy();
+    }
   });
 
   test('an SQS failure is a CachewarmError naming the queue and the AWS error', async () => {

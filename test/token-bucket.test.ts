@@ -147,7 +147,11 @@ describe('TokenBucket', () => {
       for (let i = 0; i < 100; i++) await bucket.take(1);
       done = true;
     })();
-    while (!done) await clock.advance(10);
+    // Bounded in clock time: a consumer that stalled fails the test instead of looping forever.
+    for (let step = 0; !done; step++) {
+      assert.ok(step < 2_000, `the 100 takes were not done after ${step * 10} ms of clock time`);
+      await clock.advance(10);
+    }
     await consumer;
     // The first unit is in the bucket; the other 99 arrive at 10 per second.
     assert.equal(clock.now() - start, 9_900);

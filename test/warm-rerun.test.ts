@@ -42,7 +42,7 @@ describe('a warm run again with the same --job-id and work dir', () => {
       const all = [...small, ...large1, ...large2];
       const dir = await workDir();
       const jobId = 'scale-up-b';
-      const quickEnd = path.join(dir, jobId, nodeDirectory(`a/${quick.address}`), 'end.json');
+      const quickEnd = path.join(dir, jobId, 'copy', nodeDirectory(`a/${quick.address}`), 'end.json');
       const options = { topology: cluster.topology, target: 'b', workDir: dir, jobId, chunkSizeBytes: 32 << 10, clock: systemClock };
 
       // First run: interrupted once the small node's dump has finished, the others' not.
@@ -61,7 +61,7 @@ describe('a warm run again with the same --job-id and work dir', () => {
       );
       const interrupted = await jobJson(dir, jobId);
       assert.equal(interrupted.status, 'failed');
-      assert.equal(existsSync(path.join(dir, jobId, nodeDirectory(`a/${slow1.address}`), 'end.json')), false, 'a large node was still dumping');
+      assert.equal(existsSync(path.join(dir, jobId, 'copy', nodeDirectory(`a/${slow1.address}`), 'end.json')), false, 'a large node was still dumping');
       const before = await countersOf([quick, slow1, slow2]);
       const chunksLog = path.join(dir, jobId, 'chunks.log');
       const logBefore = await readFile(chunksLog, 'utf8');

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { within } from './wait.js';
 
 export const CLI = fileURLToPath(new URL('../../bin/cachewarm.js', import.meta.url));
 
@@ -12,10 +13,15 @@ export interface CliProcess {
   /** stderr lines, JSON ones parsed (others as `{event: 'text', line}`). */
   readonly lines: Record<string, unknown>[];
   readonly stdout: () => string;
-  /** The first log line with this `event`; rejects if the process exits first. */
-  event(name: string): Promise<Record<string, unknown>>;
+  /**
+   * The first log line with this `event`; rejects if the process exits first, and fails the
+   * test if it is not logged within `timeoutMs` (default 60 s) rather than hang.
+   */
+  event(name: string, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** Exit code (null when killed by a signal). */
   readonly exited: Promise<number | null>;
+  /** `exited`, failing the test if the process is still running after `timeoutMs` (default 60 s). */
+  exit(timeoutMs?: number): Promise<number | null>;
   kill(signal?: NodeJS.Signals): void;
 }
 
@@ -42,14 +48,17 @@ export function startCli(args: readonly string[], env: Record<string, string> = 
     lines,
     stdout: () => out,
     exited,
-    event: (name) => {
+    event: (name, timeoutMs = 60_000) => {
       const seen = lines.find((e) => e['event'] === name);
       if (seen) return Promise.resolve(seen);
-      return new Promise((resolve, reject) => {
+      const logged = new Promise<Record<string, unknown>>((resolve, reject) => {
         waiting.push({ name, resolve });
         void exited.then(() => reject(new Error(`cachewarm ${args.join(' ')} exited before logging ${name}: ${JSON.stringify(lines)}`)));
       });
+      return within(logged, { timeoutMs, what: `${name} log line from cachewarm ${args.join(' ')}`, detail: () => lines.slice(-5) });
     },
+    exit: (timeoutMs = 60_000) =>
+      within(exited, { timeoutMs, what: `exit of cachewarm ${args.join(' ')}`, detail: () => lines.slice(-5) }),
     kill: (signal = 'SIGTERM') => void (child.exitCode === null && child.kill(signal)),
   };
 }

@@ -14,9 +14,17 @@ export interface Run {
   stderr: string;
 }
 
+/** A run still going after this long is killed and fails the test, rather than hang the suite. */
+export const CACHEWARM_DEADLINE_MS = 300_000;
+
 export function cachewarm(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, [bin, ...args], { maxBuffer: 16 << 20 }, (error, stdout, stderr) => {
+  return new Promise((resolve, reject) => {
+    const options = { maxBuffer: 16 << 20, timeout: CACHEWARM_DEADLINE_MS, killSignal: 'SIGKILL' as const };
+    execFile(process.execPath, [bin, ...args], options, (error, stdout, stderr) => {
+      if (error?.killed && error.signal === 'SIGKILL') {
+        reject(new Error(`cachewarm ${args.join(' ')} was killed: still running after ${CACHEWARM_DEADLINE_MS} ms (or over 16 MiB of output); stderr: ${stderr.slice(-2000)}`));
+        return;
+      }
       const code = error ? (typeof error.code === 'number' ? error.code : 1) : 0;
       resolve({ code, stdout, stderr });
     });

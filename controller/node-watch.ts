@@ -1,0 +1,144 @@
+/**
+ * A job's watch on the nodes it reads from or writes to. A target node that restarted lost
+ * what the job wrote to it before; a target node that evicted lost items the job counted as
+ * written; a source node that restarted lost keys its crawl had listed. None of that shows
+ * in what the writers were told, so the job reads each node's `stats` for as long as it
+ * runs, and once more at the end, and judges from that.
+ */
+import type { Clock } from '../shared/clock.js';
+import type { Connect } from '../shared/memcached/connect.js';
+import { statsAt } from '../shared/memcached/commands.js';
+import type { NodeSpec } from '../shared/topology.js';
+import { type ServerObservation, isRestart, observation } from '../dumper/restart-watcher.js';
+import { endpointOf } from './node-stats.js';
+
+/** One answered `stats`: the process, and the figures a warm is judged by. */
+export interface NodeState extends ServerObservation {
+  readonly evictions: number;
+  /** Bytes of items held (`bytes`). */
+  readonly bytes: number;
+  /** The memory memcached may use for items (`limit_maxbytes`, `-m`). */
+  readonly limitMaxBytes: number;
+}
+
+export async function readNodeState(node: NodeSpec, connect: Connect, signal?: AbortSignal): Promise<NodeState> {
+  const reply = await statsAt(endpointOf(node), connect, signal);
+  const seen = observation(node.id, reply);
+  if (seen instanceof Error) throw seen;
+  const num = (name: string): number => Number(reply.get(name) ?? 0);
+  return { ...seen, evictions: num('evictions'), bytes: num('bytes'), limitMaxBytes: num('limit_maxbytes') };
+}
+
+/** What the watch saw of one node over the job. */
+export interface WatchedNode {
+  readonly node: NodeSpec;
+  /** The process the job's work went into since it was last rebased. */
+  readonly identity: NodeState;
+  /** The latest answer. */
+  readonly latest: NodeState;
+  /** Processes seen to replace the identity's (a restart); 0 when it is the same process. */
+  readonly restarts: number;
+  /** Evictions by the processes the job wrote into, since the watch began (or the process started). */
+  readonly evictions: number;
+}
+
+export interface NodeWatchOptions {
+  readonly connect: Connect;
+  readonly clock: Clock;
+  /** How often every node is read while the job runs. */
+  readonly intervalMs?: number | undefined;
+}
+
+interface Entry {
+  node: NodeSpec;
+  identity: NodeState;
+  latest: NodeState;
+  restarts: number;
+  /** The `evictions` of the current process when the job started watching it (0 for a new one). */
+  evictionBase: number;
+}
+
+export class NodeWatch {
+  private readonly entries = new Map<string, Entry>();
+  private readonly stopped = new AbortController();
+  private loop: Promise<void> | undefined;
+
+  private constructor(private readonly options: NodeWatchOptions) {}
+
+  /** Reads every node once (one that does not answer fails, naming it), then keeps watching. */
+  static async start(nodes: readonly NodeSpec[], options: NodeWatchOptions, signal?: AbortSignal): Promise<NodeWatch> {
+    const watch = new NodeWatch(options);
+    const states = await Promise.all(nodes.map((node) => readNodeState(node, options.connect, signal)));
+    nodes.forEach((node, i) => {
+      const state = states[i] as NodeState;
+      watch.entries.set(node.address, { node, identity: state, latest: state, restarts: 0, evictionBase: state.evictions });
+    });
+    watch.loop = watch.run();
+    return watch;
+  }
+
+  /** One more look at every node now; a node that does not answer fails, naming it. */
+  async look(signal?: AbortSignal): Promise<void> {
+    await Promise.all([...this.entries.values()].map(async (entry) => this.observe(entry, await readNodeState(entry.node, this.options.connect, signal))));
+  }
+
+  get nodes(): WatchedNode[] {
+    return [...this.entries.values()].map((e) => ({
+      node: e.node,
+      identity: e.identity,
+      latest: e.latest,
+      restarts: e.restarts,
+      evictions: Math.max(0, e.latest.evictions - e.evictionBase),
+    }));
+  }
+
+  /** Nodes now served by another process than the one the job's work went into. */
+  restarted(): NodeSpec[] {
+    return [...this.entries.values()].filter((e) => e.restarts > 0).map((e) => e.node);
+  }
+
+  /** The job starts over on these nodes: their current process becomes the one its work goes into. */
+  rebase(nodes: readonly NodeSpec[]): void {
+    for (const node of nodes) {
+      const entry = this.entries.get(node.address);
+      if (entry) Object.assign(entry, { identity: entry.latest, restarts: 0 });
+    }
+  }
+
+  /** Idempotent. */
+  async stop(): Promise<void> {
+    this.stopped.abort();
+    await this.loop;
+  }
+
+  private observe(entry: Entry, state: NodeState): void {
+    if (isRestart(entry.latest, state, 0)) {
+      entry.restarts++;
+      // A new process starts counting evictions from 0, and whatever it evicts the job wrote.
+      entry.evictionBase = 0;
+    }
+    entry.latest = state;
+  }
+
+  private async run(): Promise<void> {
+    const { clock, connect, intervalMs = 1_000 } = this.options;
+    const signal = this.stopped.signal;
+    while (!signal.aborted) {
+      try {
+        await clock.sleep(intervalMs, signal);
+      } catch {
+        return;
+      }
+      // A node that does not answer is only down: the writers fail on it, naming it, if it
+      // stays down; if it comes back, the next answer says whether it is a new process.
+      await Promise.all(
+        [...this.entries.values()].map((entry) =>
+          readNodeState(entry.node, connect, signal).then(
+            (state) => this.observe(entry, state),
+            () => undefined,
+          ),
+        ),
+      );
+    }
+  }
+}

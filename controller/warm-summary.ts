@@ -1,0 +1,135 @@
+/**
+ * What a warm reports, for both transports, and the one rule that says whether it is
+ * complete: every item the source held at its crawl, live, is in the target node its ring
+ * names, or the summary says why not — and then the job is not complete.
+ */
+import { type DumpCounters, type WriteCounters, newWriteCounters } from '../shared/counters.js';
+import { peakRssBytes } from '../shared/peak-memory.js';
+import type { WarmthCheck } from './already-warm.js';
+import type { JobRecord } from './job-journal.js';
+
+export type JobKind = JobRecord['kind'];
+
+export interface WarmProgress {
+  readonly elapsedMs: number;
+  /** Items the source held when the warm started: the denominator of the ETA. */
+  readonly expectedItems: number;
+  readonly dumped: DumpCounters;
+  readonly written: WriteCounters;
+  readonly queueDepth: number;
+}
+
+/** What became of one target node over the job, as its writers and its `stats` tell it. */
+export interface TargetNodeReport extends WriteCounters {
+  readonly node: string;
+  /** Times another process took the node's place during the job (each lost what was written before). */
+  readonly restarts?: number | undefined;
+  /** Items the node evicted during the job. */
+  readonly evictions?: number | undefined;
+  /** The node's memory for items (`limit_maxbytes`) and what it held at the end (`bytes`). */
+  readonly limitMaxBytes?: number | undefined;
+  readonly bytes?: number | undefined;
+}
+
+export interface SourceNodeReport extends DumpCounters {
+  readonly node: string;
+  /** The node restarted while it was dumped: keys its crawl listed were gone when read. */
+  readonly restarted?: boolean | undefined;
+}
+
+/** A pass of the job beyond its first copy: a restarted node refilled, refused items retried. */
+export interface RepairReport {
+  readonly pass: string;
+  /** Target node ids the pass wrote (all of the job's when undefined). */
+  readonly nodes?: readonly string[] | undefined;
+  readonly reason: string;
+}
+
+export interface WarmSummary {
+  readonly jobId: string;
+  readonly source: string;
+  readonly target: string;
+  readonly durationMs: number;
+  readonly sourceNodes: readonly SourceNodeReport[];
+  readonly targetNodes: readonly TargetNodeReport[];
+  readonly parked: readonly { chunk: string; reason: string }[];
+  /** True exactly when `problems` is empty. */
+  readonly complete: boolean;
+  /** Every reason the job is not complete, each a sentence naming the node and the count. */
+  readonly problems?: readonly string[] | undefined;
+  /** The process's peak resident memory: what the warm's bounds are checked against. */
+  readonly peakRssBytes: number;
+  /** CPU time this process spent, user + system. */
+  readonly cpuMs: number;
+  /** Page faults this process took: on a VM, the hidden cost of touching fresh memory. */
+  readonly minorPageFaults: number;
+  readonly kind?: JobKind | undefined;
+  /** An instance warm's node (`replica/address`); `target` is its replica. */
+  readonly node?: string | undefined;
+  /** This run went on with a job an earlier run had started (same job id and work dir). */
+  readonly resumed?: boolean | undefined;
+  /** Passes beyond the first copy, in the order they ran (this run's). */
+  readonly repairs?: readonly RepairReport[] | undefined;
+  /** Items too large for the target, left out because the user accepted it (`--skip-too-large`). */
+  readonly skippedTooLarge?: number | undefined;
+  /**
+   * Why nothing was copied: the target already held what the warm would copy, or the job
+   * had completed in an earlier run (its summary is the one returned).
+   */
+  readonly skipped?: 'already-warm' | 'already-complete' | undefined;
+  /** The already-warm check, when it was made (not with force, nor on a resumed job). */
+  readonly warmth?: WarmthCheck | undefined;
+}
+
+/** What the completion rule looks at. */
+export interface CompletionInput {
+  readonly sourceNodes: readonly SourceNodeReport[];
+  readonly targetNodes: readonly TargetNodeReport[];
+  readonly parked: readonly unknown[];
+  /** Items too large for the target were accepted as skipped (`--skip-too-large`). */
+  readonly skipTooLarge?: boolean | undefined;
+  /** Target nodes whose share is known lost and was not refilled, with why. */
+  readonly lost?: readonly string[] | undefined;
+}
+
+/** Every reason the job is not complete; none means complete. */
+export function problemsOf(input: CompletionInput): string[] {
+  const problems: string[] = [];
+  for (const n of input.sourceNodes) {
+    if (n.restarted) problems.push(`source node ${n.node} restarted during its dump: ${count(n.gone)} keys of its crawl were gone when read`);
+    if (n.unsupported > 0) problems.push(`source node ${n.node}: ${count(n.unsupported)} keys the text protocol cannot name were not copied`);
+  }
+  for (const n of input.targetNodes) {
+    if (n.tooLarge > 0 && !input.skipTooLarge) {
+      problems.push(`target node ${n.node} refused ${count(n.tooLarge)} items as too large for it (--skip-too-large accepts that)`);
+    }
+    if (n.outOfMemory > 0) problems.push(`target node ${n.node} refused ${count(n.outOfMemory)} items for want of memory`);
+    if (n.serverError > 0) problems.push(`target node ${n.node} refused ${count(n.serverError)} items with a server error`);
+    if ((n.evictions ?? 0) > 0) {
+      const memory = n.limitMaxBytes ? ` (it holds ${mib(n.bytes ?? 0)} of ${mib(n.limitMaxBytes)} MiB)` : '';
+      problems.push(`target node ${n.node} evicted ${count(n.evictions ?? 0)} items during the warm${memory}`);
+    }
+  }
+  if (input.parked.length > 0) problems.push(`${count(input.parked.length)} chunks parked (see parked)`);
+  problems.push(...(input.lost ?? []));
+  return problems;
+}
+
+/** A write tally's counters for a target node, with its watch's figures. */
+export function targetNodeReport(node: string, counters: WriteCounters | undefined, watched?: Omit<TargetNodeReport, 'node' | keyof WriteCounters>): TargetNodeReport {
+  return { node, ...(counters ?? newWriteCounters()), ...watched };
+}
+
+/** The fields that say which warm a summary is of. */
+export function identity(plan: { readonly kind: JobKind; readonly jobId: string; readonly source: string; readonly target: string; readonly node?: string | undefined }): Pick<WarmSummary, 'jobId' | 'source' | 'target' | 'kind' | 'node'> {
+  return { jobId: plan.jobId, source: plan.source, target: plan.target, kind: plan.kind, node: plan.node };
+}
+
+/** This process's peak memory, CPU and page faults, for a summary. */
+export function processUsage(): Pick<WarmSummary, 'peakRssBytes' | 'cpuMs' | 'minorPageFaults'> {
+  const cpu = process.cpuUsage();
+  return { peakRssBytes: peakRssBytes(), cpuMs: (cpu.user + cpu.system) / 1000, minorPageFaults: process.resourceUsage().minorPageFault };
+}
+
+const count = (value: number): string => value.toLocaleString('en-US');
+const mib = (bytes: number): string => (bytes / 2 ** 20).toFixed(1);
