@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
 import { summaryText } from '../controller/report.js';
+import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
 import { DEFAULT_ALREADY_WARM_RATIO, parseAlreadyWarmRatio } from '../controller/already-warm.js';
 import { warmInstance } from '../controller/warm-instance.js';
 import { type WarmReplicaOptions, type WarmSummary, warmReplica } from '../controller/warm-replica.js';
@@ -116,6 +117,7 @@ interface WarmCommandOptions extends TransportOptions {
   alreadyWarmRatio: number;
   acceptEvictions?: boolean;
   skipTooLarge?: boolean;
+  verifySample: number;
 }
 
 function addWarmOptions(command: Command): Command {
@@ -137,6 +139,11 @@ function addWarmOptions(command: Command): Command {
       .option('--json', 'print the summary as one JSON object')
       .option('--force', 'copy even when the target already looks warm')
       .option('--accept-evictions', 'start even when the target looks too small for what it would receive (its evictions still leave the job incomplete)')
+      .addOption(
+        new Option('--verify-sample <n>', 'keys per target node read back from source and target at the end; the warm completes only if they match (0: no check)')
+          .argParser(wholeNumber(BOUNDS.warmVerifySample))
+          .default(DEFAULT_VERIFY_SAMPLE),
+      )
       .option('--skip-too-large', "leave out, and count, items larger than a target node's item size limit instead of holding them against the job")
       .addOption(
         new Option('--already-warm-ratio <r>', 'the target counts as warm, and nothing is copied, from this fraction of the expected items')
@@ -207,12 +214,14 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
     alreadyWarmRatio: opts.alreadyWarmRatio,
     acceptEvictions: opts.acceptEvictions === true,
     skipTooLarge: opts.skipTooLarge === true,
+    verifySamplePerNode: opts.verifySample,
   };
   return target.node ? warmInstance({ ...embedded, node: target.node.id }) : warmReplica({ ...embedded, target: target.replica });
 }
 
 async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
   if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
+  if (opts.skipTooLarge) throw new CachewarmError('INVALID_ARGUMENT', '--skip-too-large is for the embedded transport only (the S3+SQS transport does not retry refused items yet)');
   // Loaded here: the AWS SDK costs a few hundred milliseconds the embedded transport never needs.
   const { warmDistributed } = await import('../controller/warm-distributed.js');
   return warmDistributed({
@@ -221,6 +230,8 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     onlyNode: target.node,
     force: opts.force === true,
     alreadyWarmRatio: opts.alreadyWarmRatio,
+    acceptEvictions: opts.acceptEvictions === true,
+    verifySamplePerNode: opts.verifySample,
     log: (line) => process.stderr.write(`${line}\n`),
     ...(await distributedSettings(opts)),
   });

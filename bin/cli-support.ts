@@ -32,6 +32,7 @@ export const BOUNDS = {
   demoValueSize: { min: 0, max: 1000 << 10, why: "memcached's default 1 MiB item limit, less room for the key and header" },
   demoNodes: { min: 1, max: 32 },
   verifySample: { min: 1, max: 10_000_000, why: 'keys per target node (--all checks every key)' },
+  warmVerifySample: { min: 0, max: 10_000_000, why: 'keys per target node read back at the end (0: none)' },
 } as const satisfies Record<string, Bounds>;
 
 /** A commander argument parser from a parse function: its error becomes commander's "argument is invalid" line. */

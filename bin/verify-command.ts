@@ -4,6 +4,7 @@ import { systemClock } from '../shared/clock.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { findNode, loadTopology } from '../shared/topology.js';
 import { formatDuration, formatRate } from '../shared/units.js';
+import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
 import { BOUNDS, EXIT, interruptSignal, wholeNumber } from './cli-support.js';
 
 interface VerifyCommandOptions {
@@ -17,7 +18,6 @@ interface VerifyCommandOptions {
   json?: boolean;
 }
 
-export const DEFAULT_VERIFY_SAMPLE = 2_000;
 
 
 /**

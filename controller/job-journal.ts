@@ -2,6 +2,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CachewarmError } from '../shared/errors.js';
+import type { NodeIdentities } from './node-watch.js';
 
 export type JobStatus = 'running' | 'completed' | 'failed';
 
@@ -39,16 +40,11 @@ export interface JobRecord {
   runs?: number | undefined;
   passes?: PassRecord[] | undefined;
   /** Per target node address, the process the job's writes went into: a rerun that finds another one refills it. */
-  targets?: Record<string, NodeIdentity> | undefined;
+  targets?: NodeIdentities | undefined;
   /** The same of the source nodes (by address): a rerun that finds another one says the source lost its crawl. */
-  sources?: Record<string, NodeIdentity> | undefined;
+  sources?: NodeIdentities | undefined;
 }
 
-/** Which process served a node: its pid and start time (`time - uptime`). */
-export interface NodeIdentity {
-  readonly pid: number;
-  readonly startedAtSeconds: number;
-}
 
 // A job id names a directory under the work directory: "../x" must not escape it.
 const JOB_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/;

@@ -21,8 +21,11 @@ export interface NodeState extends ServerObservation {
   readonly limitMaxBytes: number;
 }
 
-export async function readNodeState(node: NodeSpec, connect: Connect, signal?: AbortSignal): Promise<NodeState> {
-  const reply = await statsAt(endpointOf(node), connect, signal);
+/** How a node's `stats` is read: by default on a short-lived text-protocol connection. */
+export type ReadStats = (node: NodeSpec, signal?: AbortSignal) => Promise<ReadonlyMap<string, string>>;
+
+export async function readNodeState(node: NodeSpec, readStats: ReadStats, signal?: AbortSignal): Promise<NodeState> {
+  const reply = await readStats(node, signal);
   const seen = observation(node.id, reply);
   if (seen instanceof Error) throw seen;
   const num = (name: string): number => Number(reply.get(name) ?? 0);
@@ -44,6 +47,8 @@ export interface WatchedNode {
 
 export interface NodeWatchOptions {
   readonly connect: Connect;
+  /** Reads a node's `stats` another way (a SASL-only target answers only its writer's protocol). */
+  readonly readStats?: ReadStats | undefined;
   readonly clock: Clock;
   /** How often every node is read while the job runs. */
   readonly intervalMs?: number | undefined;
@@ -63,12 +68,16 @@ export class NodeWatch {
   private readonly stopped = new AbortController();
   private loop: Promise<void> | undefined;
 
-  private constructor(private readonly options: NodeWatchOptions) {}
+  private readonly readStats: ReadStats;
+
+  private constructor(private readonly options: NodeWatchOptions) {
+    this.readStats = options.readStats ?? ((node, signal) => statsAt(endpointOf(node), options.connect, signal));
+  }
 
   /** Reads every node once (one that does not answer fails, naming it), then keeps watching. */
   static async start(nodes: readonly NodeSpec[], options: NodeWatchOptions, signal?: AbortSignal): Promise<NodeWatch> {
     const watch = new NodeWatch(options);
-    const states = await Promise.all(nodes.map((node) => readNodeState(node, options.connect, signal)));
+    const states = await Promise.all(nodes.map((node) => readNodeState(node, watch.readStats, signal)));
     nodes.forEach((node, i) => {
       const state = states[i] as NodeState;
       watch.entries.set(node.address, { node, identity: state, latest: state, restarts: 0, evictionBase: state.evictions });
@@ -79,7 +88,7 @@ export class NodeWatch {
 
   /** One more look at every node now; a node that does not answer fails, naming it. */
   async look(signal?: AbortSignal): Promise<void> {
-    await Promise.all([...this.entries.values()].map(async (entry) => this.observe(entry, await readNodeState(entry.node, this.options.connect, signal))));
+    await Promise.all([...this.entries.values()].map(async (entry) => this.observe(entry, await readNodeState(entry.node, this.readStats, signal))));
   }
 
   get nodes(): WatchedNode[] {
@@ -121,7 +130,7 @@ export class NodeWatch {
   }
 
   private async run(): Promise<void> {
-    const { clock, connect, intervalMs = 1_000 } = this.options;
+    const { clock, intervalMs = 1_000 } = this.options;
     const signal = this.stopped.signal;
     while (!signal.aborted) {
       try {
@@ -133,7 +142,7 @@ export class NodeWatch {
       // stays down; if it comes back, the next answer says whether it is a new process.
       await Promise.all(
         [...this.entries.values()].map((entry) =>
-          readNodeState(entry.node, connect, signal).then(
+          readNodeState(entry.node, this.readStats, signal).then(
             (state) => this.observe(entry, state),
             () => undefined,
           ),
@@ -141,4 +150,27 @@ export class NodeWatch {
       );
     }
   }
+}
+
+/** Which process served a node: its pid and start time (`time - uptime`). */
+export interface NodeIdentity {
+  readonly pid: number;
+  readonly startedAtSeconds: number;
+}
+
+/** Per node address, the process the job's work went into: what a job records for its reruns. */
+export type NodeIdentities = Record<string, NodeIdentity>;
+
+export function identities(watch: NodeWatch): NodeIdentities {
+  return Object.fromEntries(watch.nodes.map((w) => [w.node.address, { pid: w.identity.pid, startedAtSeconds: w.identity.startedAtSeconds }]));
+}
+
+/** Nodes served now by another process than the one recorded (a restart between two runs). */
+export function replacedSince(recorded: NodeIdentities | undefined, watch: NodeWatch): NodeSpec[] {
+  return watch.nodes
+    .filter((w) => {
+      const before = recorded?.[w.node.address];
+      return before !== undefined && isRestart({ ...w.latest, ...before, uptimeSeconds: 0 }, w.latest, 0);
+    })
+    .map((w) => w.node);
 }

@@ -64,6 +64,15 @@ export function summaryText(s: WarmSummary): string {
   for (const r of s.repairs ?? []) lines.push(`${r.pass}: ${r.reason}${r.nodes ? ` (wrote ${r.nodes.join(', ')})` : ''}`);
   if (s.skippedTooLarge) lines.push(`${s.skippedTooLarge.toLocaleString('en-US')} items too large for the target were left out (--skip-too-large)`);
   for (const p of s.parked) lines.push(`parked chunk ${p.chunk}: ${p.reason}`);
+  const v = s.verification;
+  if (v) {
+    const n = (value: number): string => value.toLocaleString('en-US');
+    lines.push(
+      `read-back of up to ${n(v.sample === 'all' ? v.checked : v.sample)} keys per node: ${n(v.identical)} identical, ${n(v.missing)} missing, ${n(v.different)} different, ` +
+        `${n(v.newerInTarget)} newer in the target, ${n(v.expired)} expiring, ${n(v.goneFromSource)} gone from the source${v.tooLarge ? `, ${n(v.tooLarge)} too large for the target (skipped)` : ''} (${formatDuration(v.durationMs)})`,
+      ...v.examples.map((e) => `  ${e}`),
+    );
+  }
   if (s.problems && s.problems.length > 0) lines.push('', 'incomplete because:', ...s.problems.map((p) => `  - ${p}`));
   return lines.join('\n');
 }

@@ -69,6 +69,11 @@ export interface VerifyReplicasOptions {
   readonly signal?: AbortSignal | undefined;
   /** How far two absolute expiries may be apart and still be equal. Default 2 s. */
   readonly toleranceSeconds?: number | undefined;
+  /**
+   * Items of at least this many bytes (key + value) that the target lacks were accepted as too
+   * large for it (a warm's `--skip-too-large`): counted as `tooLarge`, not as missing.
+   */
+  readonly tooLargeFromBytes?: number | undefined;
 }
 
 /** What one target node's check found (checked = the five counts after it). */
@@ -104,6 +109,8 @@ export interface VerifyReport {
   readonly different: number;
   readonly newerInTarget: number;
   readonly expired: number;
+  /** Missing from the target but too large for it, as accepted (see tooLargeFromBytes): not counted as checked. */
+  readonly tooLarge: number;
   /** Listed, but gone from the source when read: not counted as checked. */
   readonly goneFromSource: number;
   readonly perNode: readonly VerifyNodeCounts[];
@@ -200,6 +207,7 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
   const started = clock.now();
   const counts: NodeCounts[] = targetReplica.nodes.map(() => ({ checked: 0, identical: 0, missing: 0, different: 0, newerInTarget: 0, expired: 0 }));
   let goneFromSource = 0;
+  let tooLarge = 0;
   let listed = 0;
   let strays = 0;
   const dumpCounters = newDumpCounters();
@@ -376,7 +384,10 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
         return;
       }
       const targetNode = targetReplica.nodes[candidate.target] as NodeSpec;
-      if (verdict.kind === 'missing') {
+      if (verdict.kind === 'missing' && options.tooLargeFromBytes !== undefined && candidate.key.length + copy.value.length >= options.tooLargeFromBytes) {
+        node.checked--;
+        tooLarge++;
+      } else if (verdict.kind === 'missing') {
         node.missing++;
         note(`missing: ${keyText(candidate.key)} is on ${sourceNode.id}, not on ${targetNode.id}`);
       } else if (secondRead === 'changed' || verdict.targetLater) {
@@ -518,6 +529,7 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     newerInTarget: sum('newerInTarget'),
     expired: sum('expired'),
     goneFromSource,
+    tooLarge,
     perNode,
     examples,
     durationMs,

@@ -13,8 +13,14 @@ import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
 import { selectSource } from './select-source.js';
-import { type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
-import { alreadyWarm, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf } from './warm-plan.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
+import { NodeWatch, type NodeIdentities, identities, replacedSince } from './node-watch.js';
+import { verifyReplicas } from './verify-replicas.js';
+import { warmReplica } from './warm-replica.js';
+import type { ReplicaStats } from './select-source.js';
+import os from 'node:os';
+import path from 'node:path';
+import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -48,6 +54,12 @@ export interface DistributedWarmOptions {
   readonly signal?: AbortSignal | undefined;
   readonly onProgress?: ((progress: WarmProgress) => void) | undefined;
   readonly progressIntervalMs?: number | undefined;
+  /** Start even when the target looks too small (its evictions still leave the job incomplete). */
+  readonly acceptEvictions?: boolean | undefined;
+  /** Keys per target node read back at the end; 0 turns it off. @default 2000 */
+  readonly verifySamplePerNode?: number | undefined;
+  /** How often every source and target node's `stats` is read during the job. @default 1000 */
+  readonly watchIntervalMs?: number | undefined;
   /** How long a sidecar may stay unreachable before the job fails naming it. Default 60 s. */
   readonly sidecarGraceMs?: number | undefined;
   readonly log?: ((line: string) => void) | undefined;
@@ -68,7 +80,7 @@ const MAX_POPULATOR_CRASHES = 10;
  * and its start requests find the dumps running, finished, or resumable from their chunks.
  */
 export async function warmDistributed(options: DistributedWarmOptions): Promise<WarmSummary> {
-  const { topology, clock, s3, sqs, signal } = options;
+  const { topology, clock, s3, signal } = options;
   const connect = options.connect ?? connectDirect;
   const log = options.log ?? ((): void => undefined);
   const started = clock.now();
@@ -88,6 +100,52 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
     const warmth = await checkWarmth(topology, scope, source, { connect, alreadyWarmRatio: options.alreadyWarmRatio, signal });
     if (warmth.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
   }
+  // Every node is read before the job starts, and watched while it runs (see node-watch).
+  const watchOptions = { connect, clock, intervalMs: options.watchIntervalMs };
+  const targets = await NodeWatch.start(scope.nodes, watchOptions, signal);
+  const sources = await NodeWatch.start(source.replica.nodes, watchOptions, signal).catch(async (error: unknown) => {
+    await targets.stop();
+    throw error;
+  });
+  try {
+    if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
+    return await runJob(options, { scope, source, jobId, store, earlier, sidecars, targets, sources, started, connect, log });
+  } finally {
+    await Promise.all([targets.stop(), sources.stop()]);
+  }
+}
+
+interface DistributedJob {
+  readonly scope: WarmScope;
+  readonly source: ReplicaStats;
+  readonly jobId: string;
+  readonly store: S3Store;
+  readonly earlier: JobManifest | undefined;
+  readonly sidecars: Map<string, SidecarClient>;
+  readonly targets: NodeWatch;
+  readonly sources: NodeWatch;
+  readonly started: number;
+  readonly connect: Connect;
+  readonly log: (line: string) => void;
+}
+
+/** Which processes a job's nodes were when it last ran: a rerun that finds others knows what was lost. */
+interface ProcessesRecord {
+  readonly targets: NodeIdentities;
+  readonly sources: NodeIdentities;
+}
+
+const processesName = (jobId: string): string => `${jobId}/processes.json`;
+
+async function runJob(options: DistributedWarmOptions, job: DistributedJob): Promise<WarmSummary> {
+  const { topology, clock, sqs, signal } = options;
+  const { scope, source, jobId, store, earlier, sidecars, targets, sources, started, connect, log } = job;
+  const recorded = await getJson<ProcessesRecord>(store, processesName(jobId), signal);
+  // A target node restarted since the last run lost what that run wrote to it; a source node
+  // restarted since lost what its crawl listed.
+  const replaced = replacedSince(recorded?.targets, targets);
+  const restartedSources = new Set(replacedSince(recorded?.sources, sources).map((n) => n.id));
+  if (!recorded) await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
   const ring = scope.ring;
   const keyFilter: KeyFilterSpec | undefined = scope.node && { nodes: ring.nodes, hashing: ring.hashing, keep: [scope.node.address] };
   const manifest = await openManifest(store, earlier, {
@@ -156,9 +214,42 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
     await fleet.settled();
     written = await populatorReports(store, jobId, signal);
     const parked = await parkedMessages(sqs, queues.deadLetterQueueUrl, signal);
-    const sourceNodes = source.replica.nodes.map((n) => ({ node: n.id, ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()) }));
-    const targetNodes = scope.nodes.map((n) => targetNodeReport(n.id, written.byNode.get(n.address)));
-    const problems = problemsOf({ sourceNodes, targetNodes, parked });
+    await Promise.all([targets.look(signal), sources.look(signal)]);
+    for (const node of sources.restarted()) restartedSources.add(node.id);
+    const repaired = await repairRestartedTargets(options, job, [...replaced, ...targets.restarted()]);
+    await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
+    const sourceNodes = source.replica.nodes.map((n) => ({
+      node: n.id,
+      ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()),
+      restarted: restartedSources.has(n.id) || undefined,
+    }));
+    const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
+    const targetNodes = scope.nodes.map((n) =>
+      targetNodeReport(n.id, written.byNode.get(n.address), {
+        restarts: repaired.repairs.filter((r) => r.nodes?.includes(n.id)).length,
+        evictions: watched.get(n.address)?.evictions,
+        limitMaxBytes: watched.get(n.address)?.latest.limitMaxBytes,
+        bytes: watched.get(n.address)?.latest.bytes,
+      }),
+    );
+    const unverified = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost });
+    const verification =
+      unverified.length === 0 && (options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE) > 0
+        ? verificationSummary(
+            await verifyReplicas({
+              topology,
+              source: source.replica.name,
+              target: scope.replica.name,
+              node: scope.node,
+              sample: options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE,
+              maxOpsPerNode: options.maxOpsPerNode,
+              connect,
+              clock,
+              signal,
+            }),
+          )
+        : undefined;
+    const problems = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost, verification });
     const summary: WarmSummary = {
       ...planIdentity({ scope, source, jobId }),
       durationMs: clock.now() - started,
@@ -169,6 +260,8 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
       problems,
       ...processUsage(),
       resumed: earlier !== undefined,
+      repairs: repaired.repairs,
+      verification,
     };
     await cleanUp(summary, { store, sqs, queues, keepChunks: options.keepChunks === true, log, signal });
     return summary;
@@ -179,6 +272,44 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
     await fleet.settled();
     throw error;
   }
+}
+
+/**
+ * Refills the share of target nodes that restarted during the job (or since its last run):
+ * each is warmed like an instance, straight from the source nodes to the node, by this
+ * process. Its chunks stay in a local directory: a share is one node's, not the replica's.
+ */
+async function repairRestartedTargets(
+  options: DistributedWarmOptions,
+  job: DistributedJob,
+  restarted: readonly NodeSpec[],
+): Promise<{ repairs: RepairReport[]; lost: string[] }> {
+  const repairs: RepairReport[] = [];
+  const lost: string[] = [];
+  const unique = [...new Map(restarted.map((n) => [n.id, n])).values()];
+  job.targets.rebase(unique);
+  for (const node of unique) {
+    job.log(`job ${job.jobId}: ${node.id} restarted: refilling its share from ${job.source.replica.name}`);
+    const repair = await warmReplica({
+      topology: options.topology,
+      target: node.replica,
+      only: { node: node.id },
+      source: job.source.replica.name,
+      workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
+      jobId: `${job.jobId}-repair-${nodeDirectory(node.id)}-${job.started}`,
+      chunkSizeBytes: options.chunkSizeBytes,
+      maxOpsPerNode: options.maxOpsPerNode,
+      clock: options.clock,
+      connect: job.connect,
+      force: true,
+      // The job's own read-back, after the repairs, covers this node too.
+      verifySamplePerNode: 0,
+      signal: options.signal,
+    });
+    repairs.push({ pass: repair.jobId, nodes: [node.id], reason: `${node.id} restarted during the warm or since its last run` });
+    if (!repair.complete) lost.push(`${node.id} restarted, and its refill is incomplete: ${(repair.problems ?? []).join('; ')}`);
+  }
+  return { repairs, lost };
 }
 
 interface DumpTracker {

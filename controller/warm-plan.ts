@@ -8,6 +8,8 @@ import { type NodeSpec, type ReplicaSpec, type Topology, findNode, replicaOf } f
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWarmth } from './already-warm.js';
 import { nodeStats } from './node-stats.js';
 import type { ReplicaStats } from './select-source.js';
+import { ringShares } from './expected-share.js';
+import type { WatchedNode } from './node-watch.js';
 import { type JobKind, type WarmSummary, identity, processUsage, targetNodeReport } from './warm-summary.js';
 
 /**
@@ -125,3 +127,23 @@ export function alreadyWarm(plan: { readonly scope: WarmScope; readonly source: 
     warmth: plan.warmth,
   };
 }
+
+/**
+ * A warm that cannot fit is refused before it starts: what each target node would receive
+ * (the source's bytes times the node's share of the target ring) against its memory. Slab
+ * rounding leaves about a tenth of `limit_maxbytes` unusable for items.
+ */
+export function checkCapacity(topology: Topology, scope: WarmScope, source: ReplicaStats, targets: readonly WatchedNode[]): void {
+  const shares = ringShares(scope.replica.nodes, topology.hashing);
+  const short = targets.filter((w) => source.bytes * (shares.get(w.node.address) ?? 0) > USABLE_MEMORY * w.latest.limitMaxBytes);
+  if (short.length === 0) return;
+  const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  const lines = short.map((w) => `${w.node.id} would receive ~${mib(source.bytes * (shares.get(w.node.address) ?? 0))} but has ${mib(w.latest.limitMaxBytes)} (-m)`);
+  throw new CachewarmError(
+    'TARGET_TOO_SMALL',
+    `the target cannot hold what ${source.replica.name} would copy (${mib(source.bytes)}): ${lines.join('; ')}. Give it more memory or nodes, or accept evictions with --accept-evictions`,
+    { target: scope.label, sourceBytes: source.bytes },
+  );
+}
+
+const USABLE_MEMORY = 0.9;

@@ -15,16 +15,15 @@ import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
-import { ringShares } from './expected-share.js';
 import { JobJournal, type JobRecord, type PassRecord } from './job-journal.js';
 import { JobLock } from './job-lock.js';
-import { isRestart } from '../dumper/restart-watcher.js';
-import { NodeWatch, type WatchedNode } from './node-watch.js';
+import { NodeWatch, type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
-import { type WarmScope, alreadyWarm, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf, targetRingOf } from './warm-plan.js';
-import { type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
+import { type VerifyReport, verifyReplicas } from './verify-replicas.js';
+import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf, targetRingOf } from './warm-plan.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
   readonly topology: Topology;
@@ -72,6 +71,12 @@ export interface WarmReplicaOptions {
   readonly acceptEvictions?: boolean | undefined;
   /** Items too large for a target node are counted and left out, not held against the job. */
   readonly skipTooLarge?: boolean | undefined;
+  /**
+   * Keys per target node read back from source and target when the copy is done (see
+   * verifyReplicas); the job completes only if none is missing or different. 0 turns it off.
+   * @default 2000
+   */
+  readonly verifySamplePerNode?: number | undefined;
   /** How often every source and target node's `stats` is read during the job. @default 1000 */
   readonly watchIntervalMs?: number | undefined;
 }
@@ -165,6 +170,8 @@ interface PassContext {
   /** Where this run's refused items go, for the rerun's retry pass; made on the first refusal. */
   refused: { log: RefusedLog; pass: PassRecord } | undefined;
   readonly parked: { chunk: string; reason: string }[];
+  /** The smallest item (key + value bytes) a target refused as too large and the job skipped (--skip-too-large). */
+  smallestTooLargeBytes: number | undefined;
   queueDepth: () => number;
 }
 
@@ -176,12 +183,15 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
   const watchOptions = { connect, clock, intervalMs: options.watchIntervalMs };
   // Every node is read before anything is opened that would need closing: one that does not
   // answer fails the job here, naming it.
-  const targets = await NodeWatch.start(scope.nodes, watchOptions, options.signal);
+  // A SASL-only target answers `stats` only through its writer's protocol.
+  const writerStats = options.writer?.stats?.bind(options.writer);
+  const readStats = writerStats && ((node: NodeSpec, signal?: AbortSignal) => writerStats(node.address, signal));
+  const targets = await NodeWatch.start(scope.nodes, { ...watchOptions, readStats }, options.signal);
   const sources = await NodeWatch.start(source.replica.nodes, watchOptions, options.signal).catch(async (error: unknown) => {
     await targets.stop();
     throw error;
   });
-  if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets);
+  if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
 
   const pool = new BufferPool();
   const writer = await openWriter(options, scope, pool).catch(async (error: unknown) => {
@@ -200,6 +210,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     dumped: [],
     refused: undefined,
     parked: [],
+    smallestTooLargeBytes: undefined,
     queueDepth: () => 0,
   };
   const progress = (): WarmProgress => ({
@@ -253,7 +264,26 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const evicted = scope.nodes.filter((n) => (watched.get(n.address)?.evictions ?? 0) > 0);
     // Evicted items are unknown: the rerun refills the share of every node that evicted.
     if (evicted.length > 0) passes.push(newPass(passes, 'repair', `${evicted.map((n) => n.id).join(', ')} evicted items`, evicted));
-    const summary = summarize(ctx, { restartedSources, repairs, lost, watched });
+    const unverified = summarize(ctx, { restartedSources, repairs, lost, watched, verification: undefined });
+    // Verified only when nothing else is wrong: the check costs the source a crawl and reads.
+    // The read-back speaks the text protocol, which a SASL-only target does not answer.
+    const sample = readStats ? 0 : (options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE);
+    const verification =
+      unverified.complete && sample > 0
+        ? await verifyReplicas({
+            topology,
+            source: source.replica.name,
+            target: scope.replica.name,
+            node: scope.node,
+            sample,
+            maxOpsPerNode: options.maxOpsPerNode,
+            connect,
+            clock,
+            signal: options.signal,
+            tooLargeFromBytes: ctx.smallestTooLargeBytes,
+          })
+        : undefined;
+    const summary = verification ? summarize(ctx, { restartedSources, repairs, lost, watched, verification }) : unverified;
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
   } catch (error) {
@@ -280,45 +310,11 @@ function pendingPasses(earlier: JobRecord | undefined, targets: NodeWatch, scope
   return passes;
 }
 
-/** Nodes served now by another process than the one recorded (a restart between two runs). */
-function replacedSince(recorded: JobRecord['targets'], watch: NodeWatch): NodeSpec[] {
-  return watch.nodes
-    .filter((w) => {
-      const before = recorded?.[w.node.address];
-      return before !== undefined && isRestart({ ...w.latest, ...before, uptimeSeconds: 0 }, w.latest, 0);
-    })
-    .map((w) => w.node);
-}
-
 function newPass(passes: readonly PassRecord[], kind: PassRecord['kind'], reason: string, nodes: readonly NodeSpec[] | undefined): PassRecord {
   return { id: `${kind}-${passes.length}`, kind, reason, nodes: nodes?.map((n) => n.address), done: false };
 }
 
-function identities(watch: NodeWatch): NonNullable<JobRecord['targets']> {
-  return Object.fromEntries(watch.nodes.map((w) => [w.node.address, { pid: w.identity.pid, startedAtSeconds: w.identity.startedAtSeconds }]));
-}
-
 const idOf = (scope: WarmScope, address: string): string => scope.nodes.find((n) => n.address === address)?.id ?? address;
-
-/**
- * A warm that cannot fit is refused before it starts: what each target node would receive
- * (the source's bytes times the node's share of the target ring) against its memory. Slab
- * rounding leaves about a tenth of `limit_maxbytes` unusable for items.
- */
-function checkCapacity(topology: Topology, scope: WarmScope, source: ReplicaStats, targets: NodeWatch): void {
-  const shares = ringShares(scope.replica.nodes, topology.hashing);
-  const short = targets.nodes.filter((w) => source.bytes * (shares.get(w.node.address) ?? 0) > USABLE_MEMORY * w.latest.limitMaxBytes);
-  if (short.length === 0) return;
-  const mib = (bytes: number): string => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
-  const lines = short.map((w) => `${w.node.id} would receive ~${mib(source.bytes * (shares.get(w.node.address) ?? 0))} but has ${mib(w.latest.limitMaxBytes)} (-m)`);
-  throw new CachewarmError(
-    'TARGET_TOO_SMALL',
-    `the target cannot hold what ${source.replica.name} would copy (${mib(source.bytes)}): ${lines.join('; ')}. Give it more memory or nodes, or accept evictions with --accept-evictions`,
-    { target: scope.label, sourceBytes: source.bytes },
-  );
-}
-
-const USABLE_MEMORY = 0.9;
 
 /** One pass: every source node (or those named) dumped through the filter, written by the populators. */
 async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
@@ -358,7 +354,13 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
       pool,
       signal: stop.signal,
       onRefused: (message, _address, refusals) => {
-        for (const refusal of refusals) if (refusal.reason !== 'tooLarge' || !options.skipTooLarge) refusedLog(ctx).add(message.source, refusal.item);
+        for (const { reason, item } of refusals) {
+          if (reason === 'tooLarge' && options.skipTooLarge) {
+            ctx.smallestTooLargeBytes = Math.min(ctx.smallestTooLargeBytes ?? Infinity, item.key.length + item.value.length);
+          } else {
+            refusedLog(ctx).add(message.source, item);
+          }
+        }
       },
       onChunkDone: (message) => journal.chunk('consumed', message.chunk.name),
       onChunkFailed: (message, error, parked) => {
@@ -410,7 +412,13 @@ function refusedLog(ctx: PassContext): RefusedLog {
 
 function summarize(
   ctx: PassContext,
-  seen: { restartedSources: ReadonlySet<string>; repairs: RepairReport[]; lost: string[]; watched: Map<string, WatchedNode> },
+  seen: {
+    restartedSources: ReadonlySet<string>;
+    repairs: RepairReport[];
+    lost: string[];
+    watched: Map<string, WatchedNode>;
+    verification: VerifyReport | undefined;
+  },
 ): WarmSummary {
   const { options, plan, tally } = ctx;
   const { scope, source } = plan;
@@ -434,6 +442,7 @@ function summarize(
     parked: ctx.parked,
     skipTooLarge: options.skipTooLarge,
     lost: seen.lost,
+    verification: seen.verification,
   });
   const tooLarge = targetNodes.reduce((sum, n) => sum + n.tooLarge, 0);
   return {
@@ -448,6 +457,7 @@ function summarize(
     resumed: plan.earlier !== undefined,
     repairs: seen.repairs,
     skippedTooLarge: options.skipTooLarge && tooLarge > 0 ? tooLarge : undefined,
+    verification: seen.verification && verificationSummary(seen.verification),
     warmth: plan.warmth,
   };
 }

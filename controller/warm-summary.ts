@@ -6,6 +6,7 @@
 import { type DumpCounters, type WriteCounters, newWriteCounters } from '../shared/counters.js';
 import { peakRssBytes } from '../shared/peak-memory.js';
 import type { WarmthCheck } from './already-warm.js';
+import type { VerifyReport } from './verify-replicas.js';
 import type { JobRecord } from './job-journal.js';
 
 export type JobKind = JobRecord['kind'];
@@ -72,6 +73,8 @@ export interface WarmSummary {
   readonly repairs?: readonly RepairReport[] | undefined;
   /** Items too large for the target, left out because the user accepted it (`--skip-too-large`). */
   readonly skippedTooLarge?: number | undefined;
+  /** The read-back of a sample of keys, source against target, when the copy was done. */
+  readonly verification?: VerificationSummary | undefined;
   /**
    * Why nothing was copied: the target already held what the warm would copy, or the job
    * had completed in an earlier run (its summary is the one returned).
@@ -79,6 +82,20 @@ export interface WarmSummary {
   readonly skipped?: 'already-warm' | 'already-complete' | undefined;
   /** The already-warm check, when it was made (not with force, nor on a resumed job). */
   readonly warmth?: WarmthCheck | undefined;
+}
+
+/** Keys per target node a warm reads back at its end, by default. */
+export const DEFAULT_VERIFY_SAMPLE = 2_000;
+
+/** The end-of-warm check, as a summary carries it (the full report is `cachewarm verify`'s). */
+export type VerificationSummary = Pick<
+  VerifyReport,
+  'sample' | 'checked' | 'identical' | 'missing' | 'different' | 'newerInTarget' | 'expired' | 'goneFromSource' | 'tooLarge' | 'ok' | 'examples' | 'durationMs'
+>;
+
+export function verificationSummary(r: VerifyReport): VerificationSummary {
+  const { sample, checked, identical, missing, different, newerInTarget, expired, goneFromSource, tooLarge, ok, examples, durationMs } = r;
+  return { sample, checked, identical, missing, different, newerInTarget, expired, goneFromSource, tooLarge, ok, examples, durationMs };
 }
 
 /** What the completion rule looks at. */
@@ -90,6 +107,8 @@ export interface CompletionInput {
   readonly skipTooLarge?: boolean | undefined;
   /** Target nodes whose share is known lost and was not refilled, with why. */
   readonly lost?: readonly string[] | undefined;
+  /** The read-back at the end, when it was made. */
+  readonly verification?: VerificationSummary | undefined;
 }
 
 /** Every reason the job is not complete; none means complete. */
@@ -112,6 +131,10 @@ export function problemsOf(input: CompletionInput): string[] {
   }
   if (input.parked.length > 0) problems.push(`${count(input.parked.length)} chunks parked (see parked)`);
   problems.push(...(input.lost ?? []));
+  const v = input.verification;
+  if (v && !v.ok) {
+    problems.push(`the read-back of ${count(v.checked)} sampled keys found ${count(v.missing)} missing and ${count(v.different)} different in the target`);
+  }
   return problems;
 }
 

@@ -128,11 +128,15 @@ export class MemjsNodeWriter implements NodeWriter {
   }
 
   async probe(address: string): Promise<number> {
+    return Number((await this.stats(address)).get('curr_items') ?? 0);
+  }
+
+  /** `stats` over the binary protocol: answers only once the SASL login went through. */
+  async stats(address: string): Promise<Map<string, string>> {
     const client = this.clientFor(address);
     try {
-      // `stats` over the binary protocol: answers only once the SASL login went through.
-      return await new Promise<number>((resolve, reject) => {
-        client.stats((error, _server, stats) => (error ? reject(error) : resolve(Number(stats?.['curr_items'] ?? 0))));
+      return await new Promise<Map<string, string>>((resolve, reject) => {
+        client.stats((error, _server, stats) => (error ? reject(error) : resolve(new Map(Object.entries(stats ?? {}).map(([k, v]) => [k, String(v)])))));
       });
     } catch (error) {
       this.discard(address, client);

@@ -22,6 +22,11 @@ export interface NodeWriter {
    * with the items it holds (`curr_items`), read the way this writer reaches the node.
    */
   probe(address: string, signal?: AbortSignal): Promise<number>;
+  /**
+   * `stats` read the way this writer reaches the node, for a writer whose nodes answer no
+   * plain text-protocol connection (SASL). Others leave it out: a connection of its own is read.
+   */
+  stats?(address: string, signal?: AbortSignal): Promise<Map<string, string>>;
   /** Closes every connection. Idempotent. */
   close(): Promise<void>;
 }

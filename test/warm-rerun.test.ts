@@ -66,7 +66,8 @@ describe('a warm run again with the same --job-id and work dir', () => {
       const chunksLog = path.join(dir, jobId, 'chunks.log');
       const logBefore = await readFile(chunksLog, 'utf8');
 
-      const summary = await warmReplica(options);
+      // No read-back at the end: it reads every source node, and this counts the dump's reads.
+      const summary = await warmReplica({ ...options, verifySamplePerNode: 0 });
 
       assert.equal(summary.complete, true);
       assert.equal(summary.resumed, true);
