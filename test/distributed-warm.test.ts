@@ -13,8 +13,10 @@ import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, itemCount, load, nowSeconds, startCluster } from './support/cluster.js';
+import { type Cluster, itemCount, load, nowSeconds, serverCounters, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
+import { assertExactCopy } from './support/read-back.js';
+import { waitFor, within } from './support/wait.js';
 
 const TOKEN = 'distributed-test-token-0123456789';
 
@@ -150,6 +152,27 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
 
     const report = await verifyCopy(items, targetRingOf(topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
     assert.equal(report.matched, items.length, report.examples.join('\n'));
+  });
+
+  test('a target node restarted mid-warm is refilled from the source: complete, and every item in place', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 20_000, valueBytes: 200, nowSeconds: nowSeconds(), seed: 'target-restart' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-target-restart');
+    const victim = topology.replicas.get('b')?.nodes[2];
+    assert.ok(victim);
+    // Writes counted, not items held: after flush_all, curr_items still shows what was there.
+    const setsBefore = (await serverCounters(victim)).cmdSet;
+    const controller = startCli(warmArgs(bucket, '--populators', '1', '--max-ops', '2000', '--force'));
+    await waitFor(async () => (await serverCounters(victim)).cmdSet - setsBefore > 500, { what: `writes to ${victim.id}`, timeoutMs: 60_000 });
+    await cluster.restartEmpty('b', 2);
+
+    const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 120_000 });
+    assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; repairs?: { nodes?: string[] }[] };
+    assert.equal(summary.complete, true);
+    assert.ok(summary.repairs?.some((r) => r.nodes?.includes(victim.id)), JSON.stringify(summary.repairs));
+    await assertExactCopy({ topology, replica: 'b' }, items);
   });
 
   test('a source node without a sidecar URL is refused, naming the node', async () => {
