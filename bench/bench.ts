@@ -229,6 +229,9 @@ async function main(): Promise<void> {
     log('replica warm again into the same target nodes, flushed (memory already touched)');
     const intoTouched = await warmOnce(topologyFile, workDir, fleet);
 
+    log('verify --all: every key of the source read back from source and target');
+    const verified = await verifyAll(topologyFile);
+
     const viaAws = args.aws === 'false' ? undefined : await awsWarm(document, workDir, fleet);
     log('instance warm: source node 1 of 3 restarted empty, warmed from the (full) target replica');
     const instance = await instanceWarm(topologyFile, workDir, fleet);
@@ -250,6 +253,8 @@ async function main(): Promise<void> {
         : []),
       `instance warm, 1 node of 3      ${show(instance.rate)}   ${instance.items.toLocaleString('en-US')} items into a restarted node;` +
         ` ${ratio(instance.rate, intoFresh.rate)} of the replica warm's rate into fresh nodes`,
+      `verify --all                    ${Math.round(verified.keysPerSecond).toLocaleString('en-US')} keys/s: ${verified.checked.toLocaleString('en-US')} checked in ${(verified.durationMs / 1000).toFixed(1)} s,` +
+        ` ${verified.identical.toLocaleString('en-US')} identical, ${verified.missing} missing, ${verified.different} different`,
       `warm peak RSS                   ${formatBytes(Math.max(intoFresh.summary.peakRssBytes, intoTouched.summary.peakRssBytes))} (chunk size ${args['chunk-size']})`,
       `warm CPU, fresh targets         ${cpuLine(intoFresh)}`,
       `warm CPU, flushed targets       ${cpuLine(intoTouched)}`,
@@ -260,6 +265,12 @@ async function main(): Promise<void> {
     await Promise.allSettled(fleet.map((s) => s.stop()));
     await rm(workDir, { recursive: true, force: true });
   }
+}
+
+/** `cachewarm verify --all` of the warmed target against its source, as a separate process. */
+async function verifyAll(topologyFile: string): Promise<{ keysPerSecond: number; checked: number; identical: number; missing: number; different: number; durationMs: number }> {
+  const out = await run(['verify', '--topology', topologyFile, '--source', 'source', '--target', 'target', '--all', '--json']);
+  return JSON.parse(out) as { keysPerSecond: number; checked: number; identical: number; missing: number; different: number; durationMs: number };
 }
 
 /**

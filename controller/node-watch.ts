@@ -5,6 +5,8 @@
  * in what the writers were told, so the job reads each node's `stats` for as long as it
  * runs, and once more at the end, and judges from that.
  */
+import { DEFAULT_RETRY } from '../populator/retry-policy.js';
+import { backoffMs } from '../shared/backoff.js';
 import type { Clock } from '../shared/clock.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import { statsAt } from '../shared/memcached/commands.js';
@@ -86,9 +88,24 @@ export class NodeWatch {
     return watch;
   }
 
-  /** One more look at every node now; a node that does not answer fails, naming it. */
+  /**
+   * One more look at every node now. A node that does not answer is given the writers' grace
+   * (it may be restarting at this very moment), then fails the look, naming it.
+   */
   async look(signal?: AbortSignal): Promise<void> {
-    await Promise.all([...this.entries.values()].map(async (entry) => this.observe(entry, await readNodeState(entry.node, this.readStats, signal))));
+    await Promise.all(
+      [...this.entries.values()].map(async (entry) => {
+        for (let retry = 1; ; retry++) {
+          try {
+            this.observe(entry, await readNodeState(entry.node, this.readStats, signal));
+            return;
+          } catch (error) {
+            if (signal?.aborted || retry >= DEFAULT_RETRY.attempts) throw error;
+            await this.options.clock.sleep(backoffMs(DEFAULT_RETRY, retry), signal);
+          }
+        }
+      }),
+    );
   }
 
   get nodes(): WatchedNode[] {

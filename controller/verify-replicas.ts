@@ -76,10 +76,8 @@ export interface VerifyReplicasOptions {
   readonly tooLargeFromBytes?: number | undefined;
 }
 
-/** What one target node's check found (checked = the five counts after it). */
-export interface VerifyNodeCounts {
-  /** The target node's id, `replica/address`. */
-  readonly node: string;
+/** What a check found (checked = the five counts after it). */
+export interface VerifyCounts {
   readonly checked: number;
   readonly identical: number;
   readonly missing: number;
@@ -88,7 +86,13 @@ export interface VerifyNodeCounts {
   readonly expired: number;
 }
 
-export interface VerifyReport {
+/** What one target node's check found. */
+export interface VerifyNodeCounts extends VerifyCounts {
+  /** The target node's id, `replica/address`. */
+  readonly node: string;
+}
+
+export interface VerifyReport extends VerifyCounts {
   readonly source: string;
   readonly target: string;
   /** The target node checked alone, when one was given. */
@@ -103,12 +107,6 @@ export interface VerifyReport {
   readonly strays: number;
   /** Keys the text protocol cannot name (base64 form over 250 characters): never copied, not checked. */
   readonly unsupported: number;
-  readonly checked: number;
-  readonly identical: number;
-  readonly missing: number;
-  readonly different: number;
-  readonly newerInTarget: number;
-  readonly expired: number;
   /** Missing from the target but too large for it, as accepted (see tooLargeFromBytes): not counted as checked. */
   readonly tooLarge: number;
   /** Listed, but gone from the source when read: not counted as checked. */
@@ -143,14 +141,7 @@ interface Candidate {
   readonly target: number;
 }
 
-interface NodeCounts {
-  checked: number;
-  identical: number;
-  missing: number;
-  different: number;
-  newerInTarget: number;
-  expired: number;
-}
+type NodeCounts = { -readonly [K in keyof VerifyCounts]: number };
 
 /** The source's first read of an item. */
 interface SourceCopy {

@@ -183,7 +183,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   let backlog: QueueBacklog = { visible: 0, inFlight: 0, delayed: 0 };
   const progress = (): WarmProgress => ({
     elapsedMs: clock.now() - started,
-    expectedItems: scope.node ? Math.round(source.items / scope.replica.nodes.length) : source.items,
+    // As on the embedded transport: the source's whole count, the keys an instance warm's
+    // filter leaves out being counted (`filtered`) and subtracted by the ETA.
+    expectedItems: source.items,
     dumped: sumDumped(dumps),
     written: [...written.byNode.values()].reduce(addInto, newWriteCounters()),
     queueDepth: backlog.visible + backlog.inFlight,

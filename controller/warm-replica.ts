@@ -175,15 +175,16 @@ interface PassContext {
   queueDepth: () => number;
 }
 
-const MAX_REPAIRS_PER_RUN = 3;
+/** Repair passes one run adds for restarted target nodes before it leaves the rest to a rerun. */
+const MAX_REFILLS_PER_RUN = 3;
 
 async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<WarmSummary> {
   const { clock, connect = connectDirect, topology } = options;
   const { scope, source, jobId, started, earlier } = plan;
   const watchOptions = { connect, clock, intervalMs: options.watchIntervalMs };
   // Every node is read before anything is opened that would need closing: one that does not
-  // answer fails the job here, naming it.
-  // A SASL-only target answers `stats` only through its writer's protocol.
+  // answer fails the job here, naming it. (A SASL-only target answers `stats` only through
+  // its writer's protocol.)
   const writerStats = options.writer?.stats?.bind(options.writer);
   const readStats = writerStats && ((node: NodeSpec, signal?: AbortSignal) => writerStats(node.address, signal));
   const targets = await NodeWatch.start(scope.nodes, { ...watchOptions, readStats }, options.signal);
@@ -191,13 +192,15 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     await targets.stop();
     throw error;
   });
-  if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
-
   const pool = new BufferPool();
-  const writer = await openWriter(options, scope, pool).catch(async (error: unknown) => {
+  let writer: NodeWriter;
+  try {
+    if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
+    writer = await openWriter(options, scope, pool);
+  } catch (error) {
     await Promise.all([targets.stop(), sources.stop()]);
     throw error;
-  });
+  }
   const journal = await JobJournal.open(options.workDir, { id: jobId, kind: scope.kind, source: source.replica.name, target: scope.label });
   const ctx: PassContext = {
     options,
@@ -232,6 +235,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     await journal.save({ passes, targets: identities(targets), sources: identities(sources) });
     const repairs: RepairReport[] = [];
     const lost: string[] = [];
+    let refills = 0;
     for (let i = 0; i < passes.length; i++) {
       const pass = passes[i] as PassRecord;
       if (pass.done) continue;
@@ -246,8 +250,8 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       if (restarted.length > 0) {
         targets.rebase(restarted);
         const why = `${restarted.map((n) => n.id).join(', ')} restarted during ${pass.id}`;
-        if (repairs.length < MAX_REPAIRS_PER_RUN) passes.push(newPass(passes, 'repair', why, restarted));
-        else lost.push(`${why}, and ${MAX_REPAIRS_PER_RUN} repairs in one run were not enough: rerun the job to refill ${restarted.length === 1 ? 'it' : 'them'}`);
+        if (refills++ < MAX_REFILLS_PER_RUN) passes.push(newPass(passes, 'repair', why, restarted));
+        else lost.push(`${why}, and ${MAX_REFILLS_PER_RUN} refills in one run were not enough: rerun the job to refill ${restarted.length === 1 ? 'it' : 'them'}`);
       }
       await journal.save({ targets: identities(targets), sources: identities(sources) });
     }

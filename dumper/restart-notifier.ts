@@ -9,6 +9,7 @@
  * Signals are kept per node: a newer signal for a node replaces one not yet delivered (the
  * controller needs the latest state of the server, not its history).
  */
+import { type Backoff, backoffMs } from '../shared/backoff.js';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import type { RestartSignal } from './restart-watcher.js';
@@ -147,7 +148,7 @@ export class RestartNotifier {
     if (this.closing.signal.aborted) return;
     if (result.kind === 'retry') {
       // Retry-After can only lengthen the wait: a controller answering "0" must not get a hot loop.
-      const delayMs = Math.max(backoffDelayMs(pacing.attempt, this.backoff()), result.retryAfterMs ?? 0);
+      const delayMs = Math.max(backoffMs(this.backoff(), pacing.attempt), result.retryAfterMs ?? 0);
       report(() => this.options.onRetry?.(sending.signal, result.error, pacing.attempt, delayMs));
       await this.clock.sleep(delayMs, this.closing.signal).catch(() => undefined);
       return;
@@ -163,10 +164,10 @@ export class RestartNotifier {
     }
   }
 
-  private backoff(): BackoffOptions {
+  private backoff(): Backoff {
     return {
-      initialMs: this.options.initialBackoffMs ?? DEFAULT_INITIAL_BACKOFF_MS,
-      maxMs: this.options.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS,
+      baseDelayMs: this.options.initialBackoffMs ?? DEFAULT_INITIAL_BACKOFF_MS,
+      maxDelayMs: this.options.maxBackoffMs ?? DEFAULT_MAX_BACKOFF_MS,
       random: this.options.random ?? Math.random,
     };
   }
@@ -191,7 +192,7 @@ export class RestartNotifier {
       const message = `restart signal for ${signal.node}: ${this.url}: ${why}`;
       return { kind: 'retry', error: new CachewarmError('TRANSPORT_FAILED', message, context, { cause: error }) };
     }
-    return classify(response, body, signal, this.url, this.backoff().maxMs);
+    return classify(response, body, signal, this.url, this.backoff().maxDelayMs);
   }
 }
 
@@ -219,21 +220,6 @@ function classify(response: Response, body: string, signal: RestartSignal, url: 
   if (!transient) return { kind: 'refused', error };
   const retryAfterMs = retryAfter(response.headers.get('retry-after'), maxBackoffMs);
   return retryAfterMs === undefined ? { kind: 'retry', error } : { kind: 'retry', error, retryAfterMs };
-}
-
-export interface BackoffOptions {
-  readonly initialMs: number;
-  readonly maxMs: number;
-  readonly random: () => number;
-}
-
-/**
- * The wait before retry `attempt` (1-based): doubling from initialMs, capped at maxMs, then
- * jittered down by up to half so that sidecars restarted together do not retry in step.
- */
-export function backoffDelayMs(attempt: number, options: BackoffOptions): number {
-  const ceiling = Math.min(options.maxMs, options.initialMs * 2 ** Math.min(attempt - 1, 30));
-  return Math.round(ceiling * (0.5 + 0.5 * options.random()));
 }
 
 /** `Retry-After` in seconds (the form controllers send), capped; undefined when absent or a date. */

@@ -3,7 +3,8 @@ import type { Clock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type AddOutcome, type WritableItem, newAddOutcome } from '../shared/memcached/meta-add.js';
 import { parseAddress } from '../shared/topology.js';
-import { DEFAULT_RETRY, type RetryPolicy, backoffMs, stillFailing } from './retry-policy.js';
+import { backoffMs } from '../shared/backoff.js';
+import { DEFAULT_RETRY, type RetryPolicy, stillFailing } from './retry-policy.js';
 import type { NodeWriter } from './node-writer.js';
 
 export interface MemjsNodeWriterOptions {
@@ -102,7 +103,7 @@ export class MemjsNodeWriter implements NodeWriter {
     let pending: readonly WritableItem[] = items;
     let lastError: Error | undefined;
     for (let attempt = 1; attempt <= this.retry.attempts && pending.length > 0; attempt++) {
-      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt), signal);
+      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
       if (signal?.aborted) break;
       const client = this.clientFor(address);
       const result = await this.send(client, pending, onOutcome, signal);

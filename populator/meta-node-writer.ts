@@ -1,12 +1,13 @@
 import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
-import { isCachewarmError } from '../shared/errors.js';
+import { isRetryable } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats } from '../shared/memcached/commands.js';
 import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
-import { DEFAULT_RETRY, type RetryPolicy, backoffMs, stillFailing } from './retry-policy.js';
+import { backoffMs } from '../shared/backoff.js';
+import { DEFAULT_RETRY, type RetryPolicy, stillFailing } from './retry-policy.js';
 import { TargetConnections } from './target-connections.js';
 
 export interface MetaNodeWriterOptions {
@@ -82,7 +83,7 @@ export class MetaNodeWriter implements NodeWriter {
     let pending = batchesOf(items, this.batchBytes);
     let lastError: Error | undefined;
     for (let attempt = 1; attempt <= this.retry.attempts && pending.length > 0; attempt++) {
-      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt), signal);
+      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
       let conn: MemcachedConnection;
       try {
         conn = await this.connections.get(address, signal);
@@ -96,7 +97,7 @@ export class MetaNodeWriter implements NodeWriter {
       lastError = failed[0]?.error;
       if (signal?.aborted) break;
       // Out of step with the server: another attempt would only repeat it.
-      if (isCachewarmError(lastError, 'NODE_PROTOCOL')) throw lastError;
+      if (!isRetryable(lastError)) throw lastError;
       await this.connections.discard(address, conn);
     }
     if (signal?.aborted) throw signal.reason;

@@ -5,7 +5,7 @@ import { BufferPool } from '../shared/buffer-pool.js';
 import { chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { WriteTally } from '../shared/counters.js';
-import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { CachewarmError, isRetryable } from '../shared/errors.js';
 import type { NodeWriter } from './node-writer.js';
 import type { Refusal } from '../shared/memcached/meta-add.js';
 import { type TargetNodeRing, ringOfTarget, writeToRing } from './write-to-ring.js';
@@ -35,8 +35,6 @@ export interface PopulatorOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
-/** Failures no redelivery can cure: the message is parked with the reason. */
-const PERMANENT = ['CHUNK_CORRUPT', 'CHUNK_MISSING', 'MESSAGE_MALFORMED'] as const;
 
 /**
  * Drains the queue: each message's chunk is downloaded, verified, routed item by item over
@@ -94,7 +92,8 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
         await delivery.retry('aborted');
         return;
       }
-      const permanent = PERMANENT.some((code) => isCachewarmError(error, code));
+      // What no redelivery can cure is parked with the reason.
+      const permanent = !isRetryable(error);
       if (permanent) await delivery.park(error.message);
       else await delivery.retry(error.message);
       options.onChunkFailed?.(message, error, permanent);

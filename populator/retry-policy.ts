@@ -1,18 +1,12 @@
+import type { Backoff } from '../shared/backoff.js';
 import { CachewarmError } from '../shared/errors.js';
 
-/** How a node writer retries a node whose connection fails: exponential backoff, capped. */
-export interface RetryPolicy {
+/** How a node writer retries a node whose connection fails: this many attempts, with backoff between them. */
+export interface RetryPolicy extends Backoff {
   readonly attempts: number;
-  readonly baseDelayMs: number;
-  readonly maxDelayMs: number;
 }
 
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 6, baseDelayMs: 100, maxDelayMs: 3_000 };
-
-/** The wait before attempt `attempt` (the first attempt, 1, does not wait). */
-export function backoffMs(policy: RetryPolicy, attempt: number): number {
-  return attempt <= 1 ? 0 : Math.min(policy.maxDelayMs, policy.baseDelayMs * 2 ** (attempt - 2));
-}
 
 /** The error for a node that stayed unreachable through every attempt. */
 export function stillFailing(address: string, policy: RetryPolicy, why: string, cause: Error | undefined): CachewarmError {

@@ -41,6 +41,27 @@ export function isCachewarmError(error: unknown, code?: ErrorCode): error is Cac
   return error instanceof CachewarmError && (code === undefined || error.code === code);
 }
 
+/**
+ * Codes no retry can cure: the input, the data or the server's answer is wrong, not the
+ * moment. (An unreachable node, a busy crawler, a failed AWS call may go through later.)
+ */
+const PERMANENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'TOPOLOGY_INVALID',
+  'INVALID_ARGUMENT',
+  'CHUNK_CORRUPT',
+  'CHUNK_MISSING',
+  'MESSAGE_MALFORMED',
+  'NODE_PROTOCOL',
+  'TARGET_TOO_SMALL',
+  'JOB_LOCKED',
+  'ABORTED',
+]);
+
+/** The project's one answer to "may trying again succeed?": any error but a CachewarmError with a permanent code. */
+export function isRetryable(error: unknown): boolean {
+  return !(error instanceof CachewarmError && PERMANENT.has(error.code));
+}
+
 /** The reason an AbortSignal carries, as a CachewarmError unless it already is one. */
 export function abortReason(signal: AbortSignal): Error {
   const reason: unknown = signal.reason;

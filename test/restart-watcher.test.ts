@@ -3,7 +3,8 @@ import { once } from 'node:events';
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { describe, test } from 'node:test';
-import { type NotifyOutcome, RestartNotifier, backoffDelayMs } from '../dumper/restart-notifier.js';
+import { type NotifyOutcome, RestartNotifier } from '../dumper/restart-notifier.js';
+import { backoffMs } from '../shared/backoff.js';
 import { type RestartSignal, watchForRestarts } from '../dumper/restart-watcher.js';
 import { systemClock } from '../shared/clock.js';
 import { type CachewarmError, isCachewarmError } from '../shared/errors.js';
@@ -543,9 +544,10 @@ describe('RestartNotifier: a restart signal reaches the controller', () => {
   });
 
   test('backoff doubles from the initial delay, is capped, and is jittered down by at most half', () => {
-    const options = (random: number) => ({ initialMs: 500, maxMs: 30_000, random: () => random });
-    assert.deepEqual([1, 2, 3, 4, 7, 8, 100].map((a) => backoffDelayMs(a, options(0.999_999))), [500, 1_000, 2_000, 4_000, 30_000, 30_000, 30_000]);
-    assert.deepEqual([1, 2, 3].map((a) => backoffDelayMs(a, options(0))), [250, 500, 1_000]);
+    const options = (random: number) => ({ baseDelayMs: 500, maxDelayMs: 30_000, random: () => random });
+    assert.deepEqual([1, 2, 3, 4, 7, 8, 100].map((a) => backoffMs(options(0.999_999), a)), [500, 1_000, 2_000, 4_000, 30_000, 30_000, 30_000]);
+    assert.deepEqual([1, 2, 3].map((a) => backoffMs(options(0), a)), [250, 500, 1_000]);
+    assert.deepEqual([1, 2, 3, 7].map((a) => backoffMs({ baseDelayMs: 100, maxDelayMs: 3_000 }, a)), [100, 200, 400, 3_000], 'no jitter without random');
   });
 
   test('refuses a token with a newline (from a file) and a URL that is not http(s)', () => {

@@ -1,8 +1,12 @@
 import type { Clock } from '../clock.js';
+import { type Backoff, backoffMs } from '../backoff.js';
 import { CachewarmError, abortReason } from '../errors.js';
 import { MemcachedConnection, Reply, lineEnd, lineText, protocolError } from './connection.js';
 import { compareVersions, version } from './commands.js';
 import { decodeUriKey } from './keys.js';
+
+/** Waits between looks at a crawler another crawl holds. */
+const CRAWLER_BUSY_BACKOFF: Backoff = { baseDelayMs: 100, maxDelayMs: 5_000, random: Math.random };
 
 /**
  * Keys listed by the crawler, with the absolute expiry it saw (unix seconds, 0 for none) and
@@ -182,7 +186,6 @@ export async function* crawlKeys(conn: MemcachedConnection, options: CrawlOption
         node: conn.label,
       });
     }
-    const delayMs = Math.min(5_000, 100 * 2 ** attempt) * (0.5 + Math.random() / 2);
-    await clock.sleep(delayMs, signal);
+    await clock.sleep(backoffMs(CRAWLER_BUSY_BACKOFF, attempt + 1), signal);
   }
 }
