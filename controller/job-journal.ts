@@ -15,14 +15,19 @@ export interface PassRecord {
   /**
    * copy: the first; repair: the share of target nodes that restarted or evicted; retry: items
    * a target refused (their keys stored by the run that saw it); source: the share of source
-   * nodes that restarted mid-dump; rerun: everything again, for a failure no pass tracks.
+   * nodes that restarted mid-dump, from what they hold now; alternate: that share taken from
+   * another full replica instead; rerun: everything again, for a failure no pass tracks.
    */
-  readonly kind: 'copy' | 'repair' | 'retry' | 'source' | 'rerun';
+  readonly kind: 'copy' | 'repair' | 'retry' | 'source' | 'alternate' | 'rerun';
   readonly reason: string;
   /** Target node addresses the pass writes (and whose keys it dumps); all of the job's when absent. */
   readonly nodes?: readonly string[] | undefined;
   /** Source node ids that dump in this pass; all when absent. */
   readonly sourceNodes?: readonly string[] | undefined;
+  /** An alternate pass's replica, dumped in the source's place for the share of `sourceShare`. */
+  readonly from?: string | undefined;
+  /** Addresses of source nodes whose share (on the source replica's ring) the alternate pass copies. */
+  readonly sourceShare?: readonly string[] | undefined;
   done: boolean;
 }
 

@@ -16,7 +16,8 @@ export interface SourceChoice {
   readonly considered: readonly { replica: string; items?: number; bytes?: number; rejected?: string }[];
 }
 
-async function replicaStats(replica: ReplicaSpec, connect: Connect, signal?: AbortSignal): Promise<ReplicaStats> {
+/** Every node's `stats` of a replica, summed; fails naming a node that does not answer. */
+export async function replicaStats(replica: ReplicaSpec, connect: Connect, signal?: AbortSignal): Promise<ReplicaStats> {
   const nodes = await Promise.all(replica.nodes.map((node) => nodeStats(node, connect, signal)));
   return {
     replica,

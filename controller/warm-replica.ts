@@ -13,14 +13,14 @@ import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
-import type { NodeSpec, Topology } from '../shared/topology.js';
+import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
 import { JobJournal, type JobRecord, type PassRecord } from './job-journal.js';
 import { JobLock } from './job-lock.js';
 import { NodeWatch, type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
-import { type ReplicaStats, selectSource } from './select-source.js';
+import { type ReplicaStats, replicaStats, selectSource } from './select-source.js';
 import { type VerifyReport, verifyReplicas } from './verify-replicas.js';
 import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf, targetRingOf } from './warm-plan.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
@@ -175,6 +175,29 @@ interface PassContext {
   queueDepth: () => number;
 }
 
+/** A look that failed after source nodes were lost mid-dump: the dump's error names the node. */
+const rethrowFirst =
+  (lost: ReadonlyMap<string, Error>) =>
+  (error: unknown): never => {
+    throw lost.values().next().value ?? error;
+  };
+
+/**
+ * Another replica that can stand in for source nodes that restarted: only when the source
+ * was chosen automatically (`--source auto`), the fullest reachable replica other than the
+ * source and the target that holds at least the already-warm ratio of the source's items.
+ */
+async function alternateSource(options: WarmReplicaOptions, plan: JobPlan): Promise<string | undefined> {
+  if (options.source !== undefined && options.source !== 'auto') return undefined;
+  const { topology, connect = connectDirect } = options;
+  const others = [...topology.replicas.values()].filter((r) => r.name !== plan.source.replica.name && r.name !== plan.scope.replica.name);
+  const candidates = await Promise.all(others.map((r) => replicaStats(r, connect, options.signal).catch(() => undefined)));
+  const full = candidates
+    .filter((c): c is ReplicaStats => c !== undefined && c.items >= (options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO) * plan.source.items)
+    .sort((a, b) => b.items - a.items)[0];
+  return full?.replica.name;
+}
+
 /** Repair passes one run adds for restarted target nodes before it leaves the rest to a rerun. */
 const MAX_REFILLS_PER_RUN = 3;
 
@@ -241,10 +264,21 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       if (pass.done) continue;
       if (pass.kind !== 'copy') repairs.push({ pass: pass.id, nodes: pass.nodes?.map((a) => idOf(scope, a)), reason: pass.reason });
       const parkedBefore = ctx.parked.length;
-      await runPass(ctx, pass);
-      await Promise.all([targets.look(options.signal), sources.look(options.signal)]);
-      for (const node of sources.restarted()) restartedSources.add(node.id);
+      const lostSources = await runPass(ctx, pass);
+      await Promise.all([targets.look(options.signal), sources.look(options.signal).catch(rethrowFirst(lostSources))]);
+      const sourceRestarts = new Set(sources.restarted().map((n) => n.id));
+      // A source node that was lost but is the same process was only down: that fails the job.
+      for (const [node, error] of lostSources) if (!sourceRestarts.has(node)) throw error;
+      for (const node of sourceRestarts) restartedSources.add(node);
+      sources.rebase(sources.restarted());
       pass.done = ctx.parked.length === parkedBefore;
+      if (restartedSources.size > 0) {
+        const alternate = await alternateSource(options, plan);
+        if (alternate) {
+          passes.push({ ...newPass(passes, 'alternate', `${[...restartedSources].join(', ')} restarted: its share taken from ${alternate}`, undefined), from: alternate, sourceShare: source.replica.nodes.filter((n) => restartedSources.has(n.id)).map((n) => n.address) });
+          restartedSources.clear();
+        }
+      }
       // A target node that restarted lost what this job wrote to it: its share is copied again.
       const restarted = targets.restarted();
       if (restarted.length > 0) {
@@ -256,8 +290,8 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       await journal.save({ targets: identities(targets), sources: identities(sources) });
     }
     if (restartedSources.size > 0) {
-      // What the source lost is gone: the rerun copies its share again from what it holds then.
-      sources.rebase(source.replica.nodes.filter((n) => restartedSources.has(n.id)));
+      // What the source lost is gone, and no other replica has it: the rerun copies its share
+      // again from what it holds then.
       passes.push({ ...newPass(passes, 'source', `source ${[...restartedSources].join(', ')} restarted during its dump`, undefined), sourceNodes: [...restartedSources] });
     }
     if (ctx.refused) {
@@ -320,8 +354,12 @@ function newPass(passes: readonly PassRecord[], kind: PassRecord['kind'], reason
 
 const idOf = (scope: WarmScope, address: string): string => scope.nodes.find((n) => n.address === address)?.id ?? address;
 
-/** One pass: every source node (or those named) dumped through the filter, written by the populators. */
-async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
+/**
+ * One pass: every source node (or those named) dumped through the filter, written by the
+ * populators. Resolves with the source nodes whose connections were lost mid-dump: whether
+ * that was a restart (their share is then copied otherwise) or an outage is the caller's to tell.
+ */
+async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, Error>> {
   const { options, plan, store, writer, pool, tally, journal } = ctx;
   const { clock, connect = connectDirect, topology } = options;
   const { scope, source } = plan;
@@ -330,8 +368,12 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
   ctx.queueDepth = () => queue.depth;
   const nodes = pass.nodes ? scope.nodes.filter((n) => pass.nodes?.includes(n.address)) : undefined;
   const ring = nodes ? targetRingOf(topology, scope.replica.name, nodes.map((n) => n.address)) : scope.ring;
-  const keyFilter = pass.kind === 'retry' ? undefined : nodes ? ringFilter(ring.nodes, nodes.map((n) => n.address)) : scope.keyFilter;
-  const dumpers = source.replica.nodes.filter((n) => !pass.sourceNodes || pass.sourceNodes.includes(n.id));
+  const targetFilter = pass.kind === 'retry' ? undefined : nodes ? ringFilter(ring.nodes, nodes.map((n) => n.address)) : scope.keyFilter;
+  // An alternate replica stands in for some source nodes: only the keys the source's ring gives them.
+  const shareFilter = pass.sourceShare && ringFilter(source.replica.nodes, pass.sourceShare);
+  const keyFilter = shareFilter && targetFilter ? (key: Buffer) => shareFilter(key) && targetFilter(key) : (shareFilter ?? targetFilter);
+  const dumpers = (pass.from ? replicaOf(topology, pass.from) : source.replica).nodes.filter((n) => !pass.sourceNodes || pass.sourceNodes.includes(n.id));
+  const lostSources = new Map<string, Error>();
   const counters = new Map(dumpers.map((n) => [n.id, newDumpCounters()]));
   ctx.dumped.push(counters);
 
@@ -392,6 +434,10 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
           pool,
           onDataChunk: (message) => journal.chunk('produced', message.chunk.name),
           signal: stop.signal,
+        }).catch((error: unknown) => {
+          // A source node lost mid-dump may have restarted: the other nodes' dumps go on.
+          if (!stop.signal.aborted && isCachewarmError(error, 'NODE_UNREACHABLE') && error.message.includes(node.id)) lostSources.set(node.id, error);
+          else throw error;
         }),
       ),
     )
@@ -399,6 +445,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<void> {
       .finally(() => queue.close());
     await Promise.all([dumping, populating]);
     if (stop.signal.aborted) throw abortReason(stop.signal);
+    return lostSources;
   } finally {
     ctx.parked.push(...queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })));
     options.signal?.removeEventListener('abort', onOuterAbort);

@@ -12,6 +12,7 @@ import type { MemcachedConnection, Endpoint } from '../shared/memcached/connecti
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { CrawlMode, KeyBatch } from '../shared/memcached/crawler.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
+import { ServerClock } from '../shared/expiry.js';
 import { fetchValues } from './fetch-values.js';
 import { listKeys } from './list-keys.js';
 
@@ -160,6 +161,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   // finished one is what lets a restarted dump resume without listing again). Only the
   // batches a reader is about to take stay in memory.
   const limit = pLimit(fetchConcurrency);
+  const serverClock = new ServerClock();
   const readers: { conn: MemcachedConnection; builder: ChunkBuilder }[] = [];
   const reads: Promise<void>[] = [];
   let failure: { error: unknown } | undefined;
@@ -186,6 +188,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
         clock,
         counters,
         rateLimiter,
+        serverClock,
         batchBytes: fetchBatchBytes,
         signal,
         onChunk: (chunk) => emit(`${directory}/data-${seq}-${run}-${pad(part++, 3)}.chunk`, chunk),

@@ -2,7 +2,7 @@ import type { BufferPool } from '../shared/buffer-pool.js';
 import { ChunkBuilder } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { DumpCounters } from '../shared/counters.js';
-import { absoluteExpiry } from '../shared/expiry.js';
+import { type ServerClock, absoluteExpiry } from '../shared/expiry.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import type { KeyBatch } from '../shared/memcached/crawler.js';
 import { type FetchSink, MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
@@ -14,6 +14,8 @@ export interface FetchValuesOptions {
   readonly clock: Clock;
   readonly counters: DumpCounters;
   readonly rateLimiter: RateLimiter;
+  /** The source node's clock, learnt from the items read (shared by every reader of the node). */
+  readonly serverClock: ServerClock;
   /** Values requested in one pipelined batch, bounded by the sizes the crawler reported. */
   readonly batchBytes: number;
   /** Called with each data chunk as it fills, and with the last one; the chunk is the callee's. */
@@ -31,7 +33,7 @@ const WINDOW = 2;
  * the crawl is counted and skipped.
  */
 export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, options: FetchValuesOptions): Promise<void> {
-  const { builder, pool, counters, rateLimiter, signal } = options;
+  const { builder, pool, counters, rateLimiter, serverClock, signal } = options;
   const { keys, exptimes, sizes } = batch;
   const sealed: Buffer[] = [];
   const flush = async (): Promise<void> => {
@@ -51,7 +53,9 @@ export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, op
     const sink: FetchSink = {
       hit(index, value, flags, ttlSeconds) {
         const key = keys[base + index] as Buffer;
-        const exptime = absoluteExpiry(ttlSeconds, exptimes[base + index] as number, now);
+        const crawled = exptimes[base + index] as number;
+        serverClock.observe(crawled, ttlSeconds, now);
+        const exptime = absoluteExpiry(ttlSeconds, crawled, serverClock.nowSeconds(now));
         if (exptime === undefined) {
           counters.expired++;
           return;

@@ -12,6 +12,50 @@ export function absoluteExpiry(ttlSeconds: number, crawledExptime: number, nowSe
   return estimate;
 }
 
+/**
+ * memcached's own clock as seen from here. It ticks once a second on a timer, and under load
+ * it lags the wall clock (seen: 2 s on a busy 2-core machine), so "now + TTL" computed with
+ * our clock would move expiries later by that lag. An item's crawled absolute expiry minus
+ * the TTL read with it is the server's now, exactly, unless the item was touched since the
+ * crawl: the most frequent of the recent differences is the server's offset from our clock.
+ */
+export class ServerClock {
+  private readonly offsets: number[] = [];
+  private next = 0;
+  private offset = 0;
+
+  /** Learns from an item read with its TTL whose crawled absolute expiry is known. */
+  observe(crawledExptime: number, ttlSeconds: number, clientNowSeconds: number): void {
+    if (crawledExptime <= 0 || ttlSeconds <= 0) return;
+    const seen = crawledExptime - ttlSeconds - clientNowSeconds;
+    if (this.offsets.length < RECENT) this.offsets.push(seen);
+    else this.offsets[this.next % RECENT] = seen;
+    if (++this.next % (RECENT / 4) === 0 || this.offsets.length < RECENT) this.offset = mode(this.offsets);
+  }
+
+  /** The server's now, in unix seconds, for our clock's `clientNowSeconds`. */
+  nowSeconds(clientNowSeconds: number): number {
+    return clientNowSeconds + this.offset;
+  }
+}
+
+const RECENT = 64;
+
+function mode(values: readonly number[]): number {
+  const counts = new Map<number, number>();
+  let best = 0;
+  let bestCount = 0;
+  for (const v of values) {
+    const c = (counts.get(v) ?? 0) + 1;
+    counts.set(v, c);
+    if (c > bestCount) {
+      best = v;
+      bestCount = c;
+    }
+  }
+  return best;
+}
+
 /** Whether an absolute expiry (0: none) has passed: memcached drops an item when exptime <= now. */
 export function hasExpired(exptime: number, nowSeconds: number): boolean {
   return exptime !== 0 && exptime <= nowSeconds;

@@ -188,41 +188,61 @@ describe('a warm whose target refuses items', () => {
 });
 
 describe('a warm whose source node restarts mid-dump', () => {
-  test('fails naming it; the rerun says the node lost its crawl and is incomplete; the next copies its share from what it holds now', async () => {
+  test('with another full replica, its share is taken from there: complete in one run, every item in place', async () => {
+    await withCluster({ a: 2, b: 2, c: 2 }, async (cluster) => {
+      const items = sampleItems({ count: 30_000, valueBytes: 100, nowSeconds: nowSeconds() });
+      await Promise.all([load(cluster.topology, 'a', items), load(cluster.topology, 'c', items.slice(0, 29_000))]);
+      let restarted: Promise<MemcachedProcess> | undefined;
+      const summary = await warm(cluster.topology, {
+        workDir: await workDir(),
+        maxOpsPerNode: 5_000,
+        progressIntervalMs: 20,
+        onProgress: (p) => {
+          if (p.dumped.read > 3_000) restarted ??= cluster.restartEmpty('a', 0);
+        },
+      });
+      const fresh = await restarted;
+      assert.ok(fresh);
+      assert.equal(summary.source, 'a', 'the fullest replica was the source');
+      assert.equal(summary.complete, true, problemsText(summary));
+      assert.ok(summary.repairs?.some((r) => r.reason === `a/${fresh.address} restarted: its share taken from c`), JSON.stringify(summary.repairs));
+      // What c holds of the restarted node's share, and everything the other source node holds.
+      const fromC = new Set((await itemsHeld(cluster, items, 'c')).map((i) => i.key.toString()));
+      const survivor = new Set((await itemsHeld(cluster, items, 'a')).map((i) => i.key.toString()));
+      const expected = items.filter((i) => survivor.has(i.key.toString()) || fromC.has(i.key.toString()));
+      assert.ok(expected.length >= 29_000);
+      await assertExactCopy({ topology: cluster.topology, replica: 'b' }, expected);
+    });
+  });
+
+  test('with no other replica: incomplete, naming the node; the rerun copies its share from what it holds now', async () => {
     await withCluster({ a: 2, b: 2 }, async (cluster) => {
       const items = sampleItems({ count: 30_000, valueBytes: 100, nowSeconds: nowSeconds() });
       await load(cluster.topology, 'a', items);
       const dir = await workDir();
       let restarted: Promise<MemcachedProcess> | undefined;
-      const victim = cluster.servers['a']?.[0] as MemcachedProcess;
-      await assert.rejects(
-        warm(cluster.topology, {
-          workDir: dir,
-          jobId: 'source-restart',
-          maxOpsPerNode: 5_000,
-          progressIntervalMs: 50,
-          onProgress: (p) => {
-            if (p.dumped.read > 3_000) restarted ??= cluster.restartEmpty('a', 0);
-          },
-        }),
-        (error: unknown) => error instanceof CachewarmError && error.message.includes(`a/${victim.address}`),
-      );
+      const first = await warm(cluster.topology, {
+        workDir: dir,
+        jobId: 'source-restart',
+        maxOpsPerNode: 5_000,
+        progressIntervalMs: 20,
+        onProgress: (p) => {
+          if (p.dumped.read > 3_000) restarted ??= cluster.restartEmpty('a', 0);
+        },
+      });
       const fresh = await restarted;
       assert.ok(fresh);
-
-      const second = await warm(cluster.topology, { workDir: dir, jobId: 'source-restart' });
-      assert.equal(second.complete, false, 'what the restarted node listed is gone: not complete');
-      const node = second.sourceNodes.find((n) => n.node === `a/${fresh.address}`);
-      assert.equal(node?.restarted, true);
-      assert.match(problemsText(second), new RegExp(`source node a/${fresh.address} restarted during its dump: [\\d,]+ keys of its crawl were gone`));
+      assert.equal(first.complete, false, 'what the restarted node held is gone: not complete');
+      assert.equal(first.sourceNodes.find((n) => n.node === `a/${fresh.address}`)?.restarted, true);
+      assert.match(problemsText(first), new RegExp(`source node a/${fresh.address} restarted during its dump: .* no other full replica has it`));
 
       // What the restarted node holds now: keys written again by the application.
       const rewritten = sampleItems({ count: 500, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'rewritten' });
       await loadNode(fresh, rewritten);
-      const third = await warm(cluster.topology, { workDir: dir, jobId: 'source-restart' });
-      assert.equal(third.complete, true, problemsText(third));
-      assert.ok(third.repairs?.some((r) => /source .* restarted/.test(r.reason)), JSON.stringify(third.repairs));
-      const stillInSource = await itemsHeld(cluster, items);
+      const rerun = await warm(cluster.topology, { workDir: dir, jobId: 'source-restart' });
+      assert.equal(rerun.complete, true, problemsText(rerun));
+      assert.ok(rerun.repairs?.some((r) => /source .* restarted/.test(r.reason)), JSON.stringify(rerun.repairs));
+      const stillInSource = await itemsHeld(cluster, items, 'a');
       assert.ok(stillInSource.length < items.length);
       await assertExactCopy({ topology: cluster.topology, replica: 'b' }, [...stillInSource, ...rewritten]);
     });
@@ -267,9 +287,9 @@ function existsLock(dir: string, jobId: string): Promise<boolean> {
   );
 }
 
-/** The items the source replica still holds, as they are there now. */
-async function itemsHeld(cluster: Cluster, items: readonly WritableItem[]): Promise<WritableItem[]> {
-  const report = await readBack({ topology: cluster.topology, replica: 'a' }, items);
+/** The items a replica still holds (as they were written: none is rewritten in these tests). */
+async function itemsHeld(cluster: Cluster, items: readonly WritableItem[], replica: string): Promise<WritableItem[]> {
+  const report = await readBack({ topology: cluster.topology, replica }, items);
   const missing = new Set(report.missing);
   return items.filter((item) => !missing.has(item.key.toString()));
 }

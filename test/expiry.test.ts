@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { ServerClock, absoluteExpiry, hasExpired } from '../shared/expiry.js';
+
+describe('the expiry copied for an item', () => {
+  test('no TTL is no expiry; a TTL of 0 has expired; otherwise the crawled expiry when it agrees with now + TTL', () => {
+    assert.equal(absoluteExpiry(-1, 0, 1_000), 0);
+    assert.equal(absoluteExpiry(0, 1_000, 1_000), undefined);
+    assert.equal(absoluteExpiry(60, 1_061, 1_000), 1_061, 'within a second: the exact crawled value');
+    assert.equal(absoluteExpiry(60, 2_000, 1_000), 1_060, 'touched since the crawl: now + TTL');
+    assert.equal(absoluteExpiry(60, 0, 1_000), 1_060);
+  });
+
+  test('hasExpired: memcached drops an item when its expiry is at or before now', () => {
+    assert.equal(hasExpired(0, 5), false);
+    assert.equal(hasExpired(5, 5), true);
+    assert.equal(hasExpired(6, 5), false);
+  });
+});
+
+describe("a source node's clock, learnt from what it answers", () => {
+  test('a server lagging our clock by 2 s: its now is learnt, and crawled expiries are kept exact', () => {
+    const clock = new ServerClock();
+    const ours = 10_000;
+    const serverNow = ours - 2;
+    // Untouched items: crawled expiry - TTL = the server's now.
+    for (let i = 0; i < 40; i++) clock.observe(serverNow + 100 + i, 100 + i, ours);
+    assert.equal(clock.nowSeconds(ours), serverNow);
+    assert.equal(absoluteExpiry(500, serverNow + 500, clock.nowSeconds(ours)), serverNow + 500);
+    // With our own clock the same item would have been moved 2 s later.
+    assert.equal(absoluteExpiry(500, serverNow + 500, ours), ours + 500);
+  });
+
+  test('items touched since the crawl do not move the estimate, and get the server now + their TTL', () => {
+    const clock = new ServerClock();
+    const ours = 20_000;
+    for (let i = 0; i < 60; i++) clock.observe(ours - 1 + 300, 300, ours);
+    for (let i = 0; i < 10; i++) clock.observe(ours + 9_999, 50, ours); // touched: stale crawled expiry
+    assert.equal(clock.nowSeconds(ours), ours - 1);
+    assert.equal(absoluteExpiry(50, ours + 9_999, clock.nowSeconds(ours)), ours - 1 + 50);
+  });
+
+  test('with nothing learnt (no expiring item yet), our clock stands in', () => {
+    const clock = new ServerClock();
+    clock.observe(0, 100, 5_000);
+    clock.observe(5_100, -1, 5_000);
+    assert.equal(clock.nowSeconds(5_000), 5_000);
+  });
+});
