@@ -8,7 +8,6 @@ import { runDemo } from '../controller/demo.js';
 import { summaryText } from '../controller/report.js';
 import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
 import { DEFAULT_ALREADY_WARM_RATIO, parseAlreadyWarmRatio } from '../controller/already-warm.js';
-import { warmInstance } from '../controller/warm-instance.js';
 import { type WarmReplicaOptions, type WarmSummary, warmReplica } from '../controller/warm-replica.js';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
@@ -216,7 +215,7 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
     skipTooLarge: opts.skipTooLarge === true,
     verifySamplePerNode: opts.verifySample,
   };
-  return target.node ? warmInstance({ ...embedded, node: target.node.id }) : warmReplica({ ...embedded, target: target.replica });
+  return warmReplica({ ...embedded, target: target.replica, only: target.node });
 }
 
 async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
@@ -251,7 +250,7 @@ addWarmOptions(
     .requiredOption('--node <replica/host:port>', 'the node to fill, e.g. zone-b/10.0.1.7:11211'),
 ).action((opts: WarmCommandOptions & { node: string }) =>
   runWarmCommand(opts, (topology) => {
-    // Resolved here as well as in warmInstance: the S3+SQS transport takes the node itself.
+    // Resolved once, here: both transports take the node itself.
     const node = findNode(topology, opts.node);
     return { replica: node.replica, node };
   }),

@@ -84,7 +84,7 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
   const connect = options.connect ?? connectDirect;
   const log = options.log ?? ((): void => undefined);
   const started = clock.now();
-  const scope = scopeOf(topology, options.target, options.onlyNode && { node: options.onlyNode.id });
+  const scope = scopeOf(topology, options.target, options.onlyNode);
   checkRequestedSource(scope, options.source);
   const jobId = options.jobId ?? newJobId(scope.kind, nodeDirectory(scope.label), started);
   const store = new S3Store({ client: s3, bucket: options.bucket, prefix: options.prefix, sse: options.sse });
@@ -133,6 +133,8 @@ interface DistributedJob {
 interface ProcessesRecord {
   readonly targets: NodeIdentities;
   readonly sources: NodeIdentities;
+  /** Target node addresses whose share the next run copies again (they evicted items). */
+  readonly refill?: readonly string[] | undefined;
 }
 
 const processesName = (jobId: string): string => `${jobId}/processes.json`;
@@ -144,6 +146,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   // A target node restarted since the last run lost what that run wrote to it; a source node
   // restarted since lost what its crawl listed.
   const replaced = replacedSince(recorded?.targets, targets);
+  const owed = scope.nodes.filter((n) => recorded?.refill?.includes(n.address));
   const restartedSources = new Set(replacedSince(recorded?.sources, sources).map((n) => n.id));
   if (!recorded) await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
   const ring = scope.ring;
@@ -218,8 +221,11 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     const parked = await parkedMessages(sqs, queues.deadLetterQueueUrl, signal);
     await Promise.all([targets.look(signal), sources.look(signal)]);
     for (const node of sources.restarted()) restartedSources.add(node.id);
-    const repaired = await repairRestartedTargets(options, job, [...replaced, ...targets.restarted()]);
-    await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
+    const restarted = [...replaced, ...targets.restarted()];
+    const repaired = await repairRestartedTargets(options, job, [...restarted, ...owed]);
+    // Which items a node evicted is not known: a rerun copies its whole share again.
+    const refill = targets.nodes.filter((w) => w.evictions > 0).map((w) => w.node.address);
+    await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources), refill }, signal);
     const sourceNodes = source.replica.nodes.map((n) => ({
       node: n.id,
       ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()),
@@ -228,7 +234,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
     const targetNodes = scope.nodes.map((n) =>
       targetNodeReport(n.id, written.byNode.get(n.address), {
-        restarts: repaired.repairs.filter((r) => r.nodes?.includes(n.id)).length,
+        restarts: restarted.filter((r) => r.id === n.id).length,
         evictions: watched.get(n.address)?.evictions,
         limitMaxBytes: watched.get(n.address)?.latest.limitMaxBytes,
         bytes: watched.get(n.address)?.latest.bytes,
@@ -295,7 +301,7 @@ async function repairRestartedTargets(
     const repair = await warmReplica({
       topology: options.topology,
       target: node.replica,
-      only: { node: node.id },
+      only: node,
       source: job.source.replica.name,
       workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
       jobId: `${job.jobId}-repair-${nodeDirectory(node.id)}-${job.started}`,
@@ -308,7 +314,7 @@ async function repairRestartedTargets(
       verifySamplePerNode: 0,
       signal: options.signal,
     });
-    repairs.push({ pass: repair.jobId, nodes: [node.id], reason: `${node.id} restarted during the warm or since its last run` });
+    repairs.push({ pass: repair.jobId, nodes: [node.id], reason: `${node.id} restarted or evicted: its share copied again` });
     if (!repair.complete) lost.push(`${node.id} restarted, and its refill is incomplete: ${(repair.problems ?? []).join('; ')}`);
   }
   return { repairs, lost };

@@ -18,5 +18,5 @@ export interface WarmInstanceOptions extends Omit<WarmReplicaOptions, 'target' |
 export function warmInstance(options: WarmInstanceOptions): Promise<WarmSummary> {
   const { node: id, ...rest } = options;
   const node = findNode(options.topology, id);
-  return warmReplica({ ...rest, target: node.replica, only: { node: node.id } });
+  return warmReplica({ ...rest, target: node.replica, only: node });
 }

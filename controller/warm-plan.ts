@@ -4,7 +4,7 @@ import { ringFilter } from '../dumper/ring-filter.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import type { TargetRing } from '../shared/chunk-message.js';
 import { CachewarmError } from '../shared/errors.js';
-import { type NodeSpec, type ReplicaSpec, type Topology, findNode, replicaOf } from '../shared/topology.js';
+import { type NodeSpec, type ReplicaSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWarmth } from './already-warm.js';
 import { nodeStats } from './node-stats.js';
 import type { ReplicaStats } from './select-source.js';
@@ -50,14 +50,13 @@ export interface WarmScope {
   readonly label: string;
 }
 
-/** The scope of a warm of `target`, or with `only`, of one node of it. */
-export function scopeOf(topology: Topology, target: string, only: { readonly node: string } | undefined): WarmScope {
+/** The scope of a warm of `target`, or with `node`, of that one node of it. */
+export function scopeOf(topology: Topology, target: string, node: NodeSpec | undefined): WarmScope {
   const replica = replicaOf(topology, target, '--target');
-  if (!only) {
+  if (!node) {
     const ring = targetRingOf(topology, target);
     return { kind: 'replica', replica, node: undefined, nodes: replica.nodes, ring, keyFilter: undefined, label: target };
   }
-  const node = findNode(topology, only.node);
   // The source is chosen among the replicas other than the target: the node's own replica
   // must be the target, or the node could be "warmed" from the very replica it missed writes in.
   if (node.replica !== target) {

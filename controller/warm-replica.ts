@@ -53,10 +53,10 @@ export interface WarmReplicaOptions {
   readonly onProgress?: (progress: WarmProgress) => void;
   readonly progressIntervalMs?: number;
   /**
-   * Warm one node of the target replica only (an instance warm): its id, `replica/address`.
+   * Warm one node of the target replica only (an instance warm), as the topology names it.
    * Only the source keys that hash to it on the target's ring are dumped, only it is written.
    */
-  readonly only?: { readonly node: string } | undefined;
+  readonly only?: NodeSpec | undefined;
   /** Copy even when the target already looks warm (see alreadyWarmRatio). */
   readonly force?: boolean | undefined;
   /**
