@@ -415,7 +415,7 @@ async function cleanUp(
   ctx: { store: S3Store; sqs: SQSClient; queues: JobQueues; keepChunks: boolean; log: (line: string) => void; signal?: AbortSignal | undefined },
 ): Promise<void> {
   if (!summary.complete) {
-    ctx.log(`job ${summary.jobId} is incomplete: its queues and ${ctx.store.describe(`${summary.jobId}/`)} are kept for inspection`);
+    ctx.log(`job ${summary.jobId} is incomplete: its queues and ${ctx.store.describe(summary.jobId)}/ are kept for inspection`);
     return;
   }
   await putJson(ctx.store, summaryName(summary.jobId), summary, ctx.signal);

@@ -1,5 +1,5 @@
 import { ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { ListQueuesCommand } from '@aws-sdk/client-sqs';
+import { ListQueuesCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -9,6 +9,7 @@ import { verifyCopy } from '../controller/verify-copy.js';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
+import { createJobQueues } from '../shared/job-queues.js';
 import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
@@ -172,6 +173,26 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     const summary = JSON.parse(controller.stdout()) as { complete: boolean; repairs?: { nodes?: string[] }[] };
     assert.equal(summary.complete, true);
     assert.ok(summary.repairs?.some((r) => r.nodes?.includes(victim.id)), JSON.stringify(summary.repairs));
+    await assertExactCopy({ topology, replica: 'b' }, items);
+  });
+
+  test('a malformed message in the queue: it is parked, the rest lands, and the job exits 1 with its summary saying why', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 5_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'malformed' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-malformed');
+    const jobId = 'malformed-1';
+    // The controller's own queues, made first (it makes them idempotently), with a forged message in.
+    const queues = await createJobQueues(aws.sqs, { jobId, bucket, prefix: 'warms' });
+    await aws.sqs.send(new SendMessageCommand({ QueueUrl: queues.queueUrl, MessageBody: '{"version":2,"jobId":"malformed-1"}' }));
+
+    const run = startCli(warmArgs(bucket, '--job-id', jobId, '--populators', '1', '--force'));
+    const code = await within(run.exited, { what: 'the controller to finish', timeoutMs: 120_000 });
+    assert.equal(code, 1, JSON.stringify(run.lines.slice(-10)));
+    const summary = JSON.parse(run.stdout()) as { complete: boolean; parked: { reason: string }[]; problems: string[] };
+    assert.equal(summary.complete, false);
+    assert.equal(summary.parked.length, 1);
+    assert.match(summary.problems.join('\n'), /1 chunks parked/);
     await assertExactCopy({ topology, replica: 'b' }, items);
   });
 
