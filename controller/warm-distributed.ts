@@ -13,14 +13,13 @@ import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
 import { selectSource } from './select-source.js';
-import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
-import { NodeWatch, type NodeIdentities, identities, replacedSince } from './node-watch.js';
-import { verifyReplicas } from './verify-replicas.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
+import { type NodeIdentities, type NodeWatch, identities, replacedSince } from './node-watch.js';
 import { warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
 import path from 'node:path';
-import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -100,18 +99,12 @@ export async function warmDistributed(options: DistributedWarmOptions): Promise<
     const warmth = await checkWarmth(topology, scope, source, { connect, alreadyWarmRatio: options.alreadyWarmRatio, signal });
     if (warmth.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
   }
-  // Every node is read before the job starts, and watched while it runs (see node-watch).
-  const watchOptions = { connect, clock, intervalMs: options.watchIntervalMs };
-  const targets = await NodeWatch.start(scope.nodes, watchOptions, signal);
-  const sources = await NodeWatch.start(source.replica.nodes, watchOptions, signal).catch(async (error: unknown) => {
-    await targets.stop();
-    throw error;
-  });
+  const watch = await watchJob(scope, source, { connect, clock, intervalMs: options.watchIntervalMs }, signal);
   try {
-    if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
-    return await runJob(options, { scope, source, jobId, store, earlier, sidecars, targets, sources, started, connect, log });
+    if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, watch.targets.nodes);
+    return await runJob(options, { scope, source, jobId, store, earlier, sidecars, targets: watch.targets, sources: watch.sources, started, connect, log });
   } finally {
-    await Promise.all([targets.stop(), sources.stop()]);
+    await watch.stop();
   }
 }
 
@@ -242,19 +235,10 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     );
     const unverified = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost });
     const verification =
-      unverified.length === 0 && (options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE) > 0
-        ? verificationSummary(
-            await verifyReplicas({
-              topology,
-              source: source.replica.name,
-              target: scope.replica.name,
-              node: scope.node,
-              sample: options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE,
-              maxOpsPerNode: options.maxOpsPerNode,
-              connect,
-              clock,
-              signal,
-            }),
+      unverified.length === 0
+        ? await readBackSample(
+            { topology, scope, source },
+            { samplePerNode: options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE, maxOpsPerNode: options.maxOpsPerNode, connect, clock, signal },
           )
         : undefined;
     const problems = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost, verification });

@@ -9,8 +9,10 @@ import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWa
 import { nodeStats } from './node-stats.js';
 import type { ReplicaStats } from './select-source.js';
 import { ringShares } from './expected-share.js';
-import type { WatchedNode } from './node-watch.js';
-import { type JobKind, type WarmSummary, identity, processUsage, targetNodeReport } from './warm-summary.js';
+import { NodeWatch, type NodeWatchOptions, type ReadStats, type WatchedNode } from './node-watch.js';
+import type { Clock } from '../shared/clock.js';
+import { verifyReplicas } from './verify-replicas.js';
+import { type JobKind, type VerificationSummary, type WarmSummary, identity, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
 
 /**
  * What every transport decides the same way before it copies anything: what is warmed (a
@@ -146,3 +148,62 @@ export function checkCapacity(topology: Topology, scope: WarmScope, source: Repl
 }
 
 const USABLE_MEMORY = 0.9;
+
+/** The source's and the target's nodes, each watched for the length of a job (see node-watch). */
+export interface JobWatch {
+  readonly targets: NodeWatch;
+  readonly sources: NodeWatch;
+  /** Idempotent. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Reads every node of the job before it starts (one that does not answer fails it here,
+ * naming it), then keeps watching them. `readTargetStats` reads the targets another way (a
+ * SASL-only target answers only its writer's protocol).
+ */
+export async function watchJob(
+  scope: WarmScope,
+  source: ReplicaStats,
+  options: NodeWatchOptions & { readonly readTargetStats?: ReadStats | undefined },
+  signal?: AbortSignal,
+): Promise<JobWatch> {
+  const targets = await NodeWatch.start(scope.nodes, { ...options, readStats: options.readTargetStats }, signal);
+  const sources = await NodeWatch.start(source.replica.nodes, options, signal).catch(async (error: unknown) => {
+    await targets.stop();
+    throw error;
+  });
+  return { targets, sources, stop: async () => void (await Promise.all([targets.stop(), sources.stop()])) };
+}
+
+/**
+ * The read-back that ends a warm: a sample of keys per target node compared between source
+ * and target as clients read them. Made only when nothing else is wrong (it costs the source
+ * a crawl and reads) and a sample is asked for.
+ */
+export async function readBackSample(
+  plan: { readonly topology: Topology; readonly scope: WarmScope; readonly source: ReplicaStats },
+  options: {
+    readonly samplePerNode: number;
+    readonly maxOpsPerNode?: number | undefined;
+    readonly connect: Connect;
+    readonly clock: Clock;
+    readonly tooLargeFromBytes?: number | undefined;
+    readonly signal?: AbortSignal | undefined;
+  },
+): Promise<VerificationSummary | undefined> {
+  if (options.samplePerNode <= 0) return undefined;
+  const report = await verifyReplicas({
+    topology: plan.topology,
+    source: plan.source.replica.name,
+    target: plan.scope.replica.name,
+    node: plan.scope.node,
+    sample: options.samplePerNode,
+    maxOpsPerNode: options.maxOpsPerNode,
+    connect: options.connect,
+    clock: options.clock,
+    tooLargeFromBytes: options.tooLargeFromBytes,
+    signal: options.signal,
+  });
+  return verificationSummary(report);
+}

@@ -17,13 +17,12 @@ import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
 import { JobJournal, type JobRecord, type PassRecord } from './job-journal.js';
 import { JobLock } from './job-lock.js';
-import { NodeWatch, type WatchedNode, identities, replacedSince } from './node-watch.js';
+import { type NodeWatch, type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
 import { type ReplicaStats, replicaStats, selectSource } from './select-source.js';
-import { type VerifyReport, verifyReplicas } from './verify-replicas.js';
-import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, scopeOf, targetRingOf } from './warm-plan.js';
-import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
+import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
   readonly topology: Topology;
@@ -204,24 +203,19 @@ const MAX_REFILLS_PER_RUN = 3;
 async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<WarmSummary> {
   const { clock, connect = connectDirect, topology } = options;
   const { scope, source, jobId, started, earlier } = plan;
-  const watchOptions = { connect, clock, intervalMs: options.watchIntervalMs };
-  // Every node is read before anything is opened that would need closing: one that does not
-  // answer fails the job here, naming it. (A SASL-only target answers `stats` only through
-  // its writer's protocol.)
+  // Every node is read before anything is opened that would need closing. (A SASL-only
+  // target answers `stats` only through its writer's protocol.)
   const writerStats = options.writer?.stats?.bind(options.writer);
-  const readStats = writerStats && ((node: NodeSpec, signal?: AbortSignal) => writerStats(node.address, signal));
-  const targets = await NodeWatch.start(scope.nodes, { ...watchOptions, readStats }, options.signal);
-  const sources = await NodeWatch.start(source.replica.nodes, watchOptions, options.signal).catch(async (error: unknown) => {
-    await targets.stop();
-    throw error;
-  });
+  const readTargetStats = writerStats && ((node: NodeSpec, signal?: AbortSignal) => writerStats(node.address, signal));
+  const watch = await watchJob(scope, source, { connect, clock, intervalMs: options.watchIntervalMs, readTargetStats }, options.signal);
+  const { targets, sources } = watch;
   const pool = new BufferPool();
   let writer: NodeWriter;
   try {
     if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
     writer = await openWriter(options, scope, pool);
   } catch (error) {
-    await Promise.all([targets.stop(), sources.stop()]);
+    await watch.stop();
     throw error;
   }
   const journal = await JobJournal.open(options.workDir, { id: jobId, kind: scope.kind, source: source.replica.name, target: scope.label });
@@ -305,22 +299,19 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const unverified = summarize(ctx, { restartedSources, repairs, lost, watched, verification: undefined });
     // Verified only when nothing else is wrong: the check costs the source a crawl and reads.
     // The read-back speaks the text protocol, which a SASL-only target does not answer.
-    const sample = readStats ? 0 : (options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE);
-    const verification =
-      unverified.complete && sample > 0
-        ? await verifyReplicas({
-            topology,
-            source: source.replica.name,
-            target: scope.replica.name,
-            node: scope.node,
-            sample,
+    const verification = unverified.complete
+      ? await readBackSample(
+          { topology, scope, source },
+          {
+            samplePerNode: readTargetStats ? 0 : (options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE),
             maxOpsPerNode: options.maxOpsPerNode,
             connect,
             clock,
-            signal: options.signal,
             tooLargeFromBytes: ctx.smallestTooLargeBytes,
-          })
-        : undefined;
+            signal: options.signal,
+          },
+        )
+      : undefined;
     const summary = verification ? summarize(ctx, { restartedSources, repairs, lost, watched, verification }) : unverified;
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
@@ -329,7 +320,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     throw error;
   } finally {
     if (ticker) clearInterval(ticker);
-    await Promise.all([targets.stop(), sources.stop(), writer.close(), journal.close()]);
+    await Promise.all([watch.stop(), writer.close(), journal.close()]);
   }
 }
 
@@ -468,7 +459,7 @@ function summarize(
     repairs: RepairReport[];
     lost: string[];
     watched: Map<string, WatchedNode>;
-    verification: VerifyReport | undefined;
+    verification: VerificationSummary | undefined;
   },
 ): WarmSummary {
   const { options, plan, tally } = ctx;
@@ -508,7 +499,7 @@ function summarize(
     resumed: plan.earlier !== undefined,
     repairs: seen.repairs,
     skippedTooLarge: options.skipTooLarge && tooLarge > 0 ? tooLarge : undefined,
-    verification: seen.verification && verificationSummary(seen.verification),
+    verification: seen.verification,
     warmth: plan.warmth,
   };
 }
