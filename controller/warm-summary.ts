@@ -115,7 +115,10 @@ export interface CompletionInput {
 export function problemsOf(input: CompletionInput): string[] {
   const problems: string[] = [];
   for (const n of input.sourceNodes) {
-    if (n.restarted) problems.push(`source node ${n.node} restarted during its dump: what its crawl listed and the copy had not read yet is lost (${count(n.gone)} keys found gone), and no other full replica has it`);
+    if (n.restarted) {
+      const gone = n.gone > 0 ? ` (${count(n.gone)} keys of its crawl found gone)` : '';
+      problems.push(`source node ${n.node} restarted during its dump: what its crawl listed and the copy had not read yet is lost${gone}, and no other full replica has it`);
+    }
     if (n.unsupported > 0) problems.push(`source node ${n.node}: ${count(n.unsupported)} keys the text protocol cannot name were not copied`);
   }
   for (const n of input.targetNodes) {
