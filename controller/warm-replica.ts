@@ -17,7 +17,7 @@ import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
 import { JobJournal, type JobRecord, type PassRecord } from './job-journal.js';
 import { JobLock } from './job-lock.js';
-import { type NodeWatch, type WatchedNode, identities, replacedSince } from './node-watch.js';
+import { type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
 import { type ReplicaStats, replicaStats, selectSource } from './select-source.js';
@@ -245,7 +245,10 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
   const ticker = options.onProgress ? setInterval(() => options.onProgress?.(progress()), options.progressIntervalMs ?? 1_000) : undefined;
 
   try {
-    const passes = pendingPasses(earlier, targets, scope);
+    // Target nodes another process serves since the last run, and restarts seen in this one.
+    const replaced = replacedSince(earlier?.targets, targets);
+    const restarts = new Map(replaced.map((n) => [n.id, 1]));
+    const passes = pendingPasses(earlier, replaced, scope);
     // A source node restarted since the last run: what its crawl listed then is gone now.
     const restartedSources = new Set(replacedSince(earlier?.sources, sources).map((n) => n.id));
     // From here a rerun knows which processes were read and written, and what is owed.
@@ -275,6 +278,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       }
       // A target node that restarted lost what this job wrote to it: its share is copied again.
       const restarted = targets.restarted();
+      for (const node of restarted) restarts.set(node.id, (restarts.get(node.id) ?? 0) + 1);
       if (restarted.length > 0) {
         targets.rebase(restarted);
         const why = `${restarted.map((n) => n.id).join(', ')} restarted during ${pass.id}`;
@@ -296,7 +300,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const evicted = scope.nodes.filter((n) => (watched.get(n.address)?.evictions ?? 0) > 0);
     // Evicted items are unknown: the rerun refills the share of every node that evicted.
     if (evicted.length > 0) passes.push(newPass(passes, 'repair', `${evicted.map((n) => n.id).join(', ')} evicted items`, evicted));
-    const unverified = summarize(ctx, { restartedSources, repairs, lost, watched, verification: undefined });
+    const unverified = summarize(ctx, { restartedSources, restarts, repairs, lost, watched, verification: undefined });
     // Verified only when nothing else is wrong: the check costs the source a crawl and reads.
     // The read-back speaks the text protocol, which a SASL-only target does not answer.
     const verification = unverified.complete
@@ -312,7 +316,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
           },
         )
       : undefined;
-    const summary = verification ? summarize(ctx, { restartedSources, repairs, lost, watched, verification }) : unverified;
+    const summary = verification ? summarize(ctx, { restartedSources, restarts, repairs, lost, watched, verification }) : unverified;
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
   } catch (error) {
@@ -328,10 +332,9 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
  * The passes this run owes: the first run's copy; a rerun's unfinished passes, plus a repair
  * of every target node that is no longer the process the job wrote into.
  */
-function pendingPasses(earlier: JobRecord | undefined, targets: NodeWatch, scope: WarmScope): PassRecord[] {
+function pendingPasses(earlier: JobRecord | undefined, replaced: readonly NodeSpec[], scope: WarmScope): PassRecord[] {
   if (!earlier?.passes) return [{ id: 'copy', kind: 'copy', reason: `copy ${scope.label}`, done: false }];
   const passes = earlier.passes.map((p) => ({ ...p }));
-  const replaced = replacedSince(earlier.targets, targets);
   if (replaced.length > 0) passes.push(newPass(passes, 'repair', `${replaced.map((n) => n.id).join(', ')} restarted since the last run`, replaced));
   // An incomplete job with nothing left to redo (its record predates passes, or what failed
   // is not tracked) copies everything again: add-only makes that safe.
@@ -456,6 +459,8 @@ function summarize(
   ctx: PassContext,
   seen: {
     restartedSources: ReadonlySet<string>;
+    /** Per target node id, the restarts seen (since the last run, and during this one). */
+    restarts: ReadonlyMap<string, number>;
     repairs: RepairReport[];
     lost: string[];
     watched: Map<string, WatchedNode>;
@@ -472,7 +477,7 @@ function summarize(
   const targetNodes = scope.nodes.map((n) => {
     const w = seen.watched.get(n.address);
     return targetNodeReport(n.id, tally.byNode.get(n.address), {
-      restarts: seen.repairs.filter((r) => r.nodes?.includes(n.id)).length,
+      restarts: seen.restarts.get(n.id) ?? 0,
       evictions: w?.evictions,
       limitMaxBytes: w?.latest.limitMaxBytes,
       bytes: w?.latest.bytes,

@@ -101,6 +101,8 @@ describe('a warm whose target node restarts', () => {
       assert.equal(rerun.complete, true, problemsText(rerun));
       assert.equal(rerun.resumed, true);
       assert.ok(rerun.repairs?.some((r) => r.nodes?.includes(`b/${victim.address}`) && /restarted since the last run/.test(r.reason)), JSON.stringify(rerun.repairs));
+      assert.equal(rerun.targetNodes.find((n) => n.node === `b/${victim.address}`)?.restarts, 1);
+      assert.equal(rerun.targetNodes.find((n) => n.node !== `b/${victim.address}`)?.restarts, 0);
       await assertExactCopy({ topology: cluster.topology, replica: 'b' }, items);
     });
   });
