@@ -26,9 +26,15 @@ export interface PassRecord {
   readonly sourceNodes?: readonly string[] | undefined;
   /** An alternate pass's replica, dumped in the source's place for the share of `sourceShare`. */
   readonly from?: string | undefined;
-  /** Addresses of source nodes whose share (on the source replica's ring) the alternate pass copies. */
-  readonly sourceShare?: readonly string[] | undefined;
+  /** The source nodes whose share (on the source replica's ring) an alternate pass copies. */
+  readonly sourceShare?: SourceShare | undefined;
   done: boolean;
+}
+
+/** The keys a replica's ring gives some of its nodes (by address). */
+export interface SourceShare {
+  readonly replica: string;
+  readonly nodes: readonly string[];
 }
 
 export interface JobRecord {

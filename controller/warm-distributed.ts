@@ -19,7 +19,7 @@ import { warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
 import path from 'node:path';
-import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -168,6 +168,10 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     target: ring,
     keyFilter,
   });
+  const sourceRestarted = async (node: string): Promise<boolean> => {
+    await sources.look(signal).catch(() => undefined);
+    return sources.restarted().some((n) => n.id === node);
+  };
   const dumps = new Map<string, DumpTracker>();
   for (const [node, client] of sidecars) {
     const { status } = await client.start(request(node), signal);
@@ -190,9 +194,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   try {
     let drainedChecks = 0;
     for (;;) {
-      await followDumps(dumps, sidecars, request, clock, options.sidecarGraceMs ?? 60_000, signal);
+      await followDumps(dumps, sidecars, request, clock, options.sidecarGraceMs ?? 60_000, sourceRestarted, signal);
       backlog = await queueBacklog(sqs, queues.queueUrl, signal);
-      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished');
+      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished' || d.lost);
       // SQS counts are approximate: the queue counts as drained after two empty looks in a row.
       drainedChecks = dumped && backlogIsEmpty(backlog) ? drainedChecks + 1 : 0;
       if (drainedChecks >= 2) break;
@@ -216,6 +220,11 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     for (const node of sources.restarted()) restartedSources.add(node.id);
     const restarted = [...replaced, ...targets.restarted()];
     const repaired = await repairRestartedTargets(options, job, [...restarted, ...owed]);
+    const covered = await coverRestartedSources(options, job, restartedSources);
+    repaired.repairs.push(...covered.repairs);
+    repaired.lost.push(...covered.lost);
+    // A covered node's share is done with; an uncovered one is said again by every rerun.
+    sources.rebase(source.replica.nodes.filter((n) => covered.by.has(n.id)));
     // Which items a node evicted is not known: a rerun copies its whole share again.
     const refill = targets.nodes.filter((w) => w.evictions > 0).map((w) => w.node.address);
     await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources), refill }, signal);
@@ -223,6 +232,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       node: n.id,
       ...(dumps.get(n.id)?.status.counters ?? newDumpCounters()),
       restarted: restartedSources.has(n.id) || undefined,
+      coveredBy: covered.by.get(n.id),
     }));
     const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
     const targetNodes = scope.nodes.map((n) =>
@@ -271,6 +281,44 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
  * each is warmed like an instance, straight from the source nodes to the node, by this
  * process. Its chunks stay in a local directory: a share is one node's, not the replica's.
  */
+/**
+ * Source nodes that restarted lost what their crawl had listed: their share is taken from
+ * another full replica when one exists (`--source auto`), by this process, straight from
+ * that replica's nodes to the target, as an instance warm does for a target node.
+ */
+async function coverRestartedSources(
+  options: DistributedWarmOptions,
+  job: DistributedJob,
+  restartedSources: ReadonlySet<string>,
+): Promise<{ repairs: RepairReport[]; lost: string[]; by: Map<string, string> }> {
+  const by = new Map<string, string>();
+  if (restartedSources.size === 0) return { repairs: [], lost: [], by };
+  const alternate = await alternateSource(job, { ...options, connect: job.connect });
+  if (!alternate) return { repairs: [], lost: [], by };
+  const nodes = job.source.replica.nodes.filter((n) => restartedSources.has(n.id));
+  const ids = nodes.map((n) => n.id).join(', ');
+  job.log(`job ${job.jobId}: ${ids} restarted: taking its share from ${alternate}`);
+  const cover = await warmReplica({
+    topology: options.topology,
+    target: job.scope.replica.name,
+    only: job.scope.node,
+    source: alternate,
+    shareOf: { replica: job.source.replica.name, nodes: nodes.map((n) => n.address) },
+    workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
+    jobId: `${job.jobId}-share-${job.started}`,
+    chunkSizeBytes: options.chunkSizeBytes,
+    maxOpsPerNode: options.maxOpsPerNode,
+    clock: options.clock,
+    connect: job.connect,
+    force: true,
+    verifySamplePerNode: 0,
+    signal: options.signal,
+  });
+  if (!cover.complete) return { repairs: [], lost: [`${ids} restarted, and taking its share from ${alternate} is incomplete: ${(cover.problems ?? []).join('; ')}`], by };
+  for (const n of nodes) by.set(n.id, alternate);
+  return { repairs: [{ pass: cover.jobId, reason: `${ids} restarted: its share taken from ${alternate}` }], lost: [], by };
+}
+
 async function repairRestartedTargets(
   options: DistributedWarmOptions,
   job: DistributedJob,
@@ -307,6 +355,8 @@ async function repairRestartedTargets(
 interface DumpTracker {
   status: DumpStatus;
   unreachableSince: number | undefined;
+  /** The dump failed because its node restarted: its share is lost (or taken from elsewhere). */
+  lost?: boolean | undefined;
 }
 
 function sidecarOf(node: NodeSpec, token: string): SidecarClient {
@@ -347,10 +397,11 @@ async function followDumps(
   request: (node: string) => StartDumpRequest,
   clock: Clock,
   graceMs: number,
+  restarted: (node: string) => Promise<boolean>,
   signal: AbortSignal | undefined,
 ): Promise<void> {
   for (const [node, tracker] of dumps) {
-    if (tracker.status.state === 'finished') continue;
+    if (tracker.status.state === 'finished' || tracker.lost) continue;
     const client = sidecars.get(node) as SidecarClient;
     try {
       const status = tracker.status.state === 'running' ? await client.status(tracker.status.jobId, signal) : undefined;
@@ -364,6 +415,11 @@ async function followDumps(
       continue;
     }
     if (tracker.status.state === 'failed') {
+      // A node that restarted under its dump is no failure of the job: its share is judged at the end.
+      if (await restarted(node)) {
+        tracker.lost = true;
+        continue;
+      }
       throw new CachewarmError('JOB_FAILED', `the dump of ${node} failed: ${tracker.status.error?.message ?? 'no reason given'}`, {
         node,
         code: tracker.status.error?.code,

@@ -7,7 +7,7 @@ import { CachewarmError } from '../shared/errors.js';
 import { type NodeSpec, type ReplicaSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWarmth } from './already-warm.js';
 import { nodeStats } from './node-stats.js';
-import type { ReplicaStats } from './select-source.js';
+import { type ReplicaStats, replicaStats } from './select-source.js';
 import { ringShares } from './expected-share.js';
 import { NodeWatch, type NodeWatchOptions, type ReadStats, type WatchedNode } from './node-watch.js';
 import type { Clock } from '../shared/clock.js';
@@ -206,4 +206,29 @@ export async function readBackSample(
     signal: options.signal,
   });
   return verificationSummary(report);
+}
+
+/**
+ * Another replica that can stand in for source nodes that restarted: only when the source
+ * was chosen automatically (`--source auto`), the fullest reachable replica other than the
+ * source and the target that holds at least the already-warm ratio of the source's items.
+ */
+export async function alternateSource(
+  plan: { readonly scope: WarmScope; readonly source: ReplicaStats },
+  options: {
+    readonly topology: Topology;
+    readonly source?: string | undefined;
+    readonly connect?: Connect | undefined;
+    readonly alreadyWarmRatio?: number | undefined;
+    readonly signal?: AbortSignal | undefined;
+  },
+): Promise<string | undefined> {
+  if (options.source !== undefined && options.source !== 'auto') return undefined;
+  const { topology, connect = connectDirect } = options;
+  const others = [...topology.replicas.values()].filter((r) => r.name !== plan.source.replica.name && r.name !== plan.scope.replica.name);
+  const candidates = await Promise.all(others.map((r) => replicaStats(r, connect, options.signal).catch(() => undefined)));
+  const full = candidates
+    .filter((c): c is ReplicaStats => c !== undefined && c.items >= (options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO) * plan.source.items)
+    .sort((a, b) => b.items - a.items)[0];
+  return full?.replica.name;
 }

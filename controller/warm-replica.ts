@@ -15,13 +15,13 @@ import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { TokenBucket, unlimited } from '../shared/token-bucket.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
-import { JobJournal, type JobRecord, type PassRecord } from './job-journal.js';
+import { JobJournal, type JobRecord, type PassRecord, type SourceShare } from './job-journal.js';
 import { JobLock } from './job-lock.js';
 import { type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
-import { type ReplicaStats, replicaStats, selectSource } from './select-source.js';
-import { type WarmScope, alreadyWarm, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
+import { type ReplicaStats, selectSource } from './select-source.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
@@ -76,6 +76,11 @@ export interface WarmReplicaOptions {
    * @default 2000
    */
   readonly verifySamplePerNode?: number | undefined;
+  /**
+   * Copy only the keys that this replica's ring gives these node addresses: the share of
+   * source nodes that restarted, taken from another replica (the S3+SQS controller does so).
+   */
+  readonly shareOf?: SourceShare | undefined;
   /** How often every source and target node's `stats` is read during the job. @default 1000 */
   readonly watchIntervalMs?: number | undefined;
 }
@@ -181,22 +186,6 @@ const rethrowFirst =
     throw lost.values().next().value ?? error;
   };
 
-/**
- * Another replica that can stand in for source nodes that restarted: only when the source
- * was chosen automatically (`--source auto`), the fullest reachable replica other than the
- * source and the target that holds at least the already-warm ratio of the source's items.
- */
-async function alternateSource(options: WarmReplicaOptions, plan: JobPlan): Promise<string | undefined> {
-  if (options.source !== undefined && options.source !== 'auto') return undefined;
-  const { topology, connect = connectDirect } = options;
-  const others = [...topology.replicas.values()].filter((r) => r.name !== plan.source.replica.name && r.name !== plan.scope.replica.name);
-  const candidates = await Promise.all(others.map((r) => replicaStats(r, connect, options.signal).catch(() => undefined)));
-  const full = candidates
-    .filter((c): c is ReplicaStats => c !== undefined && c.items >= (options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO) * plan.source.items)
-    .sort((a, b) => b.items - a.items)[0];
-  return full?.replica.name;
-}
-
 /** Repair passes one run adds for restarted target nodes before it leaves the rest to a rerun. */
 const MAX_REFILLS_PER_RUN = 3;
 
@@ -251,6 +240,8 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const passes = pendingPasses(earlier, replaced, scope);
     // A source node restarted since the last run: what its crawl listed then is gone now.
     const restartedSources = new Set(replacedSince(earlier?.sources, sources).map((n) => n.id));
+    /** Restarted source nodes whose share another replica gave, by that replica's name. */
+    const covered = new Map<string, string>();
     // From here a rerun knows which processes were read and written, and what is owed.
     await journal.save({ passes, targets: identities(targets), sources: identities(sources) });
     const repairs: RepairReport[] = [];
@@ -269,11 +260,13 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       for (const node of sourceRestarts) restartedSources.add(node);
       sources.rebase(sources.restarted());
       pass.done = ctx.parked.length === parkedBefore;
-      if (restartedSources.size > 0) {
-        const alternate = await alternateSource(options, plan);
+      const uncovered = [...restartedSources].filter((id) => !covered.has(id));
+      if (uncovered.length > 0) {
+        const alternate = await alternateSource(plan, options);
         if (alternate) {
-          passes.push({ ...newPass(passes, 'alternate', `${[...restartedSources].join(', ')} restarted: its share taken from ${alternate}`, undefined), from: alternate, sourceShare: source.replica.nodes.filter((n) => restartedSources.has(n.id)).map((n) => n.address) });
-          restartedSources.clear();
+          for (const id of uncovered) covered.set(id, alternate);
+          const share = { replica: source.replica.name, nodes: source.replica.nodes.filter((n) => uncovered.includes(n.id)).map((n) => n.address) };
+          passes.push({ ...newPass(passes, 'alternate', `${uncovered.join(', ')} restarted: its share taken from ${alternate}`, undefined), from: alternate, sourceShare: share });
         }
       }
       // A target node that restarted lost what this job wrote to it: its share is copied again.
@@ -287,10 +280,11 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       }
       await journal.save({ targets: identities(targets), sources: identities(sources) });
     }
-    if (restartedSources.size > 0) {
+    const uncovered = [...restartedSources].filter((id) => !covered.has(id));
+    if (uncovered.length > 0) {
       // What the source lost is gone, and no other replica has it: the rerun copies its share
       // again from what it holds then.
-      passes.push({ ...newPass(passes, 'source', `source ${[...restartedSources].join(', ')} restarted during its dump`, undefined), sourceNodes: [...restartedSources] });
+      passes.push({ ...newPass(passes, 'source', `source ${uncovered.join(', ')} restarted during its dump`, undefined), sourceNodes: uncovered });
     }
     if (ctx.refused) {
       await ctx.refused.log.close(source.replica.nodes.map((n) => n.id), options.signal);
@@ -300,7 +294,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const evicted = scope.nodes.filter((n) => (watched.get(n.address)?.evictions ?? 0) > 0);
     // Evicted items are unknown: the rerun refills the share of every node that evicted.
     if (evicted.length > 0) passes.push(newPass(passes, 'repair', `${evicted.map((n) => n.id).join(', ')} evicted items`, evicted));
-    const unverified = summarize(ctx, { restartedSources, restarts, repairs, lost, watched, verification: undefined });
+    const unverified = summarize(ctx, { restartedSources, covered, restarts, repairs, lost, watched, verification: undefined });
     // Verified only when nothing else is wrong: the check costs the source a crawl and reads.
     // The read-back speaks the text protocol, which a SASL-only target does not answer.
     const verification = unverified.complete
@@ -316,7 +310,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
           },
         )
       : undefined;
-    const summary = verification ? summarize(ctx, { restartedSources, restarts, repairs, lost, watched, verification }) : unverified;
+    const summary = verification ? summarize(ctx, { restartedSources, covered, restarts, repairs, lost, watched, verification }) : unverified;
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
   } catch (error) {
@@ -364,7 +358,8 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   const ring = nodes ? targetRingOf(topology, scope.replica.name, nodes.map((n) => n.address)) : scope.ring;
   const targetFilter = pass.kind === 'retry' ? undefined : nodes ? ringFilter(ring.nodes, nodes.map((n) => n.address)) : scope.keyFilter;
   // An alternate replica stands in for some source nodes: only the keys the source's ring gives them.
-  const shareFilter = pass.sourceShare && ringFilter(source.replica.nodes, pass.sourceShare);
+  const share = pass.sourceShare ?? options.shareOf;
+  const shareFilter = share && ringFilter(replicaOf(topology, share.replica).nodes, share.nodes);
   const keyFilter = shareFilter && targetFilter ? (key: Buffer) => shareFilter(key) && targetFilter(key) : (shareFilter ?? targetFilter);
   const dumpers = (pass.from ? replicaOf(topology, pass.from) : source.replica).nodes.filter((n) => !pass.sourceNodes || pass.sourceNodes.includes(n.id));
   const lostSources = new Map<string, Error>();
@@ -459,6 +454,7 @@ function summarize(
   ctx: PassContext,
   seen: {
     restartedSources: ReadonlySet<string>;
+    covered: ReadonlyMap<string, string>;
     /** Per target node id, the restarts seen (since the last run, and during this one). */
     restarts: ReadonlyMap<string, number>;
     repairs: RepairReport[];
@@ -473,6 +469,7 @@ function summarize(
     node: n.id,
     ...ctx.dumped.map((pass) => pass.get(n.id) ?? newDumpCounters()).reduce(addInto, newDumpCounters()),
     restarted: seen.restartedSources.has(n.id) || undefined,
+    coveredBy: seen.covered.get(n.id),
   }));
   const targetNodes = scope.nodes.map((n) => {
     const w = seen.watched.get(n.address);

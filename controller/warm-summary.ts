@@ -36,6 +36,8 @@ export interface SourceNodeReport extends DumpCounters {
   readonly node: string;
   /** The node restarted while it was dumped: keys its crawl listed were gone when read. */
   readonly restarted?: boolean | undefined;
+  /** A restarted node's share was taken from this other replica instead. */
+  readonly coveredBy?: string | undefined;
 }
 
 /** A pass of the job beyond its first copy: a restarted node refilled, refused items retried. */
@@ -115,7 +117,7 @@ export interface CompletionInput {
 export function problemsOf(input: CompletionInput): string[] {
   const problems: string[] = [];
   for (const n of input.sourceNodes) {
-    if (n.restarted) {
+    if (n.restarted && !n.coveredBy) {
       const gone = n.gone > 0 ? ` (${count(n.gone)} keys of its crawl found gone)` : '';
       problems.push(`source node ${n.node} restarted during its dump: what its crawl listed and the copy had not read yet is lost${gone}, and no other full replica has it`);
     }

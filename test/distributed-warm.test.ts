@@ -16,7 +16,7 @@ import { type Topology, parseTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
 import { type Cluster, itemCount, load, nowSeconds, serverCounters, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
-import { assertExactCopy } from './support/read-back.js';
+import { assertExactCopy, readBack } from './support/read-back.js';
 import { waitFor, within } from './support/wait.js';
 
 const TOKEN = 'distributed-test-token-0123456789';
@@ -212,5 +212,79 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     assert.equal(await run.exited, 2);
     const first = topology.replicas.get('a')?.nodes[0]?.address ?? '';
     assert.match(JSON.stringify(run.lines), new RegExp(`node a/${first.replace(/[.]/g, '\\.')} has no \\\\"sidecar\\\\" URL`));
+  });
+});
+
+describe('a replica warm through sidecars, S3 and SQS, whose source node restarts mid-dump', () => {
+  let fauxqs: Fauxqs;
+  let aws: AwsClients;
+  let cluster: Cluster;
+  let sidecars: CliProcess[] = [];
+  let topology: Topology;
+  let topologyFile: string;
+  let tokenFile: string;
+
+  before(async () => {
+    fauxqs = await startFauxqs();
+    aws = awsClients(fauxqs.endpoint);
+    cluster = await startCluster({ a: 2, b: 2, c: 2 });
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
+    tokenFile = path.join(dir, 'token');
+    await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+    const sourceNodes = cluster.topology.replicas.get('a')?.nodes ?? [];
+    sidecars = sourceNodes.map((node) =>
+      startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', fauxqs.endpoint]),
+    );
+    const urls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
+    const nodesOf = (name: string): { address: string }[] => (cluster.topology.replicas.get(name)?.nodes ?? []).map((n) => ({ address: n.address }));
+    const document = {
+      replicas: {
+        a: { nodes: sourceNodes.map((n, i) => ({ address: n.address, sidecar: urls[i] })) },
+        b: { nodes: nodesOf('b') },
+        c: { nodes: nodesOf('c') },
+      },
+    };
+    topologyFile = path.join(dir, 'cluster.json');
+    await writeFile(topologyFile, JSON.stringify(document));
+    topology = parseTopology(document, topologyFile);
+  });
+
+  after(async () => {
+    for (const s of sidecars) s.kill();
+    await Promise.all(sidecars.map((s) => within(s.exited, { what: 'a sidecar to exit' })));
+    await cluster?.stop();
+    aws?.destroy();
+    await fauxqs?.stop();
+  });
+
+  test("its share is taken from another full replica: complete in one run, every item the fleet still holds in place", async () => {
+    const items = sampleItems({ count: 30_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'source-restart' });
+    await Promise.all([load(topology, 'a', items), load(topology, 'c', items.slice(0, 29_000))]);
+    const bucket = await createBucket(aws.s3, 'warm-source-restart');
+    const victim = topology.replicas.get('a')?.nodes[0];
+    assert.ok(victim);
+    const readsBefore = (await serverCounters(victim)).cmdGet;
+    const controller = startCli([
+      'warm', 'replica', '--topology', topologyFile, '--target', 'b', '--transport', 'aws', '--bucket', bucket, '--prefix', 'warms',
+      '--endpoint', fauxqs.endpoint, '--sidecar-token-file', tokenFile, '--chunk-size', '64KiB', '--json', '--populators', '1', '--max-ops', '3000',
+    ]);
+    await waitFor(async () => (await serverCounters(victim)).cmdGet - readsBefore > 2_000, { what: `reads from ${victim.id}`, timeoutMs: 60_000 });
+    await cluster.restartEmpty('a', 0);
+
+    const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 180_000 });
+    assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; source: string; sourceNodes: { node: string; restarted?: boolean; coveredBy?: string }[] };
+    assert.equal(summary.complete, true);
+    assert.equal(summary.source, 'a');
+    assert.deepEqual(
+      summary.sourceNodes.find((n) => n.node === victim.id),
+      { ...summary.sourceNodes.find((n) => n.node === victim.id), restarted: true, coveredBy: 'c' },
+    );
+    // What c holds of the restarted node's share, and all the other source node holds.
+    const inC = new Set((await readBack({ topology, replica: 'c' }, items)).missing);
+    const inA = new Set((await readBack({ topology, replica: 'a' }, items)).missing);
+    const expected = items.filter((i) => !inA.has(i.key.toString()) || !inC.has(i.key.toString()));
+    assert.ok(expected.length >= 29_000);
+    await assertExactCopy({ topology, replica: 'b' }, expected);
   });
 });
