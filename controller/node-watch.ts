@@ -146,7 +146,12 @@ export class NodeWatch {
     entry.latest = state;
   }
 
+  /** One polling loop per node: a node that hangs holds up its own loop only. */
   private async run(): Promise<void> {
+    await Promise.all([...this.entries.values()].map((entry) => this.poll(entry)));
+  }
+
+  private async poll(entry: Entry): Promise<void> {
     const { clock, intervalMs = 1_000 } = this.options;
     const signal = this.stopped.signal;
     while (!signal.aborted) {
@@ -157,13 +162,9 @@ export class NodeWatch {
       }
       // A node that does not answer is only down: the writers fail on it, naming it, if it
       // stays down; if it comes back, the next answer says whether it is a new process.
-      await Promise.all(
-        [...this.entries.values()].map((entry) =>
-          readNodeState(entry.node, this.readStats, signal).then(
-            (state) => this.observe(entry, state),
-            () => undefined,
-          ),
-        ),
+      await readNodeState(entry.node, this.readStats, signal).then(
+        (state) => this.observe(entry, state),
+        () => undefined,
       );
     }
   }
