@@ -15,7 +15,7 @@ import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from 
 import { selectSource } from './select-source.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 import { type NodeIdentities, type NodeWatch, identities, replacedSince } from './node-watch.js';
-import { warmReplica } from './warm-replica.js';
+import { type WarmReplicaOptions, warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
 import path from 'node:path';
@@ -282,6 +282,32 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
  * process. Its chunks stay in a local directory: a share is one node's, not the replica's.
  */
 /**
+ * A warm of part of the job's target run by the controller itself, straight from memcached
+ * to memcached (chunks in a local directory): how it refills a share the sidecars' dumps
+ * cannot. Always copies (the target may hold part of it); the job's own read-back, after
+ * these, covers what they wrote.
+ */
+function warmHere(
+  options: DistributedWarmOptions,
+  job: DistributedJob,
+  what: Pick<WarmReplicaOptions, 'only' | 'source' | 'shareOf'> & { readonly jobId: string },
+): Promise<WarmSummary> {
+  return warmReplica({
+    ...what,
+    topology: options.topology,
+    target: job.scope.replica.name,
+    workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
+    chunkSizeBytes: options.chunkSizeBytes,
+    maxOpsPerNode: options.maxOpsPerNode,
+    clock: options.clock,
+    connect: job.connect,
+    force: true,
+    verifySamplePerNode: 0,
+    signal: options.signal,
+  });
+}
+
+/**
  * Source nodes that restarted lost what their crawl had listed: their share is taken from
  * another full replica when one exists (`--source auto`), by this process, straight from
  * that replica's nodes to the target, as an instance warm does for a target node.
@@ -298,21 +324,11 @@ async function coverRestartedSources(
   const nodes = job.source.replica.nodes.filter((n) => restartedSources.has(n.id));
   const ids = nodes.map((n) => n.id).join(', ');
   job.log(`job ${job.jobId}: ${ids} restarted: taking its share from ${alternate}`);
-  const cover = await warmReplica({
-    topology: options.topology,
-    target: job.scope.replica.name,
+  const cover = await warmHere(options, job, {
     only: job.scope.node,
     source: alternate,
     shareOf: { replica: job.source.replica.name, nodes: nodes.map((n) => n.address) },
-    workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
     jobId: `${job.jobId}-share-${job.started}`,
-    chunkSizeBytes: options.chunkSizeBytes,
-    maxOpsPerNode: options.maxOpsPerNode,
-    clock: options.clock,
-    connect: job.connect,
-    force: true,
-    verifySamplePerNode: 0,
-    signal: options.signal,
   });
   if (!cover.complete) return { repairs: [], lost: [`${ids} restarted, and taking its share from ${alternate} is incomplete: ${(cover.problems ?? []).join('; ')}`], by };
   for (const n of nodes) by.set(n.id, alternate);
@@ -330,21 +346,10 @@ async function repairRestartedTargets(
   job.targets.rebase(unique);
   for (const node of unique) {
     job.log(`job ${job.jobId}: ${node.id} restarted: refilling its share from ${job.source.replica.name}`);
-    const repair = await warmReplica({
-      topology: options.topology,
-      target: node.replica,
+    const repair = await warmHere(options, job, {
       only: node,
       source: job.source.replica.name,
-      workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
       jobId: `${job.jobId}-repair-${nodeDirectory(node.id)}-${job.started}`,
-      chunkSizeBytes: options.chunkSizeBytes,
-      maxOpsPerNode: options.maxOpsPerNode,
-      clock: options.clock,
-      connect: job.connect,
-      force: true,
-      // The job's own read-back, after the repairs, covers this node too.
-      verifySamplePerNode: 0,
-      signal: options.signal,
     });
     repairs.push({ pass: repair.jobId, nodes: [node.id], reason: `${node.id} restarted or evicted: its share copied again` });
     if (!repair.complete) lost.push(`${node.id} restarted, and its refill is incomplete: ${(repair.problems ?? []).join('; ')}`);

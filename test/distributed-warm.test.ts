@@ -21,51 +21,79 @@ import { waitFor, within } from './support/wait.js';
 
 const TOKEN = 'distributed-test-token-0123456789';
 
+/** Memcached replicas, a sidecar process beside each node of replica `a`, and fauxqs: a fleet on loopback. */
+interface Fleet {
+  readonly fauxqs: Fauxqs;
+  readonly aws: AwsClients;
+  readonly cluster: Cluster;
+  readonly sidecars: CliProcess[];
+  readonly topology: Topology;
+  readonly topologyFile: string;
+  readonly tokenFile: string;
+  readonly dir: string;
+  stop(): Promise<void>;
+}
+
+async function startFleet(sizes: Record<string, number>): Promise<Fleet> {
+  const fauxqs = await startFauxqs();
+  const aws = awsClients(fauxqs.endpoint);
+  const cluster = await startCluster(sizes);
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
+  const tokenFile = path.join(dir, 'token');
+  await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+  const sourceNodes = cluster.topology.replicas.get('a')?.nodes ?? [];
+  const sidecars = sourceNodes.map((node) =>
+    startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', fauxqs.endpoint]),
+  );
+  const urls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
+  const replicas: Record<string, { nodes: { address: string; sidecar?: string }[] }> = {};
+  for (const name of Object.keys(sizes)) {
+    const nodes = cluster.topology.replicas.get(name)?.nodes ?? [];
+    replicas[name] = { nodes: nodes.map((n, i) => (name === 'a' ? { address: n.address, sidecar: urls[i] as string } : { address: n.address })) };
+  }
+  const document = { replicas };
+  const topologyFile = path.join(dir, 'cluster.json');
+  await writeFile(topologyFile, JSON.stringify(document));
+  return {
+    fauxqs,
+    aws,
+    cluster,
+    sidecars,
+    topology: parseTopology(document, topologyFile),
+    topologyFile,
+    tokenFile,
+    dir,
+    stop: async () => {
+      for (const s of sidecars) s.kill();
+      await Promise.all(sidecars.map((s) => within(s.exited, { what: 'a sidecar to exit' })));
+      await cluster.stop();
+      aws.destroy();
+      await fauxqs.stop();
+    },
+  };
+}
+
 /**
  * The replica warm at fleet scale, every part a real process on loopback: memcached nodes,
  * one dumper sidecar per source node, the controller, and the populator workers it starts;
  * S3 and SQS are fauxqs, spoken to through the AWS SDK.
  */
 describe('a replica warm through sidecars, S3 and SQS', () => {
+  let fleet: Fleet;
   let fauxqs: Fauxqs;
   let aws: AwsClients;
   let cluster: Cluster;
-  let sidecars: CliProcess[] = [];
   let topology: Topology;
   let topologyFile: string;
   let tokenFile: string;
   let dir: string;
 
   before(async () => {
-    fauxqs = await startFauxqs();
-    aws = awsClients(fauxqs.endpoint);
-    cluster = await startCluster({ a: 3, b: 4 });
-    dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
-    tokenFile = path.join(dir, 'token');
-    await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-    const sourceNodes = cluster.topology.replicas.get('a')?.nodes ?? [];
-    sidecars = sourceNodes.map((node) =>
-      startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', fauxqs.endpoint]),
-    );
-    const urls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
-    const document = {
-      replicas: {
-        a: { nodes: sourceNodes.map((n, i) => ({ address: n.address, sidecar: urls[i] })) },
-        b: { nodes: (cluster.topology.replicas.get('b')?.nodes ?? []).map((n) => ({ address: n.address })) },
-      },
-    };
-    topologyFile = path.join(dir, 'cluster.json');
-    await writeFile(topologyFile, JSON.stringify(document));
-    topology = parseTopology(document, topologyFile);
+    fleet = await startFleet({ a: 3, b: 4 });
+    ({ fauxqs, aws, cluster, topology, topologyFile, tokenFile, dir } = fleet);
   });
 
-  after(async () => {
-    for (const s of sidecars) s.kill();
-    await Promise.all(sidecars.map((s) => s.exited));
-    await cluster?.stop();
-    aws?.destroy();
-    await fauxqs?.stop();
-  });
+  after(() => fleet?.stop());
 
   async function flushTarget(): Promise<void> {
     for (const node of topology.replicas.get('b')?.nodes ?? []) {
@@ -216,46 +244,20 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
 });
 
 describe('a replica warm through sidecars, S3 and SQS, whose source node restarts mid-dump', () => {
+  let fleet: Fleet;
   let fauxqs: Fauxqs;
   let aws: AwsClients;
   let cluster: Cluster;
-  let sidecars: CliProcess[] = [];
   let topology: Topology;
   let topologyFile: string;
   let tokenFile: string;
 
   before(async () => {
-    fauxqs = await startFauxqs();
-    aws = awsClients(fauxqs.endpoint);
-    cluster = await startCluster({ a: 2, b: 2, c: 2 });
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
-    tokenFile = path.join(dir, 'token');
-    await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-    const sourceNodes = cluster.topology.replicas.get('a')?.nodes ?? [];
-    sidecars = sourceNodes.map((node) =>
-      startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', fauxqs.endpoint]),
-    );
-    const urls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
-    const nodesOf = (name: string): { address: string }[] => (cluster.topology.replicas.get(name)?.nodes ?? []).map((n) => ({ address: n.address }));
-    const document = {
-      replicas: {
-        a: { nodes: sourceNodes.map((n, i) => ({ address: n.address, sidecar: urls[i] })) },
-        b: { nodes: nodesOf('b') },
-        c: { nodes: nodesOf('c') },
-      },
-    };
-    topologyFile = path.join(dir, 'cluster.json');
-    await writeFile(topologyFile, JSON.stringify(document));
-    topology = parseTopology(document, topologyFile);
+    fleet = await startFleet({ a: 2, b: 2, c: 2 });
+    ({ fauxqs, aws, cluster, topology, topologyFile, tokenFile } = fleet);
   });
 
-  after(async () => {
-    for (const s of sidecars) s.kill();
-    await Promise.all(sidecars.map((s) => within(s.exited, { what: 'a sidecar to exit' })));
-    await cluster?.stop();
-    aws?.destroy();
-    await fauxqs?.stop();
-  });
+  after(() => fleet?.stop());
 
   test("its share is taken from another full replica: complete in one run, every item the fleet still holds in place", async () => {
     const items = sampleItems({ count: 30_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'source-restart' });
