@@ -78,6 +78,7 @@ export function addTransportOptions(command: Command): Command {
       .addOption(new Option('--sse <kind>', 'server-side encryption of the chunks').choices(['AES256', 'aws:kms']))
       .option('--kms-key-id <id>', 'KMS key for --sse aws:kms (default: the account\'s aws/s3 key)')
       .option('--sidecar-token-file <file>', 'file holding the bearer token of the dumper sidecars')
+      .option('--retry-parked', "on a rerun, move the job's parked messages back to its queue first, after fixing what parked them (aws transport; the embedded one always offers parked chunks again on a rerun)")
       .addOption(new Option('--max-bytes <size>', 'bytes per second each sidecar uploads, 1KiB to 1TiB (default: unlimited)').argParser(byteSize(BOUNDS.maxBytes))),
   );
   return command;

@@ -116,6 +116,7 @@ interface WarmCommandOptions extends TransportOptions {
   alreadyWarmRatio: number;
   acceptEvictions?: boolean;
   skipTooLarge?: boolean;
+  retryParked?: boolean;
   verifySample: number;
 }
 
@@ -231,6 +232,7 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     alreadyWarmRatio: opts.alreadyWarmRatio,
     acceptEvictions: opts.acceptEvictions === true,
     verifySamplePerNode: opts.verifySample,
+    retryParked: opts.retryParked === true,
     log: (line) => process.stderr.write(`${line}\n`),
     ...(await distributedSettings(opts)),
   });

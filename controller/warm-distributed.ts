@@ -8,7 +8,7 @@ import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
 import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, nodeDirectory, putJson, summaryName } from '../shared/job-layout.js';
-import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog } from '../shared/job-queues.js';
+import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog, retryParked } from '../shared/job-queues.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
@@ -55,6 +55,11 @@ export interface DistributedWarmOptions {
   readonly progressIntervalMs?: number | undefined;
   /** Start even when the target looks too small (its evictions still leave the job incomplete). */
   readonly acceptEvictions?: boolean | undefined;
+  /**
+   * Move the job's parked messages back to its queue before it goes on: for a rerun after
+   * whatever parked them (a missing or corrupt chunk, a refusing target) was fixed.
+   */
+  readonly retryParked?: boolean | undefined;
   /** Keys per target node read back at the end; 0 turns it off. @default 2000 */
   readonly verifySamplePerNode?: number | undefined;
   /** How often every source and target node's `stats` is read during the job. @default 1000 */
@@ -154,6 +159,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   }, signal);
   const queues = await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal);
   log(`job ${jobId}: ${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`);
+  if (options.retryParked) log(`job ${jobId}: ${await retryParked(sqs, queues, signal)} parked messages moved back to the queue`);
 
   const request = (node: string): StartDumpRequest => ({
     jobId,

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import {
   ChangeMessageVisibilityBatchCommand,
   CreateQueueCommand,
+  DeleteMessageCommand,
   DeleteQueueCommand,
   GetQueueAttributesCommand,
   GetQueueUrlCommand,
@@ -9,6 +10,7 @@ import {
   type Message,
   type QueueAttributeName,
   ReceiveMessageCommand,
+  SendMessageCommand,
   type SQSClient,
   TagQueueCommand,
 } from '@aws-sdk/client-sqs';
@@ -307,6 +309,35 @@ export async function parkedMessages(
     await releaseAll(sqs, deadLetterQueueUrl, handles);
   }
   return [...seen.values()].map(parkedEntryOf);
+}
+
+/**
+ * Moves every message of a job's dead-letter queue back to its queue, as it was: for a rerun
+ * after whatever parked them was fixed (a chunk restored, a target given room). Each is sent
+ * before it is deleted, so a failure midway duplicates a message at worst, never loses one;
+ * one that fails again is parked again with its reason. Returns how many were moved.
+ */
+export async function retryParked(sqs: SQSClient, queues: JobQueues, signal?: AbortSignal): Promise<number> {
+  let moved = 0;
+  for (;;) {
+    const out = await call('ReceiveMessage', queues.deadLetterQueueUrl, signal, () =>
+      sqs.send(
+        new ReceiveMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, VisibilityTimeout: READING_VISIBILITY_SECONDS }),
+        { abortSignal: signal },
+      ),
+    );
+    const messages = out.Messages ?? [];
+    if (messages.length === 0) return moved;
+    for (const message of messages) {
+      await call('SendMessage', queues.queueUrl, signal, () =>
+        sqs.send(new SendMessageCommand({ QueueUrl: queues.queueUrl, MessageBody: message.Body ?? '' }), { abortSignal: signal }),
+      );
+      await call('DeleteMessage', queues.deadLetterQueueUrl, signal, () =>
+        sqs.send(new DeleteMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, ReceiptHandle: message.ReceiptHandle }), { abortSignal: signal }),
+      );
+      moved++;
+    }
+  }
 }
 
 /** Makes received messages visible again at once; best effort (they reappear after the timeout anyway). */

@@ -1,4 +1,4 @@
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { ListQueuesCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
 import { mkdtemp, writeFile } from 'node:fs/promises';
@@ -12,6 +12,7 @@ import { SidecarClient } from '../dumper/sidecar-client.js';
 import { createJobQueues } from '../shared/job-queues.js';
 import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';
+import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
 import { type Cluster, itemCount, load, nowSeconds, serverCounters, startCluster } from './support/cluster.js';
@@ -222,6 +223,46 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     assert.equal(summary.parked.length, 1);
     assert.match(summary.problems.join('\n'), /1 chunks parked/);
     await assertExactCopy({ topology, replica: 'b' }, items);
+  });
+
+  test('a chunk parked as missing is written by the rerun with --retry-parked once the chunk is back: complete, exact', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'parked' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-retry-parked');
+    const jobId = 'retry-parked-1';
+    // A valid message for the job whose chunk is not (yet) in the bucket: the populator parks it.
+    const late = sampleItems({ count: 50, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'late' });
+    const builder = new ChunkBuilder('data', 1 << 20);
+    for (const item of late) builder.addData(item.key, item.value, item.flags, item.exptime);
+    const chunk = builder.seal();
+    const name = `${jobId}/restored/data-000000.chunk`;
+    const message = {
+      version: 2,
+      jobId,
+      source: topology.replicas.get('a')?.nodes[0]?.id,
+      store: { bucket, prefix: 'warms' },
+      chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) },
+      target: targetRingOf(topology, 'b'),
+    };
+    const queues = await createJobQueues(aws.sqs, { jobId, bucket, prefix: 'warms' });
+    await aws.sqs.send(new SendMessageCommand({ QueueUrl: queues.queueUrl, MessageBody: JSON.stringify(message) }));
+    const args = warmArgs(bucket, '--job-id', jobId, '--populators', '1', '--force');
+
+    const first = startCli(args);
+    assert.equal(await within(first.exited, { what: 'the first run', timeoutMs: 120_000 }), 1, JSON.stringify(first.lines.slice(-10)));
+    const parked = JSON.parse(first.stdout()) as { complete: boolean; parked: { chunk: string; reason: string }[] };
+    assert.deepEqual(parked.parked.map((p) => p.chunk), [name]);
+    assert.match(parked.parked[0]?.reason ?? '', /missing|does not exist|NoSuchKey/i);
+
+    // The operator restores the chunk, then reruns the job asking for its parked messages.
+    await aws.s3.send(new PutObjectCommand({ Bucket: bucket, Key: `warms/${name}`, Body: chunk }));
+    const rerun = startCli([...args, '--retry-parked']);
+    assert.equal(await within(rerun.exited, { what: 'the rerun', timeoutMs: 120_000 }), 0, JSON.stringify(rerun.lines.slice(-10)));
+    const summary = JSON.parse(rerun.stdout()) as { complete: boolean; parked: unknown[] };
+    assert.equal(summary.complete, true);
+    assert.deepEqual(summary.parked, []);
+    await assertExactCopy({ topology, replica: 'b' }, [...items, ...late]);
   });
 
   test('a source node without a sidecar URL is refused, naming the node', async () => {
