@@ -2,6 +2,7 @@ import type { Clock } from '../shared/clock.js';
 import { newDumpCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
 import { absoluteExpiry } from '../shared/expiry.js';
+import { stats } from '../shared/memcached/commands.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
@@ -259,7 +260,9 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     await conn.send(buildMetaGets(keys, 0, keys.length), new MetaGetReplies(keys.length, { hit, miss }, conn.label));
   }
 
-  const nowSeconds = (): number => Math.floor(clock.now() / 1000);
+  // Each node's own clock (`stats time`), read on the connection the batch goes to: memcached's
+  // clock lags ours on a busy machine, and TTLs count down on it, not on ours.
+  const serverNow = async (conn: MemcachedConnection): Promise<number> => Number((await stats(conn)).get('time'));
   const expiresSoon = (ttl: number): boolean => ttl >= 0 && ttl <= tolerance;
   const expiryText = (exptime: number): string => (exptime === 0 ? 'none' : String(exptime));
   const sameExpiry = (a: number, b: number): boolean => (a === 0 || b === 0 ? a === b : Math.abs(a - b) <= tolerance);
@@ -274,7 +277,7 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     const keys = batch.map((c) => c.key);
 
     await limiters[s]?.take(keys.length, stop.signal);
-    const firstNow = nowSeconds();
+    const firstNow = await serverNow(sourceConn);
     const first: (SourceCopy | 'gone' | 'expired')[] = new Array(batch.length).fill('gone');
     await metaGet(
       sourceConn,
@@ -298,7 +301,7 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     });
     await Promise.all(
       [...byTarget].map(async ([t, indices]) => {
-        const targetNow = nowSeconds();
+        const targetNow = await serverNow(targetReads[t] as MemcachedConnection);
         await metaGet(
           targetReads[t] as MemcachedConnection,
           indices.map((i) => keys[i] as Buffer),
@@ -331,7 +334,7 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     const second: ('same' | 'changed' | 'gone' | 'expired')[] = new Array(recheck.length).fill('gone');
     if (recheck.length > 0) {
       await limiters[s]?.take(recheck.length, stop.signal);
-      const secondNow = nowSeconds();
+      const secondNow = await serverNow(sourceConn);
       await metaGet(
         sourceConn,
         recheck.map((i) => keys[i] as Buffer),
