@@ -242,12 +242,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     }));
     const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
     const targetNodes = scope.nodes.map((n) =>
-      targetNodeReport(n.id, written.byNode.get(n.address), {
-        restarts: restarted.filter((r) => r.id === n.id).length,
-        evictions: watched.get(n.address)?.evictions,
-        limitMaxBytes: watched.get(n.address)?.latest.limitMaxBytes,
-        bytes: watched.get(n.address)?.latest.bytes,
-      }),
+      targetNodeReport(n.id, written.byNode.get(n.address), watched.get(n.address), restarted.filter((r) => r.id === n.id).length),
     );
     const unverified = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost });
     const verification =
@@ -282,11 +277,6 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   }
 }
 
-/**
- * Refills the share of target nodes that restarted during the job (or since its last run):
- * each is warmed like an instance, straight from the source nodes to the node, by this
- * process. Its chunks stay in a local directory: a share is one node's, not the replica's.
- */
 /**
  * A warm of part of the job's target run by the controller itself, straight from memcached
  * to memcached (chunks in a local directory): how it refills a share the sidecars' dumps
@@ -341,6 +331,11 @@ async function coverRestartedSources(
   return { repairs: [{ pass: cover.jobId, reason: `${ids} restarted: its share taken from ${alternate}` }], lost: [], by };
 }
 
+/**
+ * Refills the share of target nodes that restarted during the job (or since its last run):
+ * each is warmed like an instance, straight from the source nodes to the node, by this
+ * process. Its chunks stay in a local directory: a share is one node's, not the replica's.
+ */
 async function repairRestartedTargets(
   options: DistributedWarmOptions,
   job: DistributedJob,

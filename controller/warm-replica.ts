@@ -472,13 +472,7 @@ function summarize(
     coveredBy: seen.covered.get(n.id),
   }));
   const targetNodes = scope.nodes.map((n) => {
-    const w = seen.watched.get(n.address);
-    return targetNodeReport(n.id, tally.byNode.get(n.address), {
-      restarts: seen.restarts.get(n.id) ?? 0,
-      evictions: w?.evictions,
-      limitMaxBytes: w?.latest.limitMaxBytes,
-      bytes: w?.latest.bytes,
-    });
+    return targetNodeReport(n.id, tally.byNode.get(n.address), seen.watched.get(n.address), seen.restarts.get(n.id) ?? 0);
   });
   const problems = problemsOf({
     sourceNodes,

@@ -6,6 +6,7 @@
 import { type DumpCounters, type WriteCounters, newWriteCounters } from '../shared/counters.js';
 import { peakRssBytes } from '../shared/peak-memory.js';
 import type { WarmthCheck } from './already-warm.js';
+import type { WatchedNode } from './node-watch.js';
 import type { VerifyReport } from './verify-replicas.js';
 import type { JobRecord } from './job-journal.js';
 
@@ -143,9 +144,13 @@ export function problemsOf(input: CompletionInput): string[] {
   return problems;
 }
 
-/** A write tally's counters for a target node, with its watch's figures. */
-export function targetNodeReport(node: string, counters: WriteCounters | undefined, watched?: Omit<TargetNodeReport, 'node' | keyof WriteCounters>): TargetNodeReport {
-  return { node, ...(counters ?? newWriteCounters()), ...watched };
+/** A target node's write counters, with what its watch saw of it (when it was watched). */
+export function targetNodeReport(node: string, counters: WriteCounters | undefined, watched?: WatchedNode, restarts?: number): TargetNodeReport {
+  return {
+    node,
+    ...(counters ?? newWriteCounters()),
+    ...(watched && { restarts, evictions: watched.evictions, limitMaxBytes: watched.latest.limitMaxBytes, bytes: watched.latest.bytes }),
+  };
 }
 
 /** The fields that say which warm a summary is of. */
