@@ -221,7 +221,6 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
 
 async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
   if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
-  if (opts.skipTooLarge) throw new CachewarmError('INVALID_ARGUMENT', '--skip-too-large is for the embedded transport only (the S3+SQS transport does not retry refused items yet)');
   // Loaded here: the AWS SDK costs a few hundred milliseconds the embedded transport never needs.
   const { warmDistributed } = await import('../controller/warm-distributed.js');
   return warmDistributed({
@@ -231,6 +230,7 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     force: opts.force === true,
     alreadyWarmRatio: opts.alreadyWarmRatio,
     acceptEvictions: opts.acceptEvictions === true,
+    skipTooLarge: opts.skipTooLarge === true,
     verifySamplePerNode: opts.verifySample,
     retryParked: opts.retryParked === true,
     log: (line) => process.stderr.write(`${line}\n`),

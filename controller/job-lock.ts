@@ -40,11 +40,10 @@ export class JobLock {
   static async acquire(directory: string, jobId: string, options: JobLockOptions = {}): Promise<JobLock> {
     const { renewEveryMs = 10_000, staleAfterMs = 60_000 } = options;
     const file = path.join(directory, LOCK_FILE);
-    const me: LockHolder = { host: os.hostname(), pid: process.pid, since: new Date().toISOString() };
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const handle = await open(file, 'wx');
-        await handle.writeFile(`${JSON.stringify(me)}\n`);
+        await handle.writeFile(`${JSON.stringify(thisProcess())}\n`);
         await handle.close();
         const timer = setInterval(() => {
           const now = new Date();
@@ -56,19 +55,12 @@ export class JobLock {
         if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
       }
       const holder = await readHolder(file);
-      if (!(await isStale(file, holder, staleAfterMs))) {
-        const who = holder ? `${holder.host} pid ${holder.pid} since ${holder.since}` : 'a run that has not yet said who it is';
-        throw new CachewarmError('JOB_LOCKED', `job ${jobId} is already running (${who}): wait for it, or stop it first`, {
-          job: jobId,
-          host: holder?.host,
-          pid: holder?.pid,
-        });
-      }
+      if (!(await isStale(file, holder, staleAfterMs))) throw lockedError(jobId, holder);
       // Moved aside rather than removed: of two runs taking over at once, only one rename
       // succeeds, and neither removes the lock the other has just made.
       await rename(file, `${file}.stale-${randomBytes(4).toString('hex')}`).catch(() => undefined);
     }
-    throw new CachewarmError('JOB_LOCKED', `job ${jobId}: another run took its lock at the same moment`, { job: jobId });
+    throw raceLostError(jobId);
   }
 
   /** Idempotent. */
@@ -81,8 +73,23 @@ export class JobLock {
 }
 
 async function readHolder(file: string): Promise<LockHolder | undefined> {
+  return parseHolder(await readFile(file, 'utf8').catch(() => ''));
+}
+
+async function isStale(file: string, holder: LockHolder | undefined, staleAfterMs: number): Promise<boolean> {
+  if (holderIsDead(holder)) return true;
+  const touched = await stat(file).then((s) => s.mtimeMs, () => undefined);
+  return touched === undefined || Date.now() - touched > staleAfterMs;
+}
+
+/** This process, as a lock names its holder. */
+export function thisProcess(): LockHolder {
+  return { host: os.hostname(), pid: process.pid, since: new Date().toISOString() };
+}
+
+export function parseHolder(text: string): LockHolder | undefined {
   try {
-    const value = JSON.parse(await readFile(file, 'utf8')) as Partial<LockHolder>;
+    const value = JSON.parse(text) as Partial<LockHolder>;
     return typeof value.host === 'string' && typeof value.pid === 'number' && typeof value.since === 'string'
       ? { host: value.host, pid: value.pid, since: value.since }
       : undefined;
@@ -91,10 +98,25 @@ async function readHolder(file: string): Promise<LockHolder | undefined> {
   }
 }
 
-async function isStale(file: string, holder: LockHolder | undefined, staleAfterMs: number): Promise<boolean> {
-  if (holder && holder.host === os.hostname() && !isAlive(holder.pid)) return true;
-  const touched = await stat(file).then((s) => s.mtimeMs, () => undefined);
-  return touched === undefined || Date.now() - touched > staleAfterMs;
+/** A holder on this host whose process is gone: its lock is free at once. */
+export function holderIsDead(holder: LockHolder | undefined): boolean {
+  return holder !== undefined && holder.host === os.hostname() && !isAlive(holder.pid);
+}
+
+export function describeHolder(holder: LockHolder | undefined): string {
+  return holder ? `${holder.host} pid ${holder.pid} since ${holder.since}` : 'a run that has not yet said who it is';
+}
+
+export function lockedError(jobId: string, holder: LockHolder | undefined): CachewarmError {
+  return new CachewarmError('JOB_LOCKED', `job ${jobId} is already running (${describeHolder(holder)}): wait for it, or stop it first`, {
+    job: jobId,
+    host: holder?.host,
+    pid: holder?.pid,
+  });
+}
+
+export function raceLostError(jobId: string): CachewarmError {
+  return new CachewarmError('JOB_LOCKED', `job ${jobId}: another run took its lock at the same moment`, { job: jobId });
 }
 
 function isAlive(pid: number): boolean {

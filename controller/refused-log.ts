@@ -5,7 +5,7 @@
  * reads any key chunk, and never lists the node. Disk, not memory, holds them: at most one
  * key chunk per source node is being filled at a time.
  */
-import { ChunkBuilder } from '../shared/chunk-format.js';
+import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { LAYOUT_VERSION, crawlDoneName, nodePrefix, putJson } from '../shared/job-layout.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
@@ -28,11 +28,7 @@ export class RefusedLog {
   }
 
   add(sourceNode: string, item: WritableItem): void {
-    let entry = this.builders.get(sourceNode);
-    if (!entry) {
-      entry = { builder: new ChunkBuilder('keys', KEYS_PER_CHUNK * 64), seq: 0 };
-      this.builders.set(sourceNode, entry);
-    }
+    const entry = this.entryOf(sourceNode);
     entry.builder.addKey(item.key, item.exptime, item.value.length);
     this.count++;
     if (entry.builder.itemCount >= KEYS_PER_CHUNK) this.flush(sourceNode);
@@ -51,11 +47,31 @@ export class RefusedLog {
     }
   }
 
+  /** A whole key chunk of one source node's keys (as populators record refusals), kept as it is. */
+  addKeyChunk(sourceNode: string, chunk: Buffer): void {
+    this.flush(sourceNode);
+    this.count += chunkHeader(chunk).items;
+    this.write(sourceNode, this.entryOf(sourceNode), chunk);
+  }
+
+  private entryOf(sourceNode: string): { builder: ChunkBuilder; seq: number } {
+    let entry = this.builders.get(sourceNode);
+    if (!entry) {
+      entry = { builder: new ChunkBuilder('keys', KEYS_PER_CHUNK * 64), seq: 0 };
+      this.builders.set(sourceNode, entry);
+    }
+    return entry;
+  }
+
   private flush(sourceNode: string): void {
     const entry = this.builders.get(sourceNode);
     if (!entry || entry.builder.itemCount === 0) return;
+    this.write(sourceNode, entry, entry.builder.seal());
+  }
+
+  private write(sourceNode: string, entry: { seq: number }, chunk: Buffer): void {
     const name = `${nodePrefix(this.passJobId, sourceNode)}/keys-${String(entry.seq++).padStart(6, '0')}.chunk`;
-    const write = this.store.put(name, entry.builder.seal());
+    const write = this.store.put(name, chunk);
     // Awaited by close(), which reports a failure; until then it must not count as unhandled.
     write.catch(() => undefined);
     this.writes.push(write);

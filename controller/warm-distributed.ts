@@ -7,11 +7,13 @@ import type { PopulatorReport } from '../populator/worker.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
-import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, nodeDirectory, putJson, summaryName } from '../shared/job-layout.js';
+import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, nodeDirectory, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
+import { decodeKeyChunk } from '../shared/chunk-format.js';
 import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog, retryParked } from '../shared/job-queues.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
+import { S3JobLock, lockName } from './s3-job-lock.js';
 import { selectSource } from './select-source.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 import { type NodeIdentities, type NodeWatch, identities, replacedSince } from './node-watch.js';
@@ -55,6 +57,8 @@ export interface DistributedWarmOptions {
   readonly progressIntervalMs?: number | undefined;
   /** Start even when the target looks too small (its evictions still leave the job incomplete). */
   readonly acceptEvictions?: boolean | undefined;
+  /** Items too large for a target node are counted and left out, not held against the job. */
+  readonly skipTooLarge?: boolean | undefined;
   /**
    * Move the job's parked messages back to its queue before it goes on: for a rerun after
    * whatever parked them (a missing or corrupt chunk, a refusing target) was fixed.
@@ -84,15 +88,29 @@ const MAX_POPULATOR_CRASHES = 10;
  * and its start requests find the dumps running, finished, or resumable from their chunks.
  */
 export async function warmDistributed(options: DistributedWarmOptions): Promise<WarmSummary> {
-  const { topology, clock, s3, signal } = options;
-  const connect = options.connect ?? connectDirect;
-  const log = options.log ?? ((): void => undefined);
+  const { topology, clock, s3 } = options;
   const started = clock.now();
   const scope = scopeOf(topology, options.target, options.onlyNode);
   checkRequestedSource(scope, options.source);
   const jobId = options.jobId ?? newJobId(scope.kind, nodeDirectory(scope.label), started);
   const store = new S3Store({ client: s3, bucket: options.bucket, prefix: options.prefix, sse: options.sse });
+  // One run per job id: a second would dump the whole source again and claim the first's work.
+  const lock = await S3JobLock.acquire(store, jobId, { clock, signal: options.signal });
+  try {
+    const signal = options.signal ? AbortSignal.any([options.signal, lock.lost]) : lock.lost;
+    return await warmLocked({ ...options, signal }, { scope, jobId, store, started });
+  } finally {
+    await lock.release();
+  }
+}
 
+async function warmLocked(
+  options: DistributedWarmOptions,
+  { scope, jobId, store, started }: Pick<DistributedJob, 'scope' | 'jobId' | 'store' | 'started'>,
+): Promise<WarmSummary> {
+  const { topology, clock, signal } = options;
+  const connect = options.connect ?? connectDirect;
+  const log = options.log ?? ((): void => undefined);
   const finished = await getJson<WarmSummary>(store, summaryName(jobId), signal);
   if (finished) return { ...finished, skipped: 'already-complete' };
   const earlier = await getJson<JobManifest>(store, manifestName(jobId), signal);
@@ -229,6 +247,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     const covered = await coverRestartedSources(options, job, restartedSources);
     repaired.repairs.push(...covered.repairs);
     repaired.lost.push(...covered.lost);
+    const retried = await retryRefused(options, job);
+    repaired.repairs.push(...retried.repairs);
+    repaired.lost.push(...retried.lost);
     // A covered node's share is done with; an uncovered one is said again by every rerun.
     sources.rebase(source.replica.nodes.filter((n) => covered.by.has(n.id)));
     // Which items a node evicted is not known: a rerun copies its whole share again.
@@ -242,17 +263,25 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     }));
     const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
     const targetNodes = scope.nodes.map((n) =>
-      targetNodeReport(n.id, written.byNode.get(n.address), watched.get(n.address), restarted.filter((r) => r.id === n.id).length),
+      targetNodeReport(n.id, afterRetry(written.byNode.get(n.address), retried.byNode.get(n.id)), watched.get(n.address), restarted.filter((r) => r.id === n.id).length),
     );
-    const unverified = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost });
+    const completion = { sourceNodes, targetNodes, parked, lost: repaired.lost, skipTooLarge: options.skipTooLarge };
+    const unverified = problemsOf(completion);
     const verification =
       unverified.length === 0
         ? await readBackSample(
             { topology, scope, source },
-            { samplePerNode: options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE, maxOpsPerNode: options.maxOpsPerNode, connect, clock, signal },
+            {
+              samplePerNode: options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE,
+              maxOpsPerNode: options.maxOpsPerNode,
+              connect,
+              clock,
+              tooLargeFromBytes: retried.smallestSkippedBytes,
+              signal,
+            },
           )
         : undefined;
-    const problems = problemsOf({ sourceNodes, targetNodes, parked, lost: repaired.lost, verification });
+    const problems = problemsOf({ ...completion, verification });
     const summary: WarmSummary = {
       ...planIdentity({ scope, source, jobId }),
       durationMs: clock.now() - started,
@@ -264,6 +293,8 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       ...processUsage(),
       resumed: earlier !== undefined,
       repairs: repaired.repairs,
+      skippedTooLarge: retried.skippedTooLarge,
+      smallestSkippedBytes: retried.smallestSkippedBytes,
       verification,
     };
     await cleanUp(summary, { store, sqs, queues, keepChunks: options.keepChunks === true, log, signal });
@@ -271,7 +302,8 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   } catch (error) {
     fleet.stopAll();
     // Interrupted: the dumps stop too; a rerun with the same job id resumes them from S3.
-    if (signal?.aborted) await Promise.allSettled([...sidecars.values()].map((client) => client.cancel(jobId)));
+    // (Not when another run took the job over: they are its dumps now.)
+    if (signal?.aborted && !isCachewarmError(abortReason(signal), 'JOB_LOCKED')) await Promise.allSettled([...sidecars.values()].map((client) => client.cancel(jobId)));
     await fleet.settled();
     throw error;
   }
@@ -286,7 +318,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
 function warmHere(
   options: DistributedWarmOptions,
   job: DistributedJob,
-  what: Pick<WarmReplicaOptions, 'only' | 'source' | 'shareOf'> & { readonly jobId: string },
+  what: Pick<WarmReplicaOptions, 'only' | 'source' | 'shareOf' | 'keyChunks' | 'skipTooLarge'> & { readonly jobId: string },
 ): Promise<WarmSummary> {
   return warmReplica({
     ...what,
@@ -356,6 +388,65 @@ async function repairRestartedTargets(
     if (!repair.complete) lost.push(`${node.id} restarted, and its refill is incomplete: ${(repair.problems ?? []).join('; ')}`);
   }
   return { repairs, lost };
+}
+
+/**
+ * Items target nodes refused are written again, straight from the source, by this process:
+ * a node given memory, or an item size limit raised, since, takes them now. Populators record
+ * each refusal (the keys, per data chunk and target node) before they acknowledge the chunk,
+ * so the records are every refusal not yet retried. They are removed once a retry leaves
+ * nothing refused; until then every run retries them again.
+ *
+ * The refusals a summary reports are this retry's: what the target still refuses now, not
+ * what it refused once.
+ */
+async function retryRefused(
+  options: DistributedWarmOptions,
+  job: DistributedJob,
+): Promise<{ repairs: RepairReport[]; lost: string[]; byNode: Map<string, WriteCounters> } & Pick<WarmSummary, 'skippedTooLarge' | 'smallestSkippedBytes'>> {
+  const { store } = job;
+  const { signal } = options;
+  const byNode = new Map<string, WriteCounters>();
+  const records = (await store.list(refusedPrefix(job.jobId), signal)).filter((name) => name.endsWith('.chunk'));
+  if (records.length === 0) return { repairs: [], lost: [], byNode };
+  const nodeOf = new Map(job.source.replica.nodes.map((n) => [nodeDirectory(n.id), n.id]));
+  const lost: string[] = [];
+  const keyChunks = new Map<string, string[]>();
+  for (const name of records) {
+    const node = nodeOf.get(name.split('/').at(-2) ?? '');
+    if (node) keyChunks.set(node, [...(keyChunks.get(node) ?? []), name]);
+    else lost.push(`${store.describe(name)} records refused items of no source node of the job: not retried`);
+  }
+  async function* read(names: readonly string[]): AsyncIterable<Buffer> {
+    for (const name of names) {
+      const chunk = await store.get(name, { signal });
+      decodeKeyChunk(chunk, store.describe(name));
+      yield chunk;
+    }
+  }
+  job.log(`job ${job.jobId}: retrying the items target nodes refused (${records.length} records)`);
+  const retry = await warmHere(options, job, {
+    only: job.scope.node,
+    source: job.source.replica.name,
+    jobId: `${job.jobId}-refused-${job.started}`,
+    keyChunks: new Map([...keyChunks].map(([node, names]) => [node, read(names)])),
+    skipTooLarge: options.skipTooLarge,
+  });
+  for (const n of retry.targetNodes) byNode.set(n.node, n);
+  const sum = (field: keyof WriteCounters): number => retry.targetNodes.reduce((total, n) => total + n[field], 0);
+  const refusedAgain = sum('failed') - (options.skipTooLarge ? sum('tooLarge') : 0);
+  if (retry.complete) await Promise.all(records.map((name) => store.delete(name, signal)));
+  else if (refusedAgain === 0) lost.push(`retrying the refused items is incomplete: ${(retry.problems ?? []).join('; ')}`);
+  const reason = `items target nodes refused, retried: ${sum('stored')} stored, ${sum('existed')} already there, ${refusedAgain} refused again`;
+  return { repairs: [{ pass: retry.jobId, reason }], lost, byNode, skippedTooLarge: retry.skippedTooLarge, smallestSkippedBytes: retry.smallestSkippedBytes };
+}
+
+/** The populators' counters of a node, with the refusals replaced by what the retry of them found. */
+function afterRetry(written: WriteCounters | undefined, retried: WriteCounters | undefined): WriteCounters {
+  const counters = { ...newWriteCounters(), ...written };
+  if (!retried) return { ...counters, failed: 0, tooLarge: 0, outOfMemory: 0, serverError: 0 };
+  const { failed, tooLarge, outOfMemory, serverError } = retried;
+  return { ...counters, stored: counters.stored + retried.stored, existed: counters.existed + retried.existed, failed, tooLarge, outOfMemory, serverError };
 }
 
 interface DumpTracker {
@@ -467,7 +558,7 @@ async function cleanUp(
   await putJson(ctx.store, summaryName(summary.jobId), summary, ctx.signal);
   await deleteJobQueues(ctx.sqs, ctx.queues, ctx.signal);
   if (!ctx.keepChunks) {
-    const record = new Set([manifestName(summary.jobId), summaryName(summary.jobId)]);
+    const record = new Set([manifestName(summary.jobId), summaryName(summary.jobId), lockName(summary.jobId)]);
     const removed = await ctx.store.deleteAll(summary.jobId, (name) => !record.has(name), ctx.signal);
     ctx.log(`job ${summary.jobId}: removed its queues and ${removed} objects`);
   }

@@ -83,6 +83,12 @@ export interface WarmReplicaOptions {
   readonly shareOf?: SourceShare | undefined;
   /** How often every source and target node's `stats` is read during the job. @default 1000 */
   readonly watchIntervalMs?: number | undefined;
+  /**
+   * Copy only these keys, not the source's listing: key chunks per source node id, read from
+   * that node and written as any pass writes. How the S3+SQS controller retries the items
+   * its populators recorded as refused.
+   */
+  readonly keyChunks?: ReadonlyMap<string, AsyncIterable<Buffer>> | undefined;
 }
 
 export type { WarmProgress, WarmSummary } from './warm-summary.js';
@@ -201,7 +207,8 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
   const pool = new BufferPool();
   let writer: NodeWriter;
   try {
-    if (!earlier && !options.acceptEvictions) checkCapacity(topology, scope, source, targets.nodes);
+    // (A copy of given keys is a few items, not a share of the source.)
+    if (!earlier && !options.acceptEvictions && !options.keyChunks) checkCapacity(topology, scope, source, targets.nodes);
     writer = await openWriter(options, scope, pool);
   } catch (error) {
     await watch.stop();
@@ -237,7 +244,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     // Target nodes another process serves since the last run, and restarts seen in this one.
     const replaced = replacedSince(earlier?.targets, targets);
     const restarts = new Map(replaced.map((n) => [n.id, 1]));
-    const passes = pendingPasses(earlier, replaced, scope);
+    const passes = options.keyChunks && !earlier ? [await seedKeys(ctx, options.keyChunks)] : pendingPasses(earlier, replaced, scope);
     // A source node restarted since the last run: what its crawl listed then is gone now.
     const restartedSources = new Set(replacedSince(earlier?.sources, sources).map((n) => n.id));
     /** Restarted source nodes whose share another replica gave, by that replica's name. */
@@ -441,6 +448,15 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   }
 }
 
+/** The pass that copies exactly the given keys: their key chunks stored as its own, its crawl done. */
+async function seedKeys(ctx: PassContext, keyChunks: ReadonlyMap<string, AsyncIterable<Buffer>>): Promise<PassRecord> {
+  const pass: PassRecord = { id: 'keys', kind: 'retry', reason: 'the keys given', done: false };
+  const log = new RefusedLog(ctx.store, `${ctx.plan.jobId}/${pass.id}`);
+  for (const [node, chunks] of keyChunks) for await (const chunk of chunks) log.addKeyChunk(node, chunk);
+  await log.close(ctx.plan.source.replica.nodes.map((n) => n.id), ctx.options.signal);
+  return pass;
+}
+
 function refusedLog(ctx: PassContext): RefusedLog {
   if (!ctx.refused) {
     // Named by the run, not by its place in the list: passes of this run are added after it is made.
@@ -495,6 +511,7 @@ function summarize(
     resumed: plan.earlier !== undefined,
     repairs: seen.repairs,
     skippedTooLarge: options.skipTooLarge && tooLarge > 0 ? tooLarge : undefined,
+    smallestSkippedBytes: ctx.smallestTooLargeBytes,
     verification: seen.verification,
     warmth: plan.warmth,
   };

@@ -76,6 +76,8 @@ export interface WarmSummary {
   readonly repairs?: readonly RepairReport[] | undefined;
   /** Items too large for the target, left out because the user accepted it (`--skip-too-large`). */
   readonly skippedTooLarge?: number | undefined;
+  /** The smallest of those (key + value bytes): the read-back expects items from this size on to be missing. */
+  readonly smallestSkippedBytes?: number | undefined;
   /** The read-back of a sample of keys, source against target, when the copy was done. */
   readonly verification?: VerificationSummary | undefined;
   /**

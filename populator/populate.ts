@@ -21,8 +21,13 @@ export interface PopulatorOptions {
   /** Remove a chunk from the store once all its items are handled. */
   readonly deleteConsumed?: boolean;
   readonly onChunkDone?: (message: ChunkMessage) => void;
-  /** Items a target node refused, with the message whose chunk held them (counted in the tally too). */
-  readonly onRefused?: ((message: ChunkMessage, address: string, refusals: readonly Refusal[]) => void) | undefined;
+  /**
+   * Items a target node refused, with the message whose chunk held them (counted in the tally
+   * too). Called while the chunk is held: what it keeps of the items it must copy at once. A
+   * promise it returns is awaited before the message is acknowledged, and its failure hands
+   * the message back: the record of a refusal is as durable as the message was.
+   */
+  readonly onRefused?: ((message: ChunkMessage, address: string, refusals: readonly Refusal[]) => void | Promise<void>) | undefined;
   /** A chunk failed: `parked` when it can never apply, else it was handed back for redelivery. */
   readonly onChunkFailed?: (message: ChunkMessage, error: Error, parked: boolean) => void;
   /** Where chunk buffers come from and go back to. */
@@ -68,14 +73,24 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
           chunk: message.chunk.name,
         });
       }
+      const recorded: Promise<void>[] = [];
+      const onRefused = options.onRefused;
       await writeToRing(items, ringFor(message.target), {
         writer: options.writer,
         clock,
         tally,
         writeOnly: message.target.writeOnly,
-        onRefused: options.onRefused && ((address, refusals) => options.onRefused?.(message, address, refusals)),
+        onRefused:
+          onRefused &&
+          ((address, refusals) => {
+            const record = Promise.resolve(onRefused(message, address, refusals));
+            // Awaited below; until then a failure must not count as unhandled.
+            record.catch(() => undefined);
+            recorded.push(record);
+          }),
         signal,
       });
+      await Promise.all(recorded);
     } finally {
       // writeToRing settles only when nothing reads the chunk's items any more.
       pool.release(body);

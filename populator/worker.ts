@@ -9,7 +9,8 @@ import type { Clock } from '../shared/clock.js';
 import { type WriteCounters, WriteTally } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type JobQueueInfo, type QueueBacklog, backlogIsEmpty, queueBacklog, readJobQueue } from '../shared/job-queues.js';
-import { type JobManifest, dumpProgress, getJson, manifestName, populatorReportName, putJson } from '../shared/job-layout.js';
+import { type JobManifest, dumpProgress, getJson, manifestName, populatorReportName, putJson, refusedName } from '../shared/job-layout.js';
+import { ChunkBuilder } from '../shared/chunk-format.js';
 import { SqsQueue } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
@@ -244,6 +245,13 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
       deleteConsumed: false,
       pool,
       scope: { jobId: job.jobId, store: { bucket: job.bucket, prefix: job.prefix } },
+      onRefused: (message, address, refusals) => {
+        const keys = new ChunkBuilder('keys', refusals.length * 64);
+        for (const { item } of refusals) keys.addKey(item.key, item.exptime, item.value.length);
+        const name = refusedName(job.jobId, message.source, message.chunk.name, address);
+        log({ event: 'items-refused', job: job.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: store.describe(name) });
+        return store.put(name, keys.seal(), signal);
+      },
       onChunkDone: (message) => {
         stats.chunks++;
         stats.items += message.chunk.items;

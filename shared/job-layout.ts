@@ -15,6 +15,8 @@ import { CachewarmError } from './errors.js';
  *   <job>/<node>/data-000000-<run>-000.chunk
  *   <job>/<node>/end.json                   the dump finished: every data chunk is announced
  *   <job>/populators/<worker>.json          a populator's write counters, on its exit
+ *   <job>/refused/<node>/<chunk>@<target>.chunk   keys a target node refused (a key chunk),
+ *                                           recorded by the populator; the controller retries them
  */
 export const LAYOUT_VERSION = 1;
 
@@ -30,6 +32,12 @@ export const summaryName = (jobId: string): string => `${jobId}/summary.json`;
 export const endMarkerName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/end.json`;
 export const crawlDoneName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/keys-done.json`;
 export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;
+export const refusedPrefix = (jobId: string): string => `${jobId}/refused`;
+/** One name per data chunk and target node: a redelivered chunk's refusals replace the record, not add to it. */
+export function refusedName(jobId: string, sourceNode: string, chunkName: string, targetAddress: string): string {
+  const chunk = chunkName.slice(chunkName.lastIndexOf('/') + 1).replace(/\.chunk$/, '');
+  return `${refusedPrefix(jobId)}/${nodeDirectory(sourceNode)}/${chunk}@${nodeDirectory(targetAddress)}.chunk`;
+}
 
 export interface JobManifest {
   readonly version: typeof LAYOUT_VERSION;

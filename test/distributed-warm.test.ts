@@ -15,9 +15,10 @@ import { sampleItems } from '../shared/sample-items.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, itemCount, load, nowSeconds, serverCounters, startCluster } from './support/cluster.js';
+import { type Cluster, itemCount, load, nowSeconds, serverCounters, setMemoryLimit, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
 import { assertExactCopy, readBack } from './support/read-back.js';
+import { type StartMemcachedOptions } from './support/memcached.js';
 import { waitFor, within } from './support/wait.js';
 
 const TOKEN = 'distributed-test-token-0123456789';
@@ -35,10 +36,10 @@ interface Fleet {
   stop(): Promise<void>;
 }
 
-async function startFleet(sizes: Record<string, number>): Promise<Fleet> {
+async function startFleet(sizes: Record<string, number>, options: StartMemcachedOptions = {}): Promise<Fleet> {
   const fauxqs = await startFauxqs();
   const aws = awsClients(fauxqs.endpoint);
-  const cluster = await startCluster(sizes);
+  const cluster = await startCluster(sizes, options);
   const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
   const tokenFile = path.join(dir, 'token');
   await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
@@ -265,6 +266,33 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     await assertExactCopy({ topology, replica: 'b' }, [...items, ...late]);
   });
 
+  test('a second run of a running job exits 1 at once naming the holder, and leaves the first to complete exactly', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 10_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'one-run' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-one-run');
+    const args = warmArgs(bucket, '--job-id', 'one-run', '--populators', '1', '--max-ops', '2000', '--force');
+    const first = startCli(args);
+    await waitFor(async () => (await listKeys(bucket, 'warms/one-run/')).includes('warms/one-run/lock.json'), { what: 'the first run to take the lock' });
+
+    const second = startCli(args);
+    assert.equal(await within(second.exited, { what: 'the second run' }), 1, JSON.stringify(second.lines.slice(-10)));
+    const refused = JSON.parse(second.stdout()) as { complete: boolean; error: { code: string; message: string } };
+    assert.equal(refused.complete, false);
+    assert.equal(refused.error.code, 'JOB_LOCKED');
+    assert.match(refused.error.message, new RegExp(`job one-run is already running \\(${os.hostname()} pid \\d+ since `));
+
+    assert.equal(await within(first.exited, { what: 'the first run', timeoutMs: 120_000 }), 0, JSON.stringify(first.lines.slice(-10)));
+    assert.equal((JSON.parse(first.stdout()) as { complete: boolean }).complete, true);
+    await assertExactCopy({ topology, replica: 'b' }, items);
+    assert.ok(!(await listKeys(bucket, 'warms/one-run/')).includes('warms/one-run/lock.json'), 'the lock is gone with its run');
+  });
+
+  async function listKeys(bucket: string, prefix: string): Promise<string[]> {
+    const out = await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: prefix }));
+    return (out.Contents ?? []).map((o) => o.Key ?? '');
+  }
+
   test('a source node without a sidecar URL is refused, naming the node', async () => {
     const document = {
       replicas: {
@@ -331,3 +359,84 @@ describe('a replica warm through sidecars, S3 and SQS, whose source node restart
     await assertExactCopy({ topology, replica: 'b' }, expected);
   });
 });
+
+describe('a replica warm through sidecars, S3 and SQS, into a target that refuses items', () => {
+  let fleet: Fleet;
+  let topology: Topology;
+  let cluster: Cluster;
+  const MiB = 1 << 20;
+
+  // The source takes items up to 2 MiB; each test gives the target node its own limits.
+  before(async () => {
+    fleet = await startFleet({ a: 1, b: 1 }, { extraArgs: ['-I', '2m'] });
+    ({ topology, cluster } = fleet);
+  });
+  after(() => fleet?.stop());
+
+  const warm = async (bucket: string, jobId: string, ...more: string[]): Promise<{ code: number | null; summary: RefusalSummary }> => {
+    const run = startCli([
+      'warm', 'replica', '--topology', fleet.topologyFile, '--target', 'b', '--source', 'a', '--transport', 'aws', '--bucket', bucket,
+      '--prefix', 'warms', '--endpoint', fleet.fauxqs.endpoint, '--sidecar-token-file', fleet.tokenFile, '--chunk-size', '256KiB',
+      '--json', '--populators', '1', '--job-id', jobId, ...more,
+    ]);
+    const code = await within(run.exited, { what: `the run of ${jobId}`, timeoutMs: 120_000 });
+    return { code, summary: JSON.parse(run.stdout()) as RefusalSummary };
+  };
+  const refused = (s: RefusalSummary, reason: 'tooLarge' | 'outOfMemory'): number => s.targetNodes.reduce((sum, n) => sum + n[reason], 0);
+
+  test('out of memory (-M): exit 1 naming the count; once the node has room, the rerun writes exactly what was refused', async () => {
+    const target = await cluster.restartEmpty('b', 0, { memoryMb: 8, extraArgs: ['-M'] });
+    const items = sampleItems({ count: 20_000, valueBytes: 1000, nowSeconds: nowSeconds(), seed: 'oom' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(fleet.aws.s3, 'warm-oom');
+
+    const first = await warm(bucket, 'oom', '--accept-evictions');
+    assert.equal(first.code, 1);
+    const count = refused(first.summary, 'outOfMemory');
+    assert.ok(count > 0, JSON.stringify(first.summary.targetNodes));
+    assert.match(first.summary.problems.join('\n'), new RegExp(`refused ${count.toLocaleString('en-US')} items for want of memory`));
+    assert.equal((await readBack({ topology, replica: 'b' }, items)).missing.length, count, 'what was refused is exactly what is missing');
+
+    await setMemoryLimit(target, 128);
+    const rerun = await warm(bucket, 'oom');
+    assert.equal(rerun.code, 0, JSON.stringify(rerun.summary.problems));
+    assert.equal(refused(rerun.summary, 'outOfMemory'), 0);
+    assert.ok(rerun.summary.repairs.some((r) => r.reason.includes(`retried: ${count} stored, 0 already there, 0 refused again`)), JSON.stringify(rerun.summary.repairs));
+    await assertExactCopy({ topology, replica: 'b' }, items);
+  });
+
+  test('too large for the node: exit 1 on every rerun, each retrying exactly those items, until --skip-too-large accepts it', async () => {
+    await cluster.restartEmpty('b', 0, { memoryMb: 128 });
+    const small = sampleItems({ count: 2_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'small' });
+    const big = ['big-1', 'big-2', 'big-3'].map((key, i) => ({ key: Buffer.from(key), value: Buffer.alloc(1.5 * MiB, 0x61 + i), flags: i, exptime: 0 }));
+    await load(topology, 'a', [...small, ...big]);
+    const bucket = await createBucket(fleet.aws.s3, 'warm-too-large');
+
+    const first = await warm(bucket, 'big');
+    assert.equal(first.code, 1);
+    assert.equal(refused(first.summary, 'tooLarge'), 3);
+    assert.match(first.summary.problems.join('\n'), /refused 3 items as too large for it/);
+    await assertExactCopy({ topology, replica: 'b' }, small);
+
+    const second = await warm(bucket, 'big');
+    assert.equal(second.code, 1, 'an identical rerun is not complete');
+    assert.equal(refused(second.summary, 'tooLarge'), 3);
+    assert.ok(second.summary.repairs.some((r) => r.reason.includes('retried: 0 stored, 0 already there, 3 refused again')), JSON.stringify(second.summary.repairs));
+
+    const accepted = await warm(bucket, 'big', '--skip-too-large');
+    assert.equal(accepted.code, 0, JSON.stringify(accepted.summary.problems));
+    assert.equal(accepted.summary.skippedTooLarge, 3);
+    const again = await warm(bucket, 'big');
+    assert.equal(again.code, 0);
+    assert.equal(again.summary.skipped, 'already-complete');
+  });
+});
+
+interface RefusalSummary {
+  readonly complete: boolean;
+  readonly problems: string[];
+  readonly targetNodes: { tooLarge: number; outOfMemory: number }[];
+  readonly repairs: { reason: string }[];
+  readonly skippedTooLarge?: number;
+  readonly skipped?: string;
+}

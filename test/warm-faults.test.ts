@@ -10,13 +10,11 @@ import { type WarmReplicaOptions, warmReplica } from '../controller/warm-replica
 import type { WarmSummary } from '../controller/warm-summary.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import { OneLine } from '../shared/memcached/commands.js';
-import { MemcachedConnection } from '../shared/memcached/connection.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { type MemcachedProcess, type StartMemcachedOptions, startMemcached } from '../shared/local-memcached.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
-import { type Cluster, load, loadNode, nowSeconds, withCluster } from './support/cluster.js';
+import { type Cluster, load, loadNode, nowSeconds, setMemoryLimit, withCluster } from './support/cluster.js';
 import { assertExactCopy, readBack } from './support/read-back.js';
 import { waitFor, within } from './support/wait.js';
 
@@ -296,13 +294,3 @@ async function itemsHeld(cluster: Cluster, items: readonly WritableItem[], repli
   return items.filter((item) => !missing.has(item.key.toString()));
 }
 
-/** Raises a running memcached's memory limit (`cache_memlimit`, in MiB): room without a restart. */
-async function setMemoryLimit(server: MemcachedProcess, mib: number): Promise<void> {
-  const conn = await MemcachedConnection.connect(server);
-  try {
-    const reply = await conn.send(Buffer.from(`cache_memlimit ${mib}\r\n`), new OneLine());
-    assert.equal(reply, 'OK');
-  } finally {
-    conn.close();
-  }
-}

@@ -82,6 +82,42 @@ export class S3Store implements ChunkStore {
     }
   }
 
+  /**
+   * Writes a small object only if it is as the caller last saw it: absent (`If-None-Match: *`)
+   * or still the version with `etag` (`If-Match`). Resolves with the new ETag, or undefined
+   * when the condition did not hold: another writer got there first. This is what makes an
+   * S3 object a lock; it needs a store that honours conditional writes (S3 does since 2024).
+   */
+  async putIf(name: string, body: Buffer, expected: { readonly etag: string } | 'absent', signal?: AbortSignal): Promise<string | undefined> {
+    const key = this.keyOf(name);
+    const condition = expected === 'absent' ? { IfNoneMatch: '*' } : { IfMatch: expected.etag };
+    try {
+      const out = await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key: key, Body: body, ContentLength: body.length, ...condition }), {
+        abortSignal: signal,
+      });
+      return out.ETag ?? '';
+    } catch (error) {
+      // 412: the condition failed; 409: a concurrent conditional write won; 404: If-Match on an object since removed.
+      const status = (error as { $metadata?: { httpStatusCode?: number } }).$metadata?.httpStatusCode;
+      if (status === 412 || status === 409 || (status === 404 && expected !== 'absent')) return undefined;
+      throw this.failure('PutObject', key, error, signal);
+    }
+  }
+
+  /** A small object and its ETag (for `putIf`), or undefined when there is none. */
+  async getTagged(name: string, signal?: AbortSignal): Promise<{ body: Buffer; etag: string } | undefined> {
+    const key = this.keyOf(name);
+    try {
+      const out = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key: key }), { abortSignal: signal });
+      const body = Buffer.from((await out.Body?.transformToByteArray()) ?? []);
+      return { body, etag: out.ETag ?? '' };
+    } catch (error) {
+      const failure = this.failure('GetObject', key, error, signal);
+      if (failure instanceof CachewarmError && failure.code === 'CHUNK_MISSING') return undefined;
+      throw failure;
+    }
+  }
+
   /** lib-storage's Upload: parts in parallel, the upload aborted (no orphaned parts) on failure. */
   private async putMultipart(input: PutObjectCommandInput, signal: AbortSignal | undefined): Promise<void> {
     const { ContentLength: _length, ...params } = input;

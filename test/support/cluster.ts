@@ -3,7 +3,7 @@ import { writeAll } from '../../populator/write-to-ring.js';
 import { targetRingOf } from '../../controller/warm-plan.js';
 import { systemClock } from '../../shared/clock.js';
 import { MemcachedConnection } from '../../shared/memcached/connection.js';
-import { statsAt } from '../../shared/memcached/commands.js';
+import { OneLine, statsAt } from '../../shared/memcached/commands.js';
 import { MetaGetReplies, buildMetaGets } from '../../shared/memcached/meta-get.js';
 import type { WritableItem } from '../../shared/memcached/meta-add.js';
 import { type Topology, parseTopology } from '../../shared/topology.js';
@@ -14,9 +14,10 @@ export interface Cluster {
   readonly servers: Readonly<Record<string, MemcachedProcess[]>>;
   /**
    * Stops node `index` of `replica` and starts an empty memcached on its port: a restarted
-   * node, still where the topology names it. The new process replaces it in `servers`.
+   * node, still where the topology names it (with other options when given: a node replaced
+   * by one configured otherwise). The new process replaces it in `servers`.
    */
-  restartEmpty(replica: string, index: number): Promise<MemcachedProcess>;
+  restartEmpty(replica: string, index: number, options?: StartMemcachedOptions): Promise<MemcachedProcess>;
   stop(): Promise<void>;
 }
 
@@ -36,11 +37,11 @@ export async function startCluster(sizes: Record<string, number>, options: Start
   return {
     topology: parseTopology({ hashing: 'spymemcached', replicas }, 'test-topology'),
     servers,
-    restartEmpty: async (replica, index) => {
+    restartEmpty: async (replica, index, other = options) => {
       const old = servers[replica]?.[index];
       if (!old) throw new Error(`no node ${index} in replica ${replica}`);
       await old.stop();
-      const fresh = await startMemcached({ ...options, memoryMb, port: old.port });
+      const fresh = await startMemcached({ memoryMb, ...other, port: old.port });
       (servers[replica] as MemcachedProcess[])[index] = fresh;
       all[all.indexOf(old)] = fresh;
       return fresh;
@@ -125,4 +126,15 @@ export async function serverCounters(server: { host: string; port: number }): Pr
 
 export function countersOf(servers: readonly { host: string; port: number }[]): Promise<ServerCounters[]> {
   return Promise.all(servers.map(serverCounters));
+}
+
+/** Raises a running memcached's memory limit (`cache_memlimit`, in MiB): room without a restart. */
+export async function setMemoryLimit(server: { host: string; port: number }, mib: number): Promise<void> {
+  const conn = await connectDirect(server);
+  try {
+    const reply = await conn.send(Buffer.from(`cache_memlimit ${mib}\r\n`), new OneLine());
+    if (reply !== 'OK') throw new Error(`cache_memlimit ${mib} on ${server.host}:${server.port} answered ${reply}`);
+  } finally {
+    conn.close();
+  }
 }

@@ -18,8 +18,46 @@ export interface Fauxqs {
 
 export async function startFauxqs(): Promise<Fauxqs> {
   const app = buildApp({ logger: false });
+  addConditionalWrites(app);
   const endpoint = await app.listen({ port: 0, host: '127.0.0.1' });
   return { endpoint, stop: () => app.close() };
+}
+
+type FauxqsApp = ReturnType<typeof buildApp>;
+
+/**
+ * S3's conditional writes, which fauxqs 1.9 ignores, as S3 documents them: a PutObject with
+ * `If-None-Match: *` fails with 412 PreconditionFailed when the key exists; one with
+ * `If-Match: <etag>` fails with 412 when the object has another ETag, 404 when there is none.
+ * Conditional puts are taken one at a time, as S3 orders writes to one key, so that of two
+ * racing, exactly one sees its condition hold. Everything else is fauxqs' own.
+ */
+function addConditionalWrites(app: FauxqsApp): void {
+  let last = Promise.resolve();
+  const turns = new WeakMap<object, () => void>();
+  app.addHook('onRequest', async (request, reply) => {
+    const ifNoneMatch = request.headers['if-none-match'];
+    const ifMatch = request.headers['if-match'];
+    if (request.method !== 'PUT' || (ifNoneMatch === undefined && ifMatch === undefined)) return;
+    const before = last;
+    last = new Promise<void>((resolve) => turns.set(request, resolve));
+    await before;
+    const head = await app.inject({ method: 'HEAD', url: request.url.split('?')[0] as string });
+    const failed =
+      (ifNoneMatch === '*' && head.statusCode === 200) || (ifMatch !== undefined && (head.statusCode !== 200 || head.headers.etag !== ifMatch));
+    if (!failed) return;
+    const code = head.statusCode === 404 && ifMatch !== undefined ? ['NoSuchKey', 404] as const : ['PreconditionFailed', 412] as const;
+    await reply
+      .code(code[1])
+      .header('content-type', 'application/xml')
+      .send(`<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code[0]}</Code><Message>At least one of the pre-conditions you specified did not hold</Message></Error>`);
+  });
+  const release = (request: object): void => {
+    turns.get(request)?.();
+    turns.delete(request);
+  };
+  app.addHook('onResponse', async (request) => release(request));
+  app.addHook('onRequestAbort', async (request) => release(request));
 }
 
 export interface AwsClients {
