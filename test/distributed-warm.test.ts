@@ -185,26 +185,33 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     assert.equal(report.matched, items.length, report.examples.join('\n'));
   });
 
-  test('a target node restarted mid-warm is refilled from the source: complete, and every item in place', async () => {
-    await flushTarget();
-    const items = sampleItems({ count: 20_000, valueBytes: 200, nowSeconds: nowSeconds(), seed: 'target-restart' });
-    await load(topology, 'a', items);
-    const bucket = await createBucket(aws.s3, 'warm-target-restart');
-    const victim = topology.replicas.get('b')?.nodes[2];
-    assert.ok(victim);
-    // Writes counted, not items held: after flush_all, curr_items still shows what was there.
-    const setsBefore = (await serverCounters(victim)).cmdSet;
-    const controller = startCli(warmArgs(bucket, '--populators', '1', '--max-ops', '2000', '--force'));
-    await waitFor(async () => (await serverCounters(victim)).cmdSet - setsBefore > 500, { what: `writes to ${victim.id}`, timeoutMs: 60_000 });
-    await cluster.restartEmpty('b', 2);
+  // The victim's share is about a quarter of the items (4 target nodes): "early" and "late"
+  // are counted in writes it received.
+  for (const { moment, writes, downMs } of [
+    { moment: 'early, back at once', writes: 500, downMs: 0 },
+    { moment: 'near the end, down for 5 s', writes: 4_000, downMs: 5_000 },
+  ]) {
+    test(`a target node restarted ${moment} is refilled from the source: complete, and every item in place`, async () => {
+      await flushTarget();
+      const items = sampleItems({ count: 20_000, valueBytes: 200, nowSeconds: nowSeconds(), seed: `target-restart-${writes}` });
+      await load(topology, 'a', items);
+      const bucket = await createBucket(aws.s3, `warm-target-restart-${writes}`);
+      const victim = topology.replicas.get('b')?.nodes[2];
+      assert.ok(victim);
+      // Writes counted, not items held: after flush_all, curr_items still shows what was there.
+      const setsBefore = (await serverCounters(victim)).cmdSet;
+      const controller = startCli(warmArgs(bucket, '--populators', '1', '--max-ops', '2000', '--force'));
+      await waitFor(async () => (await serverCounters(victim)).cmdSet - setsBefore > writes, { what: `writes to ${victim.id}`, timeoutMs: 60_000 });
+      await cluster.restartEmpty('b', 2, undefined, { downMs });
 
-    const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 120_000 });
-    assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
-    const summary = JSON.parse(controller.stdout()) as { complete: boolean; repairs?: { nodes?: string[] }[] };
-    assert.equal(summary.complete, true);
-    assert.ok(summary.repairs?.some((r) => r.nodes?.includes(victim.id)), JSON.stringify(summary.repairs));
-    await assertExactCopy({ topology, replica: 'b' }, items);
-  });
+      const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 120_000 });
+      assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
+      const summary = JSON.parse(controller.stdout()) as { complete: boolean; repairs?: { nodes?: string[] }[] };
+      assert.equal(summary.complete, true);
+      assert.ok(summary.repairs?.some((r) => r.nodes?.includes(victim.id)), JSON.stringify(summary.repairs));
+      await assertExactCopy({ topology, replica: 'b' }, items);
+    });
+  }
 
   test('a malformed message in the queue: it is parked, the rest lands, and the job exits 1 with its summary saying why', async () => {
     await flushTarget();

@@ -15,9 +15,9 @@ export interface Cluster {
   /**
    * Stops node `index` of `replica` and starts an empty memcached on its port: a restarted
    * node, still where the topology names it (with other options when given: a node replaced
-   * by one configured otherwise). The new process replaces it in `servers`.
+   * by one configured otherwise), after `outage.downMs` when given. The new process replaces it in `servers`.
    */
-  restartEmpty(replica: string, index: number, options?: StartMemcachedOptions): Promise<MemcachedProcess>;
+  restartEmpty(replica: string, index: number, options?: StartMemcachedOptions, outage?: { readonly downMs: number }): Promise<MemcachedProcess>;
   stop(): Promise<void>;
 }
 
@@ -37,10 +37,11 @@ export async function startCluster(sizes: Record<string, number>, options: Start
   return {
     topology: parseTopology({ hashing: 'spymemcached', replicas }, 'test-topology'),
     servers,
-    restartEmpty: async (replica, index, other = options) => {
+    restartEmpty: async (replica, index, other = options, outage) => {
       const old = servers[replica]?.[index];
       if (!old) throw new Error(`no node ${index} in replica ${replica}`);
       await old.stop();
+      if (outage) await new Promise((resolve) => setTimeout(resolve, outage.downMs));
       const fresh = await startMemcached({ memoryMb, ...other, port: old.port });
       (servers[replica] as MemcachedProcess[])[index] = fresh;
       all[all.indexOf(old)] = fresh;
