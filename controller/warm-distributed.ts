@@ -15,7 +15,7 @@ import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
 import { S3JobLock, lockName } from './s3-job-lock.js';
 import { selectSource } from './select-source.js';
-import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 import { type NodeIdentities, type NodeWatch, identities, replacedSince } from './node-watch.js';
 import { type WarmReplicaOptions, warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
@@ -262,9 +262,12 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       coveredBy: covered.by.get(n.id),
     }));
     const watched = new Map(targets.nodes.map((w) => [w.node.address, w]));
-    const targetNodes = scope.nodes.map((n) =>
-      targetNodeReport(n.id, afterRetry(written.byNode.get(n.address), retried.byNode.get(n.id)), watched.get(n.address), restarted.filter((r) => r.id === n.id).length),
-    );
+    const counters = new Map(scope.nodes.map((n) => [n.id, afterRetry(written.byNode.get(n.address), retried.byNode.get(n.id))]));
+    const limits = await itemSizeLimits(scope.nodes, (n) => counters.get(n.id)?.tooLarge ?? 0, connect, signal);
+    const targetNodes = scope.nodes.map((n) => ({
+      ...targetNodeReport(n.id, counters.get(n.id), watched.get(n.address), restarted.filter((r) => r.id === n.id).length),
+      itemSizeMaxBytes: limits.get(n.id),
+    }));
     const completion = { sourceNodes, targetNodes, parked, lost: repaired.lost, skipTooLarge: options.skipTooLarge };
     const unverified = problemsOf(completion);
     const verification =

@@ -22,7 +22,7 @@ import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
 import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
-import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
   readonly topology: Topology;
@@ -301,7 +301,9 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const evicted = scope.nodes.filter((n) => (watched.get(n.address)?.evictions ?? 0) > 0);
     // Evicted items are unknown: the rerun refills the share of every node that evicted.
     if (evicted.length > 0) passes.push(newPass(passes, 'repair', `${evicted.map((n) => n.id).join(', ')} evicted items`, evicted));
-    const unverified = summarize(ctx, { restartedSources, covered, restarts, repairs, lost, watched, verification: undefined });
+    const limits = await itemSizeLimits(scope.nodes, (n) => ctx.tally.byNode.get(n.address)?.tooLarge ?? 0, connect, options.signal);
+    const seen = { restartedSources, covered, restarts, repairs, lost, watched, limits };
+    const unverified = summarize(ctx, { ...seen, verification: undefined });
     // Verified only when nothing else is wrong: the check costs the source a crawl and reads.
     // The read-back speaks the text protocol, which a SASL-only target does not answer.
     const verification = unverified.complete
@@ -317,7 +319,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
           },
         )
       : undefined;
-    const summary = verification ? summarize(ctx, { restartedSources, covered, restarts, repairs, lost, watched, verification }) : unverified;
+    const summary = verification ? summarize(ctx, { ...seen, verification }) : unverified;
     await journal.finish(summary.complete ? 'completed' : 'failed', summary);
     return summary;
   } catch (error) {
@@ -476,6 +478,8 @@ function summarize(
     repairs: RepairReport[];
     lost: string[];
     watched: Map<string, WatchedNode>;
+    /** Item size limits of the nodes that refused items as too large, by node id. */
+    limits: ReadonlyMap<string, number>;
     verification: VerificationSummary | undefined;
   },
 ): WarmSummary {
@@ -487,9 +491,10 @@ function summarize(
     restarted: seen.restartedSources.has(n.id) || undefined,
     coveredBy: seen.covered.get(n.id),
   }));
-  const targetNodes = scope.nodes.map((n) => {
-    return targetNodeReport(n.id, tally.byNode.get(n.address), seen.watched.get(n.address), seen.restarts.get(n.id) ?? 0);
-  });
+  const targetNodes = scope.nodes.map((n) => ({
+    ...targetNodeReport(n.id, tally.byNode.get(n.address), seen.watched.get(n.address), seen.restarts.get(n.id) ?? 0),
+    itemSizeMaxBytes: seen.limits.get(n.id),
+  }));
   const problems = problemsOf({
     sourceNodes,
     targetNodes,

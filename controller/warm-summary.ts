@@ -7,6 +7,10 @@ import { type DumpCounters, type WriteCounters, newWriteCounters } from '../shar
 import { peakRssBytes } from '../shared/peak-memory.js';
 import type { WarmthCheck } from './already-warm.js';
 import type { WatchedNode } from './node-watch.js';
+import { endpointOf } from './node-stats.js';
+import type { Connect } from '../shared/memcached/connect.js';
+import { statsAt } from '../shared/memcached/commands.js';
+import type { NodeSpec } from '../shared/topology.js';
 import type { VerifyReport } from './verify-replicas.js';
 import type { JobRecord } from './job-journal.js';
 
@@ -31,6 +35,8 @@ export interface TargetNodeReport extends WriteCounters {
   /** The node's memory for items (`limit_maxbytes`) and what it held at the end (`bytes`). */
   readonly limitMaxBytes?: number | undefined;
   readonly bytes?: number | undefined;
+  /** The node's item size limit (`item_size_max`), given when it refused items as too large. */
+  readonly itemSizeMaxBytes?: number | undefined;
 }
 
 export interface SourceNodeReport extends DumpCounters {
@@ -128,7 +134,8 @@ export function problemsOf(input: CompletionInput): string[] {
   }
   for (const n of input.targetNodes) {
     if (n.tooLarge > 0 && !input.skipTooLarge) {
-      problems.push(`target node ${n.node} refused ${count(n.tooLarge)} items as too large for it (--skip-too-large accepts that)`);
+      const limit = n.itemSizeMaxBytes ? `its item size limit is ${mib(n.itemSizeMaxBytes)} MiB; ` : '';
+      problems.push(`target node ${n.node} refused ${count(n.tooLarge)} items as too large for it (${limit}--skip-too-large accepts that)`);
     }
     if (n.outOfMemory > 0) problems.push(`target node ${n.node} refused ${count(n.outOfMemory)} items for want of memory`);
     if (n.serverError > 0) problems.push(`target node ${n.node} refused ${count(n.serverError)} items with a server error`);
@@ -153,6 +160,26 @@ export function targetNodeReport(node: string, counters: WriteCounters | undefin
     ...(counters ?? newWriteCounters()),
     ...(watched && { restarts, evictions: watched.evictions, limitMaxBytes: watched.latest.limitMaxBytes, bytes: watched.latest.bytes }),
   };
+}
+
+/**
+ * The item size limit of every target node that refused items as too large, read from its
+ * `stats settings` (`item_size_max`): what a person needs beside the count. A node that does
+ * not answer (or answers only a SASL writer) is left without it.
+ */
+export async function itemSizeLimits(
+  nodes: readonly NodeSpec[],
+  tooLarge: (node: NodeSpec) => number,
+  connect: Connect,
+  signal?: AbortSignal,
+): Promise<Map<string, number>> {
+  const limits = new Map<string, number>();
+  for (const node of nodes.filter((n) => tooLarge(n) > 0)) {
+    const settings = await statsAt(endpointOf(node), connect, signal, 'settings').catch(() => undefined);
+    const limit = Number(settings?.get('item_size_max'));
+    if (limit > 0) limits.set(node.id, limit);
+  }
+  return limits;
 }
 
 /** The fields that say which warm a summary is of. */

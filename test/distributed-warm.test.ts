@@ -422,7 +422,7 @@ describe('a replica warm through sidecars, S3 and SQS, into a target that refuse
     const first = await warm(bucket, 'big');
     assert.equal(first.code, 1);
     assert.equal(refused(first.summary, 'tooLarge'), 3);
-    assert.match(first.summary.problems.join('\n'), /refused 3 items as too large for it/);
+    assert.match(first.summary.problems.join('\n'), /refused 3 items as too large for it \(its item size limit is 1\.0 MiB;/);
     await assertExactCopy({ topology, replica: 'b' }, small);
 
     const second = await warm(bucket, 'big');

@@ -148,7 +148,8 @@ describe('a warm whose target refuses items', () => {
       const first = await warm(topology, { workDir: dir, jobId: 'big' });
       assert.equal(first.complete, false);
       assert.equal(first.targetNodes.reduce((sum, n) => sum + n.tooLarge, 0), 3);
-      assert.match(problemsText(first), /refused \d items as too large for it/);
+      assert.match(problemsText(first), /refused \d items as too large for it \(its item size limit is 1\.0 MiB;/);
+      assert.ok(first.targetNodes.every((n) => n.tooLarge === 0 || n.itemSizeMaxBytes === MiB), JSON.stringify(first.targetNodes));
       await assertExactCopy({ topology, replica: 'b' }, small);
 
       const second = await warm(topology, { workDir: dir, jobId: 'big' });

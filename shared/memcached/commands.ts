@@ -57,16 +57,17 @@ export async function stats(conn: MemcachedConnection, group = ''): Promise<Map<
   return result;
 }
 
-/** `stats` on a short-lived connection of its own. */
+/** `stats` (or `stats <group>`) on a short-lived connection of its own. */
 export async function statsAt(
   endpoint: Endpoint,
   connect: (endpoint: Endpoint, signal?: AbortSignal) => Promise<MemcachedConnection> = (e, signal) =>
     MemcachedConnection.connect(e, { signal }),
   signal?: AbortSignal,
+  group = '',
 ): Promise<Map<string, string>> {
   const conn = await connect(endpoint, signal);
   try {
-    return await stats(conn);
+    return await stats(conn, group);
   } finally {
     conn.close();
   }
