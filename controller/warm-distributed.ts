@@ -7,7 +7,7 @@ import type { PopulatorReport } from '../populator/worker.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
-import { type JobManifest, LAYOUT_VERSION, getJson, manifestName, nodeDirectory, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
+import { type JobManifest, LAYOUT_VERSION, endMarkerName, getJson, manifestName, nodeDirectory, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
 import { decodeKeyChunk } from '../shared/chunk-format.js';
 import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog, retryParked } from '../shared/job-queues.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
@@ -218,9 +218,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   try {
     let drainedChecks = 0;
     for (;;) {
-      await followDumps(dumps, sidecars, request, clock, options.sidecarGraceMs ?? 60_000, sourceRestarted, signal);
+      await followDumps(dumps, { sidecars, request, clock, graceMs: options.sidecarGraceMs ?? 60_000, restarted: sourceRestarted, log, signal });
       backlog = await queueBacklog(sqs, queues.queueUrl, signal);
-      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished' || d.lost);
+      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished' || d.lost) && (await endMarkersStored(dumps, sidecars, request, job, signal));
       // SQS counts are approximate: the queue counts as drained after two empty looks in a row.
       drainedChecks = dumped && backlogIsEmpty(backlog) ? drainedChecks + 1 : 0;
       if (drainedChecks >= 2) break;
@@ -239,7 +239,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     fleet.stopAll();
     await fleet.settled();
     written = await populatorReports(store, jobId, signal);
-    const parked = await parkedMessages(sqs, queues.deadLetterQueueUrl, signal);
+    const parked = await parkedOn(sqs, queues.deadLetterQueueUrl, signal);
     await Promise.all([targets.look(signal), sources.look(signal)]);
     for (const node of sources.restarted()) restartedSources.add(node.id);
     const restarted = [...replaced, ...targets.restarted()];
@@ -290,7 +290,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       durationMs: clock.now() - started,
       sourceNodes,
       targetNodes,
-      parked: parked.map((p) => ({ chunk: p.chunk ?? `message ${p.messageId ?? '?'}`, reason: p.reason })),
+      parked,
       complete: problems.length === 0,
       problems,
       ...processUsage(),
@@ -457,6 +457,8 @@ interface DumpTracker {
   unreachableSince: number | undefined;
   /** The dump failed because its node restarted: its share is lost (or taken from elsewhere). */
   lost?: boolean | undefined;
+  /** It failed once in this run and was started again. */
+  restarted?: boolean | undefined;
 }
 
 function sidecarOf(node: NodeSpec, token: string): SidecarClient {
@@ -493,13 +495,17 @@ async function openManifest(store: S3Store, existing: JobManifest | undefined, w
  */
 async function followDumps(
   dumps: Map<string, DumpTracker>,
-  sidecars: Map<string, SidecarClient>,
-  request: (node: string) => StartDumpRequest,
-  clock: Clock,
-  graceMs: number,
-  restarted: (node: string) => Promise<boolean>,
-  signal: AbortSignal | undefined,
+  follow: {
+    readonly sidecars: Map<string, SidecarClient>;
+    readonly request: (node: string) => StartDumpRequest;
+    readonly clock: Clock;
+    readonly graceMs: number;
+    readonly restarted: (node: string) => Promise<boolean>;
+    readonly log: (line: string) => void;
+    readonly signal: AbortSignal | undefined;
+  },
 ): Promise<void> {
+  const { sidecars, request, clock, graceMs, restarted, log, signal } = follow;
   for (const [node, tracker] of dumps) {
     if (tracker.status.state === 'finished' || tracker.lost) continue;
     const client = sidecars.get(node) as SidecarClient;
@@ -520,12 +526,56 @@ async function followDumps(
         tracker.lost = true;
         continue;
       }
-      throw new CachewarmError('JOB_FAILED', `the dump of ${node} failed: ${tracker.status.error?.message ?? 'no reason given'}`, {
+      // Once per run a failed dump is started again, resuming from what the store holds: what
+      // failed it may have passed (S3 or SQS lost and back, the store emptied under it).
+      if (!tracker.restarted) {
+        tracker.restarted = true;
+        log(`the dump of ${node} failed (${tracker.status.error?.message ?? 'no reason given'}): starting it again`);
+        tracker.status = (await client.start(request(node), signal)).status;
+        continue;
+      }
+      throw new CachewarmError('JOB_FAILED', `the dump of ${node} failed twice: ${tracker.status.error?.message ?? 'no reason given'}`, {
         node,
         code: tracker.status.error?.code,
       });
     }
   }
+}
+
+/**
+ * A dump is done when its end marker is in the store, not when its sidecar remembers it
+ * finished: a store that lost the job's objects (restarted empty, a lifecycle rule, a person)
+ * lost the chunks too. A finished dump without its marker is started again; the sidecar,
+ * finding no marker either, dumps the node anew.
+ */
+async function endMarkersStored(
+  dumps: Map<string, DumpTracker>,
+  sidecars: Map<string, SidecarClient>,
+  request: (node: string) => StartDumpRequest,
+  job: Pick<DistributedJob, 'store' | 'jobId' | 'log'>,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  let stored = true;
+  for (const [node, tracker] of dumps) {
+    if (tracker.lost || (await getJson(job.store, endMarkerName(job.jobId, node), signal))) continue;
+    stored = false;
+    job.log(`job ${job.jobId}: ${job.store.describe(endMarkerName(job.jobId, node))} is gone though ${node}'s dump finished: dumping it again`);
+    tracker.status = (await (sidecars.get(node) as SidecarClient).start(request(node), signal)).status;
+  }
+  return stored;
+}
+
+/**
+ * What the dead-letter queue holds, as its attributes count it (visible, in flight, delayed)
+ * and as much of it as can be read now. A message another reader holds (an operator browsing
+ * the queue) cannot be read, but it is counted: the job is not complete while it is there.
+ */
+async function parkedOn(sqs: SQSClient, deadLetterQueueUrl: string, signal?: AbortSignal): Promise<{ chunk: string; reason: string }[]> {
+  const [read, held] = await Promise.all([parkedMessages(sqs, deadLetterQueueUrl, signal), queueBacklog(sqs, deadLetterQueueUrl, signal)]);
+  const parked = read.map((p) => ({ chunk: p.chunk ?? `message ${p.messageId ?? '?'}`, reason: p.reason }));
+  const unread = Math.min(held.visible + held.inFlight + held.delayed - parked.length, 1_000);
+  for (let i = 0; i < unread; i++) parked.push({ chunk: 'unknown', reason: 'on the dead-letter queue, held by another reader: not readable now' });
+  return parked;
 }
 
 function sumDumped(dumps: Map<string, DumpTracker>): DumpCounters {

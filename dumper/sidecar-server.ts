@@ -16,6 +16,7 @@ import {
   readJsonBody,
   safeLog,
 } from '../shared/http-api.js';
+import { endMarkerName, getJson } from '../shared/job-layout.js';
 import { version } from '../shared/memcached/commands.js';
 import type { Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
 import { type Metric, PROMETHEUS_CONTENT_TYPE, renderMetrics } from '../shared/prometheus.js';
@@ -174,9 +175,16 @@ class DumpRegistry {
   /**
    * Starts a dump, or answers with the one already running or finished for the job (a
    * controller re-sends its start after its own restart). A failed or cancelled job starts
-   * again: dumpNode resumes from what the store holds.
+   * again: dumpNode resumes from what the store holds. So does a finished one whose end
+   * marker is no longer in the store: what it stored is gone (the store lost its state, or
+   * someone removed the job's objects), and only the store says what is done.
    */
-  start(request: StartDumpRequest): { started: boolean; run: DumpRun } {
+  async start(request: StartDumpRequest): Promise<{ started: boolean; run: DumpRun }> {
+    const finished = this.runs.get(request.jobId);
+    if (finished?.state === 'finished' && !(await getJson(this.storeOf(request), endMarkerName(request.jobId, request.node)))) {
+      this.log({ event: 'dump-redone', jobId: request.jobId, node: request.node, reason: 'its end marker is no longer in the store' });
+      this.runs.delete(request.jobId);
+    }
     const known = this.runs.get(request.jobId);
     if (known) checkSamePlacement(known.request, request);
     if (known?.stopping) throw busy(`job ${known.request.jobId} is being cancelled on this node; start it again once it has stopped`);
@@ -223,7 +231,7 @@ class DumpRegistry {
       await dumpNode({
         node: { id: request.node, host: memcached.host, port: memcached.port, label: request.node },
         jobId: request.jobId,
-        store: new S3Store({ client: this.options.s3, bucket: request.bucket, prefix: request.prefix, sse: request.sse }),
+        store: this.storeOf(request),
         queue: new SqsQueue({ client: this.options.sqs, queueUrl: request.queueUrl, clock }),
         durableQueue: true,
         location: { bucket: request.bucket, prefix: request.prefix },
@@ -255,6 +263,10 @@ class DumpRegistry {
         ...(run.error && { error: run.error }),
       });
     }
+  }
+
+  private storeOf(request: StartDumpRequest): S3Store {
+    return new S3Store({ client: this.options.s3, bucket: request.bucket, prefix: request.prefix, sse: request.sse });
   }
 
   private evictSettled(): void {
@@ -391,7 +403,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
       const field = typeof error.context['field'] === 'string' ? error.context['field'] : undefined;
       throw new HttpError(400, 'INVALID_ARGUMENT', error.message, {}, field);
     }
-    const { started, run } = registry.start(request);
+    const { started, run } = await registry.start(request);
     return { status: started ? 202 : 200, body: run.status() };
   }
 

@@ -1,5 +1,5 @@
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { ListQueuesCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { ChangeMessageVisibilityCommand, ListQueuesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -10,6 +10,7 @@ import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import { createJobQueues } from '../shared/job-queues.js';
+import { endMarkerName } from '../shared/job-layout.js';
 import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
@@ -233,6 +234,34 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     await assertExactCopy({ topology, replica: 'b' }, items);
   });
 
+  test('a parked message held by another reader during the rerun still counts: exit 1, and the dead-letter queue keeps it', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 2_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'browsed' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-browsed');
+    const jobId = 'browsed-1';
+    const queues = await createJobQueues(aws.sqs, { jobId, bucket, prefix: 'warms' });
+    await aws.sqs.send(new SendMessageCommand({ QueueUrl: queues.queueUrl, MessageBody: '{"version":2,"jobId":"browsed-1"}' }));
+    const args = warmArgs(bucket, '--job-id', jobId, '--populators', '1', '--force');
+    const first = startCli(args);
+    assert.equal(await within(first.exited, { what: 'the first run', timeoutMs: 120_000 }), 1, JSON.stringify(first.lines.slice(-10)));
+
+    // An operator browses the dead-letter queue: the message is invisible to everyone else for a minute.
+    const browsed = await aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, VisibilityTimeout: 60, WaitTimeSeconds: 1 }));
+    assert.equal(browsed.Messages?.length, 1);
+    const rerun = startCli(args);
+    assert.equal(await within(rerun.exited, { what: 'the rerun', timeoutMs: 120_000 }), 1, JSON.stringify(rerun.lines.slice(-10)));
+    const summary = JSON.parse(rerun.stdout()) as { complete: boolean; parked: { reason: string }[] };
+    assert.equal(summary.complete, false);
+    assert.match(summary.parked[0]?.reason ?? '', /held by another reader/);
+
+    const handle = browsed.Messages?.[0]?.ReceiptHandle as string;
+    await aws.sqs.send(new ChangeMessageVisibilityCommand({ QueueUrl: queues.deadLetterQueueUrl, ReceiptHandle: handle, VisibilityTimeout: 0 }));
+    const kept = await aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, WaitTimeSeconds: 1 }));
+    assert.equal(kept.Messages?.[0]?.Body, '{"version":2,"jobId":"browsed-1"}', 'the parked message is still there');
+    await assertExactCopy({ topology, replica: 'b' }, items);
+  });
+
   test('a chunk parked as missing is written by the rerun with --retry-parked once the chunk is back: complete, exact', async () => {
     await flushTarget();
     const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'parked' });
@@ -447,3 +476,75 @@ interface RefusalSummary {
   readonly skippedTooLarge?: number;
   readonly skipped?: string;
 }
+
+describe('a replica warm through sidecars, S3 and SQS, whose S3/SQS service loses its state', () => {
+  let fleet: Fleet;
+  let fauxqs: Fauxqs;
+
+  before(async () => {
+    fleet = await startFleet({ a: 2, b: 2 });
+    fauxqs = fleet.fauxqs;
+  });
+  after(async () => {
+    await fleet?.stop();
+    // The service restarted by a test is the one to stop (the fleet stops the first).
+    if (fauxqs !== fleet?.fauxqs) await fauxqs?.stop();
+  });
+
+  const args = (bucket: string, jobId: string, ...more: string[]): string[] => [
+    'warm', 'replica', '--topology', fleet.topologyFile, '--target', 'b', '--source', 'a', '--transport', 'aws', '--bucket', bucket,
+    '--prefix', 'warms', '--endpoint', fleet.fauxqs.endpoint, '--sidecar-token-file', fleet.tokenFile, '--chunk-size', '64KiB',
+    '--json', '--force', '--job-id', jobId, ...more,
+  ];
+  const objects = async (bucket: string): Promise<string[]> =>
+    ((await fleet.aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'warms/' }))).Contents ?? []).map((o) => o.Key ?? '');
+
+  /** The S3/SQS service restarted empty on the same address; the operator makes the bucket again. */
+  async function loseState(bucket: string): Promise<void> {
+    const port = Number(new URL(fleet.fauxqs.endpoint).port);
+    await fauxqs.stop();
+    fauxqs = await startFauxqs({ port });
+    await createBucket(fleet.aws.s3, bucket);
+  }
+
+  async function flushTarget(): Promise<void> {
+    for (const node of fleet.topology.replicas.get('b')?.nodes ?? []) {
+      const conn = await connectDirect(node);
+      await conn.send(Buffer.from('flush_all\r\n'), new OneLine());
+      conn.close();
+    }
+  }
+
+  for (const when of ['after every dump finished', 'while the dumps run'] as const) {
+    test(`lost ${when}: the rerun dumps again from the store's state, not the sidecars' memory, and completes exactly`, async () => {
+      await flushTarget();
+      const items = sampleItems({ count: 8_000, valueBytes: 200, nowSeconds: nowSeconds(), seed: `lost-${when}` });
+      await load(fleet.topology, 'a', items);
+      const bucket = await createBucket(fleet.aws.s3, when === 'while the dumps run' ? 'lost-while' : 'lost-after');
+      const jobId = `lost-${bucket}`;
+      const sourceNodes = fleet.topology.replicas.get('a')?.nodes ?? [];
+      const endMarkers = sourceNodes.map((n) => `warms/${endMarkerName(jobId, n.id)}`);
+
+      // No populators: the queue is not drained, so the job waits with its dumps done.
+      const first = startCli(args(bucket, jobId, '--populators', '0', ...(when === 'while the dumps run' ? ['--max-ops', '1000'] : [])));
+      if (when === 'after every dump finished') {
+        await waitFor(async () => (await objects(bucket)).filter((k) => endMarkers.includes(k)).length === endMarkers.length, {
+          what: 'both end markers',
+          timeoutMs: 60_000,
+        });
+      } else {
+        await waitFor(async () => (await objects(bucket)).some((k) => /\/data-[^/]+\.chunk$/.test(k)), { what: 'a first data chunk', timeoutMs: 60_000 });
+      }
+      first.kill('SIGKILL');
+      await within(first.exited, { what: 'the first run to die' });
+      await loseState(bucket);
+
+      const rerun = startCli(args(bucket, jobId, '--populators', '1'));
+      const code = await within(rerun.exited, { what: 'the rerun', timeoutMs: 120_000 });
+      assert.equal(code, 0, JSON.stringify(rerun.lines.slice(-15)));
+      const summary = JSON.parse(rerun.stdout()) as { complete: boolean; targetNodes: { stored: number; existed: number }[] };
+      assert.equal(summary.complete, true);
+      await assertExactCopy({ topology: fleet.topology, replica: 'b' }, items);
+    });
+  }
+});

@@ -13,14 +13,17 @@ import { buildApp } from 'fauxqs';
 export interface Fauxqs {
   /** e.g. http://127.0.0.1:40123 — S3 path-style and SQS share it. */
   readonly endpoint: string;
+  /** Idempotent. */
   stop(): Promise<void>;
 }
 
-export async function startFauxqs(): Promise<Fauxqs> {
+/** On `port` when given (a service restarted empty where its clients expect it), else on a free one. */
+export async function startFauxqs(options: { readonly port?: number } = {}): Promise<Fauxqs> {
   const app = buildApp({ logger: false });
   addConditionalWrites(app);
-  const endpoint = await app.listen({ port: 0, host: '127.0.0.1' });
-  return { endpoint, stop: () => app.close() };
+  const endpoint = await app.listen({ port: options.port ?? 0, host: '127.0.0.1' });
+  let stopped: Promise<void> | undefined;
+  return { endpoint, stop: () => (stopped ??= app.close()) };
 }
 
 type FauxqsApp = ReturnType<typeof buildApp>;
