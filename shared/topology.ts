@@ -44,7 +44,8 @@ const DEFAULT_FILE_LABEL = 'topology';
 /** the `field` of errors about the document as a whole (unreadable, unparsable, not an object) */
 const ROOT_FIELD = '(root)';
 
-const ROOT_FIELDS = ['hashing', 'replicas'] as const;
+// `$schema` points editors at topology.schema.json; cachewarm itself needs nothing from it.
+const ROOT_FIELDS = ['$schema', 'hashing', 'replicas'] as const;
 const REPLICA_FIELDS = ['nodes'] as const;
 const NODE_FIELDS = ['address', 'hostname', 'ringName', 'sidecar'] as const;
 

@@ -15,7 +15,7 @@ const run = promisify(execFile);
 /** The project's root: dist/test/ is two levels below it. */
 const root = fileURLToPath(new URL('../../', import.meta.url));
 /** What a fresh checkout holds that packing needs (tests, bench and scripts stay out of the package). */
-const SOURCES = ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'LICENSE', 'bin', 'controller', 'dumper', 'populator', 'shared'];
+const SOURCES = ['package.json', 'package-lock.json', 'tsconfig.json', 'tsconfig.build.json', 'README.md', 'LICENSE', 'topology.schema.json', 'bin', 'controller', 'dumper', 'populator', 'shared'];
 
 describe('the npm package', () => {
   test('packs the built command and nothing else, installs into an empty prefix, and the installed command warms a replica exactly', async () => {
@@ -40,7 +40,7 @@ async function packInstallAndWarm(work: string): Promise<void> {
   const files = tarball.files.map((f) => f.path);
   assert.ok(files.includes('dist/bin/cachewarm.js'), files.join(' '));
   assert.ok(files.includes('LICENSE') && files.includes('README.md'));
-  assert.deepEqual(files.filter((f) => !/^dist\/(bin|controller|dumper|populator|shared)\/.*\.js$/.test(f)).sort(), ['LICENSE', 'README.md', 'package.json']);
+  assert.deepEqual(files.filter((f) => !/^dist\/(bin|controller|dumper|populator|shared)\/.*\.js$/.test(f)).sort(), ['LICENSE', 'README.md', 'package.json', 'topology.schema.json']);
 
   const prefix = path.join(work, 'prefix');
   await run('npm', ['install', '--global', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', path.join(work, tarball.filename)], {
