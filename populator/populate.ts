@@ -1,10 +1,10 @@
-import { type ChunkLocation, type ChunkMessage, type TargetRing, checkMessageScope } from '../shared/chunk-message.js';
+import { type ChunkMessage, type MessageScope, type TargetRing, checkMessageScope } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { BufferPool } from '../shared/buffer-pool.js';
 import { chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
-import type { WriteTally } from '../shared/counters.js';
+import { WriteTally, addInto } from '../shared/counters.js';
 import { CachewarmError, isRetryable } from '../shared/errors.js';
 import type { NodeWriter } from './node-writer.js';
 import type { Refusal } from '../shared/memcached/meta-add.js';
@@ -22,6 +22,12 @@ export interface PopulatorOptions {
   readonly deleteConsumed?: boolean;
   readonly onChunkDone?: (message: ChunkMessage) => void;
   /**
+   * Every item of the chunk was handled: what it did to each target node (in `tally` too).
+   * Called before the message is acknowledged, so that a count of whole chunks can be made
+   * durable before their messages go.
+   */
+  readonly onChunkWritten?: ((message: ChunkMessage, written: WriteTally) => void) | undefined;
+  /**
    * Items a target node refused, with the message whose chunk held them (counted in the tally
    * too). Called while the chunk is held: what it keeps of the items it must copy at once. A
    * promise it returns is awaited before the message is acknowledged, and its failure hands
@@ -34,9 +40,11 @@ export interface PopulatorOptions {
   readonly pool?: BufferPool;
   /**
    * The job the queue belongs to: a message for another job, bucket or prefix is parked, not
-   * applied (a queue is writable by more principals than the job's dumpers).
+   * applied (a queue is writable by more principals than the job's dumpers). With the job's
+   * manifest, items are routed over the manifest's ring, and a message naming another ring,
+   * source node or chunk path is parked too.
    */
-  readonly scope?: { readonly jobId: string; readonly store?: ChunkLocation | undefined } | undefined;
+  readonly scope?: MessageScope | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -62,10 +70,15 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     return ring;
   }
 
-  async function apply(message: ChunkMessage): Promise<void> {
+  /** Writes the message's chunk; returns what it did, counted in `tally` too, written whole or not. */
+  async function apply(message: ChunkMessage): Promise<WriteTally> {
     if (options.scope) checkMessageScope(message, options.scope, `for chunk ${message.chunk.name}`);
+    // Equal to the message's once checked; taken from the manifest all the same, so that what
+    // is written where never depends on a message's word.
+    const target = options.scope?.manifest?.target ?? message.target;
     const where = store.describe(message.chunk.name);
     const body = await store.get(message.chunk.name, { signal, into: pool });
+    const written = new WriteTally();
     try {
       const items = decodeDataChunk(body, where);
       if (chunkHeader(body).crc32 !== message.chunk.crc32 || items.length !== message.chunk.items) {
@@ -75,11 +88,11 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
       }
       const recorded: Promise<void>[] = [];
       const onRefused = options.onRefused;
-      await writeToRing(items, ringFor(message.target), {
+      await writeToRing(items, ringFor(target), {
         writer: options.writer,
         clock,
-        tally,
-        writeOnly: message.target.writeOnly,
+        tally: written,
+        writeOnly: target.writeOnly,
         onRefused:
           onRefused &&
           ((address, refusals) => {
@@ -91,7 +104,9 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
         signal,
       });
       await Promise.all(recorded);
+      return written;
     } finally {
+      for (const [address, counters] of written.byNode) addInto(tally.for(address), counters);
       // writeToRing settles only when nothing reads the chunk's items any more.
       pool.release(body);
     }
@@ -99,8 +114,9 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
 
   async function handle(delivery: Delivery): Promise<void> {
     const { message } = delivery;
+    let written: WriteTally;
     try {
-      await apply(message);
+      written = await apply(message);
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (signal?.aborted) {
@@ -114,21 +130,34 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
       options.onChunkFailed?.(message, error, permanent);
       return;
     }
+    options.onChunkWritten?.(message, written);
     await delivery.ack();
     if (options.deleteConsumed) await store.delete(message.chunk.name).catch(() => undefined);
     options.onChunkDone?.(message);
   }
 
   const running = new Set<Promise<void>>();
+  // A delivery that could not be settled (its queue gone, say) ends the drain, once the
+  // other chunks being written are settled too.
+  let failure: { readonly error: unknown } | undefined;
   for (;;) {
     while (running.size >= concurrency) await Promise.race(running);
-    const delivery = await queue.receive(signal).catch((error: unknown) => {
+    if (failure) break;
+    const delivery = await queue.receive(signal).catch(async (error: unknown) => {
       if (signal?.aborted) return undefined;
+      // The chunks being written settle first (each acknowledged or handed back), so the
+      // caller's tally is final when it sees the error.
+      await Promise.allSettled(running);
       throw error;
     });
     if (!delivery) break;
-    const task = handle(delivery).finally(() => running.delete(task));
+    const task = handle(delivery)
+      .catch((error: unknown) => {
+        failure ??= { error };
+      })
+      .finally(() => running.delete(task));
     running.add(task);
   }
   await Promise.all(running);
+  if (failure) throw failure.error;
 }

@@ -6,13 +6,23 @@ import type { ChunkMessage } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import type { Clock } from '../shared/clock.js';
-import { type WriteCounters, WriteTally } from '../shared/counters.js';
+import { type WriteCounters, WriteTally, addInto } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type JobQueueInfo, type QueueBacklog, backlogIsEmpty, queueBacklog, readJobQueue } from '../shared/job-queues.js';
-import { type JobManifest, dumpProgress, getJson, manifestName, populatorReportName, putJson, refusedName } from '../shared/job-layout.js';
+import {
+  type JobManifest,
+  dumpProgress,
+  getJson,
+  manifestName,
+  populatorReportName,
+  putJson,
+  refusedName,
+  summaryName,
+} from '../shared/job-layout.js';
 import { ChunkBuilder } from '../shared/chunk-format.js';
-import { SqsQueue } from '../shared/queue/sqs-queue.js';
+import { SqsQueue, isQueueGone } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
+import { type AcknowledgedBatch, ReportedAcknowledgements } from './acknowledgements.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
 import type { NodeWriter } from './node-writer.js';
 import { runPopulator } from './populate.js';
@@ -58,20 +68,28 @@ export interface WorkerResult {
   readonly parked: number;
   readonly counters: WriteCounters;
   readonly byNode: Readonly<Record<string, WriteCounters>>;
-  /** `complete`: every source node finished and the queue is empty. `aborted`: stopped by the signal. */
+  /**
+   * `complete`: every source node finished and the queue is empty, or the controller deleted
+   * the queue after writing the job's summary. `aborted`: stopped by the signal.
+   */
   readonly outcome: 'complete' | 'aborted';
   /** Messages on the job's dead-letter queue when the worker ended, parked by any worker; undefined when unreadable. */
   readonly deadLettered: number | undefined;
 }
 
-/** The record each worker keeps in the store, so the controller can sum every worker's counters. */
+/**
+ * The record each worker keeps in the store, so the controller can sum every worker's
+ * counters. It counts chunks written whole, and is written before their messages are
+ * deleted: a worker that dies loses no count (its unfinished chunks are delivered again and
+ * counted by the worker that finishes them).
+ */
 export interface PopulatorReport {
   readonly workerId: string;
   readonly jobId: string;
   readonly chunks: number;
   readonly parked: number;
   readonly byNode: Readonly<Record<string, WriteCounters>>;
-  /** false while the worker runs (a periodic report), true from its last one. */
+  /** false while the worker runs (a periodic report, or one before deleting messages), true from its last one. */
   readonly final: boolean;
   readonly updatedAt: string;
 }
@@ -81,29 +99,36 @@ class WorkerStats {
   chunks = 0;
   parked = 0;
   items = 0;
-  /** Deliveries received and not yet settled. */
+  /** Deliveries received and not yet written whole, handed back or parked. */
   held = 0;
+  /** Every write, those of chunks not (yet) written whole included: for the progress log. */
   readonly tally = new WriteTally();
+  /** Writes of chunks written whole: what the reports and the result count. */
+  readonly written = new WriteTally();
   /** The last `waiting` line logged, so it is logged once per change rather than every poll. */
   lastWaiting = '';
 
   byNode(): Record<string, WriteCounters> {
-    return Object.fromEntries([...this.tally.byNode].map(([address, counters]) => [address, { ...counters }]));
+    return Object.fromEntries([...this.written.byNode].map(([address, counters]) => [address, { ...counters }]));
   }
 }
 
 const DEFAULT_PROGRESS_INTERVAL_MS = 10_000;
 const DEFAULT_REPORT_INTERVAL_MS = 30_000;
-/** Time given to the last report once the worker was told to stop. */
+/** Time given to one report (the last one too, once the worker was told to stop), and to one batch of deletes. */
 const FINAL_REPORT_TIMEOUT_MS = 15_000;
+/** Acknowledged messages wait at most about this long for the report that precedes their delete. */
+const ACK_INTERVAL_MS = 1_000;
 
 /**
  * A stateless populator: everything it needs comes from the job queue's tags and the job's
- * manifest. It drains the queue (long poll, download, verify, add-only writes by the ring
- * each message names, delete only when every item was handled), and ends when the job is
- * complete — every source node's end marker written and nothing left on the queue — or,
- * with `follow`, only when its signal aborts. Chunks are never deleted here: SQS may deliver
- * a message twice, and the controller removes the job's objects at the end.
+ * manifest. It drains the queue (long poll, download, verify, add-only writes by the
+ * manifest's ring, delete only when every item was handled and the report counting them is
+ * written), and ends when the job is complete — every source node's end marker written and
+ * nothing left on the queue, or the queue deleted after the job's summary was written — or,
+ * with `follow`, only when its signal aborts. A message whose ring, source node or chunk
+ * the manifest does not name is parked unread. Chunks are never deleted here: SQS may
+ * deliver a message twice, and the controller removes the job's objects at the end.
  */
 export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promise<WorkerResult> {
   const { sqs, clock, signal, workerId } = options;
@@ -147,8 +172,13 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
   });
   const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
   const writer = options.writer ?? new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address });
-  const report = (final: boolean, reportSignal: AbortSignal): Promise<void> =>
-    putJson(store, populatorReportName(job.jobId, workerId), reportOf(job.jobId, workerId, stats, final, clock), reportSignal);
+  const report = reporter(store, populatorReportName(job.jobId, workerId), (final) => reportOf(job.jobId, workerId, stats, final, clock));
+  const acks = new ReportedAcknowledgements({
+    report: () => report(false),
+    deleteAll: (deliveries) => queue.ackAll(deliveries, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)),
+    handBack: (delivery, reason) => retryLogged(delivery, reason, job, stats, log),
+    onSettled: (batch) => logAcknowledged(log, job.jobId, batch),
+  });
 
   // On abort, chunks stuck on a node that does not answer would hold the worker until the
   // reply timeout: closing our connections fails their writes at once, and each is handed back.
@@ -159,29 +189,34 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     every(clock, options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS, background.signal, () => log(progressEntry(job.jobId, stats))),
     // Not cut short by the stop: one still being written must land before the final one.
     every(clock, options.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS, background.signal, () =>
-      report(false, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)).catch((error: unknown) => logReportFailure(log, job.jobId, error)),
+      report(false).catch((error: unknown) => logReportFailure(log, job.jobId, error)),
     ),
+    every(clock, ACK_INTERVAL_MS, background.signal, () => acks.flush()),
   ]);
   let outcome: WorkerResult['outcome'];
+  const context: DrainContext = {
+    ...options,
+    job,
+    store,
+    manifest,
+    stats,
+    log,
+    writer,
+    acks,
+    queue: observed(queue, acks, job, stats, log),
+    pollIntervalMs: options.pollIntervalMs ?? waitTimeSeconds * 1000,
+  };
   try {
-    outcome = await drainUntilDone({
-      ...options,
-      job,
-      store,
-      manifest,
-      stats,
-      log,
-      writer,
-      queue: observed(queue, job, stats, log),
-      pollIntervalMs: options.pollIntervalMs ?? waitTimeSeconds * 1000,
-    });
+    outcome = await drainUntilDone(context).catch((error: unknown) => completeIfSummarized(error, context));
   } finally {
     background.abort();
     await timers;
+    // What was acknowledged during the stop goes too, after its report.
+    await acks.flush();
     signal?.removeEventListener('abort', closeOnAbort);
     if (!options.writer) await writer.close();
     // After an abort too: the controller sums what every worker did, stopped ones included.
-    await report(true, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)).catch((error: unknown) => logReportFailure(log, job.jobId, error));
+    await report(true).catch((error: unknown) => logReportFailure(log, job.jobId, error));
   }
   const deadLettered = await deadLetterCount(sqs, job.deadLetterQueueUrl);
   const result: WorkerResult = {
@@ -189,7 +224,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     workerId,
     chunks: stats.chunks,
     parked: stats.parked,
-    counters: stats.tally.total(),
+    counters: stats.written.total(),
     byNode: stats.byNode(),
     outcome,
     deadLettered,
@@ -219,8 +254,34 @@ interface DrainContext extends PopulatorWorkerOptions {
   readonly stats: WorkerStats;
   readonly log: (entry: WorkerLogEntry) => void;
   readonly writer: NodeWriter;
+  readonly acks: ReportedAcknowledgements;
   readonly queue: ChunkQueue;
   readonly pollIntervalMs: number;
+}
+
+/**
+ * The controller deletes a job's queues once the job is complete and its summary written; a
+ * worker that then finds its queue gone (one of an external fleet, which may not see the job
+ * complete on its own: a source node covered from another replica leaves no end marker) has
+ * nothing left to do. Without the summary, the queue went before the job was done: an error
+ * that says so.
+ */
+async function completeIfSummarized(error: unknown, context: DrainContext): Promise<WorkerResult['outcome']> {
+  if (!isQueueGone(error)) throw error;
+  const { job, store, stats, log } = context;
+  const name = summaryName(job.jobId);
+  const summary = await getJson<unknown>(store, name, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS));
+  if (summary === undefined) {
+    throw new CachewarmError(
+      'JOB_FAILED',
+      `queue ${job.queueUrl} of job ${job.jobId} was deleted before the job completed (no summary at ${store.describe(name)}): ` +
+        'the messages still on it are gone with it, and no worker can receive them',
+      { job: job.jobId, queue: job.queueUrl },
+      { cause: error },
+    );
+  }
+  log({ ...progressEntry(job.jobId, stats), event: 'job-complete', queueDeleted: true, summary: store.describe(name) });
+  return 'complete';
 }
 
 /**
@@ -229,7 +290,7 @@ interface DrainContext extends PopulatorWorkerOptions {
  * it returns once the job is complete; with it, only on abort.
  */
 async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outcome']> {
-  const { job, store, stats, clock, signal, log } = context;
+  const { job, store, manifest, stats, clock, signal, log } = context;
   const pool = new BufferPool();
   let announced = false;
   for (;;) {
@@ -244,7 +305,12 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
       // Never: SQS may deliver a message again, and its chunk must still be there.
       deleteConsumed: false,
       pool,
-      scope: { jobId: job.jobId, store: { bucket: job.bucket, prefix: job.prefix } },
+      scope: {
+        jobId: job.jobId,
+        store: { bucket: job.bucket, prefix: job.prefix },
+        // The manifest, not the message, says where the job writes and whose chunks it takes.
+        manifest: { where: store.describe(manifestName(job.jobId)), target: manifest.target, sourceNodes: manifest.source.nodes },
+      },
       onRefused: (message, address, refusals) => {
         const keys = new ChunkBuilder('keys', refusals.length * 64);
         for (const { item } of refusals) keys.addKey(item.key, item.exptime, item.value.length);
@@ -252,13 +318,17 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
         log({ event: 'items-refused', job: job.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: store.describe(name) });
         return store.put(name, keys.seal(), signal);
       },
-      onChunkDone: (message) => {
+      // Counted before the acknowledgement: the report that precedes the message's delete counts it.
+      onChunkWritten: (message, written) => {
+        for (const [address, counters] of written.byNode) addInto(stats.written.for(address), counters);
         stats.chunks++;
         stats.items += message.chunk.items;
-        log({ event: 'chunk-done', job: job.jobId, chunk: message.chunk.name, items: message.chunk.items });
       },
+      onChunkDone: (message) => log({ event: 'chunk-done', job: job.jobId, chunk: message.chunk.name, items: message.chunk.items }),
       signal,
     });
+    // Before judging the job: messages waiting for their report still count as in flight.
+    await context.acks.flush();
     if (signal?.aborted) return 'aborted';
     if (!(await jobComplete(context).catch(abortedIsIncomplete(signal)))) continue;
     if (!context.follow) return 'complete';
@@ -311,20 +381,19 @@ function logWaiting(context: DrainContext, pending: readonly string[], backlog: 
   context.log(entry);
 }
 
-/** The queue as runPopulator sees it, telling the worker's stats and log what happens to each delivery. */
-function observed(queue: SqsQueue, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): ChunkQueue {
-  const parked = (delivery: Delivery, reason: string): void => {
-    stats.parked++;
-    log({ event: 'chunk-parked', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
-  };
+/**
+ * The queue as runPopulator sees it, telling the worker's stats and log what happens to each
+ * delivery. An acknowledged delivery is not deleted at once: it waits, still hidden, for the
+ * report that counts it (see ReportedAcknowledgements).
+ */
+function observed(queue: SqsQueue, acks: ReportedAcknowledgements, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): ChunkQueue {
   return {
     send: (message: ChunkMessage, signal?: AbortSignal) => queue.send(message, signal),
     receive: async (signal?: AbortSignal) => {
       const delivery = await queue.receive(signal);
       if (!delivery) return undefined;
-      const chunk = delivery.message.chunk.name;
       stats.held++;
-      log({ event: 'chunk-received', job: job.jobId, chunk, receiveCount: delivery.receiveCount });
+      log({ event: 'chunk-received', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount });
       const settled = async (settle: () => Promise<void>): Promise<void> => {
         try {
           await settle();
@@ -335,24 +404,49 @@ function observed(queue: SqsQueue, job: JobQueueInfo, stats: WorkerStats, log: (
       return {
         message: delivery.message,
         receiveCount: delivery.receiveCount,
-        ack: () => settled(() => delivery.ack()),
-        retry: (reason: string) =>
-          settled(async () => {
-            await delivery.retry(reason);
-            // SqsQueue parks, rather than returns, a message on its last allowed delivery.
-            if (job.maxReceives !== undefined && delivery.receiveCount >= job.maxReceives) {
-              parked(delivery, `${reason} (delivery ${delivery.receiveCount} of ${job.maxReceives})`);
-              return;
-            }
-            log({ event: 'chunk-retried', job: job.jobId, chunk, receiveCount: delivery.receiveCount, reason });
-          }),
+        ack: () => settled(async () => acks.add(delivery)),
+        retry: (reason: string) => settled(() => retryLogged(delivery, reason, job, stats, log)),
         park: (reason: string) =>
           settled(async () => {
             await delivery.park(reason);
-            parked(delivery, reason);
+            loggedParked(delivery, reason, job, stats, log);
           }),
       };
     },
+  };
+}
+
+/** Hands a delivery back for another try, and logs it (parked, if that was its last allowed delivery). */
+async function retryLogged(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): Promise<void> {
+  await delivery.retry(reason);
+  // SqsQueue parks, rather than returns, a message on its last allowed delivery.
+  if (job.maxReceives !== undefined && delivery.receiveCount >= job.maxReceives) {
+    loggedParked(delivery, `${reason} (delivery ${delivery.receiveCount} of ${job.maxReceives})`, job, stats, log);
+    return;
+  }
+  log({ event: 'chunk-retried', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
+}
+
+function loggedParked(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): void {
+  stats.parked++;
+  log({ event: 'chunk-parked', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
+}
+
+function logAcknowledged(log: (entry: WorkerLogEntry) => void, jobId: string, batch: AcknowledgedBatch): void {
+  if (batch.deleted) log({ event: 'acknowledged', job: jobId, chunks: batch.chunks });
+  else log({ event: 'ack-failed', job: jobId, chunks: batch.chunks, handedBack: batch.handedBack, reason: batch.reason });
+}
+
+/**
+ * Writes a report when asked, one at a time, each a snapshot taken when its turn comes: a
+ * slow older report can never land over a newer one and take back what it counted.
+ */
+function reporter(store: ChunkStore, name: string, snapshot: (final: boolean) => PopulatorReport): (final: boolean) => Promise<void> {
+  let last: Promise<unknown> = Promise.resolve();
+  return (final) => {
+    const write = last.then(() => putJson(store, name, snapshot(final), AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)));
+    last = write.catch(() => undefined);
+    return write;
   };
 }
 

@@ -1,6 +1,7 @@
 import { CachewarmError } from './errors.js';
 import { HASHING_PROFILES, type HashingProfile } from './ketama.js';
 import { isRecord, normalizePrefix } from './json-values.js';
+import { isDataChunkOf, nodePrefix } from './job-layout.js';
 
 /** 2: `store` names the bucket and prefix a chunk is in (absent for a local directory). */
 export const MESSAGE_VERSION = 2;
@@ -108,11 +109,32 @@ export function parseChunkMessage(body: string, where: string): ChunkMessage {
   };
 }
 
+/** What a populator holds a message to: its job, and where that job's chunks are. */
+export interface MessageScope {
+  readonly jobId: string;
+  readonly store?: ChunkLocation | undefined;
+  /**
+   * From the job's manifest, which only the controller writes: the one ring the job writes
+   * to and the source nodes whose chunks belong to it. Without it (the embedded transport,
+   * whose queue is in process) a message's own ring is trusted.
+   */
+  readonly manifest?: ManifestScope | undefined;
+}
+
+export interface ManifestScope {
+  /** Where the manifest is, for the reasons a refused message is parked with. */
+  readonly where: string;
+  readonly target: TargetRing;
+  readonly sourceNodes: readonly string[];
+}
+
 /**
  * Refuses a message that reaches outside its job: another bucket or prefix than the job's,
- * or a chunk name outside `<job>/`. A populator applies nothing such a message names.
+ * or a chunk name outside `<job>/`; with the manifest, also a ring other than the job's
+ * target, a source node the job does not dump, or a chunk that is not one of that node's
+ * data chunks. A populator applies nothing such a message names.
  */
-export function checkMessageScope(message: ChunkMessage, scope: { jobId: string; store?: ChunkLocation | undefined }, where: string): void {
+export function checkMessageScope(message: ChunkMessage, scope: MessageScope, where: string): void {
   if (message.jobId !== scope.jobId) throw malformed(where, `belongs to job ${message.jobId}, not ${scope.jobId}`);
   const expected = scope.store;
   const actual = message.store;
@@ -123,7 +145,46 @@ export function checkMessageScope(message: ChunkMessage, scope: { jobId: string;
   if (!name.startsWith(`${scope.jobId}/`) || name.split('/').some((part) => part === '..' || part === '.' || part === '')) {
     throw malformed(where, `chunk ${JSON.stringify(name)} is outside the job's directory ${scope.jobId}/`);
   }
+  if (scope.manifest) checkAgainstManifest(message, scope.jobId, scope.manifest, where);
 }
+
+/** A message may only repeat what the manifest says: a forged one cannot point a populator at other nodes. */
+function checkAgainstManifest(message: ChunkMessage, jobId: string, manifest: ManifestScope, where: string): void {
+  if (!sameRing(message.target, manifest.target)) {
+    throw malformed(
+      where,
+      `names target ring ${describeRing(message.target)}, not the job's ${describeRing(manifest.target)} (from ${manifest.where}): nothing written`,
+    );
+  }
+  if (!manifest.sourceNodes.includes(message.source)) {
+    throw malformed(
+      where,
+      `comes from source node ${JSON.stringify(message.source)}, not one of the job's (${manifest.sourceNodes.join(', ')}, from ${manifest.where}): nothing written`,
+    );
+  }
+  if (!isDataChunkOf(jobId, message.source, message.chunk.name)) {
+    throw malformed(
+      where,
+      `chunk ${JSON.stringify(message.chunk.name)} is not a data chunk of source node ${message.source} ` +
+        `(${nodePrefix(jobId, message.source)}/data-….chunk): nothing written`,
+    );
+  }
+}
+
+/** The same ring: replica, hashing, nodes in order and write-only nodes (absent and undefined alike). */
+function sameRing(a: TargetRing, b: TargetRing): boolean {
+  return JSON.stringify(ringIdentity(a)) === JSON.stringify(ringIdentity(b));
+}
+
+const ringIdentity = (ring: TargetRing): unknown[] => [
+  ring.replica,
+  ring.hashing,
+  ring.nodes.map((node) => [node.address, node.ringName]),
+  ring.writeOnly ?? null,
+];
+
+const describeRing = (ring: TargetRing): string =>
+  `${JSON.stringify(ring.replica)} [${ring.nodes.map((node) => node.address).join(', ')}]${ring.writeOnly ? ` writing only ${ring.writeOnly.join(', ')}` : ''}`;
 
 const describeLocation = (location: ChunkLocation | undefined): string =>
   location ? `s3://${location.bucket}/${normalizePrefix(location.prefix)}` : 'local store';

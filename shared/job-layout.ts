@@ -31,6 +31,15 @@ export const manifestName = (jobId: string): string => `${jobId}/manifest.json`;
 export const summaryName = (jobId: string): string => `${jobId}/summary.json`;
 export const endMarkerName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/end.json`;
 export const crawlDoneName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/keys-done.json`;
+/**
+ * Whether `name` is a data chunk of that source node (`<job>/<node>/data-….chunk`, as its
+ * dumper names them): the only objects a populator of the job may be sent to read.
+ */
+export function isDataChunkOf(jobId: string, nodeId: string, name: string): boolean {
+  const directory = `${nodePrefix(jobId, nodeId)}/`;
+  return name.startsWith(directory) && /^data-[^/]+\.chunk$/.test(name.slice(directory.length));
+}
+
 export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;
 export const refusedPrefix = (jobId: string): string => `${jobId}/refused`;
 /** One name per data chunk and target node: a redelivered chunk's refusals replace the record, not add to it. */

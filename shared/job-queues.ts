@@ -17,7 +17,7 @@ import {
 import { CachewarmError, abortReason } from './errors.js';
 import { awsErrorName } from './aws-errors.js';
 import { normalizePrefix } from './json-values.js';
-import { REASON_ATTRIBUTE, sqsFailure } from './queue/sqs-queue.js';
+import { REASON_ATTRIBUTE, isQueueGone, sqsFailure } from './queue/sqs-queue.js';
 
 /**
  * A fleet job's two SQS queues: the job queue the dumpers announce chunks on and the
@@ -196,11 +196,6 @@ const isNameTaken = (error: unknown): boolean => {
   return name === 'QueueNameExists' || name === 'QueueAlreadyExists' || name === 'AWS.SimpleQueueService.QueueNameExists';
 };
 
-const isMissingQueue = (error: unknown): boolean => {
-  const name = awsErrorName(error);
-  return name === 'QueueDoesNotExist' || name === 'AWS.SimpleQueueService.NonExistentQueue';
-};
-
 /**
  * What job a queue belongs to and where its chunks are, from its tags. A queue without
  * them (not made by createJobQueues) or one that does not exist is a usage error.
@@ -210,7 +205,7 @@ export async function readJobQueue(sqs: SQSClient, queueUrl: string, signal?: Ab
   try {
     tags = (await sqs.send(new ListQueueTagsCommand({ QueueUrl: queueUrl }), { abortSignal: signal })).Tags ?? {};
   } catch (error) {
-    if (isMissingQueue(error) && !signal?.aborted) {
+    if (isQueueGone(error) && !signal?.aborted) {
       throw new CachewarmError('INVALID_ARGUMENT', `queue ${queueUrl} does not exist`, { queue: queueUrl }, { cause: error });
     }
     throw mapped('ListQueueTags', queueUrl, error, signal);
@@ -370,7 +365,7 @@ export async function deleteJobQueues(sqs: SQSClient, queues: JobQueues, signal?
     try {
       await sqs.send(new DeleteQueueCommand({ QueueUrl: queueUrl }), { abortSignal: signal });
     } catch (error) {
-      if (isMissingQueue(error) && !signal?.aborted) continue;
+      if (isQueueGone(error) && !signal?.aborted) continue;
       throw mapped('DeleteQueue', queueUrl, error, signal);
     }
   }

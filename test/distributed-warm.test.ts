@@ -10,7 +10,7 @@ import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import { createJobQueues } from '../shared/job-queues.js';
-import { endMarkerName } from '../shared/job-layout.js';
+import { endMarkerName, nodePrefix } from '../shared/job-layout.js';
 import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
@@ -234,6 +234,33 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     await assertExactCopy({ topology, replica: 'b' }, items);
   });
 
+  test('external populators (--populators 0): every write of theirs is in the summary, and they end with exit 0 once the job is complete', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 10_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'external' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-external');
+    const jobId = 'external-1';
+    // The source holds the earlier tests' items too: the warm copies all it holds.
+    const held = (await Promise.all((topology.replicas.get('a')?.nodes ?? []).map(itemCount))).reduce((a, b) => a + b, 0);
+    // The job's queues as the controller makes them (idempotently): the fleet is pointed at them first.
+    const queues = await createJobQueues(aws.sqs, { jobId, bucket, prefix: 'warms' });
+    const controller = startCli(warmArgs(bucket, '--job-id', jobId, '--populators', '0', '--force'));
+    // An autoscaler starts workers on the queue's depth: once chunks are announced, the manifest is there.
+    await waitFor(async () => (await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${jobId}/manifest.json` }))).KeyCount === 1, {
+      what: 'the manifest',
+    });
+    const workers = ['w1', 'w2'].map((id) =>
+      startCli(['populator', '--queue-url', queues.queueUrl, '--endpoint', fauxqs.endpoint, '--worker-id', id, '--wait-seconds', '1']),
+    );
+
+    assert.equal(await within(controller.exited, { what: 'the controller', timeoutMs: 120_000 }), 0, JSON.stringify(controller.lines.slice(-10)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; targetNodes: { stored: number; existed: number }[] };
+    assert.equal(summary.complete, true);
+    assert.equal(summary.targetNodes.reduce((sum, n) => sum + n.stored + n.existed, 0), held, JSON.stringify(summary.targetNodes));
+    for (const worker of workers) assert.equal(await within(worker.exited, { what: 'an external worker' }), 0, JSON.stringify(worker.lines.slice(-5)));
+    await assertExactCopy({ topology, replica: 'b' }, items);
+  });
+
   test('a parked message held by another reader during the rerun still counts: exit 1, and the dead-letter queue keeps it', async () => {
     await flushTarget();
     const items = sampleItems({ count: 2_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'browsed' });
@@ -273,7 +300,8 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     const builder = new ChunkBuilder('data', 1 << 20);
     for (const item of late) builder.addData(item.key, item.value, item.flags, item.exptime);
     const chunk = builder.seal();
-    const name = `${jobId}/restored/data-000000.chunk`;
+    // Where the source node's dumper would have put it: the manifest admits no other path.
+    const name = `${nodePrefix(jobId, topology.replicas.get('a')?.nodes[0]?.id ?? '')}/data-000000.chunk`;
     const message = {
       version: 2,
       jobId,

@@ -13,7 +13,17 @@ import { ChunkBuilder, chunkHeader, decodeDataChunk } from '../shared/chunk-form
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import { type EndMarker, type JobManifest, LAYOUT_VERSION, endMarkerName, getJson, manifestName, putJson } from '../shared/job-layout.js';
+import {
+  type EndMarker,
+  type JobManifest,
+  LAYOUT_VERSION,
+  endMarkerName,
+  getJson,
+  manifestName,
+  nodePrefix,
+  putJson,
+  summaryName,
+} from '../shared/job-layout.js';
 import {
   type JobQueues,
   createJobQueues,
@@ -28,7 +38,8 @@ import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { REASON_ATTRIBUTE, SqsQueue } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { S3Store } from '../shared/store/s3-store.js';
-import { type Cluster, itemCount, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
+import { type Cluster, itemCount, load, nowSeconds, readFrom, serverCounters, withCluster } from './support/cluster.js';
+import { startMemcached } from './support/memcached.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, createQueue, startFauxqs } from './support/fauxqs.js';
 import { waitFor, within } from './support/wait.js';
 
@@ -203,10 +214,10 @@ async function createJob(
   return { jobId, bucket, queues, store, target, cluster };
 }
 
-/** Every source node dumped over S3 + SQS, as its sidecar would; returns the data chunks announced. */
-async function dumpSource(job: Job, chunkSizeBytes: number): Promise<number> {
+/** Every source node (or those of `only`) dumped over S3 + SQS, as its sidecar would; returns the data chunks announced. */
+async function dumpSource(job: Job, chunkSizeBytes: number, only?: readonly string[]): Promise<number> {
   const queue = new SqsQueue({ client: aws.sqs, queueUrl: job.queues.queueUrl, clock: systemClock });
-  const nodes = job.cluster.topology.replicas.get('a')?.nodes ?? [];
+  const nodes = (job.cluster.topology.replicas.get('a')?.nodes ?? []).filter((node) => !only || only.includes(node.id));
   const counts = await Promise.all(
     nodes.map(async (node) => {
       const counters = await dumpNode({
@@ -563,12 +574,14 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
       const builder = new ChunkBuilder('data', 1 << 16);
       for (const item of late) builder.addData(item.key, item.value, item.flags, item.exptime);
       const chunk = builder.seal();
-      const name = `${job.jobId}/late/data-000000-x-000.chunk`;
+      // From a node the manifest names, as a dump resumed late would send it.
+      const source = cluster.topology.replicas.get('a')!.nodes[0]!.id;
+      const name = `${nodePrefix(job.jobId, source)}/data-999999-late-000.chunk`;
       await job.store.put(name, chunk);
       await new SqsQueue({ client: aws.sqs, queueUrl: job.queues.queueUrl, clock: systemClock }).send({
         version: 2,
         jobId: job.jobId,
-        source: 'a/late',
+        source,
         store: { bucket: job.bucket, prefix: PREFIX },
         chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) },
         target: job.target,
@@ -696,5 +709,214 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
     assert.equal(exit.code, 2, exit.stderr);
     assert.match(exit.stderr, /not-a-job is not a cachewarm job queue \(no cachewarm-job tag\)/);
     assert.match(exit.stderr, /INVALID_ARGUMENT/);
+  });
+});
+
+// ---------------------------------------------------------------------------------------
+// The job's manifest is the only word on where a job writes; reports keep every write; the
+// controller's clean-up ends external workers.
+
+/** A data chunk of `items`, stored at `name` in the job's bucket, and a message announcing it as the job's own dumper would. */
+async function storedChunk(job: Job, name: string, items: readonly WritableItem[], source: string): Promise<ChunkMessage> {
+  const builder = new ChunkBuilder('data', 1 << 20);
+  for (const item of items) builder.addData(item.key, item.value, item.flags, item.exptime);
+  const chunk = builder.seal();
+  await job.store.put(name, chunk);
+  return {
+    version: 2,
+    jobId: job.jobId,
+    source,
+    store: { bucket: job.bucket, prefix: PREFIX },
+    chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) },
+    target: job.target,
+  };
+}
+
+async function announce(job: Job, message: ChunkMessage): Promise<void> {
+  await aws.sqs.send(new SendMessageCommand({ QueueUrl: job.queues.queueUrl, MessageBody: JSON.stringify(message) }));
+}
+
+/** Chunks whose messages a populator deleted (each after the report counting it), by its log. */
+function acknowledged(populator: Populator): Set<string> {
+  return new Set(populator.events.filter(named('acknowledged')).flatMap((e) => e['chunks'] as string[]));
+}
+
+const escaped = (text: string): string => text.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+
+describe('populators take the target and the chunks from the manifest, keep every write in their reports, and end when the controller ends the job', () => {
+  test('a message naming a foreign target ring, one from a source node the manifest does not list and one naming a chunk outside its node\'s directory are parked with the reason; the foreign memcached is never written; the job\'s own chunks land exactly', async () => {
+    // A memcached in neither the topology nor the manifest: where a forged message would send the items.
+    const foreign = await startMemcached({ memoryMb: 64 });
+    try {
+      await withCluster({ a: 1, b: 2 }, async (cluster) => {
+        const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'manifest' });
+        await load(cluster.topology, 'a', items);
+        const job = await createJob(cluster);
+        await dumpSource(job, 16 << 10);
+        const sourceNode = cluster.topology.replicas.get('a')!.nodes[0]!.id;
+
+        // 1. One of the job's real chunks, announced again with a ring of the sender's: the foreign node.
+        const [real] = await dataChunkNames(job);
+        assert.ok(real);
+        const realBody = await job.store.get(real);
+        const foreignRing: TargetRing = { replica: 'b', hashing: 'spymemcached', nodes: [{ address: foreign.address, ringName: foreign.address }] };
+        await announce(job, {
+          version: 2,
+          jobId: job.jobId,
+          source: sourceNode,
+          store: { bucket: job.bucket, prefix: PREFIX },
+          chunk: { name: real, bytes: realBody.length, ...chunkHeader(realBody) },
+          target: foreignRing,
+        });
+        // 2. Items of the sender's own, in the job's directory but not in a source node's.
+        const forged = sampleItems({ count: 50, valueBytes: 10, nowSeconds: nowSeconds(), seed: 'forged' });
+        const outsideName = `${job.jobId}/populators/data-000000-x-000.chunk`;
+        await announce(job, await storedChunk(job, outsideName, forged, sourceNode));
+        // 3. The same items as a data chunk of a source node the manifest does not list.
+        const stranger = 'a/10.9.9.9:11211';
+        const strangerName = `${nodePrefix(job.jobId, stranger)}/data-000000-x-000.chunk`;
+        await announce(job, await storedChunk(job, strangerName, forged, stranger));
+
+        const worker = startPopulator(job.queues.queueUrl, 'held-to-manifest');
+        const end = await finished(worker);
+        assert.equal(end.code, 1, end.stderr.slice(-2000));
+        assert.equal(end.result.outcome, 'complete');
+        assert.equal(end.result.parked, 3);
+
+        const manifestAt = `s3://${job.bucket}/${PREFIX}/${job.jobId}/manifest.json`;
+        const expectedReasons = new Map([
+          [real, new RegExp(`names target ring "b" \\[${escaped(foreign.address)}\\], not the job's "b" \\[${job.target.nodes.map((n) => escaped(n.address)).join(', ')}\\] \\(from ${escaped(manifestAt)}\\): nothing written`)],
+          [outsideName, new RegExp(`chunk "${escaped(outsideName)}" is not a data chunk of source node ${escaped(sourceNode)} \\(${escaped(nodePrefix(job.jobId, sourceNode))}/data-….chunk\\)`)],
+          [strangerName, new RegExp(`comes from source node "${escaped(stranger)}", not one of the job's \\(${escaped(sourceNode)}, from ${escaped(manifestAt)}\\)`)],
+        ]);
+        const parked = await parkedMessages(aws.sqs, job.queues.deadLetterQueueUrl);
+        assert.deepEqual(parked.map((p) => p.chunk).sort(), [...expectedReasons.keys()].sort(), parked.map((p) => `${p.chunk}: ${p.reason}`).join('\n'));
+        for (const [chunk, reason] of expectedReasons) {
+          assert.match(parked.find((p) => p.chunk === chunk)?.reason ?? '', reason, `the dead-letter reason of ${chunk}`);
+          assert.ok(
+            worker.events.some((e) => e.event === 'chunk-parked' && e['chunk'] === chunk && reason.test(String(e['reason']))),
+            `the worker logged why ${chunk} was parked`,
+          );
+        }
+
+        // Nothing was even tried on the foreign node; the target holds the job's items, exactly, and nothing else.
+        assert.deepEqual(await serverCounters(foreign), { cmdGet: 0, cmdSet: 0, totalItems: 0, currItems: 0 });
+        await assertWarmed(job, items);
+        assert.equal(await onTarget(job, forged.map((i) => i.key)), 0, 'no forged item on the target');
+        assert.deepEqual(await queueBacklog(aws.sqs, job.queues.queueUrl), { visible: 0, inFlight: 0, delayed: 0 });
+      });
+    } finally {
+      await foreign.stop();
+    }
+  });
+
+  test('a worker SIGKILLed mid-job loses no count: what it finished was reported before its messages were deleted, what it held half-written is counted once, by the worker that finishes it; stored + existed over all reports is the item count', async () => {
+    await withCluster({ a: 2, b: 3 }, async (cluster) => {
+      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'counted' });
+      await load(cluster.topology, 'a', items);
+      const job = await createJob(cluster, { visibilityTimeoutSeconds: 3 });
+      const [first, second] = cluster.topology.replicas.get('a')!.nodes.map((n) => n.id);
+
+      // The first source node's chunks: written whole and acknowledged, the worker then waits for the second node.
+      const doomed = startPopulator(job.queues.queueUrl, 'doomed', '--concurrency', '2');
+      const firstChunks = await dumpSource(job, 16 << 10, [first!]);
+      await doomed.waitFor(() => acknowledged(doomed).size === firstChunks, `the first node's ${firstChunks} chunks acknowledged`);
+
+      // A stalled target node holds every chunk of the second source node half-written: its
+      // items for the other nodes are stored, those for this one wait unanswered.
+      const [stalled, ...answering] = cluster.servers['b']!;
+      const thaw = freeze(stalled!.pid);
+      try {
+        await dumpSource(job, 16 << 10, [second!]);
+        await doomed.waitFor(() => heldChunks(doomed).size === 2, 'both slots holding a chunk of the second node');
+        const held = [...heldChunks(doomed)];
+        const heldKeys = (await Promise.all(held.map(async (name) => decodeDataChunk(await job.store.get(name), name)))).flat().map((i) => Buffer.from(i.key));
+        let halfWritten = 0;
+        await waitFor(
+          async () => {
+            halfWritten = 0;
+            for (const server of answering) halfWritten += (await readFrom(server, heldKeys)).filter(Boolean).length;
+            return halfWritten > 0;
+          },
+          { what: 'items of the held chunks stored on the nodes that answer', detail: () => halfWritten },
+        );
+
+        doomed.child.kill('SIGKILL');
+        assert.equal((await within(doomed.exit, { what: 'exit of the SIGKILLed worker' })).signal, 'SIGKILL');
+        const [lastWord] = await reports(job);
+        assert.equal(lastWord?.workerId, 'doomed', 'the killed worker left a report');
+        assert.equal(lastWord?.final, false);
+        assert.equal(lastWord?.chunks, firstChunks, 'it counts exactly the chunks whose messages it deleted');
+        thaw();
+
+        const rescuer = startPopulator(job.queues.queueUrl, 'rescuer');
+        const end = await finished(rescuer);
+        assert.equal(end.code, 0, end.stderr.slice(-2000));
+        for (const chunk of held) assert.ok(rescuer.events.some(named('chunk-done', chunk)), `${chunk} was finished by the other worker`);
+        assert.ok(end.result.counters.existed >= halfWritten, 'what the killed worker half-wrote is counted as existing, by the worker that finished it');
+      } finally {
+        thaw();
+      }
+
+      const all = await reports(job);
+      assert.deepEqual(all.map((r) => r.workerId).sort(), ['doomed', 'rescuer']);
+      const counters = all.flatMap((r) => Object.values(r.byNode));
+      assert.equal(counters.reduce((sum, c) => sum + c.stored + c.existed, 0), items.length, 'stored + existed over all reports');
+      assert.equal(counters.reduce((sum, c) => sum + c.failed + c.expired, 0), 0);
+      await assertWarmed(job, items);
+      assert.deepEqual(await parkedMessages(aws.sqs, job.queues.deadLetterQueueUrl), []);
+    });
+  });
+
+  test('an external worker whose job the controller completes (summary written, queues deleted) ends quietly: outcome complete, final report written, exit 0', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      const items = sampleItems({ count: 2_000, valueBytes: 50, nowSeconds: nowSeconds(), seed: 'external' });
+      await load(cluster.topology, 'a', items);
+      // A second source node that leaves no end marker (its share covered from another replica,
+      // say): the worker cannot see the job complete, only the controller's end of it.
+      const job = await createJob(cluster, { moreSourceNodes: ['a/10.0.0.9:11211'] });
+      const announced = await dumpSource(job, 32 << 10);
+
+      const worker = startPopulator(job.queues.queueUrl, 'external');
+      await worker.waitFor(() => acknowledged(worker).size === announced, `all ${announced} chunks acknowledged`);
+      await worker.waitFor(named('waiting'), 'waiting for the unfinished source node');
+
+      // The controller's end of a completed job: the summary first, then the queues go.
+      await putJson(job.store, summaryName(job.jobId), { jobId: job.jobId, complete: true });
+      await deleteJobQueues(aws.sqs, job.queues);
+
+      const end = await finished(worker);
+      assert.equal(end.code, 0, end.stderr.slice(-2000));
+      assert.equal(end.result.outcome, 'complete');
+      assert.doesNotMatch(end.stderr, /QueueDoesNotExist|cachewarm: /, 'no error said');
+      const complete = worker.events.find(named('job-complete'));
+      assert.equal(complete?.['queueDeleted'], true);
+      assert.equal(complete?.['summary'], `s3://${job.bucket}/${PREFIX}/${job.jobId}/summary.json`);
+      const [report] = await reports(job);
+      assert.equal(report?.final, true);
+      assert.equal(report && storedIn(report), items.length);
+      await assertWarmed(job, items);
+    });
+  });
+
+  test('a worker whose queue is deleted before the job has a summary fails, saying so: exit 1, JOB_FAILED, its final report written', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      const job = await createJob(cluster);
+      const worker = startPopulator(job.queues.queueUrl, 'orphaned');
+      await worker.waitFor(named('waiting'), 'waiting for the source node');
+      await deleteJobQueues(aws.sqs, job.queues);
+
+      const exit = await within(worker.exit, { what: 'exit of the worker whose queue was deleted', detail: () => worker.events.slice(-5) });
+      assert.equal(exit.code, 1, exit.stderr);
+      assert.match(
+        exit.stderr,
+        new RegExp(
+          `cachewarm: queue ${escaped(job.queues.queueUrl)} of job ${job.jobId} was deleted before the job completed ` +
+            `\\(no summary at ${escaped(`s3://${job.bucket}/${PREFIX}/${job.jobId}/summary.json`)}\\).*\\[JOB_FAILED\\]`,
+        ),
+      );
+      const [report] = await reports(job);
+      assert.equal(report?.final, true);
+    });
   });
 });

@@ -8,10 +8,11 @@ import { connectDirect } from '../shared/memcached/connect.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
-import { type ChunkMessage, type TargetRing, parseChunkMessage } from '../shared/chunk-message.js';
+import { type ChunkMessage, type MessageScope, type TargetRing, checkMessageScope, parseChunkMessage } from '../shared/chunk-message.js';
 import { systemClock } from '../shared/clock.js';
 import { WriteTally } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
+import { nodePrefix } from '../shared/job-layout.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { sampleItems } from '../shared/sample-items.js';
@@ -132,4 +133,59 @@ describe('a chunk message from outside the process', () => {
       });
     });
   }
+});
+
+describe('a chunk message held to its job\'s manifest', () => {
+  const target: TargetRing = {
+    replica: 'b',
+    hashing: 'spymemcached',
+    nodes: [
+      { address: '10.0.1.1:11211', ringName: '10.0.1.1:11211' },
+      { address: '10.0.1.2:11211', ringName: '10.0.1.2:11211' },
+    ],
+  };
+  const source = 'a/10.0.0.1:11211';
+  const scope: MessageScope = {
+    jobId: 'j',
+    store: { bucket: 'chunks', prefix: 'warm' },
+    manifest: { where: 's3://chunks/warm/j/manifest.json', target, sourceNodes: [source, 'a/10.0.0.2:11211'] },
+  };
+  const chunkName = `${nodePrefix('j', source)}/data-000000-r1-000.chunk`;
+  // As it comes off a queue: parsed from JSON (writeOnly present as undefined).
+  const valid = parseChunkMessage(
+    JSON.stringify({ version: 2, jobId: 'j', source, store: scope.store, chunk: { name: chunkName, bytes: 100, items: 3, crc32: 1 }, target }),
+    'm1',
+  );
+
+  test('passes when it names the manifest\'s ring, one of its source nodes and a data chunk of that node', () => {
+    checkMessageScope(valid, scope, 'm1');
+  });
+
+  const refusals: [string, ChunkMessage, RegExp][] = [
+    ['a node of its own', { ...valid, target: { ...target, nodes: [...target.nodes, { address: '10.6.6.6:11211', ringName: '10.6.6.6:11211' }] } }, /names target ring "b" \[10\.0\.1\.1:11211, 10\.0\.1\.2:11211, 10\.6\.6\.6:11211\], not the job's "b" \[10\.0\.1\.1:11211, 10\.0\.1\.2:11211\] \(from s3:\/\/chunks\/warm\/j\/manifest\.json\)/],
+    ['the same addresses hashed by other names', { ...valid, target: { ...target, nodes: target.nodes.map((n) => ({ ...n, ringName: `x/${n.ringName}` })) } }, /names target ring "b"/],
+    ['another hashing', { ...valid, target: { ...target, hashing: 'libmemcached' } }, /names target ring "b"/],
+    ['one node of the ring only', { ...valid, target: { ...target, writeOnly: ['10.0.1.2:11211'] } }, /names target ring "b" \[.*\] writing only 10\.0\.1\.2:11211, not the job's/],
+    ['a source node the manifest does not list', { ...valid, source: 'a/10.9.9.9:11211', chunk: { ...valid.chunk, name: `${nodePrefix('j', 'a/10.9.9.9:11211')}/data-000000-r1-000.chunk` } }, /comes from source node "a\/10\.9\.9\.9:11211", not one of the job's \(a\/10\.0\.0\.1:11211, a\/10\.0\.0\.2:11211, from s3:\/\/chunks\/warm\/j\/manifest\.json\)/],
+    ['a chunk of another source node\'s directory', { ...valid, chunk: { ...valid.chunk, name: `${nodePrefix('j', 'a/10.0.0.2:11211')}/data-000000-r1-000.chunk` } }, /chunk "j\/a_10\.0\.0\.2_11211\/data-000000-r1-000\.chunk" is not a data chunk of source node a\/10\.0\.0\.1:11211 \(j\/a_10\.0\.0\.1_11211\/data-….chunk\)/],
+    ['a key chunk of its node', { ...valid, chunk: { ...valid.chunk, name: `${nodePrefix('j', source)}/keys-000000.chunk` } }, /is not a data chunk of source node/],
+    ['a chunk beside the nodes\' directories', { ...valid, chunk: { ...valid.chunk, name: 'j/populators/data-000000-r1-000.chunk' } }, /is not a data chunk of source node/],
+    ['a chunk below a data chunk\'s name', { ...valid, chunk: { ...valid.chunk, name: `${nodePrefix('j', source)}/data-x/y.chunk` } }, /is not a data chunk of source node/],
+  ];
+  for (const [what, message, reason] of refusals) {
+    test(`refuses, with MESSAGE_MALFORMED and the reason, ${what}`, () => {
+      assert.throws(() => checkMessageScope(message, scope, 'm1'), (error: unknown) => {
+        assert.ok(error instanceof CachewarmError);
+        assert.equal(error.code, 'MESSAGE_MALFORMED');
+        assert.match(error.message, /^message m1: /);
+        assert.match(error.message, reason);
+        return true;
+      });
+    });
+  }
+
+  test('without a manifest (the embedded transport) the message\'s own ring and source are taken as they are', () => {
+    const { manifest: _, ...embedded } = scope;
+    for (const [, message] of refusals.slice(0, 5)) checkMessageScope(message, embedded, 'm1');
+  });
 });

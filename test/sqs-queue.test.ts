@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
-import { GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { DeleteQueueCommand, GetQueueAttributesCommand, ReceiveMessageCommand, SQSClient, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
@@ -12,7 +12,7 @@ import type { Delivery } from '../shared/chunk-queue.js';
 import { type Clock, systemClock } from '../shared/clock.js';
 import { WriteTally } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
-import { REASON_ATTRIBUTE, SqsQueue, type SqsQueueOptions } from '../shared/queue/sqs-queue.js';
+import { REASON_ATTRIBUTE, SqsQueue, type SqsQueueOptions, isQueueGone } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { nowSeconds, readFrom, startCluster } from './support/cluster.js';
@@ -390,6 +390,41 @@ describe('the SQS chunk queue (against fauxqs, through the real SQS client)', ()
       assert.match(error.message, /SQS SendMessage on .*chunks-\d+-missing failed: .*QueueDoesNotExist/);
       return true;
     });
+  });
+
+  test('ackAll deletes held deliveries together, one DeleteMessageBatch per 10, keeping each hidden until then; each is settled', async () => {
+    const observed = observedSqs();
+    try {
+      const { queue, queueUrl } = await fresh({ client: observed.sqs });
+      for (let i = 0; i < 12; i++) await queue.send(chunkMessage(`job-1/a/data-${i}.chunk`));
+      const held: Delivery[] = [];
+      for (let i = 0; i < 12; i++) held.push(await receiveOne(queue));
+      // Past the 2 s visibility timeout: still hidden, renewed while they wait for ackAll.
+      const renewals = observed.settled('ChangeMessageVisibilityCommand').length;
+      await waitFor(() => observed.settled('ChangeMessageVisibilityCommand').length >= renewals + 12 * 2, { what: 'two renewals of each held message' });
+      assert.deepEqual(await depth(queueUrl), { visible: 0, held: 12 });
+
+      await queue.ackAll(held);
+      assert.deepEqual(observed.settled('DeleteMessageBatchCommand').map((call) => call.input['Entries'].length), [10, 2]);
+      assert.deepEqual(observed.settled('DeleteMessageCommand'), [], 'no message deleted one by one');
+      assert.deepEqual(await depth(queueUrl), { visible: 0, held: 0 });
+      await assert.rejects(held[0]!.ack(), /settled twice/);
+    } finally {
+      observed.destroy();
+    }
+  });
+
+  test('a queue deleted under its receiver: the failure names the queue and says it is gone (isQueueGone)', async () => {
+    const { queue, queueUrl } = await fresh();
+    await aws.sqs.send(new DeleteQueueCommand({ QueueUrl: queueUrl }));
+    await assert.rejects(queue.receive(AbortSignal.timeout(10_000)), (error: unknown) => {
+      assert.ok(error instanceof CachewarmError);
+      assert.equal(error.code, 'TRANSPORT_FAILED');
+      assert.match(error.message, new RegExp(`SQS ReceiveMessage on ${queueUrl} failed: QueueDoesNotExist`));
+      assert.equal(isQueueGone(error), true);
+      return true;
+    });
+    assert.equal(isQueueGone(new CachewarmError('TRANSPORT_FAILED', 'SQS ReceiveMessage failed: ServiceUnavailable', { awsError: 'ServiceUnavailable' })), false);
   });
 
   test('the real populator runs unchanged over S3Store + SqsQueue: both chunks written, messages acked, chunks deleted', async () => {

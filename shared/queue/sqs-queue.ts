@@ -1,5 +1,6 @@
 import {
   ChangeMessageVisibilityCommand,
+  DeleteMessageBatchCommand,
   DeleteMessageCommand,
   type Message,
   ReceiveMessageCommand,
@@ -19,6 +20,8 @@ export const SOURCE_MESSAGE_ID_ATTRIBUTE = 'CachewarmSourceMessageId';
 
 /** SQS allows 256 KiB for a whole message; a reason is kept well inside that. */
 const MAX_REASON_CHARS = 4096;
+/** SQS's limit of entries in one DeleteMessageBatch. */
+const MAX_BATCH_ENTRIES = 10;
 
 export interface SqsQueueOptions {
   /** Built once by the caller (region, credentials, endpoint), shared by every call. */
@@ -61,6 +64,8 @@ export class SqsQueue implements ChunkQueue {
   private readonly maxReceives: number | undefined;
   private readonly onMalformed: SqsQueueOptions['onMalformed'];
   private readonly clock: Clock;
+  /** Settles a delivery of this queue as an ack would, for ackAll, returning its receipt handle. */
+  private readonly releasers = new WeakMap<Delivery, () => string>();
 
   constructor(options: SqsQueueOptions) {
     this.client = options.client;
@@ -137,10 +142,13 @@ export class SqsQueue implements ChunkQueue {
     const extending = new AbortController();
     void this.keepHidden(receiptHandle, extending.signal);
     let settled = false;
-    const settle = async (operation: string, action: () => Promise<void>): Promise<void> => {
+    const markSettled = (operation: string): void => {
       if (settled) throw new Error(`a delivery was settled twice (${operation} after it was settled)`);
       settled = true;
       extending.abort();
+    };
+    const settle = async (operation: string, action: () => Promise<void>): Promise<void> => {
+      markSettled(operation);
       await action();
     };
     const receiveCount = Number.isSafeInteger(count) && count > 0 ? count : 1;
@@ -148,7 +156,7 @@ export class SqsQueue implements ChunkQueue {
       await this.deadLetter(received, reason);
       await this.deleteMessage(receiptHandle);
     };
-    return {
+    const delivery: Delivery = {
       message,
       receiveCount,
       ack: () => settle('ack', () => this.deleteMessage(receiptHandle)),
@@ -176,6 +184,43 @@ export class SqsQueue implements ChunkQueue {
         return settle('park', () => parkNow(reason));
       },
     };
+    this.releasers.set(delivery, () => {
+      markSettled('ackAll');
+      return receiptHandle;
+    });
+    return delivery;
+  }
+
+  /**
+   * Acknowledges deliveries of this queue together, with one DeleteMessageBatch per 10 rather
+   * than a DeleteMessage each: for a holder that acknowledges only once something else is
+   * done (a report written). Until this is called each message stays hidden, its visibility
+   * renewed as while it was held. A message that could not be deleted is named in the error;
+   * it is delivered again once its visibility timeout runs out.
+   */
+  async ackAll(deliveries: readonly Delivery[], signal?: AbortSignal): Promise<void> {
+    const handles = deliveries.map((delivery) => {
+      const release = this.releasers.get(delivery);
+      if (!release) throw new Error(`ackAll on ${this.queueUrl}: the delivery of ${delivery.message.chunk.name} was not received from this queue`);
+      return release();
+    });
+    const failed: string[] = [];
+    for (let at = 0; at < handles.length; at += MAX_BATCH_ENTRIES) {
+      const entries = handles.slice(at, at + MAX_BATCH_ENTRIES).map((handle, i) => ({ Id: String(at + i), ReceiptHandle: handle }));
+      const out = await this.call('DeleteMessageBatch', this.queueUrl, signal, () =>
+        this.client.send(new DeleteMessageBatchCommand({ QueueUrl: this.queueUrl, Entries: entries }), { abortSignal: signal }),
+      );
+      for (const entry of out.Failed ?? []) {
+        failed.push(`${deliveries[Number(entry.Id)]?.message.chunk.name ?? entry.Id}: ${entry.Code ?? 'error'} ${entry.Message ?? ''}`.trim());
+      }
+    }
+    if (failed.length > 0) {
+      throw new CachewarmError(
+        'TRANSPORT_FAILED',
+        `SQS DeleteMessageBatch on ${this.queueUrl}: ${failed.length} of ${handles.length} messages not deleted (delivered again later): ${failed.join('; ')}`,
+        { queue: this.queueUrl, operation: 'DeleteMessageBatch' },
+      );
+    }
   }
 
   /** Renews the visibility timeout every half timeout until `stop` aborts. A failed renewal is tried again next time. */
@@ -253,6 +298,14 @@ export function sqsFailure(operation: string, queueUrl: string, error: unknown):
     { queue: queueUrl, operation, awsError: awsName, httpStatus: status },
     { cause: error },
   );
+}
+
+const MISSING_QUEUE_ERRORS: ReadonlySet<string> = new Set(['QueueDoesNotExist', 'AWS.SimpleQueueService.NonExistentQueue']);
+
+/** Whether an SQS failure (the SDK's error, or the CachewarmError sqsFailure made of it) says the queue does not exist. */
+export function isQueueGone(error: unknown): boolean {
+  const name = error instanceof CachewarmError ? error.context['awsError'] : awsErrorName(error);
+  return typeof name === 'string' && MISSING_QUEUE_ERRORS.has(name);
 }
 
 function truncate(text: string): string {
