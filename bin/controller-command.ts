@@ -4,7 +4,7 @@ import { type Command, Option } from 'commander';
 import { createControllerServer } from '../controller/controller-server.js';
 import { instanceWarmDecider } from '../controller/decide-instance-warm.js';
 import { DEFAULT_MIN_SHARE } from '../controller/expected-share.js';
-import { ACTIVE_STATES, InstanceJobManager, type RunWarm } from '../controller/instance-jobs.js';
+import { ACTIVE_STATES, type AbandonWarm, InstanceJobManager, type RunWarm } from '../controller/instance-jobs.js';
 import { TopologyWatch } from '../controller/topology-watch.js';
 import { warmInstance } from '../controller/warm-instance.js';
 import { connectDirect } from '../shared/memcached/connect.js';
@@ -29,14 +29,17 @@ interface ServeOptions extends TransportOptions {
 
 const minShare = asArgument((text) => parseFractionInRange(text, { min: 0, max: 1 }));
 
-/** The warm each job runs: in this process (embedded), or through the sidecars, S3 and SQS. */
-async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; close: () => void }> {
+/**
+ * The warm each job runs: in this process (embedded), or through the sidecars, S3 and SQS; and
+ * on S3+SQS, the removal of what a superseded job left there.
+ */
+async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; abandonWarm?: AbandonWarm; close: () => void }> {
   const common = { chunkSizeBytes: opts.chunkSize, maxOpsPerNode: opts.maxOps, clock: systemClock };
   if (opts.transport === 'aws') {
     // Built once: the SDK clients and the sidecars' token serve every job. Loaded here only:
     // the SDK costs a few hundred milliseconds the embedded transport never needs.
     const settings = await distributedSettings(opts);
-    const { warmDistributed } = await import('../controller/warm-distributed.js');
+    const [{ warmDistributed }, { abandonJob }] = await Promise.all([import('../controller/warm-distributed.js'), import('../controller/abandon-job.js')]);
     return {
       runWarm: (node, topology, { jobId, signal, onProgress }) =>
         warmDistributed({
@@ -52,6 +55,10 @@ async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; close
           onProgress,
           log: (line) => logLine({ event: 'warm-log', jobId, line }),
         }),
+      abandonWarm: async (_node, topology, { jobId, supersededBy, signal }) => {
+        const { queuesRemoved, objectsRemoved, record } = await abandonJob({ ...settings, clock: systemClock, topology, jobId, supersededBy, signal });
+        return `${queuesRemoved} queues and ${objectsRemoved} objects removed${record ? `; the manifest kept, with ${record}` : ''}`;
+      },
       close: () => {
         settings.s3.destroy();
         settings.sqs.destroy();
@@ -81,7 +88,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const stopped = stopSignal();
   const watch = await TopologyWatch.open({ file: opts.topology, clock: systemClock, intervalMs: opts.topologyPollMs, log: logLine });
-  const { runWarm, close: closeRunner } = await warmRunner(opts);
+  const { runWarm, abandonWarm, close: closeRunner } = await warmRunner(opts);
   // Bound late: a peer with a job of its own holds less than its share, and must not count
   // as healthy when its neighbour is judged.
   let jobs: InstanceJobManager | undefined;
@@ -90,7 +97,7 @@ async function serve(opts: ServeOptions): Promise<void> {
     minShare: opts.minShare,
     excludePeer: (peer) => jobs?.activeJob(peer.id) !== undefined,
   });
-  jobs = new InstanceJobManager({ runWarm, decide, clock: systemClock, log: logLine });
+  jobs = new InstanceJobManager({ runWarm, abandonWarm, decide, clock: systemClock, log: logLine });
   const server = createControllerServer({ token, jobs, topology: () => watch.current, topologyFile: opts.topology, log: logLine });
   try {
     const nodes = [...watch.current.replicas.values()].reduce((sum, r) => sum + r.nodes.length, 0);

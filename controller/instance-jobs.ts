@@ -11,7 +11,9 @@
  * Signals for a node with a job under way collapse into that job (the sidecar's notifier
  * retries, and a scheduler may ask twice), unless they tell of a newer process than the one
  * the job was started for: that node restarted again during its warm, so what was copied so
- * far is gone, and the job is cancelled and a fresh one started.
+ * far is gone, and the job is cancelled and a fresh one started. The fresh one starts once the
+ * old one has stopped (its warm ended, and what it left behind was removed: see AbandonWarm),
+ * and warms whatever the node holds if the old one had begun writing (see `overruled`).
  */
 import type { RestartSignal } from '../dumper/restart-watcher.js';
 import type { Clock } from '../shared/clock.js';
@@ -40,6 +42,25 @@ export type RunWarm = (node: NodeSpec, topology: Topology, context: WarmContext)
 
 /** Whether the node holds too little of its share (decideInstanceWarm, or a fake). */
 export type DecideWarm = (node: NodeSpec, topology: Topology, signal: AbortSignal) => Promise<WarmDecision>;
+
+/**
+ * Removes what the warm of a superseded job left behind (on S3+SQS: it stops the job's dumps,
+ * deletes its queues and chunks). Called once that warm has stopped and before the job that
+ * replaces it starts; resolves with one line saying what was removed. `signal` aborts on shutdown.
+ */
+export type AbandonWarm = (
+  node: NodeSpec,
+  topology: Topology,
+  context: { readonly jobId: string; readonly supersededBy: string; readonly signal: AbortSignal },
+) => Promise<string>;
+
+/** What became of a superseded job's leftovers. */
+export interface JobCleanup {
+  /** True once they were removed. */
+  readonly done: boolean;
+  /** What was removed, or why it could not be (they are then left for a person). */
+  readonly detail: string;
+}
 
 /** What asked for the job. A manual job warms whatever the decision says (a person asked for it). */
 export type JobTrigger = { readonly kind: 'restart'; readonly restart: RestartSignal } | { readonly kind: 'manual' };
@@ -76,6 +97,8 @@ export interface InstanceJobView {
   readonly duplicates: number;
   /** The job that replaced this one (a newer restart of its node). */
   readonly supersededBy?: string | undefined;
+  /** A superseded job's leftovers, once its warm stopped. */
+  readonly cleanup?: JobCleanup | undefined;
   /** ISO 8601 */
   readonly createdAt: string;
   readonly startedAt?: string | undefined;
@@ -93,6 +116,8 @@ export interface SubmitResult {
 export interface InstanceJobManagerOptions {
   readonly runWarm: RunWarm;
   readonly decide: DecideWarm;
+  /** Nothing is removed of a superseded job without it (the embedded transport keeps its work directory). */
+  readonly abandonWarm?: AbandonWarm | undefined;
   readonly clock: Clock;
   /**
    * Warms running at once; default 1. Every instance warm crawls every node of its source
@@ -128,6 +153,22 @@ function processStartSeconds(restart: RestartSignal): number {
   return Date.parse(restart.detectedAt) / 1000 - restart.uptimeSeconds;
 }
 
+/**
+ * The decision, unless the node restarted again while an earlier job was writing into it.
+ * That job's writers reconnect to whatever answers on the node's port, so until it was
+ * stopped it wrote into the new process too, and a count cannot tell such a partial copy from
+ * a full share (seen: a node holding 0.93 of it, 2,515 items short, left alone). The earlier job had not
+ * finished, so the share was whole in no process: the replacement warms whatever the count
+ * says. Discounting the earlier job's writes instead would be a guess (its counters do not say
+ * how many went into which process), and a warm is add-only: warming a node that did hold its
+ * share costs the source a crawl, never an item.
+ */
+function overruled(job: Job, decision: WarmDecision): WarmDecision {
+  if (job.interrupted === undefined || decision.warm) return decision;
+  const why = `it restarted while job ${job.interrupted} was warming it, and what it holds may be that job's partial copy`;
+  return { ...decision, warm: true, reason: `${decision.reason}; overruled: ${why}: warm` };
+}
+
 /** One job; mutated only by the manager. */
 class Job {
   state: JobState = 'deciding';
@@ -141,6 +182,12 @@ class Job {
   error: { code: string; message: string } | undefined;
   duplicates = 0;
   supersededBy: string | undefined;
+  cleanup: JobCleanup | undefined;
+  /**
+   * The job this one replaced that had begun writing into the node (or that replaced such a
+   * job itself): what the node holds may be that job's writes. See `overruled`.
+   */
+  interrupted: string | undefined;
   startedAtMs: number | undefined;
   finishedAtMs: number | undefined;
   summary: WarmSummary | undefined;
@@ -178,6 +225,7 @@ class Job {
       error: this.error,
       duplicates: this.duplicates,
       supersededBy: this.supersededBy,
+      cleanup: this.cleanup,
       createdAt: iso(this.createdAtMs) as string,
       startedAt: iso(this.startedAtMs),
       finishedAt: iso(this.finishedAtMs),
@@ -247,6 +295,8 @@ export class InstanceJobManager {
   private readonly endedTotal = new Map<JobState, number>();
   /** node id → items written by finished jobs; running jobs add their live count on top. */
   private readonly writtenByFinished = new Map<string, number>();
+  /** Aborted by close(): cuts short the removal of a superseded job's leftovers. */
+  private readonly shutdown = new AbortController();
   private closing: Promise<void> | undefined;
 
   constructor(private readonly options: InstanceJobManagerOptions) {
@@ -286,13 +336,15 @@ export class InstanceJobManager {
     let previous: Promise<void> = Promise.resolve();
     if (current) {
       current.supersededBy = job.id;
+      job.interrupted = current.startedAtMs !== undefined ? current.id : current.interrupted;
       const why = trigger.kind === 'restart' ? `pid ${trigger.restart.pid}, up ${trigger.restart.uptimeSeconds} s` : 'by hand';
       this.log({ event: 'job-superseded', jobId: current.id, node: node.id, by: job.id, state: current.state });
       current.abort.abort(
         new CachewarmError('ABORTED', `superseded by job ${job.id}: ${node.id} restarted again (${why})`, { job: current.id, by: job.id }),
       );
-      // The new job starts once the old one has let go: two warms of one node would crawl
-      // the same source nodes at once, and memcached allows one crawl per node.
+      // The new job starts once the old one has let go: its writes stopped (a job never writes
+      // alongside its replacement), and two warms of one node would crawl the same source
+      // nodes at once, which memcached refuses (one crawl per node).
       previous = current.settled;
     }
     job.settled = this.execute(job, previous);
@@ -343,6 +395,7 @@ export class InstanceJobManager {
   /** Cancels every job under way and waits for them to stop; refuses new ones. Idempotent. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      this.shutdown.abort(new CachewarmError('ABORTED', 'the controller is shutting down'));
       const active = [...this.activeByNode.values()];
       for (const job of active) job.abort.abort(new CachewarmError('ABORTED', 'the controller is shutting down', { job: job.id }));
       await Promise.all(active.map((job) => job.settled));
@@ -373,7 +426,7 @@ export class InstanceJobManager {
     try {
       await previous;
       if (signal.aborted) throw abortReason(signal);
-      const decision = await this.options.decide(job.node, job.topology, signal);
+      const decision = overruled(job, await this.options.decide(job.node, job.topology, signal));
       if (signal.aborted) throw abortReason(signal);
       this.record(job, decision);
       if (!decision.warm && job.trigger.kind !== 'manual') {
@@ -389,8 +442,33 @@ export class InstanceJobManager {
         release();
       }
     } catch (error) {
-      if (signal.aborted) this.finish(job, 'cancelled', abortReason(signal).message);
-      else this.finish(job, 'failed', describeError(error).message, describeError(error));
+      if (signal.aborted) {
+        await this.abandon(job);
+        this.finish(job, 'cancelled', abortReason(signal).message);
+      } else {
+        this.finish(job, 'failed', describeError(error).message, describeError(error));
+      }
+    }
+  }
+
+  /**
+   * Removes what a superseded job's warm left behind, now that it has stopped and before its
+   * replacement starts: nothing of it outlives it, and the replacement finds the source's
+   * sidecars free. A failure is recorded, not fatal: the node still needs its warm, and the
+   * leftovers stay for a person (as an incomplete job's do).
+   */
+  private async abandon(job: Job): Promise<void> {
+    const { abandonWarm } = this.options;
+    if (!abandonWarm || job.supersededBy === undefined || job.startedAtMs === undefined) return;
+    const by = job.supersededBy;
+    try {
+      const removed = await abandonWarm(job.node, job.topology, { jobId: job.id, supersededBy: by, signal: this.shutdown.signal });
+      job.cleanup = { done: true, detail: removed };
+      this.log({ event: 'job-abandoned', jobId: job.id, node: job.node.id, by, removed });
+    } catch (error) {
+      const failure = describeError(error);
+      job.cleanup = { done: false, detail: `${failure.message} [${failure.code}]` };
+      this.log({ event: 'job-abandon-failed', level: 'error', jobId: job.id, node: job.node.id, by, error: failure });
     }
   }
 

@@ -461,7 +461,7 @@ interface DumpTracker {
   restarted?: boolean | undefined;
 }
 
-function sidecarOf(node: NodeSpec, token: string): SidecarClient {
+export function sidecarOf(node: NodeSpec, token: string): SidecarClient {
   if (!node.sidecar) {
     throw new CachewarmError('TOPOLOGY_INVALID', `node ${node.id} has no "sidecar" URL: the S3+SQS transport needs one on every source node`, {
       node: node.id,

@@ -361,13 +361,36 @@ function chunkNameOf(body: string | undefined): string | undefined {
 
 /** Deletes a job's queues, the job queue first (it names the other); one already gone is fine. */
 export async function deleteJobQueues(sqs: SQSClient, queues: JobQueues, signal?: AbortSignal): Promise<void> {
-  for (const queueUrl of [queues.queueUrl, queues.deadLetterQueueUrl]) {
+  for (const queueUrl of [queues.queueUrl, queues.deadLetterQueueUrl]) await deleteQueue(sqs, queueUrl, signal);
+}
+
+/**
+ * Deletes a job's queues found by their names, for a job whose URLs are not at hand (one
+ * superseded by another). Returns how many there were; none is not an error.
+ */
+export async function deleteJobQueuesOf(sqs: SQSClient, jobId: string, signal?: AbortSignal): Promise<number> {
+  let deleted = 0;
+  for (const name of Object.values(jobQueueNames(jobId))) {
+    let queueUrl: string | undefined;
     try {
-      await sqs.send(new DeleteQueueCommand({ QueueUrl: queueUrl }), { abortSignal: signal });
+      queueUrl = (await sqs.send(new GetQueueUrlCommand({ QueueName: name }), { abortSignal: signal })).QueueUrl;
     } catch (error) {
       if (isQueueGone(error) && !signal?.aborted) continue;
-      throw mapped('DeleteQueue', queueUrl, error, signal);
+      throw mapped('GetQueueUrl', name, error, signal);
     }
+    if (queueUrl && (await deleteQueue(sqs, queueUrl, signal))) deleted++;
+  }
+  return deleted;
+}
+
+/** False when the queue was already gone. */
+async function deleteQueue(sqs: SQSClient, queueUrl: string, signal: AbortSignal | undefined): Promise<boolean> {
+  try {
+    await sqs.send(new DeleteQueueCommand({ QueueUrl: queueUrl }), { abortSignal: signal });
+    return true;
+  } catch (error) {
+    if (isQueueGone(error) && !signal?.aborted) return false;
+    throw mapped('DeleteQueue', queueUrl, error, signal);
   }
 }
 

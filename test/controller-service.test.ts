@@ -1,17 +1,22 @@
 import assert from 'node:assert/strict';
+import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { ListQueuesCommand } from '@aws-sdk/client-sqs';
 import { mkdtemp, rename, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { abandonJob } from '../controller/abandon-job.js';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { ringFilter } from '../dumper/ring-filter.js';
 import type { RestartSignal } from '../dumper/restart-watcher.js';
+import { systemClock } from '../shared/clock.js';
+import { jobQueueNames } from '../shared/job-queues.js';
 import { statsAt } from '../shared/memcached/commands.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
-import type { NodeSpec, Topology } from '../shared/topology.js';
+import { type NodeSpec, type Topology, loadTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, countersOf, load, nowSeconds, startCluster } from './support/cluster.js';
+import { type Cluster, countersOf, itemCount, load, nowSeconds, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
 import { type HttpAnswer, type HttpOptions, httpWithToken } from './support/http.js';
 import { type MemcachedProcess, startMemcached } from './support/memcached.js';
@@ -39,6 +44,13 @@ async function jobIn(base: string, id: string, states = FINAL_STATES, timeoutMs 
     },
     { timeoutMs, intervalMs: 200, what: `job ${id} in state ${states.join(' or ')}`, detail: () => last },
   );
+}
+
+/** Whether the job is running; fails the test if it already ended (the scenario under test did not happen). */
+async function stillRunning(base: string, id: string): Promise<boolean> {
+  const answer = await request(base, 'GET', `/v1/jobs/${encodeURIComponent(id)}`);
+  assert.ok(!FINAL_STATES.includes(answer.body.state), `job ${id} ended while the test needed it running: ${answer.text}`);
+  return answer.body.state === 'running';
 }
 
 /** The signal the node's sidecar would send: the server's own pid and uptime. */
@@ -279,20 +291,46 @@ describe('the controller service', () => {
 
 /**
  * The same service on the S3+SQS transport, every part a real process: dumper sidecars on the
- * source replica's nodes, populator workers the controller starts, fauxqs for S3 and SQS. The
- * restart signal comes from the restarted node's own sidecar, which sees a fresh memcached.
+ * source replica's nodes, populator workers the controller starts, fauxqs for S3 and SQS.
  */
 describe('the controller service on the S3+SQS transport', () => {
   const SIDECAR_TOKEN = 'controller-test-sidecar-token-0123';
   let fauxqs: Fauxqs;
   let aws: AwsClients;
   let cluster: Cluster;
+  let items: WritableItem[];
+  let tokenFile: string;
+  let sidecarTokenFile: string;
+  let topologyPath: string;
+  let sidecars: CliProcess[];
+  let sidecarUrls: string[];
+  let bucket: string;
   const processes: CliProcess[] = [];
 
   before(async () => {
     fauxqs = await startFauxqs();
     aws = awsClients(fauxqs.endpoint);
     cluster = await startCluster({ a: 3, b: 3 });
+    items = sampleItems({ count: ITEMS, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'controller-aws' });
+    await load(cluster.topology, 'a', items);
+    await load(cluster.topology, 'b', items);
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-controller-aws-'));
+    tokenFile = path.join(dir, 'token');
+    sidecarTokenFile = path.join(dir, 'sidecar-token');
+    await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
+    await writeFile(sidecarTokenFile, `${SIDECAR_TOKEN}\n`, { mode: 0o600 });
+    const sourceNodes = cluster.topology.replicas.get('a')!.nodes;
+    sidecars = sourceNodes.map((node) =>
+      startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', sidecarTokenFile, '--endpoint', fauxqs.endpoint]),
+    );
+    processes.push(...sidecars);
+    sidecarUrls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
+    topologyPath = path.join(dir, 'cluster.json');
+    await writeTopologyFile(topologyPath, {
+      ...documentOf(cluster.topology),
+      a: { nodes: sourceNodes.map((n, i) => ({ address: n.address, sidecar: sidecarUrls[i] as string })) },
+    });
+    bucket = await createBucket(aws.s3, 'controller-warm');
   });
 
   after(async () => {
@@ -303,36 +341,22 @@ describe('the controller service on the S3+SQS transport', () => {
     await cluster?.stop();
   });
 
-  test('a restarted node of b, signalled by its sidecar, is warmed from a through S3 and SQS', async () => {
-    const items = sampleItems({ count: ITEMS, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'controller-aws' });
-    await load(cluster.topology, 'a', items);
-    await load(cluster.topology, 'b', items);
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-controller-aws-'));
-    const tokenFile = path.join(dir, 'token');
-    const sidecarTokenFile = path.join(dir, 'sidecar-token');
-    await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-    await writeFile(sidecarTokenFile, `${SIDECAR_TOKEN}\n`, { mode: 0o600 });
-    const sourceNodes = cluster.topology.replicas.get('a')!.nodes;
-    const sidecars = sourceNodes.map((node) =>
-      startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', sidecarTokenFile, '--endpoint', fauxqs.endpoint]),
-    );
-    processes.push(...sidecars);
-    const sidecarUrls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
-    const topologyPath = path.join(dir, 'cluster.json');
-    await writeTopologyFile(topologyPath, {
-      ...documentOf(cluster.topology),
-      a: { nodes: sourceNodes.map((n, i) => ({ address: n.address, sidecar: sidecarUrls[i] as string })) },
-    });
-    const bucket = await createBucket(aws.s3, 'controller-warm');
+  /** `controller serve` on the S3+SQS transport, with one populator per job; resolves with its URL. */
+  async function startController(...more: string[]): Promise<{ controller: CliProcess; url: string }> {
     const controller = startCli([
       'controller', 'serve', '--topology', topologyPath, '--listen', '127.0.0.1:0', '--token-file', tokenFile,
       '--transport', 'aws', '--bucket', bucket, '--prefix', 'warms', '--endpoint', fauxqs.endpoint,
-      '--sidecar-token-file', sidecarTokenFile, '--populators', '1', '--chunk-size', '64KiB',
+      '--sidecar-token-file', sidecarTokenFile, '--populators', '1', '--chunk-size', '64KiB', ...more,
     ]);
     processes.push(controller);
-    const url = String((await controller.event('listening'))['url']);
+    return { controller, url: String((await controller.event('listening'))['url']) };
+  }
 
-    const victim = cluster.topology.replicas.get('b')!.nodes[0]!;
+  const nodeOf = (replica: string, index: number): NodeSpec => cluster.topology.replicas.get(replica)!.nodes[index]!;
+
+  test('a restarted node of b, signalled by its sidecar, is warmed from a through S3 and SQS', async () => {
+    const { controller, url } = await startController();
+    const victim = nodeOf('b', 0);
     await cluster.restartEmpty('b', 0);
     const peers = cluster.topology.replicas.get('b')!.nodes.slice(1);
     const peersBefore = await countersOf(peers);
@@ -356,6 +380,87 @@ describe('the controller service on the S3+SQS transport', () => {
     await assertExactCopy({ topology: cluster.topology, replica: 'b' }, owned, { what: `the ${owned.length} items b's ring places on ${victim.id}`, nothingElseOn: [victim.address] });
     assert.deepEqual((await countersOf(peers)).map((c) => c.cmdSet), peersBefore.map((c) => c.cmdSet), 'no writes to its peers');
     assert.ok(watcher.lines.some((e) => e['event'] === 'restart-signal' && e['outcome'] === 'acknowledged'), 'the sidecar saw its signal acknowledged');
+
+    controller.kill('SIGTERM');
+    assert.equal(await controller.exit(), 0);
+  });
+
+  test('a node restarted twice during its own instance warm is refilled exactly; the superseded job is cancelled and its queues and chunks removed', async () => {
+    // 100 items/s read per source node: a job writes for tens of seconds, time to restart the
+    // node under it. --min-share 0.1: the superseded job's writes into the new process (a
+    // fifth of the node's share, below) are more than the decision asks of a warm node.
+    const { controller, url } = await startController('--max-ops', '100', '--min-share', '0.1');
+    const victim = nodeOf('b', 1);
+    const owned = ownedBy(cluster.topology, victim, items);
+    const peers = [nodeOf('b', 0), nodeOf('b', 2)];
+    const peersBefore = await countersOf(peers);
+
+    await cluster.restartEmpty('b', 1);
+    const created = await request(url, 'POST', '/v1/signals/restart', { body: await signalOf(victim) });
+    assert.equal(created.body.outcome, 'created', created.text);
+    const first: string = created.body.job.id;
+    await waitFor(async () => (await stillRunning(url, first)) && (await itemCount(victim)) > 0, {
+      timeoutMs: 120_000,
+      intervalMs: 200,
+      what: `the first job writing into ${victim.id}`,
+    });
+
+    // Restarted again while the first job writes; its signal comes late, once the first job's
+    // writers have reconnected and written a fifth of the share into the new process.
+    await cluster.restartEmpty('b', 1);
+    await waitFor(async () => (await stillRunning(url, first)) && (await itemCount(victim)) >= owned.length / 5, {
+      timeoutMs: 120_000,
+      intervalMs: 200,
+      what: `the first job's writes into the new process of ${victim.id}`,
+      detail: () => controller.lines.slice(-3),
+    });
+    const superseding = await request(url, 'POST', '/v1/signals/restart', { body: await signalOf(victim) });
+    assert.equal(superseding.body.outcome, 'superseded', superseding.text);
+    const second: string = superseding.body.job.id;
+
+    const old = await jobIn(url, first);
+    assert.equal(old.state, 'cancelled', JSON.stringify(old));
+    assert.equal(old.supersededBy, second);
+    assert.equal(old.cleanup?.done, true, JSON.stringify(old));
+    assert.match(old.cleanup.detail, /^2 queues and [1-9]\d* objects removed; the manifest kept, with s3:\/\/controller-warm\/warms\/.*\/superseded\.json$/);
+    const job = await jobIn(url, second);
+    assert.equal(job.state, 'completed', JSON.stringify(job));
+    assert.equal(job.decision.warm, true, 'not fooled by what the cancelled job wrote');
+    assert.ok(job.decision.reason.includes(`overruled: it restarted while job ${first} was warming it`), job.decision.reason);
+
+    await assertExactCopy({ topology: cluster.topology, replica: 'b' }, owned, { what: `the ${owned.length} items b's ring places on ${victim.id}`, nothingElseOn: [victim.address] });
+    assert.deepEqual((await countersOf(peers)).map((c) => c.cmdSet), peersBefore.map((c) => c.cmdSet), 'no writes to its peers');
+
+    // The replacement started once the superseded job had stopped: its dumps ended on every
+    // sidecar before the replacement's began, and what it left was removed first.
+    const order = controller.lines
+      .filter((e) => (e['event'] === 'job-abandoned' && e['jobId'] === first) || (e['event'] === 'job-started' && e['jobId'] === second))
+      .map((e) => e['event']);
+    assert.deepEqual(order, ['job-abandoned', 'job-started']);
+    for (const [i, sidecar] of sidecars.entries()) {
+      const ended = sidecar.lines.findIndex((e) => e['jobId'] === first && ['dump-cancelled', 'dump-finished', 'dump-failed'].includes(String(e['event'])));
+      const began = sidecar.lines.findIndex((e) => e['jobId'] === second && e['event'] === 'dump-started');
+      assert.ok(ended >= 0 && ended < began, `sidecar ${sidecarUrls[i]}: ${JSON.stringify(sidecar.lines.filter((e) => String(e['event']).startsWith('dump-')))}`);
+      const dump = await httpWithToken(SIDECAR_TOKEN)(sidecarUrls[i] as string, 'GET', `/v1/dumps/${encodeURIComponent(first)}`);
+      assert.ok(dump.status === 404 || dump.body.state !== 'running', dump.text);
+    }
+    // Of the superseded job, only its manifest and the note saying what replaced it are left.
+    const names = jobQueueNames(first);
+    const { QueueUrls = [] } = await aws.sqs.send(new ListQueuesCommand({ QueueNamePrefix: names.queue }));
+    assert.deepEqual(QueueUrls, [], `the queues of ${first} are removed`);
+    const { Contents = [] } = await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${first}/` }));
+    assert.deepEqual(Contents.map((o) => o.Key).sort(), [`warms/${first}/manifest.json`, `warms/${first}/superseded.json`]);
+    const readNote = async (): Promise<any> =>
+      JSON.parse(Buffer.from(await (await aws.s3.send(new GetObjectCommand({ Bucket: bucket, Key: `warms/${first}/superseded.json` }))).Body!.transformToByteArray()).toString());
+    const note = await readNote();
+    assert.equal(note.supersededBy, second);
+    // Done again, the removal finds nothing more to remove and leaves the record as it was.
+    const again = await abandonJob({
+      s3: aws.s3, sqs: aws.sqs, bucket, prefix: 'warms', sidecarToken: SIDECAR_TOKEN, clock: systemClock, topology: await loadTopology(topologyPath), jobId: first, supersededBy: second,
+    });
+    assert.deepEqual([again.queuesRemoved, again.objectsRemoved], [0, 0]);
+    assert.deepEqual(await readNote(), note);
+    assert.deepEqual((await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${first}/` }))).Contents?.map((o) => o.Key).sort(), Contents.map((o) => o.Key).sort());
 
     controller.kill('SIGTERM');
     assert.equal(await controller.exit(), 0);

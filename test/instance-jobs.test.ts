@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { WarmDecision } from '../controller/expected-share.js';
-import { type DecideWarm, type InstanceJobView, InstanceJobManager, type RunWarm, type WarmContext, compareRestarts } from '../controller/instance-jobs.js';
+import { type AbandonWarm, type DecideWarm, type InstanceJobView, InstanceJobManager, type RunWarm, type WarmContext, compareRestarts } from '../controller/instance-jobs.js';
 import type { WarmSummary } from '../controller/warm-summary.js';
 import type { RestartSignal } from '../dumper/restart-watcher.js';
 import { newDumpCounters, newWriteCounters } from '../shared/counters.js';
@@ -54,7 +54,7 @@ interface PendingWarm {
   readonly aborted: Promise<void>;
 }
 
-function harness(options: { decide?: DecideWarm; keepFinishedJobs?: number; maxConcurrentWarms?: number } = {}) {
+function harness(options: { decide?: DecideWarm; abandonWarm?: AbandonWarm; keepFinishedJobs?: number; maxConcurrentWarms?: number } = {}) {
   const clock = new FakeClock(Date.parse('2026-01-01T00:01:00.000Z'));
   const warms: PendingWarm[] = [];
   const events: Record<string, unknown>[] = [];
@@ -79,6 +79,7 @@ function harness(options: { decide?: DecideWarm; keepFinishedJobs?: number; maxC
   const jobs = new InstanceJobManager({
     runWarm,
     decide,
+    abandonWarm: options.abandonWarm,
     clock,
     log: (event) => events.push(event),
     keepFinishedJobs: options.keepFinishedJobs,
@@ -86,6 +87,28 @@ function harness(options: { decide?: DecideWarm; keepFinishedJobs?: number; maxC
     newJobId: (node) => `job-${++ids}-${node.port}`,
   });
   return { clock, warms, events, decided, jobs };
+}
+
+/** A promise the test resolves or rejects by hand. */
+function deferred<T>(): { promise: Promise<T>; resolve: (value: T) => void; reject: (error: Error) => void } {
+  let resolve: (value: T) => void = () => undefined;
+  let reject: (error: Error) => void = () => undefined;
+  const promise = new Promise<T>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** An AbandonWarm that records its calls and ends each as the test says. */
+function abandoner(): { abandonWarm: AbandonWarm; calls: { jobId: string; supersededBy: string; node: string; done: ReturnType<typeof deferred<string>> }[] } {
+  const calls: { jobId: string; supersededBy: string; node: string; done: ReturnType<typeof deferred<string>> }[] = [];
+  const abandonWarm: AbandonWarm = (node, _topology, { jobId, supersededBy }) => {
+    const done = deferred<string>();
+    calls.push({ jobId, supersededBy, node: node.id, done });
+    return done.promise;
+  };
+  return { abandonWarm, calls };
 }
 
 /** The job once it has ended; fails the test (instead of hanging it) if it does not. */
@@ -264,5 +287,97 @@ describe('the instance job manager', () => {
     assert.equal(jobs.get(ids[0]!), undefined);
     assert.deepEqual(jobs.list().map((j) => j.id), [ids[2], ids[1]]);
     assert.equal(jobs.metrics().endedTotal.get('skipped'), 3, 'the totals are not bounded by the history');
+  });
+
+  test('a job superseded while it writes is stopped and its leftovers removed before its replacement decides; the replacement warms whatever the node holds', async () => {
+    const { abandonWarm, calls } = abandoner();
+    const { jobs, warms, decided, events } = harness({
+      abandonWarm,
+      // The node now holds its share: the superseded job's writes into the new process.
+      decide: async (node) => {
+        decided.push(node.id);
+        return decided.length === 1 ? WARM : FULL;
+      },
+    });
+    const first = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 100, 2) });
+    await settle();
+    assert.equal(jobs.get(first.job.id)?.state, 'running');
+    const second = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 200, 1, '2026-01-01T00:00:40.000Z') });
+    assert.equal(second.outcome, 'superseded');
+
+    await within(warms[0]!.aborted, { timeoutMs: 10_000, what: 'the superseded warm to see its abort' });
+    await settle();
+    assert.deepEqual(calls.map((c) => [c.node, c.jobId, c.supersededBy]), [[B1.id, first.job.id, second.job.id]], 'its leftovers, once its warm stopped');
+    assert.equal(jobs.get(first.job.id)?.state, 'running', 'not ended while its leftovers are being removed');
+    assert.equal(decided.length, 1, 'the replacement waits for the removal');
+
+    calls[0]!.done.resolve('2 queues and 14 objects removed');
+    const old = await settled(jobs, first.job.id);
+    assert.equal(old.state, 'cancelled');
+    assert.deepEqual(old.cleanup, { done: true, detail: '2 queues and 14 objects removed' });
+    assert.ok(events.some((e) => e['event'] === 'job-abandoned' && e['jobId'] === first.job.id && e['by'] === second.job.id));
+
+    await settle();
+    const fresh = jobs.get(second.job.id);
+    assert.equal(fresh?.state, 'running', 'warmed, though the count says it holds its share');
+    assert.equal(fresh?.decision?.warm, true);
+    assert.equal(fresh?.decision?.actualItems, FULL.actualItems);
+    assert.equal(fresh?.decision?.reason, `${FULL.reason}; overruled: it restarted while job ${first.job.id} was warming it, and what it holds may be that job's partial copy: warm`);
+    warms[1]!.finish(summary(B1, second.job.id, 10));
+    assert.equal((await settled(jobs, second.job.id)).state, 'completed');
+  });
+
+  test('a job superseded before its warm began leaves nothing to remove, and its replacement decides as usual', async () => {
+    const { abandonWarm, calls } = abandoner();
+    let b1Decisions = 0;
+    const { jobs } = harness({ abandonWarm, decide: async (node) => (node.id === B1.id && ++b1Decisions > 1 ? FULL : WARM) });
+    // B2's warm holds the one slot: B1's job waits queued, having written nothing.
+    jobs.submit(B2, topology, { kind: 'restart', restart: restart(B2, 1, 1) });
+    await settle();
+    const first = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 100, 2) });
+    await settle();
+    assert.equal(jobs.get(first.job.id)?.state, 'queued');
+
+    const second = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 200, 1, '2026-01-01T00:00:40.000Z') });
+    assert.equal(second.outcome, 'superseded');
+    const old = await settled(jobs, first.job.id);
+    assert.equal(old.state, 'cancelled');
+    assert.equal(old.cleanup, undefined);
+    const fresh = await settled(jobs, second.job.id);
+    assert.equal(fresh.state, 'skipped', 'the count is the node\'s own: nothing of ours is in it');
+    assert.deepEqual(fresh.decision, FULL);
+    assert.equal(calls.length, 0);
+    await jobs.close();
+    assert.equal(calls.length, 0, 'a job cancelled by the shutdown keeps what it made (it resumes)');
+  });
+
+  test('a replacement superseded in turn passes the overruling on; a failed removal is recorded and the warm goes on', async () => {
+    const { abandonWarm, calls } = abandoner();
+    const { jobs, warms, events } = harness({ abandonWarm, decide: async () => (warms.length === 0 ? WARM : FULL) });
+    const first = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 100, 2) });
+    await settle();
+    const second = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 200, 1, '2026-01-01T00:00:40.000Z') });
+    await within(warms[0]!.aborted, { timeoutMs: 10_000, what: 'the first warm to see its abort' });
+    await settle();
+    // The second job still waits for the first to let go when the node restarts once more.
+    const third = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 300, 1, '2026-01-01T00:00:50.000Z') });
+    assert.equal(third.outcome, 'superseded');
+    calls[0]!.done.reject(new CachewarmError('NODE_BUSY', 'the dump of job x on a/10.0.0.1:11211 has not stopped 60 s after it was cancelled'));
+
+    const old = await settled(jobs, first.job.id);
+    assert.equal(old.state, 'cancelled');
+    assert.deepEqual(old.cleanup, { done: false, detail: 'the dump of job x on a/10.0.0.1:11211 has not stopped 60 s after it was cancelled [NODE_BUSY]' });
+    assert.ok(events.some((e) => e['event'] === 'job-abandon-failed' && e['jobId'] === first.job.id));
+    const middle = await settled(jobs, second.job.id);
+    assert.equal(middle.state, 'cancelled');
+    assert.equal(middle.supersededBy, third.job.id);
+    assert.equal(calls.length, 1, 'the second job never warmed: nothing of it to remove');
+
+    await settle();
+    const last = jobs.get(third.job.id);
+    assert.equal(last?.state, 'running');
+    assert.match(last?.decision?.reason ?? '', new RegExp(`overruled: it restarted while job ${first.job.id} was warming it`));
+    warms[1]!.finish(summary(B1, third.job.id, 10));
+    assert.equal((await settled(jobs, third.job.id)).state, 'completed');
   });
 });
