@@ -9,7 +9,7 @@ import { deleteJobQueuesOf } from '../shared/job-queues.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import type { Topology } from '../shared/topology.js';
 import { S3JobLock, lockName } from './s3-job-lock.js';
-import { type DistributedWarmOptions, sidecarOf } from './warm-distributed.js';
+import { type DistributedWarmOptions, sidecarOf, stopDump } from './warm-distributed.js';
 
 /** Left beside a superseded job's manifest: the job that replaced it, and when. */
 export const supersededName = (jobId: string): string => `${jobId}/superseded.json`;
@@ -47,7 +47,7 @@ export async function abandonJob(options: AbandonJobOptions): Promise<AbandonedJ
   try {
     const manifest = await getJson<JobManifest>(store, manifestName(jobId), signal);
     if (manifest) {
-      await Promise.all(sidecarsOfJob(options.topology, manifest, options.sidecarToken).map(([node, client]) => stopDump(client, node, options)));
+      await Promise.all(sidecarsOfJob(options.topology, manifest, options.sidecarToken).map(([node, client]) => stopDump(client, node, { ...options, waitMs: options.dumpStopWaitMs })));
       // Written first, so that a removal cut short leaves the reason; kept as first written when done again.
       const record = { jobId, supersededBy: options.supersededBy, at: new Date(clock.now()).toISOString() };
       await store.putIf(supersededName(jobId), Buffer.from(`${JSON.stringify(record)}\n`), 'absent', signal);
@@ -76,21 +76,3 @@ function sidecarsOfJob(topology: Topology, manifest: JobManifest, token: string)
   });
 }
 
-/** Cancels the job's dump on one sidecar and waits until it has stopped (a sidecar that never had it has nothing to stop). */
-async function stopDump(client: SidecarClient, node: string, options: AbandonJobOptions): Promise<void> {
-  const { jobId, clock, signal } = options;
-  const waitMs = options.dumpStopWaitMs ?? 60_000;
-  const since = clock.now();
-  // The sidecar waits a while itself before it answers a cancel: one still running then is polled.
-  let status = await client.cancel(jobId, signal);
-  while (status?.state === 'running') {
-    if (clock.now() - since >= waitMs) {
-      throw new CachewarmError('NODE_BUSY', `the dump of job ${jobId} on ${node} has not stopped ${Math.round(waitMs / 1000)} s after it was cancelled: its queues and chunks are left`, {
-        job: jobId,
-        node,
-      });
-    }
-    await clock.sleep(500, signal);
-    status = await client.status(jobId, signal);
-  }
-}

@@ -11,7 +11,8 @@ import type { Clock } from '../shared/clock.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import { statsAt } from '../shared/memcached/commands.js';
 import type { NodeSpec } from '../shared/topology.js';
-import { type ServerObservation, isRestart, observation } from '../dumper/restart-watcher.js';
+import { type ServerObservation, isAnotherProcess, isRestart, observation } from '../dumper/restart-watcher.js';
+import type { ProcessIdentities } from '../shared/job-layout.js';
 import { endpointOf } from './node-stats.js';
 
 /** One answered `stats`: the process, and the figures a warm is judged by. */
@@ -170,14 +171,8 @@ export class NodeWatch {
   }
 }
 
-/** Which process served a node: its pid and start time (`time - uptime`). */
-export interface NodeIdentity {
-  readonly pid: number;
-  readonly startedAtSeconds: number;
-}
-
 /** Per node address, the process the job's work went into: what a job records for its reruns. */
-export type NodeIdentities = Record<string, NodeIdentity>;
+export type NodeIdentities = ProcessIdentities;
 
 export function identities(watch: NodeWatch): NodeIdentities {
   return Object.fromEntries(watch.nodes.map((w) => [w.node.address, { pid: w.identity.pid, startedAtSeconds: w.identity.startedAtSeconds }]));
@@ -185,10 +180,5 @@ export function identities(watch: NodeWatch): NodeIdentities {
 
 /** Nodes served now by another process than the one recorded (a restart between two runs). */
 export function replacedSince(recorded: NodeIdentities | undefined, watch: NodeWatch): NodeSpec[] {
-  return watch.nodes
-    .filter((w) => {
-      const before = recorded?.[w.node.address];
-      return before !== undefined && isRestart({ ...w.latest, ...before, uptimeSeconds: 0 }, w.latest, 0);
-    })
-    .map((w) => w.node);
+  return watch.nodes.filter((w) => isAnotherProcess(recorded?.[w.node.address], w.latest)).map((w) => w.node);
 }

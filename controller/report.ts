@@ -46,7 +46,7 @@ export function summaryText(s: WarmSummary): string {
     '',
     'target nodes',
     table(
-      ['node', 'written', 'already present', 'expired', 'too large', 'out of memory', 'other refusals', 'evicted', 'restarts', 'bytes written'],
+      ['node', 'written', 'already present', 'expired', 'too large', 'out of memory', 'other refusals', 'not written (restarted)', 'evicted', 'restarts', 'bytes written'],
       s.targetNodes.map((n) => [
         n.node,
         n.stored,
@@ -55,6 +55,7 @@ export function summaryText(s: WarmSummary): string {
         n.tooLarge,
         n.outOfMemory,
         n.serverError,
+        n.replaced ?? 0,
         n.evictions ?? '?',
         n.restarts ?? '?',
         formatBytes(n.bytesWritten),

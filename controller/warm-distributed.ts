@@ -7,7 +7,7 @@ import type { PopulatorReport } from '../populator/worker.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
-import { type JobManifest, LAYOUT_VERSION, endMarkerName, getJson, manifestName, nodeDirectory, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
+import { type JobManifest, LAYOUT_VERSION, type ProcessesRecord, endMarkerName, getJson, manifestName, nodeDirectory, processesName, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
 import { decodeKeyChunk } from '../shared/chunk-format.js';
 import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog, retryParked } from '../shared/job-queues.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
@@ -16,7 +16,7 @@ import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from 
 import { S3JobLock, lockName } from './s3-job-lock.js';
 import { selectSource } from './select-source.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type WarmProgress, type WarmSummary, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
-import { type NodeIdentities, type NodeWatch, identities, replacedSince } from './node-watch.js';
+import { type NodeWatch, identities, replacedSince } from './node-watch.js';
 import { type WarmReplicaOptions, warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
@@ -145,16 +145,6 @@ interface DistributedJob {
   readonly log: (line: string) => void;
 }
 
-/** Which processes a job's nodes were when it last ran: a rerun that finds others knows what was lost. */
-interface ProcessesRecord {
-  readonly targets: NodeIdentities;
-  readonly sources: NodeIdentities;
-  /** Target node addresses whose share the next run copies again (they evicted items). */
-  readonly refill?: readonly string[] | undefined;
-}
-
-const processesName = (jobId: string): string => `${jobId}/processes.json`;
-
 async function runJob(options: DistributedWarmOptions, job: DistributedJob): Promise<WarmSummary> {
   const { topology, clock, sqs, signal } = options;
   const { scope, source, jobId, store, earlier, sidecars, targets, sources, started, connect, log } = job;
@@ -198,7 +188,15 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   };
   const dumps = new Map<string, DumpTracker>();
   for (const [node, client] of sidecars) {
-    const { status } = await client.start(request(node), signal);
+    let { started, status } = await client.start(request(node), signal);
+    // This run wrote the job's manifest, yet the sidecar was already dumping the job: for a
+    // store that has lost the job since (its chunks and messages with it). Started again, the
+    // dump resumes from what the store holds now.
+    if (!earlier && !started && status.state === 'running') {
+      log(`job ${jobId}: ${node} was dumping the job before its manifest was written (the store lost it): dumping it again`);
+      await stopDump(client, node, { jobId, clock, signal });
+      ({ status } = await client.start(request(node), signal));
+    }
     dumps.set(node, { status, unreachableSince: undefined });
   }
 
@@ -268,6 +266,8 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       ...targetNodeReport(n.id, counters.get(n.id), watched.get(n.address), restarted.filter((r) => r.id === n.id).length),
       itemSizeMaxBytes: limits.get(n.id),
     }));
+    const unhandled = itemsNeverHandled(dumps, targetNodes);
+    if (unhandled && parked.length === 0) repaired.lost.push(unhandled);
     const completion = { sourceNodes, targetNodes, parked, lost: repaired.lost, skipTooLarge: options.skipTooLarge };
     const unverified = problemsOf(completion);
     const verification =
@@ -461,6 +461,29 @@ interface DumpTracker {
   restarted?: boolean | undefined;
 }
 
+/** Cancels the job's dump on one sidecar and waits until it has stopped (a sidecar that never had it has nothing to stop). */
+export async function stopDump(
+  client: SidecarClient,
+  node: string,
+  options: { readonly jobId: string; readonly clock: Clock; readonly waitMs?: number | undefined; readonly signal?: AbortSignal | undefined },
+): Promise<void> {
+  const { jobId, clock, signal } = options;
+  const waitMs = options.waitMs ?? 60_000;
+  const since = clock.now();
+  // The sidecar waits a while itself before it answers a cancel: one still running then is polled.
+  let status = await client.cancel(jobId, signal);
+  while (status?.state === 'running') {
+    if (clock.now() - since >= waitMs) {
+      throw new CachewarmError('NODE_BUSY', `the dump of job ${jobId} on ${node} has not stopped ${Math.round(waitMs / 1000)} s after it was cancelled`, {
+        job: jobId,
+        node,
+      });
+    }
+    await clock.sleep(500, signal);
+    status = await client.status(jobId, signal);
+  }
+}
+
 export function sidecarOf(node: NodeSpec, token: string): SidecarClient {
   if (!node.sidecar) {
     throw new CachewarmError('TOPOLOGY_INVALID', `node ${node.id} has no "sidecar" URL: the S3+SQS transport needs one on every source node`, {
@@ -576,6 +599,19 @@ async function parkedOn(sqs: SQSClient, deadLetterQueueUrl: string, signal?: Abo
   const unread = Math.min(held.visible + held.inFlight + held.delayed - parked.length, 1_000);
   for (let i = 0; i < unread; i++) parked.push({ chunk: 'unknown', reason: 'on the dead-letter queue, held by another reader: not readable now' });
   return parked;
+}
+
+/**
+ * Every item a finished dump read went into a stored, announced chunk, and every such chunk
+ * is handled by a writer at least once (twice after a redelivery), as the populators' durable
+ * reports count: fewer handled than read means chunks or messages were lost between them
+ * (a store or queue that lost state, a message deleted by hand).
+ */
+function itemsNeverHandled(dumps: Map<string, DumpTracker>, targetNodes: readonly WriteCounters[]): string | undefined {
+  const read = [...dumps.values()].filter((d) => d.status.state === 'finished' && !d.lost).reduce((sum, d) => sum + d.status.counters.read, 0);
+  const handled = targetNodes.reduce((sum, n) => sum + n.stored + n.existed + n.expired + n.failed + n.replaced, 0);
+  if (handled >= read) return undefined;
+  return `${(read - handled).toLocaleString('en-US')} of the ${read.toLocaleString('en-US')} items the dumps read never reached a writer: chunks or messages were lost between them`;
 }
 
 function sumDumped(dumps: Map<string, DumpTracker>): DumpCounters {

@@ -55,7 +55,8 @@ export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, op
         const key = keys[base + index] as Buffer;
         const crawled = exptimes[base + index] as number;
         serverClock.observe(crawled, ttlSeconds, now);
-        const exptime = absoluteExpiry(ttlSeconds, crawled, serverClock.nowSeconds(now));
+        const answered = Math.floor(options.clock.now() / 1000);
+        const exptime = absoluteExpiry(ttlSeconds, crawled, { earliest: serverClock.nowSeconds(now), latest: serverClock.nowSeconds(answered) });
         if (exptime === undefined) {
           counters.expired++;
           return;

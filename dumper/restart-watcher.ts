@@ -116,6 +116,11 @@ export function isRestart(
   );
 }
 
+/** Whether `now` is another process than the one recorded (nothing recorded: not known to be). */
+export function isAnotherProcess(recorded: { readonly pid: number; readonly startedAtSeconds: number } | undefined, now: ServerObservation): boolean {
+  return recorded !== undefined && isRestart({ ...now, ...recorded, uptimeSeconds: 0 }, now, 0);
+}
+
 function emit(options: WatchForRestartsOptions, seen: ServerObservation): void {
   const restart: RestartSignal = {
     node: options.node,

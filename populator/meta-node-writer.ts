@@ -8,7 +8,7 @@ import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
 import { backoffMs } from '../shared/backoff.js';
 import { DEFAULT_RETRY, type RetryPolicy, stillFailing } from './retry-policy.js';
-import { TargetConnections } from './target-connections.js';
+import { type CheckConnection, TargetConnections } from './target-connections.js';
 
 export interface MetaNodeWriterOptions {
   readonly connect: Connect;
@@ -20,6 +20,11 @@ export interface MetaNodeWriterOptions {
   readonly batchBytes?: number;
   readonly retry?: RetryPolicy;
   readonly pool?: BufferPool | undefined;
+  /**
+   * Checks every new connection before it is written on, e.g. that it reaches the process
+   * the job was planned for (PinnedTargets). A permanent error from it fails the write at once.
+   */
+  readonly checkConnection?: CheckConnection | undefined;
 }
 
 function batchesOf(items: readonly WritableItem[], maxBytes: number): WritableItem[][] {
@@ -59,7 +64,7 @@ export class MetaNodeWriter implements NodeWriter {
   private readonly pool: BufferPool | undefined;
 
   constructor(options: MetaNodeWriterOptions) {
-    this.connections = new TargetConnections(options.connect, options.connectionsPerNode ?? 4, options.labelOf);
+    this.connections = new TargetConnections(options.connect, options.connectionsPerNode ?? 4, options.labelOf, options.checkConnection);
     this.clock = options.clock;
     this.batchBytes = options.batchBytes ?? 1 << 20;
     this.retry = options.retry ?? DEFAULT_RETRY;
@@ -88,6 +93,7 @@ export class MetaNodeWriter implements NodeWriter {
       try {
         conn = await this.connections.get(address, signal);
       } catch (error) {
+        if (!isRetryable(error)) throw error;
         lastError = error as Error;
         continue;
       }

@@ -2,6 +2,9 @@ import type { Connect } from '../shared/memcached/connect.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { parseAddress } from '../shared/topology.js';
 
+/** Checks a new connection before it is used; throws to keep it from being used. */
+export type CheckConnection = (address: string, conn: MemcachedConnection, signal?: AbortSignal) => Promise<void>;
+
 /**
  * Connections to the target's nodes, opened on first use and shared by every chunk in
  * flight: their batches interleave on the same pipelines, which keeps them full.
@@ -10,11 +13,13 @@ export class TargetConnections {
   private readonly open = new Map<string, (Promise<MemcachedConnection> | undefined)[]>();
   private turn = 0;
   private closed = false;
+  private readonly checking = new Set<MemcachedConnection>();
 
   constructor(
     private readonly connect: Connect,
     private readonly perNode: number,
     private readonly labelOf: (address: string) => string = (address) => address,
+    private readonly check?: CheckConnection | undefined,
   ) {}
 
   get(address: string, signal?: AbortSignal): Promise<MemcachedConnection> {
@@ -27,11 +32,27 @@ export class TargetConnections {
     const slot = this.turn++ % this.perNode;
     let conn = slots[slot];
     if (!conn) {
-      const { host, port } = parseAddress(address);
-      conn = this.connect({ host, port, label: this.labelOf(address) }, signal);
+      conn = this.dial(address, signal);
       // A failed connect must not stay cached: the next attempt dials again.
       conn.catch(() => this.forget(address, conn as Promise<MemcachedConnection>));
       slots[slot] = conn;
+    }
+    return conn;
+  }
+
+  private async dial(address: string, signal: AbortSignal | undefined): Promise<MemcachedConnection> {
+    const { host, port } = parseAddress(address);
+    const conn = await this.connect({ host, port, label: this.labelOf(address) }, signal);
+    // Held apart while checked: close() must not wait on a check a frozen node never answers.
+    this.checking.add(conn);
+    try {
+      if (this.closed) throw new Error('target connections are closed');
+      await this.check?.(address, conn, signal);
+    } catch (error) {
+      conn.close();
+      throw error;
+    } finally {
+      this.checking.delete(conn);
     }
     return conn;
   }
@@ -55,6 +76,7 @@ export class TargetConnections {
   /** Idempotent. */
   async close(): Promise<void> {
     this.closed = true;
+    for (const conn of this.checking) conn.close();
     const all = [...this.open.values()].flat().filter((c): c is Promise<MemcachedConnection> => c !== undefined);
     this.open.clear();
     for (const conn of await Promise.allSettled(all)) if (conn.status === 'fulfilled') conn.value.close();

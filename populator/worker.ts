@@ -24,6 +24,7 @@ import { SqsQueue, isQueueGone } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { type AcknowledgedBatch, ReportedAcknowledgements } from './acknowledgements.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
+import { PinnedTargets } from './pinned-targets.js';
 import type { NodeWriter } from './node-writer.js';
 import { runPopulator } from './populate.js';
 
@@ -171,7 +172,9 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     clock,
   });
   const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
-  const writer = options.writer ?? new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address });
+  const pinned = new PinnedTargets(store, job.jobId);
+  const writer =
+    options.writer ?? new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address, checkConnection: pinned.check });
   const report = reporter(store, populatorReportName(job.jobId, workerId), (final) => reportOf(job.jobId, workerId, stats, final, clock));
   const acks = new ReportedAcknowledgements({
     report: () => report(false),

@@ -3,9 +3,10 @@ import type { Clock } from '../shared/clock.js';
 import { type WriteCounters, WriteTally } from '../shared/counters.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
+import { isCachewarmError } from '../shared/errors.js';
 import { hasExpired } from '../shared/expiry.js';
 import { KetamaRing } from '../shared/ketama.js';
-import type { Refusal, WritableItem } from '../shared/memcached/meta-add.js';
+import type { AddOutcome, Refusal, WritableItem } from '../shared/memcached/meta-add.js';
 import type { NodeWriter } from './node-writer.js';
 
 export type TargetNodeRing = KetamaRing<TargetRing['nodes'][number]>;
@@ -51,20 +52,24 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
       if (nodeItems.length === 0) return;
       const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
       const counters = tally.for(address);
-      await options.writer.addItems(
-        address,
-        nodeItems,
-        (outcome, bytes) => {
-          counters.stored += outcome.stored;
-          counters.existed += outcome.existed;
-          counters.bytesWritten += bytes;
-          if (outcome.refused.length === 0) return;
-          for (const refusal of outcome.refused) counters[refusal.reason]++;
-          counters.failed += outcome.refused.length;
-          options.onRefused?.(address, outcome.refused);
-        },
-        options.signal,
-      );
+      let handled = 0;
+      const count = (outcome: AddOutcome, bytes: number): void => {
+        handled += outcome.stored + outcome.existed + outcome.refused.length;
+        counters.stored += outcome.stored;
+        counters.existed += outcome.existed;
+        counters.bytesWritten += bytes;
+        if (outcome.refused.length === 0) return;
+        for (const refusal of outcome.refused) counters[refusal.reason]++;
+        counters.failed += outcome.refused.length;
+        options.onRefused?.(address, outcome.refused);
+      };
+      try {
+        await options.writer.addItems(address, nodeItems, count, options.signal);
+      } catch (error) {
+        // Another process than the job's: its share is the job's to refill, not this chunk's to write.
+        if (!isCachewarmError(error, 'TARGET_REPLACED')) throw error;
+        counters.replaced += nodeItems.length - handled;
+      }
     }),
   );
   for (const result of results) if (result.status === 'rejected') throw result.reason;

@@ -33,6 +33,11 @@ export interface WriteCounters {
   outOfMemory: number;
   /** Any other SERVER_ERROR (or binary status) the node answered with. */
   serverError: number;
+  /**
+   * Not written: the node is another process than the one the job was planned for (it
+   * restarted), and what the job wrote before is gone with the old one. The job refills it.
+   */
+  replaced: number;
   bytesWritten: number;
 }
 
@@ -41,7 +46,7 @@ export function newDumpCounters(): DumpCounters {
 }
 
 export function newWriteCounters(): WriteCounters {
-  return { stored: 0, existed: 0, expired: 0, failed: 0, tooLarge: 0, outOfMemory: 0, serverError: 0, bytesWritten: 0 };
+  return { stored: 0, existed: 0, expired: 0, failed: 0, tooLarge: 0, outOfMemory: 0, serverError: 0, replaced: 0, bytesWritten: 0 };
 }
 
 /** Write counters per target node address, created on first use. */

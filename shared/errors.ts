@@ -18,6 +18,8 @@ export type ErrorCode =
   | 'JOB_LOCKED'
   /** The target cannot hold what the warm would copy into it. */
   | 'TARGET_TOO_SMALL'
+  /** A target node is another process than the one the job was planned for: not written. */
+  | 'TARGET_REPLACED'
   | 'TRANSPORT_FAILED'
   | 'ABORTED'
   | 'INVALID_ARGUMENT';
@@ -53,6 +55,7 @@ const PERMANENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'MESSAGE_MALFORMED',
   'NODE_PROTOCOL',
   'TARGET_TOO_SMALL',
+  'TARGET_REPLACED',
   'JOB_LOCKED',
   'ABORTED',
 ]);

@@ -2,14 +2,21 @@
  * The absolute expiry to copy for an item read with `mg ... t`, or undefined when it has
  * expired. The crawler's `exp=` is exact but may be stale (a touch changes it); the TTL
  * read with the value is current but relative, with a second of rounding. Prefer the exact
- * one when the two agree.
+ * one when the two agree: when `exp= − TTL`, the server's now at the read, falls within the
+ * server's now between the request's sending and its answer (`nowSeconds`, a window when
+ * pipelined requests wait their turn on a busy server), give or take a second.
  */
-export function absoluteExpiry(ttlSeconds: number, crawledExptime: number, nowSeconds: number): number | undefined {
+export function absoluteExpiry(
+  ttlSeconds: number,
+  crawledExptime: number,
+  nowSeconds: number | { readonly earliest: number; readonly latest: number },
+): number | undefined {
   if (ttlSeconds < 0) return 0;
   if (ttlSeconds === 0) return undefined;
-  const estimate = nowSeconds + ttlSeconds;
-  if (crawledExptime > 0 && Math.abs(crawledExptime - estimate) <= 1) return crawledExptime;
-  return estimate;
+  const { earliest, latest } = typeof nowSeconds === 'number' ? { earliest: nowSeconds, latest: nowSeconds } : nowSeconds;
+  const readAt = crawledExptime - ttlSeconds;
+  if (crawledExptime > 0 && readAt >= earliest - 1 && readAt <= latest + 1) return crawledExptime;
+  return latest + ttlSeconds;
 }
 
 /**

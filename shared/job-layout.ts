@@ -14,6 +14,7 @@ import { CachewarmError } from './errors.js';
  *   <job>/<node>/keys-done.json             the crawl finished: no key chunk will be added
  *   <job>/<node>/data-000000-<run>-000.chunk
  *   <job>/<node>/end.json                   the dump finished: every data chunk is announced
+ *   <job>/processes.json                    which target and source processes the job works with
  *   <job>/populators/<worker>.json          a populator's write counters, on its exit
  *   <job>/refused/<node>/<chunk>@<target>.chunk   keys a target node refused (a key chunk),
  *                                           recorded by the populator; the controller retries them
@@ -41,6 +42,27 @@ export function isDataChunkOf(jobId: string, nodeId: string, name: string): bool
 }
 
 export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;
+/** Which process served a node: its pid and start time (`time - uptime`). */
+export interface ProcessIdentity {
+  readonly pid: number;
+  readonly startedAtSeconds: number;
+}
+
+/** Per node address, the process the job's work goes into. */
+export type ProcessIdentities = Record<string, ProcessIdentity>;
+
+/**
+ * Written by the controller (only): the processes the job works with. A rerun that finds
+ * others knows what was lost; a populator writes into no other target process.
+ */
+export interface ProcessesRecord {
+  readonly targets: ProcessIdentities;
+  readonly sources: ProcessIdentities;
+  /** Target node addresses whose share the next run copies again (they evicted items). */
+  readonly refill?: readonly string[] | undefined;
+}
+
+export const processesName = (jobId: string): string => `${jobId}/processes.json`;
 export const refusedPrefix = (jobId: string): string => `${jobId}/refused`;
 /** One name per data chunk and target node: a redelivered chunk's refusals replace the record, not add to it. */
 export function refusedName(jobId: string, sourceNode: string, chunkName: string, targetAddress: string): string {

@@ -1,5 +1,5 @@
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
-import { ChangeMessageVisibilityCommand, ListQueuesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ListQueuesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -259,6 +259,33 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     assert.equal(summary.targetNodes.reduce((sum, n) => sum + n.stored + n.existed, 0), held, JSON.stringify(summary.targetNodes));
     for (const worker of workers) assert.equal(await within(worker.exited, { what: 'an external worker' }), 0, JSON.stringify(worker.lines.slice(-5)));
     await assertExactCopy({ topology, replica: 'b' }, items);
+  });
+
+  test('a message deleted from the queue by someone else: the items it announced are missed, and the job says so (exit 1)', async () => {
+    await flushTarget();
+    const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'stolen' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-stolen');
+    const jobId = 'stolen-1';
+    const queues = await createJobQueues(aws.sqs, { jobId, bucket, prefix: 'warms' });
+    const controller = startCli(warmArgs(bucket, '--job-id', jobId, '--populators', '0', '--force'));
+    // With no populator yet, the first announced chunk is taken off the queue and dropped.
+    let stolen: string | undefined;
+    await waitFor(async () => {
+      const out = await aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: queues.queueUrl, WaitTimeSeconds: 1 }));
+      const message = out.Messages?.[0];
+      if (!message?.ReceiptHandle) return false;
+      await aws.sqs.send(new DeleteMessageCommand({ QueueUrl: queues.queueUrl, ReceiptHandle: message.ReceiptHandle }));
+      stolen = message.Body;
+      return true;
+    }, { what: 'a first announced chunk' });
+    const missed = (JSON.parse(stolen as string) as { chunk: { items: number } }).chunk.items;
+    const worker = startCli(['populator', '--queue-url', queues.queueUrl, '--endpoint', fauxqs.endpoint, '--wait-seconds', '1']);
+
+    assert.equal(await within(controller.exited, { what: 'the controller', timeoutMs: 120_000 }), 1, JSON.stringify(controller.lines.slice(-10)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; problems: string[] };
+    assert.match(summary.problems.join('\n'), new RegExp(`^${missed} of the [\\d,]+ items the dumps read never reached a writer`, 'm'));
+    await within(worker.exited, { what: 'the worker' });
   });
 
   test('a parked message held by another reader during the rerun still counts: exit 1, and the dead-letter queue keeps it', async () => {
@@ -569,7 +596,7 @@ describe('a replica warm through sidecars, S3 and SQS, whose S3/SQS service lose
 
       const rerun = startCli(args(bucket, jobId, '--populators', '1'));
       const code = await within(rerun.exited, { what: 'the rerun', timeoutMs: 120_000 });
-      assert.equal(code, 0, JSON.stringify(rerun.lines.slice(-15)));
+      assert.equal(code, 0, `${rerun.stdout()}\n${JSON.stringify(rerun.lines.slice(-15))}`);
       const summary = JSON.parse(rerun.stdout()) as { complete: boolean; targetNodes: { stored: number; existed: number }[] };
       assert.equal(summary.complete, true);
       await assertExactCopy({ topology: fleet.topology, replica: 'b' }, items);

@@ -9,6 +9,9 @@ describe('the expiry copied for an item', () => {
     assert.equal(absoluteExpiry(60, 1_061, 1_000), 1_061, 'within a second: the exact crawled value');
     assert.equal(absoluteExpiry(60, 2_000, 1_000), 1_060, 'touched since the crawl: now + TTL');
     assert.equal(absoluteExpiry(60, 0, 1_000), 1_060);
+    // Sent at 1,000, answered at 1,004 (a busy server): read at 1,003, the crawled value holds.
+    assert.equal(absoluteExpiry(60, 1_063, { earliest: 1_000, latest: 1_004 }), 1_063, 'read while the request waited its turn');
+    assert.equal(absoluteExpiry(60, 1_070, { earliest: 1_000, latest: 1_004 }), 1_064, 'touched: the answer time + TTL');
   });
 
   test('hasExpired: memcached drops an item when its expiry is at or before now', () => {

@@ -4,6 +4,7 @@ import { after, before, describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import { targetRingOf } from '../controller/warm-plan.js';
+import { observation } from '../dumper/restart-watcher.js';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { dumpNode } from '../dumper/dump-node.js';
 import { connectDirect } from '../shared/memcached/connect.js';
@@ -21,6 +22,9 @@ import {
   getJson,
   manifestName,
   nodePrefix,
+  type ProcessIdentities,
+  type ProcessesRecord,
+  processesName,
   putJson,
   summaryName,
 } from '../shared/job-layout.js';
@@ -917,6 +921,38 @@ describe('populators take the target and the chunks from the manifest, keep ever
       );
       const [report] = await reports(job);
       assert.equal(report?.final, true);
+    });
+  });
+});
+
+describe('populators write only into the target processes the job works with', () => {
+  test('a target node restarted since the job was planned is not written: its items are counted as replaced, the other node gets its share', async () => {
+    await withCluster({ a: 1, b: 2 }, async (cluster) => {
+      const items = sampleItems({ count: 4_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'pinned' });
+      await load(cluster.topology, 'a', items);
+      const job = await createJob(cluster);
+      // The processes the controller planned the job with, as it records them.
+      const targets: ProcessIdentities = {};
+      for (const server of cluster.servers['b'] ?? []) {
+        const seen = observation(server.address, await statsAt(server));
+        assert.ok(!(seen instanceof Error));
+        targets[server.address] = { pid: seen.pid, startedAtSeconds: seen.startedAtSeconds };
+      }
+      const record: ProcessesRecord = { targets, sources: {} };
+      await putJson(job.store, processesName(job.jobId), record);
+      const replaced = await cluster.restartEmpty('b', 0);
+      const kept = cluster.servers['b']?.[1];
+      assert.ok(kept);
+      await dumpSource(job, 64 << 10);
+
+      const { code, result } = await finished(startPopulator(job.queues.queueUrl, 'pinned-1'));
+      assert.equal(code, 0);
+      const ring = ringOfTarget(job.target);
+      const shareOf = (address: string): number => items.filter((item) => ring.nodeFor(item.key).address === address).length;
+      assert.equal(result.byNode[replaced.address]?.replaced, shareOf(replaced.address));
+      assert.equal(result.byNode[replaced.address]?.stored ?? 0, 0);
+      assert.equal(result.byNode[kept.address]?.stored, shareOf(kept.address));
+      assert.equal((await serverCounters(replaced)).cmdSet, 0, 'not one write reached the new process');
     });
   });
 });
