@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 import { Command, Option } from 'commander';
-import { readFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -12,6 +11,8 @@ import { type WarmReplicaOptions, type WarmSummary, warmReplica } from '../contr
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
+import { routeProcessWarnings } from '../shared/process-warnings.js';
+import { VERSION } from '../shared/version.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type NodeSpec, type Topology, findNode, loadTopology } from '../shared/topology.js';
 import {
@@ -76,20 +77,12 @@ async function targetWriter(
   });
 }
 
-/** The package's version, for `--version`: package.json is two levels above dist/bin/. */
-function packageVersion(): string {
-  try {
-    const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
-    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
-  } catch {
-    return 'unknown';
-  }
-}
+routeProcessWarnings();
 
 const program = new Command()
   .name('cachewarm')
   .description('Warms memcached replicas: copies live items into a new or emptied replica, add-only.')
-  .version(packageVersion(), '-V, --version', 'print the version')
+  .version(VERSION, '-V, --version', 'print the version')
   .showHelpAfterError('(run with --help for usage)');
 
 /** Under `--json`, a warm's one JSON object on stdout: its summary, or its failure. */

@@ -7,6 +7,7 @@ import { progressLine } from '../controller/report.js';
 import { MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES } from '../dumper/sidecar-api.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import { type Bounds, parseByteSizeInRange, parseIntInRange } from '../shared/units.js';
+import { VERSION } from '../shared/version.js';
 
 /** Exit codes, documented in the README. */
 export const EXIT = { ok: 0, incomplete: 1, usage: 2, interrupted: 130 } as const;
@@ -234,7 +235,7 @@ export class JsonOutcome {
   private print(value: object): void {
     if (this.printed) return;
     this.printed = true;
-    process.stdout.write(`${JSON.stringify(value)}\n`);
+    process.stdout.write(`${JSON.stringify({ ...value, version: VERSION })}\n`);
   }
 }
 

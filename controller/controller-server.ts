@@ -29,7 +29,8 @@ import {
   readJsonBody,
   safeLog,
 } from '../shared/http-api.js';
-import { type Metric, PROMETHEUS_CONTENT_TYPE, renderMetrics } from '../shared/prometheus.js';
+import { type Metric, PROMETHEUS_CONTENT_TYPE, processMetrics, renderMetrics } from '../shared/prometheus.js';
+import { VERSION } from '../shared/version.js';
 import { type NodeSpec, type Topology, findNode } from '../shared/topology.js';
 import { ACTIVE_STATES, type InstanceJobManager, type InstanceJobView, JOB_STATES, type JobTrigger, type SubmitOutcome, type SubmitResult } from './instance-jobs.js';
 
@@ -178,7 +179,7 @@ function metricsText(jobs: InstanceJobManager, requests: ReadonlyMap<SignalOutco
       type: 'gauge',
       samples: perDecision((d) => d.atMs / 1000),
     },
-    { name: 'process_resident_memory_bytes', help: 'Resident memory size in bytes.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
+    ...processMetrics(VERSION),
   ];
   return renderMetrics(metrics);
 }
@@ -317,7 +318,7 @@ export function createControllerServer(options: ControllerServerOptions): Contro
   return {
     async listen(host, port) {
       const url = await listenHttp(server, host, port);
-      log({ event: 'listening', url });
+      log({ event: 'listening', url, version: VERSION });
       return { url };
     },
     close() {

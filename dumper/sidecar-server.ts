@@ -19,7 +19,8 @@ import {
 import { endMarkerName, getJson } from '../shared/job-layout.js';
 import { version } from '../shared/memcached/commands.js';
 import type { Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
-import { type Metric, PROMETHEUS_CONTENT_TYPE, renderMetrics } from '../shared/prometheus.js';
+import { type Metric, PROMETHEUS_CONTENT_TYPE, processMetrics, renderMetrics } from '../shared/prometheus.js';
+import { VERSION } from '../shared/version.js';
 import { SqsQueue } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { TokenBucket } from '../shared/token-bucket.js';
@@ -325,7 +326,7 @@ function metricsText(registry: DumpRegistry): string {
     name,
     help,
     type: 'counter',
-    samples: runs.map((run) => ({ labels: { job: run.request.jobId, node: run.request.node }, value: run.counters[field] })),
+    samples: runs.map((run) => ({ labels: { job_id: run.request.jobId, node: run.request.node }, value: run.counters[field] })),
   }));
   metrics.push(
     {
@@ -334,7 +335,7 @@ function metricsText(registry: DumpRegistry): string {
       type: 'gauge',
       samples: [{ value: registry.running ? 1 : 0 }],
     },
-    { name: 'process_resident_memory_bytes', help: 'Resident memory size in bytes.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
+    ...processMetrics(VERSION),
   );
   return renderMetrics(metrics);
 }
@@ -440,7 +441,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
   return {
     async listen(host, port) {
       const url = await listenHttp(server, host, port); // rejects with EADDRINUSE and the like
-      log({ event: 'listening', url, memcached: `${options.memcached.host}:${options.memcached.port}` });
+      log({ event: 'listening', url, memcached: `${options.memcached.host}:${options.memcached.port}`, version: VERSION });
       return { url };
     },
     close() {

@@ -25,6 +25,7 @@ import { S3Store } from '../shared/store/s3-store.js';
 import { type AcknowledgedBatch, ReportedAcknowledgements } from './acknowledgements.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
 import { PinnedTargets } from './pinned-targets.js';
+import { VERSION } from '../shared/version.js';
 import type { NodeWriter } from './node-writer.js';
 import { runPopulator } from './populate.js';
 
@@ -145,6 +146,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
   const stats = new WorkerStats();
   log({
     event: 'worker-started',
+    version: VERSION,
     job: job.jobId,
     worker: workerId,
     queue: job.queueUrl,

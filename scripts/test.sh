@@ -15,4 +15,14 @@ if [[ ${#test_files[@]} -eq 0 ]]; then
   exit 1
 fi
 
-exec node --test --test-concurrency=1 --test-reporter=spec "$@" "${test_files[@]}"
+# The suite runs on the supported Node (22: the `node` devDependency, which npm puts first on
+# PATH) and then on the machine's own Node when that is another version: cachewarm still runs
+# there, and a break shows here before a user meets it.
+baseline=node_modules/.bin/node
+machine=${npm_node_execpath:-$(command -v node)}
+echo "test.sh: the suite on Node $("$baseline" --version) (the supported baseline)" >&2
+"$baseline" --test --test-concurrency=1 --test-reporter=spec "$@" "${test_files[@]}"
+if [[ "$("$machine" --version)" != "$("$baseline" --version)" ]]; then
+  echo "test.sh: the suite on this machine's Node $("$machine" --version) ($machine)" >&2
+  "$machine" --test --test-concurrency=1 --test-reporter=spec "$@" "${test_files[@]}"
+fi

@@ -67,3 +67,28 @@ export function renderMetrics(metrics: readonly Metric[]): string {
   }
   return lines.length === 0 ? '' : `${lines.join('\n')}\n`;
 }
+
+/**
+ * What every cachewarm process reports about itself: its build (`cachewarm_build_info`, 1,
+ * labelled with the version and the Node.js version), resident memory, CPU seconds and start
+ * time, under the names Prometheus' own client libraries use.
+ */
+export function processMetrics(version: string): Metric[] {
+  const cpu = process.cpuUsage();
+  return [
+    {
+      name: 'cachewarm_build_info',
+      help: 'The cachewarm build serving these metrics (always 1).',
+      type: 'gauge',
+      samples: [{ labels: { version, nodejs_version: process.version }, value: 1 }],
+    },
+    { name: 'process_resident_memory_bytes', help: 'Resident memory size in bytes.', type: 'gauge', samples: [{ value: process.memoryUsage.rss() }] },
+    { name: 'process_cpu_seconds_total', help: 'Total user and system CPU time spent in seconds.', type: 'counter', samples: [{ value: (cpu.user + cpu.system) / 1e6 }] },
+    {
+      name: 'process_start_time_seconds',
+      help: 'Start time of the process since unix epoch in seconds.',
+      type: 'gauge',
+      samples: [{ value: Math.round((Date.now() - process.uptime() * 1000) / 1000) }],
+    },
+  ];
+}

@@ -14,15 +14,17 @@ import { onlyJsonObject, runWithin, type TimedRun } from './support/cli-deadline
 import { load, nowSeconds, startCluster } from './support/cluster.js';
 
 describe('the cachewarm command', () => {
-  test('warm replica copies a replica and prints the summary as JSON with --json, exiting 0', async () => {
+  test('warm replica copies a replica and prints the summary as JSON with --json (naming the build), exiting 0', async () => {
     const cluster = await startCluster({ a: 2, b: 3 });
     try {
       await load(cluster.topology, 'a', sampleItems({ count: 5_000, valueBytes: 100, nowSeconds: nowSeconds() }));
       const file = await topologyFileOf(cluster.topology);
       const run = await cachewarm('warm', 'replica', '--topology', file, '--target', 'b', '--json', '--work-dir', path.dirname(file));
       assert.equal(run.code, 0, run.stderr);
-      const summary = onlyJsonObject(run.stdout) as unknown as { complete: boolean; source: string; targetNodes: { stored: number }[] };
+      const summary = onlyJsonObject(run.stdout) as unknown as { complete: boolean; source: string; targetNodes: { stored: number }[]; version: string };
       assert.equal(summary.complete, true);
+      const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+      assert.equal(summary.version, pkg.version);
       assert.equal(summary.source, 'a');
       assert.equal(summary.targetNodes.reduce((s, n) => s + n.stored, 0), 5_000);
     } finally {

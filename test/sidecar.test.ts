@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -242,11 +243,11 @@ describe('the dumper sidecar', () => {
     assert.ok(!JSON.stringify(events).includes(TOKEN), 'the token is never logged');
   });
 
-  test('metrics show each job\'s counters, labelled job and node, the running gauge and the resident memory', async () => {
+  test('metrics show each job\'s counters, labelled job_id and node, the running gauge, the build and the process', async () => {
     const answer = await http(url, 'GET', '/metrics');
     assert.equal(answer.status, 200);
     assert.match(answer.headers.get('content-type') ?? '', /^text\/plain; version=0\.0\.4/);
-    const labels = `{job="job-1",node="${nodeId}"}`;
+    const labels = `{job_id="job-1",node="${nodeId}"}`;
     const lines = answer.text.split('\n');
     for (const [name, value] of [
       ['cachewarm_dump_keys_listed_total', undefined],
@@ -268,6 +269,9 @@ describe('the dumper sidecar', () => {
     assert.ok(lines.includes('cachewarm_dump_running 0'));
     const rss = Number(lines.find((l) => l.startsWith('process_resident_memory_bytes '))?.split(' ')[1]);
     assert.ok(rss > 10 << 20, `resident memory is reported (${rss})`);
+    const { version } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    assert.ok(lines.includes(`cachewarm_build_info{version="${version}",nodejs_version="${process.version}"} 1`), 'the build is named');
+    for (const name of ['process_cpu_seconds_total', 'process_start_time_seconds']) assert.ok(Number(lines.find((l) => l.startsWith(`${name} `))?.split(' ')[1]) > 0, name);
   });
 
   test('one crawl at a time: another job is refused with 409 NODE_BUSY naming the running one; the same job gets 200', async () => {
