@@ -17,6 +17,7 @@ import { CachewarmError } from '../shared/errors.js';
 import { type NodeSpec, type Topology, findNode, loadTopology } from '../shared/topology.js';
 import {
   BOUNDS,
+  CachewarmCommand,
   EXIT,
   JsonOutcome,
   asArgument,
@@ -27,6 +28,7 @@ import {
   concurrency,
   exitOnError,
   handleCrashes,
+  helpForSubcommands,
   interruptSignal,
   jsonRequested,
   progressPrinter,
@@ -79,7 +81,7 @@ async function targetWriter(
 
 routeProcessWarnings();
 
-const program = new Command()
+const program = new CachewarmCommand()
   .name('cachewarm')
   .description('Warms memcached replicas: copies live items into a new or emptied replica, add-only.')
   .version(VERSION, '-V, --version', 'print the version')
@@ -293,9 +295,33 @@ registerControllerCommand(program);
 
 registerVerifyCommand(program);
 
+helpForSubcommands(program);
+addExamples(program);
 // Set on every command, once all are registered: commander's errors exit 2 as `cachewarm: …`.
 routeCommanderErrors(program);
 handleCrashes(jsonOutcome);
+
+/** A line or two of use in each command's help, as an operator would type it. */
+function addExamples(root: Command): void {
+  const examples: Record<string, string[]> = {
+    'warm replica': [
+      'cachewarm warm replica --topology cluster.json --target zone-c',
+      'cachewarm warm replica --topology cluster.json --target zone-c --source zone-a --max-ops 20000 --job-id scale-up-1 --json',
+      'CACHEWARM_TOPOLOGY=/etc/cachewarm/cluster.json cachewarm warm replica --target zone-c --transport aws --bucket B',
+    ],
+    'warm instance': ['cachewarm warm instance --topology cluster.json --node zone-b/10.0.1.7:11211'],
+    verify: ['cachewarm verify --topology cluster.json --source zone-a --target zone-c --sample 5000'],
+    'controller serve': ['cachewarm controller serve --topology cluster.json --listen 0.0.0.0:11300 --token-file /etc/cachewarm/controller-token'],
+    'dumper serve': ['cachewarm dumper serve --memcached 127.0.0.1:11211 --listen 0.0.0.0:11299 --token-file /etc/cachewarm/token'],
+    populator: ['cachewarm populator --queue-url https://sqs.us-east-1.amazonaws.com/123456789012/cachewarm-JOB'],
+    demo: ['cachewarm demo --items 200000'],
+  };
+  for (const [path, lines] of Object.entries(examples)) {
+    let command: Command | undefined = root;
+    for (const name of path.split(' ')) command = command?.commands.find((c) => c.name() === name);
+    command?.addHelpText('after', `\nExamples:\n${lines.map((line) => `  $ ${line}`).join('\n')}\n\nEvery option can also be set as CACHEWARM_<OPTION> (e.g. CACHEWARM_CHUNK_SIZE).`);
+  }
+}
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   // A warm refused while its options were parsed: under --json it still prints its one object.

@@ -1,4 +1,4 @@
-import { type Command, CommanderError, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, type Option } from 'commander';
 import { constants as fsConstants } from 'node:fs';
 import { access, mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -127,6 +127,41 @@ export function routeCommanderErrors(program: Command): void {
     // goes first, like every other one (and exitOnError makes it exit 2).
     if (command.commands.length > 0) command.addHelpText('before', ({ error }) => (error ? `cachewarm: ${missingCommand(command)}` : ''));
   }
+}
+
+/**
+ * The program and every command under it. Every option can also come from the environment,
+ * `CACHEWARM_` and its name (`--chunk-size` is `CACHEWARM_CHUNK_SIZE`): what a Kubernetes pod
+ * spec or a cron line sets more easily than flags. A flag given wins over the environment,
+ * which wins over the default; `--help` shows each variable. (Commander reads a variable only
+ * for an option that names it when it is added: hence here, not after the fact.)
+ */
+export class CachewarmCommand extends Command {
+  override createCommand(name?: string): Command {
+    return new CachewarmCommand(name);
+  }
+
+  override addOption(option: Option): this {
+    if (!option.envVar && option.long) option.env(`CACHEWARM_${option.long.slice(2).replace(/-/g, '_').toUpperCase()}`);
+    return super.addOption(option);
+  }
+}
+
+/** `cachewarm help warm replica` shows that command's help (commander's own goes one level deep). */
+export function helpForSubcommands(program: Command): void {
+  program.helpCommand(false);
+  program
+    .command('help [command...]')
+    .description('show the help of a command, e.g. `cachewarm help warm replica`')
+    .action((names: string[]) => {
+      let command: Command = program;
+      for (const name of names) {
+        const next = command.commands.find((c) => c.name() === name || c.aliases().includes(name));
+        if (!next) command.error(`unknown command '${names.join(' ')}'`, { code: 'commander.unknownCommand', exitCode: EXIT.usage });
+        command = next as Command;
+      }
+      command.help();
+    });
 }
 
 function missingCommand(command: Command): string {

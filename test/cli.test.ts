@@ -355,3 +355,27 @@ describe('checkWorkDir', () => {
     await assert.rejects(checkWorkDir(locked), (e: unknown) => e instanceof CachewarmError && e.message === `--work-dir ${locked}: not writable`);
   });
 });
+
+describe('options from the environment, help for every command', () => {
+  test('every option can come from CACHEWARM_*: a flag wins over it, and a bad value is a usage error naming the option', async () => {
+    const fromEnvironment = await runWithin(['warm', 'replica', '--target', 'b'], { env: { CACHEWARM_TOPOLOGY: 'nowhere.json' } });
+    assert.equal(fromEnvironment.code, 2);
+    assert.match(fromEnvironment.stderr, /nowhere\.json: topology file not found/);
+    const flagWins = await runWithin(['warm', 'replica', '--target', 'b', '--topology', 'elsewhere.json'], { env: { CACHEWARM_TOPOLOGY: 'nowhere.json' } });
+    assert.match(flagWins.stderr, /elsewhere\.json: topology file not found/);
+    const bad = await runWithin(['warm', 'replica', '--target', 'b', '--topology', 'x.json'], { env: { CACHEWARM_CHUNK_SIZE: '4XB' } });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--chunk-size/);
+  });
+
+  test('`cachewarm help warm replica` shows that command, with examples and the variables of its options', async () => {
+    const help = await runWithin(['help', 'warm', 'replica']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /^Usage: cachewarm warm replica \[options\]/);
+    assert.match(help.stdout, /Examples:\n {2}\$ cachewarm warm replica --topology cluster\.json --target zone-c\n/);
+    assert.match(help.stdout, /\(env: CACHEWARM_TARGET\)/);
+    const unknown = await runWithin(['help', 'warm', 'nothing']);
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /^cachewarm: unknown command 'warm nothing'/);
+  });
+});
