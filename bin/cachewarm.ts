@@ -4,7 +4,8 @@ import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
-import { summaryText } from '../controller/report.js';
+import { planText, summaryText } from '../controller/report.js';
+import { planWarm } from '../controller/warm-dry-run.js';
 import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
 import { DEFAULT_ALREADY_WARM_RATIO, parseAlreadyWarmRatio } from '../controller/already-warm.js';
 import { type WarmReplicaOptions, type WarmSummary, warmReplica } from '../controller/warm-replica.js';
@@ -113,6 +114,7 @@ interface WarmCommandOptions extends TransportOptions {
   skipTooLarge?: boolean;
   retryParked?: boolean;
   verifySample: number;
+  dryRun?: boolean;
 }
 
 function addWarmOptions(command: Command): Command {
@@ -132,6 +134,7 @@ function addWarmOptions(command: Command): Command {
       .addOption(new Option('--populate-concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
       .option('--json', 'print the summary as one JSON object')
+      .option('--dry-run', "show the plan (source and why, what each target node would receive against its memory, a read-time estimate from a sample) and copy nothing")
       .option('--force', 'copy even when the target already looks warm')
       .option('--accept-evictions', 'start even when the target looks too small for what it would receive (its evictions still leave the job incomplete)')
       .addOption(
@@ -172,6 +175,22 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
   if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const topology = await loadTopology(opts.topology);
   const target = targetIn(topology);
+  if (opts.dryRun) {
+    const plan = await planWarm({
+      topology,
+      target: target.replica,
+      only: target.node,
+      source: opts.source,
+      alreadyWarmRatio: opts.alreadyWarmRatio,
+      maxOpsPerNode: opts.maxOps,
+      fetchConcurrency: opts.fetchConcurrency,
+      clock: systemClock,
+      signal: interruptSignal(),
+    });
+    if (opts.json) jsonOutcome.result(plan);
+    else process.stdout.write(`${planText(plan)}\n`);
+    return;
+  }
   const printer = progressPrinter();
   const common: CommonWarmOptions = {
     topology,

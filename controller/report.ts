@@ -1,3 +1,4 @@
+import type { WarmPlanReport } from './warm-dry-run.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 import type { WarmProgress, WarmSummary } from './warm-summary.js';
 
@@ -82,4 +83,24 @@ export function summaryText(s: WarmSummary): string {
 function alreadyWarmText(s: WarmSummary): string {
   const why = s.warmth?.reason ?? `${s.node ?? s.target} already holds what ${s.source} would copy`;
   return `${s.node ?? s.target} is already warm, nothing copied: ${why}. (--force copies anyway.)`;
+}
+
+/** A dry run's plan, as a person reads it. */
+export function planText(plan: WarmPlanReport): string {
+  const n = (value: number): string => value.toLocaleString('en-US');
+  const others = plan.considered.filter((c) => c.replica !== plan.source && c.rejected).map((c) => `${c.replica}: ${c.rejected}`);
+  const lines = [
+    `dry run: ${plan.kind} warm of ${plan.target} from ${plan.source} (${n(plan.sourceItems)} items, ${formatBytes(plan.sourceBytes)})${others.length ? `; not ${others.join('; ')}` : ''}`,
+    plan.warmth.alreadyWarm ? `${plan.warmth.subject} is already warm: a warm would copy nothing (--force copies anyway)` : `${plan.warmth.subject} is not warm: it holds ${n(plan.warmth.targetItems)} items`,
+    '',
+    table(
+      ['target node', 'share', 'expected items', 'expected bytes', 'memory (-m)', 'holds now', 'fits'],
+      plan.targetNodes.map((t) => [t.node, `${(t.share * 100).toFixed(1)} %`, t.expectedItems, formatBytes(t.expectedBytes), formatBytes(t.limitMaxBytes), formatBytes(t.bytes), t.fits ? 'yes' : 'NO']),
+    ),
+    '',
+    `reading the source: ~${formatDuration(plan.estimate.readSeconds * 1000)} at ${n(plan.estimate.itemsPerSecondPerConnection)} items/s per connection ` +
+      `(${n(plan.estimate.sampledKeys)} keys sampled); the writes and this machine's CPU may take longer`,
+    'nothing was copied',
+  ];
+  return lines.join('\n');
 }

@@ -147,7 +147,8 @@ export function checkCapacity(topology: Topology, scope: WarmScope, source: Repl
   );
 }
 
-const USABLE_MEMORY = 0.9;
+/** Of `limit_maxbytes`, what items can fill: slab rounding leaves about a tenth unusable. */
+export const USABLE_MEMORY = 0.9;
 
 /** The source's and the target's nodes, each watched for the length of a job (see node-watch). */
 export interface JobWatch {

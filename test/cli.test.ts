@@ -11,7 +11,7 @@ import { CachewarmError } from '../shared/errors.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { bin, cachewarm, topologyFile, topologyFileOf } from './support/cli.js';
 import { onlyJsonObject, runWithin, type TimedRun } from './support/cli-deadline.js';
-import { load, nowSeconds, startCluster } from './support/cluster.js';
+import { load, nowSeconds, serverCounters, startCluster } from './support/cluster.js';
 
 describe('the cachewarm command', () => {
   test('warm replica copies a replica and prints the summary as JSON with --json (naming the build), exiting 0', async () => {
@@ -377,5 +377,34 @@ describe('options from the environment, help for every command', () => {
     const unknown = await runWithin(['help', 'warm', 'nothing']);
     assert.equal(unknown.code, 2);
     assert.match(unknown.stderr, /^cachewarm: unknown command 'warm nothing'/);
+  });
+});
+
+describe('--dry-run', () => {
+  test('shows the plan (source and why, each target node against its memory, a read estimate) and writes nothing', async () => {
+    const cluster = await startCluster({ a: 1, b: 2 });
+    try {
+      await load(cluster.topology, 'a', sampleItems({ count: 5_000, valueBytes: 100, nowSeconds: nowSeconds() }));
+      const file = await topologyFileOf(cluster.topology);
+      const run = await cachewarm('warm', 'replica', '--topology', file, '--target', 'b', '--dry-run', '--json', '--work-dir', path.dirname(file));
+      assert.equal(run.code, 0, run.stderr);
+      const plan = onlyJsonObject(run.stdout) as unknown as {
+        dryRun: boolean;
+        source: string;
+        considered: { replica: string; rejected?: string }[];
+        targetNodes: { expectedItems: number; fits: boolean; share: number }[];
+        estimate: { sampledKeys: number; readSeconds: number };
+      };
+      assert.equal(plan.dryRun, true);
+      assert.equal(plan.source, 'a');
+      assert.deepEqual(plan.considered.find((c) => c.replica === 'b'), { replica: 'b', rejected: 'it is the target' });
+      assert.ok(Math.abs(plan.targetNodes.reduce((sum, n) => sum + n.expectedItems, 0) - 5_000) <= 2, JSON.stringify(plan.targetNodes));
+      assert.ok(plan.targetNodes.every((n) => n.fits));
+      assert.equal(plan.estimate.sampledKeys, 2_000);
+      for (const server of cluster.servers['b'] ?? []) assert.equal((await serverCounters(server)).cmdSet, 0, 'nothing written');
+      assert.equal(existsSync(path.join(path.dirname(file), 'b')), false, 'no job started');
+    } finally {
+      await cluster.stop();
+    }
   });
 });
