@@ -11,7 +11,7 @@ export function progressLine(p: WarmProgress): string {
   const eta = rate > 0 && p.expectedItems > 0 ? formatDuration((remaining / rate) * 1000) : '?';
   return [
     `dumped ${p.dumped.read.toLocaleString('en-US')} items (${formatBytes(p.dumped.bytesRead)})`,
-    `written ${p.written.stored.toLocaleString('en-US')} (+${p.written.existed.toLocaleString('en-US')} present)`,
+    `stored ${p.written.stored.toLocaleString('en-US')} (+${p.written.existed.toLocaleString('en-US')} existed)`,
     `${formatRate(rate)} items, ${formatBytes(p.written.bytesWritten / seconds)}/s`,
     `queue ${p.queueDepth}`,
     `elapsed ${formatDuration(p.elapsedMs)}`,
@@ -41,13 +41,13 @@ export function summaryText(s: WarmSummary): string {
     '',
     'source nodes',
     table(
-      ['node', 'listed', 'caught up', 'read', 'expired', 'gone', 'filtered', 'unsupported', 'bytes read', 'chunks'],
+      ['node', 'listed', 'caughtUp', 'read', 'expired', 'gone', 'filtered', 'unsupported', 'bytesRead', 'dataChunks'],
       s.sourceNodes.map((n) => [n.node, n.listed, n.caughtUp, n.read, n.expired, n.gone, n.filtered, n.unsupported, formatBytes(n.bytesRead), n.dataChunks]),
     ),
     '',
     'target nodes',
     table(
-      ['node', 'written', 'already present', 'expired', 'too large', 'out of memory', 'other refusals', 'not written (restarted)', 'evicted', 'restarts', 'bytes written'],
+      ['node', 'stored', 'existed', 'expired', 'tooLarge', 'outOfMemory', 'serverError', 'replaced', 'evictions', 'restarts', 'bytesWritten'],
       s.targetNodes.map((n) => [
         n.node,
         n.stored,
