@@ -33,6 +33,7 @@ import {
   interruptSignal,
   jsonRequested,
   progressPrinter,
+  verbosityOf,
   routeCommanderErrors,
   wholeNumber,
 } from './cli-support.js';
@@ -115,6 +116,8 @@ interface WarmCommandOptions extends TransportOptions {
   retryParked?: boolean;
   verifySample: number;
   dryRun?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
 }
 
 function addWarmOptions(command: Command): Command {
@@ -134,6 +137,8 @@ function addWarmOptions(command: Command): Command {
       .addOption(new Option('--populate-concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
       .option('--json', 'print the summary as one JSON object')
+      .addOption(new Option('--quiet', 'say nothing on stderr but a failure (no progress, no job events)').conflicts('verbose'))
+      .option('--verbose', 'a progress line every second, not every 10 s, when stderr is not a terminal')
       .option('--dry-run', "show the plan (source and why, what each target node would receive against its memory, a read-time estimate from a sample) and copy nothing")
       .option('--force', 'copy even when the target already looks warm')
       .option('--accept-evictions', 'start even when the target looks too small for what it would receive (its evictions still leave the job incomplete)')
@@ -191,7 +196,8 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
     else process.stdout.write(`${planText(plan)}\n`);
     return;
   }
-  const printer = progressPrinter();
+  const verbosity = verbosityOf(opts);
+  const printer = progressPrinter(verbosity);
   const common: CommonWarmOptions = {
     topology,
     source: opts.source,
@@ -247,7 +253,9 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     skipTooLarge: opts.skipTooLarge === true,
     verifySamplePerNode: opts.verifySample,
     retryParked: opts.retryParked === true,
-    log: (line) => process.stderr.write(`${line}\n`),
+    log: (line) => {
+      if (verbosityOf(opts) !== 'quiet') process.stderr.write(`${line}\n`);
+    },
     ...(await distributedSettings(opts)),
   });
 }

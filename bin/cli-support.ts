@@ -65,20 +65,29 @@ export const concurrency = wholeNumber(BOUNDS.concurrency);
  * `everyMs` otherwise (cron, CI, a pipe), so logs stay readable. Both stdout and stderr must
  * be terminals: a scheduler that captures only stdout still runs the command unattended.
  */
-export function progressPrinter(): { onProgress: (p: WarmProgress) => void; done: () => void } {
+/** How much a command says on stderr: `--quiet` only failures, `--verbose` progress every second. */
+export type Verbosity = 'quiet' | 'normal' | 'verbose';
+
+export function verbosityOf(opts: { readonly quiet?: boolean | undefined; readonly verbose?: boolean | undefined }): Verbosity {
+  return opts.quiet ? 'quiet' : opts.verbose ? 'verbose' : 'normal';
+}
+
+export function progressPrinter(verbosity: Verbosity = 'normal'): { onProgress: (p: WarmProgress) => void; done: () => void } {
   const tty = process.stdout.isTTY === true && process.stderr.isTTY === true;
+  const everyMs = verbosity === 'verbose' ? 1_000 : 10_000;
   let last = 0;
   return {
     onProgress: (p) => {
+      if (verbosity === 'quiet') return;
       if (tty) {
         process.stderr.write(`\r\x1b[2K${progressLine(p)}`);
-      } else if (p.elapsedMs - last >= 10_000) {
+      } else if (p.elapsedMs - last >= everyMs) {
         last = p.elapsedMs;
         process.stderr.write(`${new Date().toISOString()} ${progressLine(p)}\n`);
       }
     },
     done: () => {
-      if (tty) process.stderr.write('\n');
+      if (tty && verbosity !== 'quiet') process.stderr.write('\n');
     },
   };
 }

@@ -408,3 +408,22 @@ describe('--dry-run', () => {
     }
   });
 });
+
+describe('--quiet and --verbose', () => {
+  test('--quiet says nothing on stderr for a warm that completes; with --verbose it is a usage error', async () => {
+    const cluster = await startCluster({ a: 1, b: 1 });
+    try {
+      await load(cluster.topology, 'a', sampleItems({ count: 2_000, valueBytes: 100, nowSeconds: nowSeconds() }));
+      const file = await topologyFileOf(cluster.topology);
+      const quiet = await cachewarm('warm', 'replica', '--topology', file, '--target', 'b', '--quiet', '--work-dir', path.dirname(file));
+      assert.equal(quiet.code, 0, quiet.stderr);
+      assert.equal(quiet.stderr, '');
+      assert.match(quiet.stdout, / completed in /);
+      const both = await cachewarm('warm', 'replica', '--topology', file, '--target', 'b', '--quiet', '--verbose');
+      assert.equal(both.code, 2);
+      assert.match(both.stderr, /^cachewarm: option '--quiet' cannot be used with option '--verbose'/);
+    } finally {
+      await cluster.stop();
+    }
+  });
+});
