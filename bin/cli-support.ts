@@ -1,4 +1,4 @@
-import { Command, CommanderError, InvalidArgumentError, type Option } from 'commander';
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { constants as fsConstants } from 'node:fs';
 import { access, mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -6,6 +6,7 @@ import type { WarmProgress } from '../controller/warm-replica.js';
 import { progressLine } from '../controller/report.js';
 import { MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES } from '../dumper/sidecar-api.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { parseListenAddress } from '../shared/http-api.js';
 import { type Bounds, parseByteSizeInRange, parseIntInRange } from '../shared/units.js';
 import { VERSION } from '../shared/version.js';
 
@@ -383,4 +384,31 @@ export function stopSignal(): Promise<NodeJS.Signals> {
     process.on('SIGTERM', on);
     process.on('SIGINT', on);
   });
+}
+
+/**
+ * `--metrics-listen`: `/metrics` on a listener of its own, without the token, for Prometheus
+ * inside the cluster (the API keeps its token).
+ */
+export function metricsListenOption(): Option {
+  return new Option('--metrics-listen <host:port>', 'also serve /metrics here, without the token (for scrapers inside the cluster)').argParser(
+    asArgument(parseListenAddress),
+  );
+}
+
+/** Starts a service's listeners; one that cannot listen is a usage error naming the address. */
+export async function listenAll(
+  server: { listen(host: string, port: number): Promise<unknown>; listenMetrics(host: string, port: number): Promise<unknown> },
+  listen: { host: string; port: number },
+  metricsListen: { host: string; port: number } | undefined,
+): Promise<void> {
+  const starts: [{ host: string; port: number }, () => Promise<unknown>][] = [[listen, () => server.listen(listen.host, listen.port)]];
+  if (metricsListen) starts.push([metricsListen, () => server.listenMetrics(metricsListen.host, metricsListen.port)]);
+  for (const [address, start] of starts) {
+    try {
+      await start();
+    } catch (error) {
+      throw new CachewarmError('INVALID_ARGUMENT', `cannot listen on ${address.host}:${address.port}: ${(error as Error).message}`);
+    }
+  }
 }

@@ -9,15 +9,15 @@ import { TopologyWatch } from '../controller/topology-watch.js';
 import { warmInstance } from '../controller/warm-instance.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { systemClock } from '../shared/clock.js';
-import { CachewarmError } from '../shared/errors.js';
 import { parseListenAddress } from '../shared/http-api.js';
 import { parseFractionInRange } from '../shared/units.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
-import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, logLine, readTokenFile, stopSignal, wholeNumber } from './cli-support.js';
+import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, listenAll, logLine, metricsListenOption, readTokenFile, stopSignal, wholeNumber } from './cli-support.js';
 
 interface ServeOptions extends TransportOptions {
   topology: string;
   listen: { host: string; port: number };
+  metricsListen?: { host: string; port: number };
   tokenFile: string;
   minShare: number;
   workDir: string;
@@ -102,11 +102,7 @@ async function serve(opts: ServeOptions): Promise<void> {
   try {
     const nodes = [...watch.current.replicas.values()].reduce((sum, r) => sum + r.nodes.length, 0);
     logLine({ event: 'starting', topology: opts.topology, replicas: watch.current.replicas.size, nodes, transport: opts.transport, minShare: opts.minShare });
-    try {
-      await server.listen(opts.listen.host, opts.listen.port);
-    } catch (error) {
-      throw new CachewarmError('INVALID_ARGUMENT', `cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(error as Error).message}`);
-    }
+    await listenAll(server, opts.listen, opts.metricsListen);
     const signal = await stopped;
     // Cancelled warms leave nodes partly filled: the sidecars signal again after the
     // controller's restart only if the nodes restart, so a person re-triggers them (POST /v1/jobs).
@@ -133,6 +129,7 @@ export function registerControllerCommand(program: Command): void {
           .argParser(asArgument(parseListenAddress))
           .default(parseListenAddress('0.0.0.0:11300'), '0.0.0.0:11300'),
       )
+      .addOption(metricsListenOption())
       .requiredOption('--token-file <file>', 'file holding the bearer token clients must send (a trailing newline is ignored)')
       .addOption(
         new Option('--min-share <fraction>', 'warm a node holding less than this fraction of its expected items')

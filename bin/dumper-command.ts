@@ -6,11 +6,12 @@ import { CachewarmError } from '../shared/errors.js';
 import { parseListenAddress } from '../shared/http-api.js';
 import { parseAddress } from '../shared/topology.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { EXIT, asArgument, chunkSize, concurrency, logLine, readTokenFile, stopSignal } from './cli-support.js';
+import { EXIT, asArgument, chunkSize, concurrency, listenAll, logLine, metricsListenOption, readTokenFile, stopSignal } from './cli-support.js';
 
 interface ServeOptions {
   memcached: { host: string; port: number };
   listen: { host: string; port: number };
+  metricsListen?: { host: string; port: number };
   tokenFile: string;
   region?: string;
   endpoint?: string;
@@ -47,11 +48,7 @@ async function serve(opts: ServeOptions): Promise<void> {
       maxChunkSizeBytes: opts.maxChunkSize,
       memoryCeilingBytes: sidecarMemoryCeilingBytes({ fetchConcurrency: opts.fetchConcurrency, maxChunkSizeBytes: opts.maxChunkSize }),
     });
-    try {
-      await sidecar.listen(opts.listen.host, opts.listen.port);
-    } catch (error) {
-      throw new CachewarmError('INVALID_ARGUMENT', `cannot listen on ${opts.listen.host}:${opts.listen.port}: ${(error as Error).message}`);
-    }
+    await listenAll(sidecar, opts.listen, opts.metricsListen);
     const watching = new AbortController();
     const watcher = watch && watchRestarts(opts.memcached, watch, watching.signal);
     const signal = await stopped;
@@ -83,6 +80,7 @@ export function registerDumperCommand(program: Command): void {
         .argParser(asArgument(parseListenAddress))
         .default(parseAddress('0.0.0.0:11299'), '0.0.0.0:11299'),
     )
+      .addOption(metricsListenOption())
     .requiredOption('--token-file <file>', 'file holding the bearer token clients must send (a trailing newline is ignored)')
     .option('--node <id>', "this node's id in the topology (`replica/host:port`): named in its restart signals")
     .option('--controller <url>', 'the controller service to send restart signals to (needs --node and --controller-token-file)')

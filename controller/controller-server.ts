@@ -24,6 +24,7 @@ import {
   type Reply,
   allow,
   createJsonApiServer,
+  createMetricsServer,
   idInPath,
   listenHttp,
   readJsonBody,
@@ -57,6 +58,8 @@ export interface ControllerServerOptions {
 export interface ControllerServer {
   /** Starts listening; port 0 picks a free one. Resolves with the base URL. */
   listen(host: string, port: number): Promise<{ url: string }>;
+  /** Serves `/metrics` without the token on a listener of its own (see createMetricsServer). */
+  listenMetrics(host: string, port: number): Promise<{ url: string }>;
   /** Stops taking requests and closes its connections. The jobs are the manager's to close. Idempotent. */
   close(): Promise<void>;
 }
@@ -314,6 +317,7 @@ export function createControllerServer(options: ControllerServerOptions): Contro
   }
 
   const server = createJsonApiServer({ route, log, maxConnections: MAX_CONNECTIONS });
+  const metricsServer = createMetricsServer(() => metricsText(jobs, requests), log);
 
   return {
     async listen(host, port) {
@@ -321,8 +325,15 @@ export function createControllerServer(options: ControllerServerOptions): Contro
       log({ event: 'listening', url, version: VERSION });
       return { url };
     },
+    async listenMetrics(host, port) {
+      const url = await listenHttp(metricsServer, host, port);
+      log({ event: 'metrics-listening', url: `${url}/metrics` });
+      return { url };
+    },
     close() {
       closing ??= (async () => {
+        if (metricsServer.listening) metricsServer.close();
+        metricsServer.closeAllConnections();
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         const grace = setTimeout(() => server.closeAllConnections(), CLOSE_GRACE_MS);

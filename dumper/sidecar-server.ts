@@ -10,6 +10,7 @@ import {
   type Reply,
   allow,
   createJsonApiServer,
+  createMetricsServer,
   describeError,
   idInPath,
   listenHttp,
@@ -64,6 +65,8 @@ export interface SidecarOptions {
 export interface Sidecar {
   /** Starts listening; port 0 picks a free one. Resolves with the base URL, e.g. `http://127.0.0.1:11299`. */
   listen(host: string, port: number): Promise<{ url: string }>;
+  /** Serves `/metrics` without the token on a listener of its own (see createMetricsServer). */
+  listenMetrics(host: string, port: number): Promise<{ url: string }>;
   /** Stops taking requests, cancels a running dump (its progress stays in the store) and waits for it. Idempotent. */
   close(): Promise<void>;
 }
@@ -437,6 +440,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
   // Probes, scrapes and status polls are not logged (they come every few seconds); starts,
   // cancels and refusals are.
   const server = createJsonApiServer({ route, log, maxConnections: MAX_CONNECTIONS });
+  const metricsServer = createMetricsServer(() => metricsText(registry), log);
 
   return {
     async listen(host, port) {
@@ -444,8 +448,15 @@ export function createSidecar(options: SidecarOptions): Sidecar {
       log({ event: 'listening', url, memcached: `${options.memcached.host}:${options.memcached.port}`, version: VERSION });
       return { url };
     },
+    async listenMetrics(host, port) {
+      const url = await listenHttp(metricsServer, host, port);
+      log({ event: 'metrics-listening', url: `${url}/metrics` });
+      return { url };
+    },
     close() {
       closing ??= (async () => {
+        if (metricsServer.listening) metricsServer.close();
+        metricsServer.closeAllConnections();
         const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         const run = registry.running;

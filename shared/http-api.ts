@@ -9,6 +9,7 @@ import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { CachewarmError, isCachewarmError } from './errors.js';
+import { PROMETHEUS_CONTENT_TYPE } from './prometheus.js';
 import { parseAddress } from './topology.js';
 
 /** Every refusal's body. */
@@ -248,6 +249,22 @@ export function createJsonApiServer(options: JsonApiServerOptions): http.Server 
 }
 
 /** Listens; port 0 picks a free one. Resolves with the base URL, rejects with EADDRINUSE and the like. */
+/**
+ * A listener that serves `GET /metrics` alone, without a token: for Prometheus scraping from
+ * inside the cluster, while the API (which starts dumps and warms) keeps its token.
+ */
+export function createMetricsServer(render: () => string, log: LogEvent): http.Server {
+  return createJsonApiServer({
+    route: async (req, pathname) => {
+      if (pathname !== '/metrics') throw new HttpError(404, 'NOT_FOUND', `this listener serves /metrics only, not ${pathname}`);
+      allow(req.method, ['GET']);
+      return { status: 200, body: render(), contentType: PROMETHEUS_CONTENT_TYPE };
+    },
+    log,
+    maxConnections: 8,
+  });
+}
+
 export async function listenHttp(server: http.Server, host: string, port: number): Promise<string> {
   server.listen(port, host);
   await once(server, 'listening');

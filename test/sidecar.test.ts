@@ -274,6 +274,15 @@ describe('the dumper sidecar', () => {
     for (const name of ['process_cpu_seconds_total', 'process_start_time_seconds']) assert.ok(Number(lines.find((l) => l.startsWith(`${name} `))?.split(' ')[1]) > 0, name);
   });
 
+  test('a metrics listener of its own serves /metrics without the token, and nothing else; the API keeps its token', async () => {
+    const { url: metricsUrl } = await sidecar.listenMetrics('127.0.0.1', 0);
+    const scraped = await fetch(`${metricsUrl}/metrics`);
+    assert.equal(scraped.status, 200);
+    assert.match(await scraped.text(), /^cachewarm_build_info\{version="[^"]+",nodejs_version="v\d+/m);
+    assert.equal((await fetch(`${metricsUrl}/v1/dumps`)).status, 404);
+    assert.equal((await fetch(`${url}/metrics`)).status, 401);
+  });
+
   test('one crawl at a time: another job is refused with 409 NODE_BUSY naming the running one; the same job gets 200', async () => {
     const slow = await newJob({ maxItemsPerSecond: 300 });
     assert.equal((await client.start(slow)).started, true);
