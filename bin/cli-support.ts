@@ -370,7 +370,15 @@ export async function readTokenFile(file: string, option = '--token-file'): Prom
 
 /** One JSON object per line on stderr, each stamped with the time: the services' log format. */
 export function logLine(event: Record<string, unknown>): void {
-  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), ...event })}\n`);
+  const name = typeof event['event'] === 'string' ? event['event'] : 'log';
+  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: levelOf(name, event), msg: name.replace(/-/g, ' '), ...event })}\n`);
+}
+
+/** A log line's level, from what happened: a failure is an error, a setback the job survives a warning. */
+function levelOf(name: string, event: Record<string, unknown>): 'info' | 'warn' | 'error' {
+  if (/failed$/.test(name) || event['error'] !== undefined) return 'error';
+  if (/parked|retried|refused|warning/.test(name)) return 'warn';
+  return 'info';
 }
 
 /** Resolves with the signal's name on the first SIGTERM or SIGINT: how a service is told to stop. */

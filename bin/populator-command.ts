@@ -4,7 +4,7 @@ import type { WorkerLogEntry, WorkerResult } from '../populator/worker.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { BOUNDS, EXIT, concurrency, wholeNumber } from './cli-support.js';
+import { BOUNDS, EXIT, concurrency, logLine, wholeNumber } from './cli-support.js';
 
 interface PopulatorCommandOptions {
   queueUrl: string;
@@ -40,7 +40,7 @@ async function populate(opts: PopulatorCommandOptions): Promise<number> {
   const { s3, sqs } = await awsClientsFrom(opts);
   const { runPopulatorWorker } = await import('../populator/worker.js');
   const log = (entry: WorkerLogEntry): void => {
-    process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), worker: workerId, ...entry })}\n`);
+    logLine({ worker: workerId, ...entry });
   };
   const signal = terminationSignal(log);
   try {

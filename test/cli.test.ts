@@ -11,6 +11,7 @@ import { CachewarmError } from '../shared/errors.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { bin, cachewarm, topologyFile, topologyFileOf } from './support/cli.js';
 import { onlyJsonObject, runWithin, type TimedRun } from './support/cli-deadline.js';
+import { startCli } from './support/cli-process.js';
 import { load, nowSeconds, serverCounters, startCluster } from './support/cluster.js';
 
 describe('the cachewarm command', () => {
@@ -424,6 +425,24 @@ describe('--quiet and --verbose', () => {
       assert.match(both.stderr, /^cachewarm: option '--quiet' cannot be used with option '--verbose'/);
     } finally {
       await cluster.stop();
+    }
+  });
+});
+
+describe('service logs', () => {
+  test('every line is one JSON object with time, level, msg and its event; the start-up line names the build', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-logs-'));
+    const tokenFile = path.join(dir, 'token');
+    await writeFile(tokenFile, 'a-token-of-at-least-32-characters-long\n', { mode: 0o600 });
+    const sidecar = startCli(['dumper', 'serve', '--memcached', '127.0.0.1:1', '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', 'http://127.0.0.1:1']);
+    const listening = await sidecar.event('listening');
+    sidecar.kill('SIGTERM');
+    assert.equal(await sidecar.exited, 0);
+    const pkg = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+    assert.equal(listening['version'], pkg.version);
+    assert.ok(sidecar.lines.length >= 3, JSON.stringify(sidecar.lines));
+    for (const line of sidecar.lines) {
+      assert.ok(typeof line['time'] === 'string' && ['info', 'warn', 'error'].includes(line['level'] as string) && typeof line['msg'] === 'string', JSON.stringify(line));
     }
   });
 });
