@@ -152,6 +152,8 @@ const PLACEMENT_FIELDS = ['node', 'bucket', 'prefix', 'queueUrl'] as const;
  */
 class DumpRegistry {
   private readonly runs = new Map<string, DumpRun>();
+  /** Dumps that ended since the sidecar started, by how: counters present (at 0) from start-up. */
+  readonly ended: Record<'finished' | 'failed' | 'cancelled', number> = { finished: 0, failed: 0, cancelled: 0 };
   private active: DumpRun | undefined;
   private last: DumpRun | undefined;
 
@@ -255,6 +257,7 @@ class DumpRegistry {
       run.state = run.abort.signal.aborted ? 'cancelled' : 'failed';
       run.error = describeError(run.abort.signal.aborted ? run.abort.signal.reason : error);
     } finally {
+      this.ended[run.state === 'running' ? 'failed' : run.state]++;
       run.finishedAtMs = clock.now();
       if (this.active === run) this.active = undefined;
       this.last = run;
@@ -332,6 +335,12 @@ function metricsText(registry: DumpRegistry): string {
     samples: runs.map((run) => ({ labels: { job_id: run.request.jobId, node: run.request.node }, value: run.counters[field] })),
   }));
   metrics.push(
+    {
+      name: 'cachewarm_dumps_ended_total',
+      help: 'Dumps that ended since the sidecar started, by how they ended.',
+      type: 'counter',
+      samples: Object.entries(registry.ended).map(([state, value]) => ({ labels: { state }, value })),
+    },
     {
       name: 'cachewarm_dump_running',
       help: 'Whether a dump is running on this node (1) or not (0).',

@@ -267,6 +267,8 @@ describe('the dumper sidecar', () => {
     assert.ok(Number(lines.find((l) => l.startsWith('cachewarm_dump_keys_listed_total{'))?.split(' ')[1]) >= ITEMS);
     assert.ok(lines.includes('# TYPE cachewarm_dump_running gauge'));
     assert.ok(lines.includes('cachewarm_dump_running 0'));
+    assert.ok(lines.includes('cachewarm_dumps_ended_total{state="cancelled"} 0'), 'present from start-up, at 0');
+    assert.ok(Number(lines.find((l) => l.startsWith('cachewarm_dumps_ended_total{state="finished"}'))?.split(' ')[1]) >= 1);
     const rss = Number(lines.find((l) => l.startsWith('process_resident_memory_bytes '))?.split(' ')[1]);
     assert.ok(rss > 10 << 20, `resident memory is reported (${rss})`);
     const { version } = JSON.parse(await readFile(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
