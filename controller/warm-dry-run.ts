@@ -6,27 +6,20 @@ import { statsAt } from '../shared/memcached/commands.js';
 import { type SourceChoice, selectSource } from './select-source.js';
 import { USABLE_MEMORY, checkRequestedSource, checkWarmth, scopeOf } from './warm-plan.js';
 import { listKeys } from '../dumper/list-keys.js';
-import type { Clock } from '../shared/clock.js';
 import { newDumpCounters } from '../shared/counters.js';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
-import type { NodeSpec, Topology } from '../shared/topology.js';
+import type { NodeSpec } from '../shared/topology.js';
+import type { WarmReplicaOptions } from './warm-replica.js';
 
-export interface DryRunOptions {
-  readonly topology: Topology;
-  readonly target: string;
-  readonly only?: NodeSpec | undefined;
-  readonly source?: string | undefined;
-  readonly alreadyWarmRatio?: number | undefined;
-  readonly maxOpsPerNode?: number | undefined;
-  /** Connections each source node is read over (the warm's `--fetch-concurrency`). @default 2 */
-  readonly fetchConcurrency?: number | undefined;
+/** What a warm is planned from: its own options (`fetchConcurrency`: connections per source node, default 2). */
+export type DryRunOptions = Pick<
+  WarmReplicaOptions,
+  'topology' | 'target' | 'only' | 'source' | 'alreadyWarmRatio' | 'maxOpsPerNode' | 'fetchConcurrency' | 'clock' | 'connect' | 'signal'
+> & {
   /** Keys listed and read from the fullest source node to time the reads. @default 2000 */
   readonly sampleKeys?: number | undefined;
-  readonly clock: Clock;
-  readonly connect?: Connect | undefined;
-  readonly signal?: AbortSignal | undefined;
-}
+};
 
 /** What a warm would do, told before it does anything. */
 export interface WarmPlanReport {
