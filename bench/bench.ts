@@ -6,7 +6,9 @@
  *            process: every `ms` command built before the clock starts, then streamed on
  *            several connections (the best of 1 and 4 is kept)
  *   warm     `cachewarm warm replica` end to end, as a separate process (so its peak RSS is
- *            its own), from a 3-node source replica to an empty 4-node target
+ *            its own), from a 3-node source replica to an empty 4-node target, unprotected
+ *   harm     a live client's latencies on a source node, idle and during a warm with and
+ *            without --protect-source
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -25,6 +27,8 @@ import { MemcachedConnection } from '../shared/memcached/connection.js';
 import { OneLine, statsAt, version } from '../shared/memcached/commands.js';
 import { type WritableItem, MetaAddReplies, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
+import { ringOfTarget } from '../populator/write-to-ring.js';
+import { type LatencySummary, startLiveClient } from './live-client.js';
 import { parseTopology } from '../shared/topology.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 
@@ -217,17 +221,24 @@ async function main(): Promise<void> {
     log('measuring the ceiling: flushed node (memory already touched), 1 and 4 connections');
     const touchedCeiling = await bestCeiling(items, false);
 
+    const sourceRing = ringOfTarget(targetRingOf(topology, 'source'));
     log('loading the source replica (3 nodes)');
     const loaded = await writeAll(items, targetRingOf(topology, 'source'), { connect: connectDirect, clock: systemClock });
     if (loaded.stored !== ITEMS) throw new Error(`loaded ${loaded.stored} of ${ITEMS}`);
     // Let the LRU maintainer settle freshly written items, as on a source that has been serving.
     await new Promise((r) => setTimeout(r, 2_000));
 
-    log('replica warm 3 → 4 nodes into freshly started target nodes (embedded default, separate process)');
-    const intoFresh = await warmOnce(topologyFile, workDir, fleet);
+    // The speed figures are with the source unprotected: the most a warm can do here. What
+    // protection costs and what it spares the source's clients is measured next, apart.
+    const unprotected = ['--protect-source', 'off'];
+    log('replica warm 3 → 4 nodes into freshly started target nodes (embedded default, --protect-source off, separate process)');
+    const intoFresh = await warmOnce(topologyFile, workDir, fleet, unprotected);
     for (const node of fleet.slice(3)) await flush(node);
     log('replica warm again into the same target nodes, flushed (memory already touched)');
-    const intoTouched = await warmOnce(topologyFile, workDir, fleet);
+    const intoTouched = await warmOnce(topologyFile, workDir, fleet, unprotected);
+
+    const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
+    const harm = await sourceHarm(topologyFile, workDir, fleet, liveKeys);
 
     log('verify --all: every key of the source read back from source and target');
     const verified = await verifyAll(topologyFile);
@@ -258,12 +269,56 @@ async function main(): Promise<void> {
       `warm peak RSS                   ${formatBytes(Math.max(intoFresh.summary.peakRssBytes, intoTouched.summary.peakRssBytes))} (chunk size ${args['chunk-size']})`,
       `warm CPU, fresh targets         ${cpuLine(intoFresh)}`,
       `warm CPU, flushed targets       ${cpuLine(intoTouched)}`,
+      `live client on a source node    p50 / p99 / p99.9, one mg a millisecond on its own connection:`,
+      ...harm.map(
+        (h) =>
+          `  ${h.label.padEnd(29)} ${latencies(h.latency)}${h.before ? `   p99 ${(h.latency.p99Micros / h.before.p99Micros).toFixed(1)}× the idle one` : ''}` +
+          `${h.warm ? `   warm ${show(h.warm.rate)}, ${ratio(h.warm.rate, touchedCeiling.best)} of the flushed-node ceiling` : ''}`,
+      ),
       `(warm rates are end to end: the cachewarm process's start to its exit; ${os.cpus().length} cores shared by everything)`,
     ];
     process.stdout.write(`${lines.join('\n')}\n`);
   } finally {
     await Promise.allSettled(fleet.map((s) => s.stop()));
     await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+const latencies = (l: LatencySummary): string =>
+  [l.p50Micros, l.p99Micros, l.p999Micros].map((us) => (us >= 1000 ? `${(us / 1000).toFixed(2)} ms` : `${Math.round(us)} µs`)).join(' / ');
+
+interface HarmRow {
+  readonly label: string;
+  readonly latency: LatencySummary;
+  readonly before?: LatencySummary;
+  readonly warm?: WarmRun;
+}
+
+/**
+ * What a warm does to a live client of a source node: its latencies idle (5 s), then during a
+ * warm into the flushed target with the default protection, then during one with
+ * `--protect-source off`.
+ */
+async function sourceHarm(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], keys: readonly Buffer[]): Promise<HarmRow[]> {
+  const client = await startLiveClient(fleet[0] as MemcachedProcess, keys);
+  try {
+    log('live client on source node 1: 5 s idle');
+    await new Promise((r) => setTimeout(r, 5_000));
+    const idle = client.take();
+    const rows: HarmRow[] = [{ label: 'idle', latency: idle }];
+    for (const [label, extra] of [
+      ['during a warm, protected 1.2', []],
+      ['during a warm, unprotected', ['--protect-source', 'off']],
+    ] as const) {
+      for (const node of fleet.slice(3)) await flush(node);
+      log(`replica warm into the flushed target with a live client on source node 1: ${label}`);
+      client.take();
+      const warm = await warmOnce(topologyFile, workDir, fleet, extra);
+      rows.push({ label, latency: client.take(), before: idle, warm });
+    }
+    return rows;
+  } finally {
+    await client.stop();
   }
 }
 
@@ -284,7 +339,7 @@ async function instanceWarm(topologyFile: string, workDir: string, fleet: Memcac
   fleet[0] = await startMemcached({ port: node.port, memoryMb: MEMORY_MB, threads: FLEET_THREADS });
   const started = performance.now();
   const out = await run(['warm', 'instance', '--topology', topologyFile, '--node', `source/${node.address}`, '--source', 'target',
-    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json']);
+    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', '--protect-source', 'off']);
   const seconds = (performance.now() - started) / 1000;
   const summary = JSON.parse(out) as WarmSummaryJson;
   const items = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
@@ -335,6 +390,7 @@ async function awsWarm(
     process.env['AWS_REGION'] = 'us-east-1';
     return await warmOnce(topologyFile, workDir, fleet, [
       '--transport', 'aws', '--bucket', 'bench', '--endpoint', endpoint, '--sidecar-token-file', tokenFile, '--populators', String(args.populators),
+      '--protect-source', 'off',
     ]);
   } finally {
     for (const sidecar of sidecars) sidecar.kill('SIGTERM');

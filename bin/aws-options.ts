@@ -5,6 +5,7 @@ import { fileURLToPath } from 'node:url';
 import type { DistributedWarmOptions } from '../controller/warm-distributed.js';
 import { localPopulators } from '../controller/populator-fleet.js';
 import { CachewarmError } from '../shared/errors.js';
+import { type Log, childEntry } from '../shared/log.js';
 import type { S3Encryption } from '../shared/store/s3-store.js';
 import { BOUNDS, byteSize, concurrency, readTokenFile } from './cli-support.js';
 
@@ -87,6 +88,7 @@ export function addTransportOptions(command: Command): Command {
 /** What `warmDistributed` needs from the command line, checked; the clients are built here, once. */
 export async function distributedSettings(
   opts: TransportOptions,
+  log: Log,
 ): Promise<Pick<DistributedWarmOptions, 's3' | 'sqs' | 'bucket' | 'prefix' | 'sse' | 'sidecarToken' | 'startPopulator' | 'populators' | 'maxBytesPerNode'>> {
   if (!opts.bucket) throw new CachewarmError('INVALID_ARGUMENT', '--transport aws needs --bucket');
   if (!opts.sidecarTokenFile) throw new CachewarmError('INVALID_ARGUMENT', '--transport aws needs --sidecar-token-file');
@@ -108,9 +110,10 @@ export async function distributedSettings(
       concurrency: opts.populatorConcurrency,
       endpoint: opts.endpoint,
       region: opts.region,
-      // Only a worker's failures reach the controller's stderr; its routine lines stay quiet.
+      // A worker's warnings and failures are the controller's; its routine lines are debug here.
       onLog: (id, line) => {
-        if (/"level":"(error|warn)"|"event":"(worker-failed|chunk-failed|parked)"|^(?!\{)/.test(line)) process.stderr.write(`populator ${id}: ${line}\n`);
+        const entry = childEntry(line);
+        log({ ...entry, populator: id, level: entry.level === 'warn' || entry.level === 'error' ? entry.level : 'debug' });
       },
     }),
   };

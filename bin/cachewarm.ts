@@ -13,6 +13,8 @@ import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
 import { routeProcessWarnings } from '../shared/process-warnings.js';
+import type { ProtectSource } from '../dumper/read-pace.js';
+import type { Log } from '../shared/log.js';
 import { VERSION } from '../shared/version.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type NodeSpec, type Topology, findNode, loadTopology } from '../shared/topology.js';
@@ -33,10 +35,12 @@ import {
   interruptSignal,
   jsonRequested,
   progressPrinter,
+  protectSourceOption,
   verbosityOf,
   routeCommanderErrors,
   wholeNumber,
 } from './cli-support.js';
+import { addLoggingOptions, cliLogging } from './cli-log.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
 import { registerControllerCommand } from './controller-command.js';
 import { registerVerifyCommand } from './verify-command.js';
@@ -81,13 +85,15 @@ async function targetWriter(
   });
 }
 
-routeProcessWarnings();
+// Bound late: the options given choose the log's format and level.
+routeProcessWarnings((entry) => cliLogging().log(entry));
 
 const program = new CachewarmCommand()
   .name('cachewarm')
   .description('Warms memcached replicas: copies live items into a new or emptied replica, add-only.')
   .version(VERSION, '-V, --version', 'print the version')
   .showHelpAfterError('(run with --help for usage)');
+addLoggingOptions(program);
 
 /** Under `--json`, a warm's one JSON object on stdout: its summary, or its failure. */
 const jsonOutcome = new JsonOutcome();
@@ -102,6 +108,7 @@ interface WarmCommandOptions extends TransportOptions {
   jobId?: string;
   chunkSize: number;
   maxOps?: number;
+  protectSource: ProtectSource;
   fetchConcurrency: number;
   populateConcurrency: number;
   keepChunks?: boolean;
@@ -131,8 +138,11 @@ function addWarmOptions(command: Command): Command {
       // stay in cache) and keeps the warm's memory near 300 MiB.
       .addOption(new Option('--chunk-size <size>', 'data chunk size, 64KiB to 1GiB, e.g. 16MiB').argParser(chunkSize).default(4 << 20, '4MiB'))
       .addOption(
-        new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)),
+        new Option('--max-ops <n>', 'items per second read from each source node, a cap over --protect-source (default: unlimited)').argParser(
+          wholeNumber(BOUNDS.maxOps),
+        ),
       )
+      .addOption(protectSourceOption())
       .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node, 1 to 64').argParser(concurrency).default(2))
       .addOption(new Option('--populate-concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
@@ -180,6 +190,8 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
   if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const topology = await loadTopology(opts.topology);
   const target = targetIn(topology);
+  const logging = cliLogging();
+  const signal = interruptSignal(logging.log);
   if (opts.dryRun) {
     const plan = await planWarm({
       topology,
@@ -190,26 +202,26 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
       maxOpsPerNode: opts.maxOps,
       fetchConcurrency: opts.fetchConcurrency,
       clock: systemClock,
-      signal: interruptSignal(),
+      signal,
     });
     if (opts.json) jsonOutcome.result(plan);
     else process.stdout.write(`${planText(plan)}\n`);
     return;
   }
-  const verbosity = verbosityOf(opts);
-  const printer = progressPrinter(verbosity);
+  const printer = progressPrinter(logging, verbosityOf(opts));
   const common: CommonWarmOptions = {
     topology,
     source: opts.source,
     jobId: opts.jobId,
     chunkSizeBytes: opts.chunkSize,
     maxOpsPerNode: opts.maxOps,
+    protectSource: opts.protectSource,
     keepChunks: opts.keepChunks === true,
     clock: systemClock,
-    signal: interruptSignal(),
+    signal,
     onProgress: opts.json ? undefined : printer.onProgress,
   };
-  const summary = await (opts.transport === 'aws' ? warmOverAws(opts, target, common) : warmEmbedded(opts, target, common)).finally(
+  const summary = await (opts.transport === 'aws' ? warmOverAws(opts, target, common, logging.log) : warmEmbedded(opts, target, common)).finally(
     printer.done,
   );
   if (opts.json) jsonOutcome.result(summary);
@@ -220,7 +232,7 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
 /** What both transports take alike. */
 type CommonWarmOptions = Pick<
   WarmReplicaOptions,
-  'topology' | 'source' | 'jobId' | 'chunkSizeBytes' | 'maxOpsPerNode' | 'keepChunks' | 'clock' | 'signal' | 'onProgress'
+  'topology' | 'source' | 'jobId' | 'chunkSizeBytes' | 'maxOpsPerNode' | 'protectSource' | 'keepChunks' | 'clock' | 'signal' | 'onProgress'
 >;
 
 async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
@@ -239,7 +251,7 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
   return warmReplica({ ...embedded, target: target.replica, only: target.node });
 }
 
-async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
+async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions, log: Log): Promise<WarmSummary> {
   if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
   // Loaded here: the AWS SDK costs a few hundred milliseconds the embedded transport never needs.
   const { warmDistributed } = await import('../controller/warm-distributed.js');
@@ -253,10 +265,8 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     skipTooLarge: opts.skipTooLarge === true,
     verifySamplePerNode: opts.verifySample,
     retryParked: opts.retryParked === true,
-    log: (line) => {
-      if (verbosityOf(opts) !== 'quiet') process.stderr.write(`${line}\n`);
-    },
-    ...(await distributedSettings(opts)),
+    log,
+    ...(await distributedSettings(opts, log)),
   });
 }
 
@@ -291,7 +301,8 @@ program
   .option('--work-dir <dir>', 'where chunks and the job record are kept', path.join(defaultWorkDir, 'demo'))
   .action(async (opts: { items: number; valueSize: number; sourceNodes: number; targetNodes: number; chunkSize: number; workDir: string }) => {
     await checkWorkDir(opts.workDir);
-    const printer = progressPrinter();
+    const logging = cliLogging();
+    const printer = progressPrinter(logging);
     const { summary, verify } = await runDemo({
       items: opts.items,
       valueBytes: opts.valueSize,
@@ -300,9 +311,9 @@ program
       chunkSizeBytes: opts.chunkSize,
       workDir: opts.workDir,
       clock: systemClock,
-      log: (line) => process.stderr.write(`${line}\n`),
+      log: logging.log,
       onProgress: printer.onProgress,
-      signal: interruptSignal(),
+      signal: interruptSignal(logging.log),
     }).finally(printer.done);
     process.stdout.write(`${summaryText(summary)}\n\n`);
     process.stdout.write(

@@ -4,11 +4,14 @@ import { access, mkdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { WarmProgress } from '../controller/warm-replica.js';
 import { progressLine } from '../controller/report.js';
+import { DEFAULT_PROTECT_SOURCE, parseProtectSource } from '../dumper/read-pace.js';
 import { MAX_CHUNK_SIZE_BYTES, MIN_CHUNK_SIZE_BYTES } from '../dumper/sidecar-api.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import { parseListenAddress } from '../shared/http-api.js';
 import { type Bounds, parseByteSizeInRange, parseIntInRange } from '../shared/units.js';
+import type { Log } from '../shared/log.js';
 import { VERSION } from '../shared/version.js';
+import { type CliLogging, cliLogging, requestedLogFormat } from './cli-log.js';
 
 /** Exit codes, documented in the README. */
 export const EXIT = { ok: 0, incomplete: 1, usage: 2, interrupted: 130 } as const;
@@ -61,11 +64,6 @@ export function byteSize(bounds: Bounds): (text: string) => number {
 export const chunkSize = byteSize(BOUNDS.chunkSize);
 export const concurrency = wholeNumber(BOUNDS.concurrency);
 
-/**
- * Progress on stderr: one line rewritten in place on a terminal, a log line every
- * `everyMs` otherwise (cron, CI, a pipe), so logs stay readable. Both stdout and stderr must
- * be terminals: a scheduler that captures only stdout still runs the command unattended.
- */
 /** How much a command says on stderr: `--quiet` only failures, `--verbose` progress every second. */
 export type Verbosity = 'quiet' | 'normal' | 'verbose';
 
@@ -73,30 +71,39 @@ export function verbosityOf(opts: { readonly quiet?: boolean | undefined; readon
   return opts.quiet ? 'quiet' : opts.verbose ? 'verbose' : 'normal';
 }
 
-export function progressPrinter(verbosity: Verbosity = 'normal'): { onProgress: (p: WarmProgress) => void; done: () => void } {
-  const tty = process.stdout.isTTY === true && process.stderr.isTTY === true;
+/**
+ * Progress on stderr: one line rewritten in place for a person at a terminal (text logs, and
+ * stdout a terminal too: a scheduler that captures only stdout still runs the command
+ * unattended), otherwise a `progress` log entry every 10 s (every second with `--verbose`).
+ */
+export function progressPrinter(
+  { format, log }: CliLogging,
+  verbosity: Verbosity = 'normal',
+): { onProgress: (p: WarmProgress) => void; done: () => void } {
+  const inPlace = format === 'text' && process.stdout.isTTY === true && process.stderr.isTTY === true;
   const everyMs = verbosity === 'verbose' ? 1_000 : 10_000;
   let last = 0;
   return {
     onProgress: (p) => {
       if (verbosity === 'quiet') return;
-      if (tty) {
+      if (inPlace) {
         process.stderr.write(`\r\x1b[2K${progressLine(p)}`);
       } else if (p.elapsedMs - last >= everyMs) {
         last = p.elapsedMs;
-        process.stderr.write(`${new Date().toISOString()} ${progressLine(p)}\n`);
+        log({ event: 'progress', msg: progressLine(p), elapsedMs: p.elapsedMs, expectedItems: p.expectedItems, queueDepth: p.queueDepth, dumped: p.dumped, written: p.written });
       }
     },
     done: () => {
-      if (tty && verbosity !== 'quiet') process.stderr.write('\n');
+      if (inPlace && verbosity !== 'quiet') process.stderr.write('\n');
     },
   };
 }
 
-export function interruptSignal(): AbortSignal {
+export function interruptSignal(log: Log): AbortSignal {
   const controller = new AbortController();
   const onSignal = (name: string): void => {
-    process.stderr.write(`\n${name}: stopping; the job's record stays in the work directory\n`);
+    if (process.stderr.isTTY) process.stderr.write('\n');
+    log({ event: 'stopping', level: 'warn', signal: name, msg: `${name}: stopping; the job's record stays in the work directory` });
     controller.abort(Object.assign(new Error(`interrupted by ${name}`), { code: 'ABORTED' }));
   };
   process.once('SIGINT', () => onSignal('SIGINT'));
@@ -126,13 +133,18 @@ function commandsOf(command: Command): Command[] {
  * commands added before them: call this once every command is registered.
  */
 export function routeCommanderErrors(program: Command): void {
+  // JSON logs: commander prints nothing (its usage text is no log line); exitOnError logs the error.
+  const json = requestedLogFormat() === 'json';
   for (const command of commandsOf(program)) {
-    command
-      .exitOverride((error) => {
-        commandOfError.set(error, command);
-        throw error;
-      })
-      .configureOutput({ outputError: (text, write) => write(`cachewarm: ${withoutErrorPrefix(text)}`) });
+    command.exitOverride((error) => {
+      commandOfError.set(error, command);
+      throw error;
+    });
+    if (json) {
+      command.configureOutput({ writeErr: () => undefined, outputError: () => undefined });
+      continue;
+    }
+    command.configureOutput({ outputError: (text, write) => write(`cachewarm: ${withoutErrorPrefix(text)}`) });
     // Given no subcommand, commander shows the usage on stderr and exits 1: the error line
     // goes first, like every other one (and exitOnError makes it exit 2).
     if (command.commands.length > 0) command.addHelpText('before', ({ error }) => (error ? `cachewarm: ${missingCommand(command)}` : ''));
@@ -225,20 +237,31 @@ const EXIT_GRACE_MS = 2_000;
 
 /**
  * The exit code and the one line a person reads, for whatever a command threw: `cachewarm:
- * <message>`, never a stack (CACHEWARM_DEBUG=1 adds it). Commander has printed its own errors
- * already. A failed command ends the process even if something it opened is still open.
+ * <message> [CODE]`, never a stack (CACHEWARM_DEBUG=1 adds it); with JSON logs, a `failed` log
+ * entry instead. Commander has printed its own errors already in text. A failed command ends
+ * the process even if something it opened is still open.
  */
 export function exitOnError(error: unknown): void {
   const failure = failureOf(error);
-  // Commander has printed its errors already (see routeCommanderErrors).
-  if (!(error instanceof CommanderError) && failure.exitCode !== EXIT.ok) {
-    const code = isCachewarmError(error) ? ` [${error.code}]` : '';
-    const hint = failure.code === 'UNEXPECTED' && !debugging() ? ' (CACHEWARM_DEBUG=1 prints where)' : '';
-    process.stderr.write(`cachewarm: ${failure.message}${code}${hint}\n`);
-  }
-  if (debugging() && error instanceof Error && !(error instanceof CommanderError)) process.stderr.write(`${stackOf(error)}\n`);
+  if (failure.exitCode !== EXIT.ok) reportFailure(failure, error);
   process.exitCode = failure.exitCode;
   if (failure.exitCode !== EXIT.ok) setTimeout(() => process.exit(), EXIT_GRACE_MS).unref();
+}
+
+function reportFailure(failure: Failure, error: unknown): void {
+  const { format, log } = cliLogging();
+  const stack = debugging() && error instanceof Error && !(error instanceof CommanderError) ? stackOf(error) : undefined;
+  const hint = failure.code === 'UNEXPECTED' && !debugging() ? ' (CACHEWARM_DEBUG=1 prints where)' : '';
+  if (format === 'json') {
+    log({ event: 'failed', level: 'error', msg: `${failure.message}${hint}`, code: failure.code, exitCode: failure.exitCode, ...(stack && { stack }) });
+    return;
+  }
+  // Commander has printed its errors already (see routeCommanderErrors).
+  if (!(error instanceof CommanderError)) {
+    const code = isCachewarmError(error) ? ` [${error.code}]` : '';
+    process.stderr.write(`cachewarm: ${failure.message}${code}${hint}\n`);
+  }
+  if (stack) process.stderr.write(`${stack}\n`);
 }
 
 function stackOf(error: Error): string {
@@ -298,8 +321,8 @@ export function jsonRequested(command: Command, argv: readonly string[] = proces
 export function handleCrashes(json: JsonOutcome): void {
   const crash = (error: unknown): void => {
     const message = error instanceof Error ? error.message : String(error);
-    process.stderr.write(`cachewarm: unexpected error: ${message}${debugging() ? '' : ' (CACHEWARM_DEBUG=1 prints where)'}\n`);
-    if (debugging() && error instanceof Error) process.stderr.write(`${stackOf(error)}\n`);
+    const failure = { exitCode: EXIT.incomplete, code: 'UNEXPECTED', message: `unexpected error: ${message}` };
+    reportFailure(failure, error);
     json.failure(Object.assign(new Error(message), { code: 'UNEXPECTED' }));
     process.exit(EXIT.incomplete);
   };
@@ -368,17 +391,17 @@ export async function readTokenFile(file: string, option = '--token-file'): Prom
   return token;
 }
 
-/** One JSON object per line on stderr, each stamped with the time: the services' log format. */
-export function logLine(event: Record<string, unknown>): void {
-  const name = typeof event['event'] === 'string' ? event['event'] : 'log';
-  process.stderr.write(`${JSON.stringify({ time: new Date().toISOString(), level: levelOf(name, event), msg: name.replace(/-/g, ' '), ...event })}\n`);
-}
-
-/** A log line's level, from what happened: a failure is an error, a setback the job survives a warning. */
-function levelOf(name: string, event: Record<string, unknown>): 'info' | 'warn' | 'error' {
-  if (/failed$/.test(name) || event['error'] !== undefined) return 'error';
-  if (/parked|retried|refused|warning/.test(name)) return 'warn';
-  return 'info';
+/**
+ * `--protect-source <factor|off>`: how far a live client's p99 on a source node may rise while
+ * it is dumped (see dumper/read-pace.ts); on by default.
+ */
+export function protectSourceOption(): Option {
+  return new Option(
+    '--protect-source <factor|off>',
+    "pace each source node's dump so that a live client's p99 there stays within this factor of its baseline; off for a source that serves no traffic",
+  )
+    .argParser(asArgument(parseProtectSource))
+    .default(DEFAULT_PROTECT_SOURCE);
 }
 
 /** Resolves with the signal's name on the first SIGTERM or SIGINT: how a service is told to stop. */

@@ -9,10 +9,13 @@ import { TopologyWatch } from '../controller/topology-watch.js';
 import { warmInstance } from '../controller/warm-instance.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { systemClock } from '../shared/clock.js';
+import type { ProtectSource } from '../dumper/read-pace.js';
 import { parseListenAddress } from '../shared/http-api.js';
+import { type Log, withFields } from '../shared/log.js';
 import { parseFractionInRange } from '../shared/units.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
-import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, listenAll, logLine, metricsListenOption, readTokenFile, stopSignal, wholeNumber } from './cli-support.js';
+import { cliLogging } from './cli-log.js';
+import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, listenAll, metricsListenOption, protectSourceOption, readTokenFile, stopSignal, wholeNumber } from './cli-support.js';
 
 interface ServeOptions extends TransportOptions {
   topology: string;
@@ -23,9 +26,9 @@ interface ServeOptions extends TransportOptions {
   workDir: string;
   chunkSize: number;
   maxOps?: number;
+  protectSource: ProtectSource;
   topologyPollMs: number;
 }
-
 
 const minShare = asArgument((text) => parseFractionInRange(text, { min: 0, max: 1 }));
 
@@ -33,12 +36,12 @@ const minShare = asArgument((text) => parseFractionInRange(text, { min: 0, max: 
  * The warm each job runs: in this process (embedded), or through the sidecars, S3 and SQS; and
  * on S3+SQS, the removal of what a superseded job left there.
  */
-async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; abandonWarm?: AbandonWarm; close: () => void }> {
-  const common = { chunkSizeBytes: opts.chunkSize, maxOpsPerNode: opts.maxOps, clock: systemClock };
+async function warmRunner(opts: ServeOptions, log: Log): Promise<{ runWarm: RunWarm; abandonWarm?: AbandonWarm; close: () => void }> {
+  const common = { chunkSizeBytes: opts.chunkSize, maxOpsPerNode: opts.maxOps, protectSource: opts.protectSource, clock: systemClock };
   if (opts.transport === 'aws') {
     // Built once: the SDK clients and the sidecars' token serve every job. Loaded here only:
     // the SDK costs a few hundred milliseconds the embedded transport never needs.
-    const settings = await distributedSettings(opts);
+    const settings = await distributedSettings(opts, log);
     const [{ warmDistributed }, { abandonJob }] = await Promise.all([import('../controller/warm-distributed.js'), import('../controller/abandon-job.js')]);
     return {
       runWarm: (node, topology, { jobId, signal, onProgress }) =>
@@ -53,7 +56,7 @@ async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; aband
           jobId,
           signal,
           onProgress,
-          log: (line) => logLine({ event: 'warm-log', jobId, line }),
+          log: withFields(log, { jobId }),
         }),
       abandonWarm: async (_node, topology, { jobId, supersededBy, signal }) => {
         const { queuesRemoved, objectsRemoved, record } = await abandonJob({ ...settings, clock: systemClock, topology, jobId, supersededBy, signal });
@@ -84,11 +87,12 @@ async function warmRunner(opts: ServeOptions): Promise<{ runWarm: RunWarm; aband
 }
 
 async function serve(opts: ServeOptions): Promise<void> {
+  const { log } = cliLogging();
   const token = await readTokenFile(opts.tokenFile);
   if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const stopped = stopSignal();
-  const watch = await TopologyWatch.open({ file: opts.topology, clock: systemClock, intervalMs: opts.topologyPollMs, log: logLine });
-  const { runWarm, abandonWarm, close: closeRunner } = await warmRunner(opts);
+  const watch = await TopologyWatch.open({ file: opts.topology, clock: systemClock, intervalMs: opts.topologyPollMs, log });
+  const { runWarm, abandonWarm, close: closeRunner } = await warmRunner(opts, log);
   // Bound late: a peer with a job of its own holds less than its share, and must not count
   // as healthy when its neighbour is judged.
   let jobs: InstanceJobManager | undefined;
@@ -97,23 +101,23 @@ async function serve(opts: ServeOptions): Promise<void> {
     minShare: opts.minShare,
     excludePeer: (peer) => jobs?.activeJob(peer.id) !== undefined,
   });
-  jobs = new InstanceJobManager({ runWarm, abandonWarm, decide, clock: systemClock, log: logLine });
-  const server = createControllerServer({ token, jobs, topology: () => watch.current, topologyFile: opts.topology, log: logLine });
+  jobs = new InstanceJobManager({ runWarm, abandonWarm, decide, clock: systemClock, log });
+  const server = createControllerServer({ token, jobs, topology: () => watch.current, topologyFile: opts.topology, log });
   try {
     const nodes = [...watch.current.replicas.values()].reduce((sum, r) => sum + r.nodes.length, 0);
-    logLine({ event: 'starting', topology: opts.topology, replicas: watch.current.replicas.size, nodes, transport: opts.transport, minShare: opts.minShare });
+    log({ event: 'starting', topology: opts.topology, replicas: watch.current.replicas.size, nodes, transport: opts.transport, minShare: opts.minShare });
     await listenAll(server, opts.listen, opts.metricsListen);
     const signal = await stopped;
     // Cancelled warms leave nodes partly filled: the sidecars signal again after the
     // controller's restart only if the nodes restart, so a person re-triggers them (POST /v1/jobs).
-    logLine({ event: 'stopping', signal, cancelling: jobs.list().filter((j) => ACTIVE_STATES.has(j.state)).map((j) => j.id) });
+    log({ event: 'stopping', signal, cancelling: jobs.list().filter((j) => ACTIVE_STATES.has(j.state)).map((j) => j.id) });
     process.exitCode = EXIT.ok;
   } finally {
     await server.close();
     await jobs.close();
     await watch.close();
     closeRunner();
-    logLine({ event: 'stopped' });
+    log({ event: 'stopped' });
   }
 }
 
@@ -141,6 +145,7 @@ export function registerControllerCommand(program: Command): void {
       .addOption(
         new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)),
       )
+      .addOption(protectSourceOption())
       .addOption(
         new Option('--topology-poll-ms <ms>', 'how often the topology file is checked for changes')
           .argParser(wholeNumber(BOUNDS.topologyPollMs))

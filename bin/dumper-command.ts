@@ -3,10 +3,12 @@ import { RestartNotifier } from '../dumper/restart-notifier.js';
 import { watchForRestarts } from '../dumper/restart-watcher.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
+import type { Log } from '../shared/log.js';
 import { parseListenAddress } from '../shared/http-api.js';
 import { parseAddress } from '../shared/topology.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { EXIT, asArgument, chunkSize, concurrency, listenAll, logLine, metricsListenOption, readTokenFile, stopSignal } from './cli-support.js';
+import { cliLogging } from './cli-log.js';
+import { EXIT, asArgument, chunkSize, concurrency, listenAll, metricsListenOption, readTokenFile, stopSignal } from './cli-support.js';
 
 interface ServeOptions {
   memcached: { host: string; port: number };
@@ -22,11 +24,10 @@ interface ServeOptions {
   controllerTokenFile?: string;
 }
 
-
-
 async function serve(opts: ServeOptions): Promise<void> {
+  const { log } = cliLogging();
   const token = await readTokenFile(opts.tokenFile);
-  const watch = await restartWatchSettings(opts);
+  const watch = await restartWatchSettings(opts, log);
   const { s3, sqs } = await awsClientsFrom(opts);
   const { createSidecar, sidecarMemoryCeilingBytes } = await import('../dumper/sidecar-server.js');
   const stopped = stopSignal();
@@ -38,10 +39,10 @@ async function serve(opts: ServeOptions): Promise<void> {
     clock: systemClock,
     fetchConcurrency: opts.fetchConcurrency,
     maxChunkSizeBytes: opts.maxChunkSize,
-    log: logLine,
+    log,
   });
   try {
-    logLine({
+    log({
       event: 'starting',
       memcached: `${opts.memcached.host}:${opts.memcached.port}`,
       fetchConcurrency: opts.fetchConcurrency,
@@ -50,10 +51,10 @@ async function serve(opts: ServeOptions): Promise<void> {
     });
     await listenAll(sidecar, opts.listen, opts.metricsListen);
     const watching = new AbortController();
-    const watcher = watch && watchRestarts(opts.memcached, watch, watching.signal);
+    const watcher = watch && watchRestarts(opts.memcached, watch, log, watching.signal);
     const signal = await stopped;
     // The running dump's progress is in the store: a start request after the restart resumes it.
-    logLine({ event: 'stopping', signal });
+    log({ event: 'stopping', signal });
     watching.abort();
     await watcher;
     await sidecar.close();
@@ -101,7 +102,7 @@ interface RestartWatchSettings {
 }
 
 /** `--controller`, `--node` and `--controller-token-file` go together: all or none. */
-async function restartWatchSettings(opts: ServeOptions): Promise<RestartWatchSettings | undefined> {
+async function restartWatchSettings(opts: ServeOptions, log: Log): Promise<RestartWatchSettings | undefined> {
   const given = [opts.controller, opts.node, opts.controllerTokenFile].filter((v) => v !== undefined).length;
   if (given === 0) return undefined;
   if (given !== 3 || !opts.controller || !opts.node || !opts.controllerTokenFile) {
@@ -113,8 +114,8 @@ async function restartWatchSettings(opts: ServeOptions): Promise<RestartWatchSet
   const notifier = new RestartNotifier({
     controllerUrl: opts.controller,
     token,
-    onRetry: (signal, error, attempt, delayMs) => logLine({ event: 'restart-signal-retry', node: signal.node, attempt, delayMs, reason: error.message }),
-    onRefused: (signal, error) => logLine({ event: 'restart-signal-refused', level: 'error', node: signal.node, reason: error.message }),
+    onRetry: (signal, error, attempt, delayMs) => log({ event: 'restart-signal-retry', node: signal.node, attempt, delayMs, reason: error.message }),
+    onRefused: (signal, error) => log({ event: 'restart-signal-refused', level: 'error', node: signal.node, reason: error.message }),
   });
   return { node: opts.node, replica, notifier };
 }
@@ -123,8 +124,8 @@ async function restartWatchSettings(opts: ServeOptions): Promise<RestartWatchSet
  * Watches the local memcached and tells the controller when it restarted (it came back
  * empty, so the controller may warm it). Runs until `signal` aborts.
  */
-async function watchRestarts(memcached: { host: string; port: number }, watch: RestartWatchSettings, signal: AbortSignal): Promise<void> {
-  logLine({ event: 'watching-restarts', node: watch.node });
+async function watchRestarts(memcached: { host: string; port: number }, watch: RestartWatchSettings, log: Log, signal: AbortSignal): Promise<void> {
+  log({ event: 'watching-restarts', node: watch.node });
   try {
     await watchForRestarts({
       memcached: { ...memcached, label: watch.node },
@@ -133,10 +134,10 @@ async function watchRestarts(memcached: { host: string; port: number }, watch: R
       clock: systemClock,
       signal,
       onRestart: (restart) => {
-        logLine({ event: 'memcached-restarted', ...restart });
-        void watch.notifier.notify(restart).then((outcome) => logLine({ event: 'restart-signal', node: restart.node, outcome: outcome.status }));
+        log({ event: 'memcached-restarted', ...restart });
+        void watch.notifier.notify(restart).then((outcome) => log({ event: 'restart-signal', node: restart.node, outcome: outcome.status }));
       },
-      onError: (error) => logLine({ event: 'memcached-watch', level: 'warn', reason: error.message }),
+      onError: (error) => log({ event: 'memcached-watch', level: 'warn', reason: error.message }),
     });
   } finally {
     await watch.notifier.close();

@@ -1,10 +1,12 @@
 import os from 'node:os';
 import { type Command, Option } from 'commander';
-import type { WorkerLogEntry, WorkerResult } from '../populator/worker.js';
+import type { WorkerResult } from '../populator/worker.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
+import { type Log, withFields } from '../shared/log.js';
 import { addAwsConnectionOptions, awsClientsFrom } from './aws-options.js';
-import { BOUNDS, EXIT, concurrency, logLine, wholeNumber } from './cli-support.js';
+import { cliLogging } from './cli-log.js';
+import { BOUNDS, EXIT, concurrency, wholeNumber } from './cli-support.js';
 
 interface PopulatorCommandOptions {
   queueUrl: string;
@@ -39,9 +41,7 @@ async function populate(opts: PopulatorCommandOptions): Promise<number> {
   const workerId = opts.workerId ?? `${os.hostname()}-${process.pid}`;
   const { s3, sqs } = await awsClientsFrom(opts);
   const { runPopulatorWorker } = await import('../populator/worker.js');
-  const log = (entry: WorkerLogEntry): void => {
-    logLine({ worker: workerId, ...entry });
-  };
+  const log = withFields(cliLogging().log, { worker: workerId });
   const signal = terminationSignal(log);
   try {
     const result = await runPopulatorWorker({
@@ -82,7 +82,7 @@ export function exitCodeOf(result: WorkerResult): number {
  * Aborts on the first SIGTERM or SIGINT (the worker stops receiving, hands its chunks back
  * and reports); a second one ends the process at once, the default action.
  */
-function terminationSignal(log: (entry: WorkerLogEntry) => void): AbortSignal {
+function terminationSignal(log: Log): AbortSignal {
   const controller = new AbortController();
   const stop = (name: string): void => {
     log({ event: 'stopping', signal: name });

@@ -5,6 +5,7 @@ import { connectDirect } from '../shared/memcached/connect.js';
 import { findNode, loadTopology } from '../shared/topology.js';
 import { formatDuration, formatRate } from '../shared/units.js';
 import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
+import { cliLogging } from './cli-log.js';
 import { BOUNDS, EXIT, interruptSignal, wholeNumber } from './cli-support.js';
 
 interface VerifyCommandOptions {
@@ -51,7 +52,7 @@ export function registerVerifyCommand(program: Command): void {
         maxOpsPerNode: opts.maxOps,
         connect: connectDirect,
         clock: systemClock,
-        signal: interruptSignal(),
+        signal: interruptSignal(cliLogging().log),
       });
       process.stdout.write(`${formatVerifyReport(report, { json: opts.json === true })}\n`);
       process.exitCode = report.ok ? EXIT.ok : EXIT.incomplete;

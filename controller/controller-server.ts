@@ -14,26 +14,28 @@
  * 404 naming the node (the notifier takes a 4xx as final: sending it again would not help).
  */
 import type http from 'node:http';
+import { Counter, Gauge, Registry } from 'prom-client';
 import { RESTART_SIGNAL_PATH } from '../dumper/restart-notifier.js';
 import type { RestartSignal } from '../dumper/restart-watcher.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
 import {
   BearerAuth,
   HttpError,
-  type LogEvent,
   type Reply,
   allow,
   createJsonApiServer,
   createMetricsServer,
   idInPath,
   listenHttp,
+  metricsReply,
   readJsonBody,
-  safeLog,
 } from '../shared/http-api.js';
-import { type Metric, PROMETHEUS_CONTENT_TYPE, processMetrics, renderMetrics } from '../shared/prometheus.js';
+import { withProcessMetrics } from '../shared/prometheus.js';
 import { VERSION } from '../shared/version.js';
 import { type NodeSpec, type Topology, findNode } from '../shared/topology.js';
+import type { WarmDecision } from './expected-share.js';
 import { ACTIVE_STATES, type InstanceJobManager, type InstanceJobView, JOB_STATES, type JobTrigger, type SubmitOutcome, type SubmitResult } from './instance-jobs.js';
+import { type Log, safeLog } from '../shared/log.js';
 
 export const CONTROLLER_PATHS = { health: '/healthz', metrics: '/metrics', jobs: '/v1/jobs', restartSignal: RESTART_SIGNAL_PATH } as const;
 
@@ -52,7 +54,7 @@ export interface ControllerServerOptions {
   /** Named in refusals, so an operator knows which file lacks the node. */
   readonly topologyFile?: string | undefined;
   /** One structured event per call. Never sees the token. */
-  readonly log?: LogEvent | undefined;
+  readonly log?: Log | undefined;
 }
 
 export interface ControllerServer {
@@ -131,60 +133,72 @@ function invalid(field: string, message: string): HttpError {
 type SignalOutcome = SubmitOutcome | 'refused';
 const SIGNAL_OUTCOMES: readonly SignalOutcome[] = ['created', 'collapsed', 'superseded', 'refused'];
 
-function metricsText(jobs: InstanceJobManager, requests: ReadonlyMap<SignalOutcome, number>): string {
-  const m = jobs.metrics();
-  const decisions = [...m.lastDecisions.entries()];
-  const perDecision = (value: (d: (typeof decisions)[number][1]) => number): { labels: { node: string }; value: number }[] =>
-    decisions.map(([node, d]) => ({ labels: { node }, value: value(d) }));
-  const metrics: Metric[] = [
-    {
-      name: 'cachewarm_controller_jobs',
-      help: 'Jobs kept by the controller (under way, and the recent finished ones), by state.',
-      type: 'gauge',
-      samples: JOB_STATES.map((state) => ({ labels: { state }, value: m.jobsByState.get(state) ?? 0 })),
+/**
+ * The controller's metrics registry, and the requests counter it counts into. The rest is read
+ * from the job manager when scraped (the `collect` hooks); counters are present, at 0, from
+ * start-up.
+ */
+function controllerMetrics(jobs: InstanceJobManager): { registry: Registry; requests: Counter<'outcome'> } {
+  const registry = new Registry();
+  const registers = [registry];
+  new Gauge({
+    name: 'cachewarm_controller_jobs',
+    help: 'Jobs kept by the controller (under way, and the recent finished ones), by state.',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      const { jobsByState } = jobs.metrics();
+      for (const state of JOB_STATES) this.set({ state }, jobsByState.get(state) ?? 0);
     },
-    {
-      name: 'cachewarm_controller_jobs_ended_total',
-      help: 'Jobs that reached a final state since the controller started, by state.',
-      type: 'counter',
-      samples: JOB_STATES.filter((s) => !ACTIVE_STATES.has(s)).map((state) => ({
-        labels: { state },
-        value: m.endedTotal.get(state) ?? 0,
-      })),
+  });
+  new Counter({
+    name: 'cachewarm_controller_jobs_ended_total',
+    help: 'Jobs that reached a final state since the controller started, by state.',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      this.reset();
+      const { endedTotal } = jobs.metrics();
+      for (const state of JOB_STATES.filter((s) => !ACTIVE_STATES.has(s))) this.inc({ state }, endedTotal.get(state) ?? 0);
     },
-    {
-      name: 'cachewarm_controller_requests_total',
-      help: 'Restart signals and manual requests, by outcome: a new job, collapsed into one under way, superseding one, refused.',
-      type: 'counter',
-      samples: SIGNAL_OUTCOMES.map((outcome) => ({ labels: { outcome }, value: requests.get(outcome) ?? 0 })),
+  });
+  const requests = new Counter({
+    name: 'cachewarm_controller_requests_total',
+    help: 'Restart signals and manual requests, by outcome: a new job, collapsed into one under way, superseding one, refused.',
+    labelNames: ['outcome'],
+    registers,
+  });
+  for (const outcome of SIGNAL_OUTCOMES) requests.inc({ outcome }, 0);
+  new Counter({
+    name: 'cachewarm_controller_items_written_total',
+    help: 'Items written to each node by its instance warms (jobs under way included).',
+    labelNames: ['node'],
+    registers,
+    collect() {
+      this.reset();
+      for (const [node, value] of jobs.metrics().itemsWrittenByNode) this.inc({ node }, value);
     },
-    {
-      name: 'cachewarm_controller_items_written_total',
-      help: 'Items written to each node by its instance warms (jobs under way included).',
-      type: 'counter',
-      samples: [...m.itemsWrittenByNode.entries()].map(([node, value]) => ({ labels: { node }, value })),
-    },
-    {
-      name: 'cachewarm_controller_last_decision_warm',
-      help: 'The last decision for each node: 1 warm, 0 left alone.',
-      type: 'gauge',
-      samples: perDecision((d) => (d.decision.warm ? 1 : 0)),
-    },
-    {
-      name: 'cachewarm_controller_last_decision_share_ratio',
-      help: "The node's items over its expected items at the last decision (NaN when no expectation could be made).",
-      type: 'gauge',
-      samples: perDecision((d) => d.decision.ratio ?? Number.NaN),
-    },
-    {
-      name: 'cachewarm_controller_last_decision_timestamp_seconds',
-      help: 'When the last decision for each node was made, unix seconds.',
-      type: 'gauge',
-      samples: perDecision((d) => d.atMs / 1000),
-    },
-    ...processMetrics(VERSION),
-  ];
-  return renderMetrics(metrics);
+  });
+  const perDecision = (name: string, help: string, value: (last: { readonly decision: WarmDecision; readonly atMs: number }) => number): void => {
+    new Gauge({
+      name,
+      help,
+      labelNames: ['node'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [node, d] of jobs.metrics().lastDecisions) this.set({ node }, value(d));
+      },
+    });
+  };
+  perDecision('cachewarm_controller_last_decision_warm', 'The last decision for each node: 1 warm, 0 left alone.', (d) => (d.decision.warm ? 1 : 0));
+  perDecision(
+    'cachewarm_controller_last_decision_share_ratio',
+    "The node's items over its expected items at the last decision (NaN when no expectation could be made).",
+    (d) => d.decision.ratio ?? Number.NaN,
+  );
+  perDecision('cachewarm_controller_last_decision_timestamp_seconds', 'When the last decision for each node was made, unix seconds.', (d) => d.atMs / 1000);
+  return { registry: withProcessMetrics(registry), requests };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -195,8 +209,8 @@ export function createControllerServer(options: ControllerServerOptions): Contro
   if (options.token === '') throw new CachewarmError('INVALID_ARGUMENT', 'the controller needs a non-empty token');
   const auth = new BearerAuth(options.token, 'cachewarm-controller');
   const { jobs } = options;
-  const requests = new Map<SignalOutcome, number>();
-  const counted = (outcome: SignalOutcome): void => void requests.set(outcome, (requests.get(outcome) ?? 0) + 1);
+  const metrics = controllerMetrics(jobs);
+  const counted = (outcome: SignalOutcome): void => metrics.requests.inc({ outcome });
   let closing: Promise<void> | undefined;
 
   /** The node as the current topology has it: 404 naming it (and the file) when it has none. */
@@ -298,7 +312,7 @@ export function createControllerServer(options: ControllerServerOptions): Contro
     auth.require(req.headers.authorization);
     if (pathname === CONTROLLER_PATHS.metrics) {
       allow(req.method, ['GET']);
-      return { status: 200, body: metricsText(jobs, requests), contentType: PROMETHEUS_CONTENT_TYPE };
+      return metricsReply(metrics.registry);
     }
     if (pathname === CONTROLLER_PATHS.restartSignal) {
       allow(req.method, ['POST']);
@@ -317,7 +331,7 @@ export function createControllerServer(options: ControllerServerOptions): Contro
   }
 
   const server = createJsonApiServer({ route, log, maxConnections: MAX_CONNECTIONS });
-  const metricsServer = createMetricsServer(() => metricsText(jobs, requests), log);
+  const metricsServer = createMetricsServer(metrics.registry, log);
 
   return {
     async listen(host, port) {

@@ -6,6 +6,7 @@ import type { Clock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type MemcachedProcess, startMemcachedCluster } from '../shared/local-memcached.js';
 import { sampleItems } from '../shared/sample-items.js';
+import type { Log } from '../shared/log.js';
 import { parseTopology } from '../shared/topology.js';
 import { type VerifyReport, verifyCopy } from './verify-copy.js';
 import { warmReplica } from './warm-replica.js';
@@ -20,7 +21,7 @@ export interface DemoOptions {
   readonly workDir: string;
   readonly chunkSizeBytes: number;
   readonly clock: Clock;
-  readonly log: (line: string) => void;
+  readonly log: Log;
   readonly onProgress?: (progress: WarmProgress) => void;
   readonly signal?: AbortSignal | undefined;
 }
@@ -39,7 +40,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const { log, clock } = options;
   const servers: MemcachedProcess[] = [];
   try {
-    log(`starting ${options.sourceNodes} + ${options.targetNodes} memcached processes on 127.0.0.1`);
+    log({ event: 'demo-starting', msg: `starting ${options.sourceNodes} + ${options.targetNodes} memcached processes on 127.0.0.1` });
     servers.push(...(await startMemcachedCluster(options.sourceNodes + options.targetNodes, { memoryMb: 256 })));
     const document = {
       hashing: 'spymemcached',
@@ -52,17 +53,17 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     const topologyFile = path.join(options.workDir, 'demo-topology.json');
     await writeFile(topologyFile, `${JSON.stringify(document, null, 2)}\n`);
     const topology = parseTopology(document, topologyFile);
-    log(`topology written to ${topologyFile}`);
+    log({ event: 'demo-topology', msg: `topology written to ${topologyFile}`, file: topologyFile });
 
     const nowSeconds = Math.floor(clock.now() / 1000);
     const items = sampleItems({ count: options.items, valueBytes: options.valueBytes, nowSeconds });
-    log(`loading ${items.length.toLocaleString('en-US')} items of ${options.valueBytes} bytes into demo-a`);
+    log({ event: 'demo-loading', msg: `loading ${items.length.toLocaleString('en-US')} items of ${options.valueBytes} bytes into demo-a` });
     const loaded = await writeAll(items, targetRingOf(topology, 'demo-a'), { connect: connectDirect, clock, signal: options.signal });
     if (loaded.stored !== items.length) {
       throw new CachewarmError('JOB_FAILED', `loading demo-a stored ${loaded.stored} of ${items.length} items`);
     }
 
-    log('warming demo-b from demo-a');
+    log({ event: 'demo-warming', msg: 'warming demo-b from demo-a' });
     const summary = await warmReplica({
       topology,
       target: 'demo-b',
@@ -73,7 +74,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
       onProgress: options.onProgress,
       signal: options.signal,
     });
-    log('verifying every item on the node demo-b\'s ring names for it');
+    log({ event: 'demo-verifying', msg: "verifying every item on the node demo-b's ring names for it" });
     const verify = await verifyCopy(items, targetRingOf(topology, 'demo-b'), {
       connect: connectDirect,
       nowSeconds: Math.floor(clock.now() / 1000),

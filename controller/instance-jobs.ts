@@ -19,7 +19,8 @@ import type { RestartSignal } from '../dumper/restart-watcher.js';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason } from '../shared/errors.js';
-import { type LogEvent, describeError, safeLog } from '../shared/http-api.js';
+import { describeError } from '../shared/http-api.js';
+import { type Log, safeLog } from '../shared/log.js';
 import { nodeDirectory } from '../shared/job-layout.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import type { WarmDecision } from './expected-share.js';
@@ -127,7 +128,7 @@ export interface InstanceJobManagerOptions {
   readonly maxConcurrentWarms?: number | undefined;
   /** Finished jobs kept for GET /v1/jobs (the oldest go first). Default 100. */
   readonly keepFinishedJobs?: number | undefined;
-  readonly log?: LogEvent | undefined;
+  readonly log?: Log | undefined;
   /** Names new jobs; default `instance-<node>-<time>-<random>`. */
   readonly newJobId?: ((node: NodeSpec, nowMs: number) => string) | undefined;
 }
@@ -280,7 +281,7 @@ class Slots {
 }
 
 export class InstanceJobManager {
-  private readonly log: LogEvent;
+  private readonly log: Log;
   private readonly slots: Slots;
   private readonly keepFinished: number;
   /** Every job kept, active or finished, by id. */

@@ -31,7 +31,8 @@ export function localPopulators(options: LocalPopulatorOptions): StartPopulator 
   let started = 0;
   return (queueUrl) => {
     const id = `local-${process.pid}-${++started}`;
-    const args = [options.cliPath, 'populator', '--queue-url', queueUrl, '--worker-id', id];
+    // JSON logs, whatever this process's: onLog reads them.
+    const args = [options.cliPath, 'populator', '--queue-url', queueUrl, '--worker-id', id, '--log-format', 'json'];
     if (options.concurrency) args.push('--concurrency', String(options.concurrency));
     if (options.endpoint) args.push('--endpoint', options.endpoint);
     if (options.region) args.push('--region', options.region);

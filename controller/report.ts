@@ -1,6 +1,7 @@
 import type { WarmPlanReport } from './warm-dry-run.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
-import type { WarmProgress, WarmSummary } from './warm-summary.js';
+import type { SourceGuardReport, WarmProgress, WarmSummary } from './warm-summary.js';
+import { describeSourceGuard } from '../dumper/source-guard.js';
 
 /** One progress line: what was dumped and written so far, the rate, and the ETA. */
 export function progressLine(p: WarmProgress): string {
@@ -16,7 +17,16 @@ export function progressLine(p: WarmProgress): string {
     `queue ${p.queueDepth}`,
     `elapsed ${formatDuration(p.elapsedMs)}`,
     `eta ${eta}`,
+    ...guardText(p.sourceGuards),
   ].join(' | ');
+}
+
+/** The most held-back source node's guard: the one a person watching the warm needs. */
+function guardText(guards: readonly SourceGuardReport[] | undefined): string[] {
+  if (!guards || guards.length === 0) return [];
+  const slowest = guards.reduce((a, b) => (b.paceItemsPerSecond < a.paceItemsPerSecond ? b : a));
+  const others = guards.length > 1 ? ` (slowest of ${guards.length})` : '';
+  return [`${slowest.node}${others}: ${describeSourceGuard(slowest)}`];
 }
 
 function table(header: string[], rows: (string | number)[][]): string {

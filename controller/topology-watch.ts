@@ -10,7 +10,8 @@
 import { stat } from 'node:fs/promises';
 import type { Clock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
-import { type LogEvent, describeError, safeLog } from '../shared/http-api.js';
+import { describeError } from '../shared/http-api.js';
+import { type Log, safeLog } from '../shared/log.js';
 import { type Topology, loadTopology } from '../shared/topology.js';
 
 export interface TopologyWatchOptions {
@@ -18,7 +19,7 @@ export interface TopologyWatchOptions {
   readonly clock: Clock;
   /** How often the file's metadata is looked at. Default 3 s. */
   readonly intervalMs?: number | undefined;
-  readonly log?: LogEvent | undefined;
+  readonly log?: Log | undefined;
   /** Told of each new good topology. */
   readonly onChange?: ((topology: Topology) => void) | undefined;
   /** For tests; loadTopology otherwise. */
@@ -37,7 +38,7 @@ export class TopologyWatch {
   private readonly stop = new AbortController();
   private readonly loop: Promise<void>;
   private closed: Promise<void> | undefined;
-  private readonly log: LogEvent;
+  private readonly log: Log;
 
   private constructor(
     private readonly options: TopologyWatchOptions,

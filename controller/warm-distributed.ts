@@ -2,6 +2,7 @@ import type { S3Client } from '@aws-sdk/client-s3';
 import type { SQSClient } from '@aws-sdk/client-sqs';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { DumpStatus, KeyFilterSpec, StartDumpRequest } from '../dumper/sidecar-api.js';
+import type { ProtectSource } from '../dumper/read-pace.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import type { PopulatorReport } from '../populator/worker.js';
 import type { Clock } from '../shared/clock.js';
@@ -11,6 +12,7 @@ import { type JobManifest, LAYOUT_VERSION, type ProcessesRecord, endMarkerName, 
 import { decodeKeyChunk } from '../shared/chunk-format.js';
 import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog, retryParked } from '../shared/job-queues.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
+import { type Log, silentLog, withFields } from '../shared/log.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
 import { PopulatorFleet, type PopulatorFleetOptions, type StartPopulator } from './populator-fleet.js';
 import { S3JobLock, lockName } from './s3-job-lock.js';
@@ -39,6 +41,8 @@ export interface DistributedWarmOptions {
   readonly chunkSizeBytes: number;
   readonly maxOpsPerNode?: number | undefined;
   readonly maxBytesPerNode?: number | undefined;
+  /** Each sidecar's source guard (see dumper/read-pace.ts). @default DEFAULT_PROTECT_SOURCE (1.2) */
+  readonly protectSource?: ProtectSource | undefined;
   /** Built once at the CLI entry. */
   readonly s3: S3Client;
   readonly sqs: SQSClient;
@@ -70,7 +74,7 @@ export interface DistributedWarmOptions {
   readonly watchIntervalMs?: number | undefined;
   /** How long a sidecar may stay unreachable before the job fails naming it. Default 60 s. */
   readonly sidecarGraceMs?: number | undefined;
-  readonly log?: ((line: string) => void) | undefined;
+  readonly log?: Log | undefined;
 }
 
 /** A populator that dies this many times over fails the job: something is wrong with all of them. */
@@ -110,7 +114,7 @@ async function warmLocked(
 ): Promise<WarmSummary> {
   const { topology, clock, signal } = options;
   const connect = options.connect ?? connectDirect;
-  const log = options.log ?? ((): void => undefined);
+  const log = withFields(options.log ?? silentLog, { jobId });
   const finished = await getJson<WarmSummary>(store, summaryName(jobId), signal);
   if (finished) return { ...finished, skipped: 'already-complete' };
   const earlier = await getJson<JobManifest>(store, manifestName(jobId), signal);
@@ -142,7 +146,7 @@ interface DistributedJob {
   readonly sources: NodeWatch;
   readonly started: number;
   readonly connect: Connect;
-  readonly log: (line: string) => void;
+  readonly log: Log;
 }
 
 async function runJob(options: DistributedWarmOptions, job: DistributedJob): Promise<WarmSummary> {
@@ -166,8 +170,11 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     createdAt: new Date(started).toISOString(),
   }, signal);
   const queues = await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal);
-  log(`job ${jobId}: ${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`);
-  if (options.retryParked) log(`job ${jobId}: ${await retryParked(sqs, queues, signal)} parked messages moved back to the queue`);
+  log({ event: 'job-queued', msg: `${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`, source: manifest.source.replica, target: scope.label, queueUrl: queues.queueUrl });
+  if (options.retryParked) {
+    const moved = await retryParked(sqs, queues, signal);
+    log({ event: 'parked-retried', level: 'info', msg: `${moved} parked messages moved back to the queue`, messages: moved });
+  }
 
   const request = (node: string): StartDumpRequest => ({
     jobId,
@@ -178,6 +185,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     chunkSizeBytes: options.chunkSizeBytes,
     maxItemsPerSecond: options.maxOpsPerNode,
     maxBytesPerSecond: options.maxBytesPerNode,
+    protectSource: options.protectSource,
     sse: options.sse,
     target: ring,
     keyFilter,
@@ -193,7 +201,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     // store that has lost the job since (its chunks and messages with it). Started again, the
     // dump resumes from what the store holds now.
     if (!earlier && !started && status.state === 'running') {
-      log(`job ${jobId}: ${node} was dumping the job before its manifest was written (the store lost it): dumping it again`);
+      log({ event: 'dump-redone', level: 'warn', node, msg: `${node} was dumping the job before its manifest was written (the store lost it): dumping it again` });
       await stopDump(client, node, { jobId, clock, signal });
       ({ status } = await client.start(request(node), signal));
     }
@@ -211,6 +219,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     dumped: sumDumped(dumps),
     written: [...written.byNode.values()].reduce(addInto, newWriteCounters()),
     queueDepth: backlog.visible + backlog.inFlight,
+    sourceGuards: [...dumps].flatMap(([node, { status }]) => (status.state === 'running' && status.sourceGuard ? [{ node, ...status.sourceGuard }] : [])),
   });
 
   try {
@@ -330,6 +339,7 @@ function warmHere(
     workDir: path.join(os.tmpdir(), 'cachewarm-repairs'),
     chunkSizeBytes: options.chunkSizeBytes,
     maxOpsPerNode: options.maxOpsPerNode,
+    protectSource: options.protectSource,
     clock: options.clock,
     connect: job.connect,
     force: true,
@@ -354,7 +364,7 @@ async function coverRestartedSources(
   if (!alternate) return { repairs: [], lost: [], by };
   const nodes = job.source.replica.nodes.filter((n) => restartedSources.has(n.id));
   const ids = nodes.map((n) => n.id).join(', ');
-  job.log(`job ${job.jobId}: ${ids} restarted: taking its share from ${alternate}`);
+  job.log({ event: 'source-restarted', level: 'warn', nodes: nodes.map((n) => n.id), from: alternate, msg: `${ids} restarted: taking its share from ${alternate}` });
   const cover = await warmHere(options, job, {
     only: job.scope.node,
     source: alternate,
@@ -381,7 +391,7 @@ async function repairRestartedTargets(
   const unique = [...new Map(restarted.map((n) => [n.id, n])).values()];
   job.targets.rebase(unique);
   for (const node of unique) {
-    job.log(`job ${job.jobId}: ${node.id} restarted: refilling its share from ${job.source.replica.name}`);
+    job.log({ event: 'target-restarted', level: 'warn', node: node.id, from: job.source.replica.name, msg: `${node.id} restarted: refilling its share from ${job.source.replica.name}` });
     const repair = await warmHere(options, job, {
       only: node,
       source: job.source.replica.name,
@@ -427,7 +437,7 @@ async function retryRefused(
       yield chunk;
     }
   }
-  job.log(`job ${job.jobId}: retrying the items target nodes refused (${records.length} records)`);
+  job.log({ event: 'refused-retry', level: 'warn', records: records.length, msg: `retrying the items target nodes refused (${records.length} records)` });
   const retry = await warmHere(options, job, {
     only: job.scope.node,
     source: job.source.replica.name,
@@ -524,7 +534,7 @@ async function followDumps(
     readonly clock: Clock;
     readonly graceMs: number;
     readonly restarted: (node: string) => Promise<boolean>;
-    readonly log: (line: string) => void;
+    readonly log: Log;
     readonly signal: AbortSignal | undefined;
   },
 ): Promise<void> {
@@ -553,7 +563,8 @@ async function followDumps(
       // failed it may have passed (S3 or SQS lost and back, the store emptied under it).
       if (!tracker.restarted) {
         tracker.restarted = true;
-        log(`the dump of ${node} failed (${tracker.status.error?.message ?? 'no reason given'}): starting it again`);
+        const reason = tracker.status.error?.message ?? 'no reason given';
+        log({ event: 'dump-restarted', level: 'warn', node, reason, msg: `the dump of ${node} failed (${reason}): starting it again` });
         tracker.status = (await client.start(request(node), signal)).status;
         continue;
       }
@@ -582,7 +593,8 @@ async function endMarkersStored(
   for (const [node, tracker] of dumps) {
     if (tracker.lost || (await getJson(job.store, endMarkerName(job.jobId, node), signal))) continue;
     stored = false;
-    job.log(`job ${job.jobId}: ${job.store.describe(endMarkerName(job.jobId, node))} is gone though ${node}'s dump finished: dumping it again`);
+    const marker = job.store.describe(endMarkerName(job.jobId, node));
+    job.log({ event: 'dump-redone', level: 'warn', node, marker, msg: `${marker} is gone though ${node}'s dump finished: dumping it again` });
     tracker.status = (await (sidecars.get(node) as SidecarClient).start(request(node), signal)).status;
   }
   return stored;
@@ -638,10 +650,10 @@ async function populatorReports(store: S3Store, jobId: string, signal?: AbortSig
  */
 async function cleanUp(
   summary: WarmSummary,
-  ctx: { store: S3Store; sqs: SQSClient; queues: JobQueues; keepChunks: boolean; log: (line: string) => void; signal?: AbortSignal | undefined },
+  ctx: { store: S3Store; sqs: SQSClient; queues: JobQueues; keepChunks: boolean; log: Log; signal?: AbortSignal | undefined },
 ): Promise<void> {
   if (!summary.complete) {
-    ctx.log(`job ${summary.jobId} is incomplete: its queues and ${ctx.store.describe(summary.jobId)}/ are kept for inspection`);
+    ctx.log({ event: 'job-kept', msg: `the job is incomplete: its queues and ${ctx.store.describe(summary.jobId)}/ are kept for inspection` });
     return;
   }
   await putJson(ctx.store, summaryName(summary.jobId), summary, ctx.signal);
@@ -649,6 +661,6 @@ async function cleanUp(
   if (!ctx.keepChunks) {
     const record = new Set([manifestName(summary.jobId), summaryName(summary.jobId), lockName(summary.jobId)]);
     const removed = await ctx.store.deleteAll(summary.jobId, (name) => !record.has(name), ctx.signal);
-    ctx.log(`job ${summary.jobId}: removed its queues and ${removed} objects`);
+    ctx.log({ event: 'job-cleaned', objects: removed, msg: `removed its queues and ${removed} objects` });
   }
 }

@@ -12,7 +12,7 @@ import { nodeDirectory } from '../shared/job-layout.js';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
-import { TokenBucket, unlimited } from '../shared/token-bucket.js';
+import { type ProtectSource, type ReadPace, startReadPace } from '../dumper/read-pace.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
 import { JobJournal, type JobRecord, type PassRecord, type SourceShare } from './job-journal.js';
@@ -22,7 +22,7 @@ import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
 import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
-import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
+import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, guardReports, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
   readonly topology: Topology;
@@ -34,6 +34,11 @@ export interface WarmReplicaOptions {
   readonly chunkSizeBytes: number;
   /** Items per second read from each source node; undefined: no limit. */
   readonly maxOpsPerNode?: number | undefined;
+  /**
+   * How far a live client's p99 on a source node may rise while it is dumped, as a factor of
+   * its baseline (see dumper/read-pace.ts), or 'off'. @default DEFAULT_PROTECT_SOURCE (1.2)
+   */
+  readonly protectSource?: ProtectSource | undefined;
   /** Key chunks read at once per source node. */
   readonly fetchConcurrency?: number;
   /** Chunks written at once. */
@@ -183,6 +188,8 @@ interface PassContext {
   /** The smallest item (key + value bytes) a target refused as too large and the job skipped (--skip-too-large). */
   smallestTooLargeBytes: number | undefined;
   queueDepth: () => number;
+  /** The read pace of each source node being dumped now. */
+  readonly paces: Map<string, ReadPace>;
 }
 
 /** A look that failed after source nodes were lost mid-dump: the dump's error names the node. */
@@ -228,6 +235,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     parked: [],
     smallestTooLargeBytes: undefined,
     queueDepth: () => 0,
+    paces: new Map(),
   };
   const progress = (): WarmProgress => ({
     elapsedMs: clock.now() - started,
@@ -237,6 +245,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     dumped: ctx.dumped.flatMap((pass) => [...pass.values()]).reduce(addInto, newDumpCounters()),
     written: ctx.tally.total(),
     queueDepth: ctx.queueDepth(),
+    sourceGuards: guardReports(ctx.paces),
   });
   const ticker = options.onProgress ? setInterval(() => options.onProgress?.(progress()), options.progressIntervalMs ?? 1_000) : undefined;
 
@@ -426,7 +435,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
           connect,
           chunkSizeBytes: options.chunkSizeBytes,
           fetchConcurrency: options.fetchConcurrency ?? 2,
-          rateLimiter: options.maxOpsPerNode ? new TokenBucket({ ratePerSecond: options.maxOpsPerNode, clock }) : unlimited,
+          readPace: () => trackedPace(ctx, node, stop.signal),
           keyFilter,
           counters: counters.get(node.id) as DumpCounters,
           pool,
@@ -448,6 +457,20 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
     ctx.parked.push(...queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })));
     options.signal?.removeEventListener('abort', onOuterAbort);
   }
+}
+
+/** A source node's read pace (protected by default: see dumper/read-pace.ts), in the progress while its dump reads. */
+async function trackedPace(ctx: PassContext, node: NodeSpec, signal: AbortSignal): Promise<ReadPace> {
+  const { options } = ctx;
+  const pace = await startReadPace(endpointOf(node), { protectSource: options.protectSource, maxItemsPerSecond: options.maxOpsPerNode, clock: options.clock, signal });
+  ctx.paces.set(node.id, pace);
+  return {
+    ...pace,
+    close: async () => {
+      ctx.paces.delete(node.id);
+      await pace.close();
+    },
+  };
 }
 
 /** The pass that copies exactly the given keys: their key chunks stored as its own, its crawl done. */

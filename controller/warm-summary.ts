@@ -13,6 +13,7 @@ import { statsAt } from '../shared/memcached/commands.js';
 import type { NodeSpec } from '../shared/topology.js';
 import type { VerifyReport } from './verify-replicas.js';
 import type { JobRecord } from './job-journal.js';
+import type { SourceGuardStatus } from '../dumper/source-guard.js';
 
 export type JobKind = JobRecord['kind'];
 
@@ -23,6 +24,20 @@ export interface WarmProgress {
   readonly dumped: DumpCounters;
   readonly written: WriteCounters;
   readonly queueDepth: number;
+  /** Each protected source node's guard, while it is dumped (see dumper/read-pace.ts). */
+  readonly sourceGuards?: readonly SourceGuardReport[] | undefined;
+}
+
+export interface SourceGuardReport extends SourceGuardStatus {
+  readonly node: string;
+}
+
+/** The guards of the source nodes being dumped with protection on. */
+export function guardReports(paces: ReadonlyMap<string, { status(): SourceGuardStatus | undefined }>): SourceGuardReport[] {
+  return [...paces].flatMap(([node, pace]) => {
+    const status = pace.status();
+    return status ? [{ node, ...status }] : [];
+  });
 }
 
 /** What became of one target node over the job, as its writers and its `stats` tell it. */

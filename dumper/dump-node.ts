@@ -14,6 +14,7 @@ import type { CrawlMode, KeyBatch } from '../shared/memcached/crawler.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
 import { ServerClock } from '../shared/expiry.js';
 import { fetchValues } from './fetch-values.js';
+import type { ReadPace } from './read-pace.js';
 import { listKeys } from './list-keys.js';
 
 export interface SourceNode extends Endpoint {
@@ -37,8 +38,14 @@ export interface DumpNodeOptions {
   readonly fetchConcurrency?: number;
   /** Values requested in one pipelined batch, bounded by the sizes the crawler reported. */
   readonly fetchBatchBytes?: number;
-  /** Items per second read from this node. */
+  /** Items per second read from this node (when there is no readPace). */
   readonly rateLimiter?: RateLimiter;
+  /**
+   * Paces the reads instead of rateLimiter (a source guard: see read-pace.ts). Started once
+   * there is something to read, before the crawl, so a node whose dump had finished is not
+   * even probed; closed when the dump ends.
+   */
+  readonly readPace?: (() => Promise<ReadPace>) | undefined;
   /** Bytes per second uploaded to the store (the node's network is shared with live traffic). */
   readonly uploadLimiter?: RateLimiter;
   /**
@@ -101,7 +108,6 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     keysPerChunk = 20_000,
     fetchConcurrency = 2,
     fetchBatchBytes = 1 << 20,
-    rateLimiter = unlimited,
     uploadLimiter = unlimited,
     keyFilter,
     signal,
@@ -187,7 +193,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
         pool,
         clock,
         counters,
-        rateLimiter,
+        rateLimiter: limiter,
         serverClock,
         batchBytes: fetchBatchBytes,
         signal,
@@ -226,6 +232,8 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     await putJson(store, crawlDoneName(jobId, node.id), { version: LAYOUT_VERSION, keyChunks: seq }, signal);
   }
 
+  const pace = await options.readPace?.();
+  const limiter = pace?.limiter ?? options.rateLimiter ?? unlimited;
   const connections: MemcachedConnection[] = [];
   try {
     for (let i = 0; i < fetchConcurrency; i++) {
@@ -254,5 +262,6 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     return counters;
   } finally {
     for (const conn of connections) conn.close();
+    await pace?.close();
   }
 }

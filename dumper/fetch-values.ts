@@ -41,9 +41,10 @@ export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, op
   };
   const window: Promise<void>[] = [];
   for (let start = 0; start < keys.length; ) {
+    const maxKeys = Math.min(BATCH_MAX_KEYS, rateLimiter.batchKeys ?? BATCH_MAX_KEYS);
     let end = start;
     let bytes = 0;
-    while (end < keys.length && end - start < BATCH_MAX_KEYS && (end === start || bytes + (sizes[end] as number) <= options.batchBytes)) {
+    while (end < keys.length && end - start < maxKeys && (end === start || bytes + (sizes[end] as number) <= options.batchBytes)) {
       bytes += sizes[end] as number;
       end++;
     }
@@ -54,9 +55,16 @@ export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, op
       hit(index, value, flags, ttlSeconds) {
         const key = keys[base + index] as Buffer;
         const crawled = exptimes[base + index] as number;
-        serverClock.observe(crawled, ttlSeconds, now);
         const answered = Math.floor(options.clock.now() / 1000);
-        const exptime = absoluteExpiry(ttlSeconds, crawled, { earliest: serverClock.nowSeconds(now), latest: serverClock.nowSeconds(answered) });
+        // Learnt only from a batch answered within the second it was sent: one the server sat
+        // on (a stall, a pause) would teach an offset as wrong as the wait was long, and move
+        // later expiries by it.
+        if (answered === now) serverClock.observe(crawled, ttlSeconds, now);
+        const exptime = absoluteExpiry(ttlSeconds, crawled, {
+          earliest: serverClock.nowSeconds(now),
+          latest: serverClock.nowSeconds(answered),
+          slackSeconds: 1 + serverClock.driftSeconds,
+        });
         if (exptime === undefined) {
           counters.expired++;
           return;

@@ -4,6 +4,8 @@ import { CachewarmError } from '../shared/errors.js';
 import { HASHING_PROFILES, type HashingProfile } from '../shared/ketama.js';
 import type { S3Encryption } from '../shared/store/s3-store.js';
 import { isRecord } from '../shared/json-values.js';
+import { type ProtectSource, parseProtectSource } from './read-pace.js';
+import type { SourceGuardStatus } from './source-guard.js';
 
 /**
  * The dumper sidecar's HTTP API, shared by the server (dumper/sidecar-server.ts) and the
@@ -49,6 +51,8 @@ export interface StartDumpRequest {
   readonly maxItemsPerSecond?: number | undefined;
   /** Bytes per second uploaded to the store; absent: unlimited. */
   readonly maxBytesPerSecond?: number | undefined;
+  /** The live p99 factor the dump keeps to (see read-pace.ts), or "off"; absent: the default, 1.2. */
+  readonly protectSource?: ProtectSource | undefined;
   readonly sse?: S3Encryption | undefined;
   readonly target: TargetRing;
   readonly keyFilter?: KeyFilterSpec | undefined;
@@ -66,6 +70,8 @@ export interface DumpStatus {
   readonly startedAt: string;
   readonly finishedAt?: string | undefined;
   readonly error?: { readonly code: string; readonly message: string } | undefined;
+  /** The source guard while the dump runs protected (its last state once it ended); absent when protection is off. */
+  readonly sourceGuard?: SourceGuardStatus | undefined;
 }
 
 export interface HealthStatus {
@@ -99,6 +105,7 @@ const TOP_LEVEL_FIELDS = new Set([
   'chunkSizeBytes',
   'maxItemsPerSecond',
   'maxBytesPerSecond',
+  'protectSource',
   'sse',
   'target',
   'keyFilter',
@@ -238,6 +245,16 @@ function targetOf(body: Record<string, unknown>): TargetRing {
   return { replica, hashing, nodes, ...(writeOnly && { writeOnly }) };
 }
 
+function protectSourceOf(body: Record<string, unknown>): ProtectSource | undefined {
+  const value = body['protectSource'];
+  if (value === undefined) return undefined;
+  try {
+    return parseProtectSource(String(value));
+  } catch {
+    throw expected('protectSource', 'a factor from 1 to 100 or "off"', value);
+  }
+}
+
 function keyFilterOf(body: Record<string, unknown>): KeyFilterSpec | undefined {
   const value = body['keyFilter'];
   if (value === undefined) return undefined;
@@ -265,6 +282,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
   const chunkSizeBytes = chunkSizeOf(body);
   const maxItemsPerSecond = rate(body, 'maxItemsPerSecond');
   const maxBytesPerSecond = rate(body, 'maxBytesPerSecond');
+  const protectSource = protectSourceOf(body);
   const sse = sseOf(body);
   const target = targetOf(body);
   const keyFilter = keyFilterOf(body);
@@ -277,6 +295,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
     chunkSizeBytes,
     ...(maxItemsPerSecond !== undefined && { maxItemsPerSecond }),
     ...(maxBytesPerSecond !== undefined && { maxBytesPerSecond }),
+    ...(protectSource !== undefined && { protectSource }),
     ...(sse && { sse }),
     target,
     ...(keyFilter && { keyFilter }),

@@ -1,6 +1,7 @@
 import type http from 'node:http';
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { SQSClient } from '@aws-sdk/client-sqs';
+import { Counter, Gauge, Registry } from 'prom-client';
 import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
@@ -14,13 +15,15 @@ import {
   describeError,
   idInPath,
   listenHttp,
+  metricsReply,
   readJsonBody,
-  safeLog,
 } from '../shared/http-api.js';
 import { endMarkerName, getJson } from '../shared/job-layout.js';
 import { version } from '../shared/memcached/commands.js';
 import type { Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
-import { type Metric, PROMETHEUS_CONTENT_TYPE, processMetrics, renderMetrics } from '../shared/prometheus.js';
+import { withProcessMetrics } from '../shared/prometheus.js';
+import { type ReadPace, startReadPace } from './read-pace.js';
+import { type SourceGuardStatus, describeSourceGuard } from './source-guard.js';
 import { VERSION } from '../shared/version.js';
 import { SqsQueue } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
@@ -37,6 +40,7 @@ import {
   type StartDumpRequest,
   parseStartDumpRequest,
 } from './sidecar-api.js';
+import { type Log, safeLog } from '../shared/log.js';
 
 export interface SidecarOptions {
   /** The memcached node this sidecar dumps (the one on its machine). */
@@ -59,7 +63,7 @@ export interface SidecarOptions {
   /** How long a DELETE waits for the dump to stop before answering with it still stopping. Default 10 s. */
   readonly cancelWaitMs?: number | undefined;
   /** One structured event per call (JSON lines on stderr, from the CLI). Never sees the token. */
-  readonly log?: ((event: Record<string, unknown>) => void) | undefined;
+  readonly log?: Log | undefined;
 }
 
 export interface Sidecar {
@@ -118,6 +122,8 @@ class DumpRun {
   error: { code: string; message: string } | undefined;
   /** Resolves (never rejects) once dumpNode has returned or thrown. */
   settled: Promise<void> = Promise.resolve();
+  /** The source guard's state: read from the running dump's pace, kept as it was once it ends. */
+  guard: () => SourceGuardStatus | undefined = () => undefined;
 
   constructor(
     readonly request: StartDumpRequest,
@@ -131,6 +137,7 @@ class DumpRun {
   }
 
   status(): DumpStatus {
+    const guard = this.guard();
     return {
       jobId: this.request.jobId,
       node: this.request.node,
@@ -139,6 +146,7 @@ class DumpRun {
       startedAt: new Date(this.startedAtMs).toISOString(),
       ...(this.finishedAtMs !== undefined && { finishedAt: new Date(this.finishedAtMs).toISOString() }),
       ...(this.error && { error: this.error }),
+      ...(guard && { sourceGuard: guard }),
     };
   }
 }
@@ -159,7 +167,7 @@ class DumpRegistry {
 
   constructor(
     private readonly options: SidecarOptions,
-    private readonly log: (event: Record<string, unknown>) => void,
+    private readonly log: Log,
   ) {}
 
   get(jobId: string): DumpRun | undefined {
@@ -233,6 +241,16 @@ class DumpRegistry {
     const { clock, memcached } = this.options;
     const { keyFilter: filterSpec, target: _target, sse: _sse, ...settings } = request;
     this.log({ event: 'dump-started', ...settings, keyFilter: filterSpec !== undefined });
+    const readPace = async (): Promise<ReadPace> => {
+      const pace = await startReadPace(memcached, { protectSource: request.protectSource, maxItemsPerSecond: request.maxItemsPerSecond, clock, signal: run.abort.signal });
+      run.guard = pace.status;
+      const guard = pace.status();
+      if (guard) {
+        const { baselineP99Micros, limitP99Micros } = guard;
+        this.log({ event: 'source-baseline', jobId: request.jobId, node: request.node, baselineP99Micros, limitP99Micros, msg: describeSourceGuard(guard) });
+      }
+      return pace;
+    };
     try {
       await dumpNode({
         node: { id: request.node, host: memcached.host, port: memcached.port, label: request.node },
@@ -246,7 +264,9 @@ class DumpRegistry {
         connect: this.options.connect ?? connectDirect,
         chunkSizeBytes: request.chunkSizeBytes,
         fetchConcurrency: this.options.fetchConcurrency ?? DEFAULT_FETCH_CONCURRENCY,
-        ...limiters(request, clock),
+        readPace,
+        // Bytes/s uploaded: the node's network is shared with live traffic too.
+        ...(request.maxBytesPerSecond !== undefined && { uploadLimiter: new TokenBucket({ ratePerSecond: request.maxBytesPerSecond, clock }) }),
         keyFilter,
         counters: run.counters,
         signal: run.abort.signal,
@@ -257,6 +277,8 @@ class DumpRegistry {
       run.state = run.abort.signal.aborted ? 'cancelled' : 'failed';
       run.error = describeError(run.abort.signal.aborted ? run.abort.signal.reason : error);
     } finally {
+      const last = run.guard();
+      run.guard = () => last;
       this.ended[run.state === 'running' ? 'failed' : run.state]++;
       run.finishedAtMs = clock.now();
       if (this.active === run) this.active = undefined;
@@ -281,15 +303,6 @@ class DumpRegistry {
     const settled = [...this.runs.values()].filter((r) => r.state !== 'running');
     for (const run of settled.slice(0, Math.max(0, settled.length - keep))) this.runs.delete(run.request.jobId);
   }
-}
-
-/** Items/s read from memcached and bytes/s uploaded: both share the node with live traffic. */
-function limiters(request: StartDumpRequest, clock: Clock): { rateLimiter?: TokenBucket; uploadLimiter?: TokenBucket } {
-  const { maxItemsPerSecond, maxBytesPerSecond } = request;
-  return {
-    ...(maxItemsPerSecond !== undefined && { rateLimiter: new TokenBucket({ ratePerSecond: maxItemsPerSecond, clock }) }),
-    ...(maxBytesPerSecond !== undefined && { uploadLimiter: new TokenBucket({ ratePerSecond: maxBytesPerSecond, clock }) }),
-  };
 }
 
 function busy(message: string): HttpError {
@@ -326,30 +339,84 @@ const COUNTER_METRICS: readonly { name: string; help: string; field: keyof DumpC
   { name: 'cachewarm_dump_items_unsupported_total', help: 'Keys the text protocol cannot name: not copied.', field: 'unsupported' },
 ];
 
-function metricsText(registry: DumpRegistry): string {
-  const runs = registry.all();
-  const metrics: Metric[] = COUNTER_METRICS.map(({ name, help, field }) => ({
-    name,
-    help,
-    type: 'counter',
-    samples: runs.map((run) => ({ labels: { job_id: run.request.jobId, node: run.request.node }, value: run.counters[field] })),
-  }));
-  metrics.push(
-    {
-      name: 'cachewarm_dumps_ended_total',
-      help: 'Dumps that ended since the sidecar started, by how they ended.',
-      type: 'counter',
-      samples: Object.entries(registry.ended).map(([state, value]) => ({ labels: { state }, value })),
+/**
+ * The sidecar's metrics registry. Every value is read from the dumps' state when scraped (the
+ * `collect` hooks): each kept dump's counters, labelled job_id and node, and the dumps ended
+ * by state (present, at 0, from start-up).
+ */
+function sidecarMetrics(dumps: DumpRegistry): Registry {
+  const registry = new Registry();
+  const registers = [registry];
+  for (const { name, help, field } of COUNTER_METRICS) {
+    new Counter({
+      name,
+      help,
+      labelNames: ['job_id', 'node'],
+      registers,
+      collect() {
+        this.reset();
+        for (const run of dumps.all()) this.inc({ job_id: run.request.jobId, node: run.request.node }, run.counters[field]);
+      },
+    });
+  }
+  new Counter({
+    name: 'cachewarm_dumps_ended_total',
+    help: 'Dumps that ended since the sidecar started, by how they ended.',
+    labelNames: ['state'],
+    registers,
+    collect() {
+      this.reset();
+      for (const [state, value] of Object.entries(dumps.ended)) this.inc({ state }, value);
     },
-    {
-      name: 'cachewarm_dump_running',
-      help: 'Whether a dump is running on this node (1) or not (0).',
-      type: 'gauge',
-      samples: [{ value: registry.running ? 1 : 0 }],
+  });
+  // The source guard of each kept dump that ran protected: what it allows and what it sees.
+  const guarded = (): { labels: { job_id: string; node: string }; guard: SourceGuardStatus }[] =>
+    dumps.all().flatMap((run) => {
+      const guard = run.guard();
+      return guard ? [{ labels: { job_id: run.request.jobId, node: run.request.node }, guard }] : [];
+    });
+  new Gauge({
+    name: 'cachewarm_source_guard_pace_items_per_second',
+    help: 'Items per second the source guard lets the dump read now (0 while it measures the baseline).',
+    labelNames: ['job_id', 'node'],
+    registers,
+    collect() {
+      this.reset();
+      for (const { labels, guard } of guarded()) this.set(labels, guard.paceItemsPerSecond);
     },
-    ...processMetrics(VERSION),
-  );
-  return renderMetrics(metrics);
+  });
+  new Gauge({
+    name: 'cachewarm_source_probe_p99_seconds',
+    help: "The latency probe's p99 on the source node: before the dump (window baseline), over the last second (window current), and the most the guard allows (window limit).",
+    labelNames: ['job_id', 'node', 'window'],
+    registers,
+    collect() {
+      this.reset();
+      for (const { labels, guard } of guarded()) {
+        const windows = { baseline: guard.baselineP99Micros, current: guard.currentP99Micros, limit: guard.limitP99Micros };
+        for (const [window, micros] of Object.entries(windows)) if (micros !== undefined) this.set({ ...labels, window }, micros / 1e6);
+      }
+    },
+  });
+  new Counter({
+    name: 'cachewarm_source_guard_backoffs_total',
+    help: "Seconds in which the probe's p99 went over the limit and the guard cut the pace.",
+    labelNames: ['job_id', 'node'],
+    registers,
+    collect() {
+      this.reset();
+      for (const { labels, guard } of guarded()) this.inc(labels, guard.backoffs);
+    },
+  });
+  new Gauge({
+    name: 'cachewarm_dump_running',
+    help: 'Whether a dump is running on this node (1) or not (0).',
+    registers,
+    collect() {
+      this.set(dumps.running ? 1 : 0);
+    },
+  });
+  return withProcessMetrics(registry);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -390,6 +457,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
   if (options.token === '') throw new CachewarmError('INVALID_ARGUMENT', 'the sidecar needs a non-empty token');
   const auth = new BearerAuth(options.token, 'cachewarm-dumper');
   const registry = new DumpRegistry(options, log);
+  const metrics = sidecarMetrics(registry);
   const cancelWaitMs = options.cancelWaitMs ?? 10_000;
   let closing: Promise<void> | undefined;
 
@@ -428,7 +496,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
     auth.require(req.headers.authorization);
     if (pathname === SIDECAR_PATHS.metrics) {
       allow(req.method, ['GET']);
-      return { status: 200, body: metricsText(registry), contentType: PROMETHEUS_CONTENT_TYPE };
+      return metricsReply(metrics);
     }
     if (pathname === SIDECAR_PATHS.dumps) {
       allow(req.method, ['POST']);
@@ -449,7 +517,7 @@ export function createSidecar(options: SidecarOptions): Sidecar {
   // Probes, scrapes and status polls are not logged (they come every few seconds); starts,
   // cancels and refusals are.
   const server = createJsonApiServer({ route, log, maxConnections: MAX_CONNECTIONS });
-  const metricsServer = createMetricsServer(() => metricsText(registry), log);
+  const metricsServer = createMetricsServer(metrics, log);
 
   return {
     async listen(host, port) {

@@ -28,13 +28,9 @@ import { PinnedTargets } from './pinned-targets.js';
 import { VERSION } from '../shared/version.js';
 import type { NodeWriter } from './node-writer.js';
 import { runPopulator } from './populate.js';
+import type { Log, LogEntry } from '../shared/log.js';
 
 /** One structured log record: `event` says what happened, the rest where and how much. */
-export interface WorkerLogEntry {
-  readonly event: string;
-  readonly [field: string]: unknown;
-}
-
 export interface PopulatorWorkerOptions {
   /** Built once by the caller (region, credentials, endpoint). */
   readonly s3: S3Client;
@@ -50,7 +46,7 @@ export interface PopulatorWorkerOptions {
   readonly clock: Clock;
   /** Abort (SIGTERM from an autoscaler): stop receiving, hand held chunks back, report, return. */
   readonly signal?: AbortSignal | undefined;
-  readonly log?: ((entry: WorkerLogEntry) => void) | undefined;
+  readonly log?: Log | undefined;
   /** Long-poll wait of one receive, 1 to 20 s. Default 20. */
   readonly waitTimeSeconds?: number;
   /** Pause between the two completion checks (SQS counts are approximate). Default: one long poll. */
@@ -147,7 +143,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
   log({
     event: 'worker-started',
     version: VERSION,
-    job: job.jobId,
+    jobId: job.jobId,
     worker: workerId,
     queue: job.queueUrl,
     store: store.describe(job.jobId),
@@ -169,7 +165,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     maxReceives: job.maxReceives,
     onMalformed: (reason, messageId) => {
       stats.parked++;
-      log({ event: 'message-parked', job: job.jobId, messageId, reason });
+      log({ event: 'message-parked', jobId: job.jobId, messageId, reason });
     },
     clock,
   });
@@ -234,7 +230,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     outcome,
     deadLettered,
   };
-  log({ event: 'worker-finished', job: job.jobId, worker: workerId, outcome, chunks: stats.chunks, parked: stats.parked, deadLettered, ...result.counters });
+  log({ event: 'worker-finished', jobId: job.jobId, worker: workerId, outcome, chunks: stats.chunks, parked: stats.parked, deadLettered, ...result.counters });
   return result;
 }
 
@@ -257,7 +253,7 @@ interface DrainContext extends PopulatorWorkerOptions {
   readonly store: ChunkStore;
   readonly manifest: JobManifest;
   readonly stats: WorkerStats;
-  readonly log: (entry: WorkerLogEntry) => void;
+  readonly log: Log;
   readonly writer: NodeWriter;
   readonly acks: ReportedAcknowledgements;
   readonly queue: ChunkQueue;
@@ -281,7 +277,7 @@ async function completeIfSummarized(error: unknown, context: DrainContext): Prom
       'JOB_FAILED',
       `queue ${job.queueUrl} of job ${job.jobId} was deleted before the job completed (no summary at ${store.describe(name)}): ` +
         'the messages still on it are gone with it, and no worker can receive them',
-      { job: job.jobId, queue: job.queueUrl },
+      { jobId: job.jobId, queue: job.queueUrl },
       { cause: error },
     );
   }
@@ -320,7 +316,7 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
         const keys = new ChunkBuilder('keys', refusals.length * 64);
         for (const { item } of refusals) keys.addKey(item.key, item.exptime, item.value.length);
         const name = refusedName(job.jobId, message.source, message.chunk.name, address);
-        log({ event: 'items-refused', job: job.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: store.describe(name) });
+        log({ event: 'items-refused', jobId: job.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: store.describe(name) });
         return store.put(name, keys.seal(), signal);
       },
       // Counted before the acknowledgement: the report that precedes the message's delete counts it.
@@ -329,7 +325,7 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
         stats.chunks++;
         stats.items += message.chunk.items;
       },
-      onChunkDone: (message) => log({ event: 'chunk-done', job: job.jobId, chunk: message.chunk.name, items: message.chunk.items }),
+      onChunkDone: (message) => log({ event: 'chunk-done', level: 'debug', jobId: job.jobId, chunk: message.chunk.name, items: message.chunk.items }),
       signal,
     });
     // Before judging the job: messages waiting for their report still count as in flight.
@@ -379,7 +375,7 @@ async function jobState(context: DrainContext): Promise<{ complete: boolean }> {
 
 /** Says what the worker waits for, once per change (not every poll). */
 function logWaiting(context: DrainContext, pending: readonly string[], backlog: QueueBacklog): void {
-  const entry = { event: 'waiting', job: context.job.jobId, dumpingNodes: pending, ...backlog };
+  const entry = { event: 'waiting', jobId: context.job.jobId, dumpingNodes: pending, ...backlog };
   const line = JSON.stringify(entry);
   if (line === context.stats.lastWaiting) return;
   context.stats.lastWaiting = line;
@@ -391,14 +387,14 @@ function logWaiting(context: DrainContext, pending: readonly string[], backlog: 
  * delivery. An acknowledged delivery is not deleted at once: it waits, still hidden, for the
  * report that counts it (see ReportedAcknowledgements).
  */
-function observed(queue: SqsQueue, acks: ReportedAcknowledgements, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): ChunkQueue {
+function observed(queue: SqsQueue, acks: ReportedAcknowledgements, job: JobQueueInfo, stats: WorkerStats, log: Log): ChunkQueue {
   return {
     send: (message: ChunkMessage, signal?: AbortSignal) => queue.send(message, signal),
     receive: async (signal?: AbortSignal) => {
       const delivery = await queue.receive(signal);
       if (!delivery) return undefined;
       stats.held++;
-      log({ event: 'chunk-received', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount });
+      log({ event: 'chunk-received', level: 'debug', jobId: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount });
       const settled = async (settle: () => Promise<void>): Promise<void> => {
         try {
           await settle();
@@ -422,24 +418,24 @@ function observed(queue: SqsQueue, acks: ReportedAcknowledgements, job: JobQueue
 }
 
 /** Hands a delivery back for another try, and logs it (parked, if that was its last allowed delivery). */
-async function retryLogged(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): Promise<void> {
+async function retryLogged(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: Log): Promise<void> {
   await delivery.retry(reason);
   // SqsQueue parks, rather than returns, a message on its last allowed delivery.
   if (job.maxReceives !== undefined && delivery.receiveCount >= job.maxReceives) {
     loggedParked(delivery, `${reason} (delivery ${delivery.receiveCount} of ${job.maxReceives})`, job, stats, log);
     return;
   }
-  log({ event: 'chunk-retried', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
+  log({ event: 'chunk-retried', jobId: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
 }
 
-function loggedParked(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: (entry: WorkerLogEntry) => void): void {
+function loggedParked(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: Log): void {
   stats.parked++;
-  log({ event: 'chunk-parked', job: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
+  log({ event: 'chunk-parked', jobId: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
 }
 
-function logAcknowledged(log: (entry: WorkerLogEntry) => void, jobId: string, batch: AcknowledgedBatch): void {
-  if (batch.deleted) log({ event: 'acknowledged', job: jobId, chunks: batch.chunks });
-  else log({ event: 'ack-failed', job: jobId, chunks: batch.chunks, handedBack: batch.handedBack, reason: batch.reason });
+function logAcknowledged(log: Log, jobId: string, batch: AcknowledgedBatch): void {
+  if (batch.deleted) log({ event: 'acknowledged', level: 'debug', jobId, chunks: batch.chunks });
+  else log({ event: 'ack-failed', jobId, chunks: batch.chunks, handedBack: batch.handedBack, reason: batch.reason });
 }
 
 /**
@@ -455,8 +451,8 @@ function reporter(store: ChunkStore, name: string, snapshot: (final: boolean) =>
   };
 }
 
-function progressEntry(jobId: string, stats: WorkerStats): WorkerLogEntry {
-  return { event: 'progress', job: jobId, chunks: stats.chunks, items: stats.items, held: stats.held, parked: stats.parked, ...stats.tally.total() };
+function progressEntry(jobId: string, stats: WorkerStats): LogEntry {
+  return { event: 'progress', jobId, chunks: stats.chunks, items: stats.items, held: stats.held, parked: stats.parked, ...stats.tally.total() };
 }
 
 function reportOf(jobId: string, workerId: string, stats: WorkerStats, final: boolean, clock: Clock): PopulatorReport {
@@ -471,8 +467,8 @@ function reportOf(jobId: string, workerId: string, stats: WorkerStats, final: bo
   };
 }
 
-function logReportFailure(log: (entry: WorkerLogEntry) => void, jobId: string, error: unknown): void {
-  log({ event: 'report-failed', job: jobId, reason: error instanceof Error ? error.message : String(error) });
+function logReportFailure(log: Log, jobId: string, error: unknown): void {
+  log({ event: 'report-failed', jobId, reason: error instanceof Error ? error.message : String(error) });
 }
 
 /** The dead-letter queue's size at the end; undefined when it cannot be read (the result still stands). */

@@ -4,18 +4,19 @@
  * read with the value is current but relative, with a second of rounding. Prefer the exact
  * one when the two agree: when `exp= − TTL`, the server's now at the read, falls within the
  * server's now between the request's sending and its answer (`nowSeconds`, a window when
- * pipelined requests wait their turn on a busy server), give or take a second.
+ * pipelined requests wait their turn on a busy server), give or take `slackSeconds` (1 by
+ * default: the rounding; more when the server's clock has been seen to stray).
  */
 export function absoluteExpiry(
   ttlSeconds: number,
   crawledExptime: number,
-  nowSeconds: number | { readonly earliest: number; readonly latest: number },
+  nowSeconds: number | { readonly earliest: number; readonly latest: number; readonly slackSeconds?: number },
 ): number | undefined {
   if (ttlSeconds < 0) return 0;
   if (ttlSeconds === 0) return undefined;
-  const { earliest, latest } = typeof nowSeconds === 'number' ? { earliest: nowSeconds, latest: nowSeconds } : nowSeconds;
+  const { earliest, latest, slackSeconds = 1 } = typeof nowSeconds === 'number' ? { earliest: nowSeconds, latest: nowSeconds } : nowSeconds;
   const readAt = crawledExptime - ttlSeconds;
-  if (crawledExptime > 0 && readAt >= earliest - 1 && readAt <= latest + 1) return crawledExptime;
+  if (crawledExptime > 0 && readAt >= earliest - slackSeconds && readAt <= latest + slackSeconds) return crawledExptime;
   return latest + ttlSeconds;
 }
 
@@ -30,6 +31,7 @@ export class ServerClock {
   private readonly offsets: number[] = [];
   private next = 0;
   private offset = 0;
+  private drift = 0;
 
   /** Learns from an item read with its TTL whose crawled absolute expiry is known. */
   observe(crawledExptime: number, ttlSeconds: number, clientNowSeconds: number): void {
@@ -37,7 +39,23 @@ export class ServerClock {
     const seen = crawledExptime - ttlSeconds - clientNowSeconds;
     if (this.offsets.length < RECENT) this.offsets.push(seen);
     else this.offsets[this.next % RECENT] = seen;
-    if (++this.next % (RECENT / 4) === 0 || this.offsets.length < RECENT) this.offset = mode(this.offsets);
+    if (++this.next % (RECENT / 4) === 0 || this.offsets.length < RECENT) {
+      this.offset = mode(this.offsets);
+      this.drift = this.offsets.reduce((most, v) => {
+        const d = Math.abs(v - this.offset);
+        return d <= MAX_DRIFT_SECONDS ? Math.max(most, d) : most;
+      }, 0);
+    }
+  }
+
+  /**
+   * How far the server's now has lately strayed from `nowSeconds` (its clock ticks on a timer
+   * that fires late on a busy machine, then catches up): the slack to allow in comparing a
+   * crawled expiry with it. Differences beyond MAX_DRIFT_SECONDS are items touched since the
+   * crawl, not the clock.
+   */
+  get driftSeconds(): number {
+    return this.drift;
   }
 
   /** The server's now, in unix seconds, for our clock's `clientNowSeconds`. */
@@ -47,6 +65,7 @@ export class ServerClock {
 }
 
 const RECENT = 64;
+const MAX_DRIFT_SECONDS = 5;
 
 function mode(values: readonly number[]): number {
   const counts = new Map<number, number>();

@@ -8,9 +8,10 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
 import { CachewarmError, isCachewarmError } from './errors.js';
-import { PROMETHEUS_CONTENT_TYPE } from './prometheus.js';
 import { parseAddress } from './topology.js';
+import type { Log } from './log.js';
 
 /** Every refusal's body. */
 export interface ApiErrorBody {
@@ -24,7 +25,6 @@ export interface ApiErrorBody {
 }
 
 /** One structured log event; never given a token. */
-export type LogEvent = (event: Record<string, unknown>) => void;
 
 /** A refusal with its HTTP status; everything a route throws that is not one is a 500. */
 export class HttpError extends Error {
@@ -186,20 +186,9 @@ export function parseListenAddress(text: string): { host: string; port: number }
   return parseAddress(text);
 }
 
-/** A log sink that cannot throw: a broken sink must not break a request or a job. */
-export function safeLog(log: LogEvent | undefined): LogEvent {
-  return (event) => {
-    try {
-      log?.(event);
-    } catch {
-      // nothing to tell it to
-    }
-  };
-}
-
 export interface JsonApiServerOptions {
   readonly route: Route;
-  readonly log: LogEvent;
+  readonly log: Log;
   /** Open connections at once: each may hold a request body being read. */
   readonly maxConnections: number;
   readonly requestTimeoutMs?: number | undefined;
@@ -248,23 +237,28 @@ export function createJsonApiServer(options: JsonApiServerOptions): http.Server 
   return server;
 }
 
-/** Listens; port 0 picks a free one. Resolves with the base URL, rejects with EADDRINUSE and the like. */
+/** A scrape of `registry`: its exposition text, collected now. */
+export async function metricsReply(registry: Registry): Promise<Reply> {
+  return { status: 200, body: await registry.metrics(), contentType: registry.contentType };
+}
+
 /**
  * A listener that serves `GET /metrics` alone, without a token: for Prometheus scraping from
  * inside the cluster, while the API (which starts dumps and warms) keeps its token.
  */
-export function createMetricsServer(render: () => string, log: LogEvent): http.Server {
+export function createMetricsServer(registry: Registry, log: Log): http.Server {
   return createJsonApiServer({
     route: async (req, pathname) => {
       if (pathname !== '/metrics') throw new HttpError(404, 'NOT_FOUND', `this listener serves /metrics only, not ${pathname}`);
       allow(req.method, ['GET']);
-      return { status: 200, body: render(), contentType: PROMETHEUS_CONTENT_TYPE };
+      return metricsReply(registry);
     },
     log,
     maxConnections: 8,
   });
 }
 
+/** Listens; port 0 picks a free one. Resolves with the base URL, rejects with EADDRINUSE and the like. */
 export async function listenHttp(server: http.Server, host: string, port: number): Promise<string> {
   server.listen(port, host);
   await once(server, 'listening');

@@ -4,6 +4,11 @@ import { abortReason, CachewarmError } from './errors.js';
 export interface RateLimiter {
   /** Resolves once `amount` units may be spent; rejects with the signal's reason, taking nothing, if aborted first. */
   take(amount: number, signal?: AbortSignal): Promise<void>;
+  /**
+   * The most units worth asking for at once at the current pace, for a limiter that has a view
+   * (a source guard keeps pipelined batches short while it holds a dump back).
+   */
+  readonly batchKeys?: number;
 }
 
 export const unlimited: RateLimiter = {

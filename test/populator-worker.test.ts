@@ -8,7 +8,8 @@ import { observation } from '../dumper/restart-watcher.js';
 import { verifyCopy } from '../controller/verify-copy.js';
 import { dumpNode } from '../dumper/dump-node.js';
 import { connectDirect } from '../shared/memcached/connect.js';
-import { type PopulatorReport, type WorkerLogEntry, type WorkerResult, runPopulatorWorker } from '../populator/worker.js';
+import { type PopulatorReport, type WorkerResult, runPopulatorWorker } from '../populator/worker.js';
+import type { LogEntry } from '../shared/log.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { ChunkBuilder, chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
@@ -79,21 +80,22 @@ interface Populator {
   readonly name: string;
   readonly child: ChildProcess;
   /** Its JSON log lines so far. */
-  readonly events: WorkerLogEntry[];
+  readonly events: LogEntry[];
   readonly exit: Promise<Exit>;
   /** The first log line, seen or still to come, that matches. */
-  waitFor(match: (entry: WorkerLogEntry) => boolean, what: string, timeoutMs?: number): Promise<WorkerLogEntry>;
+  waitFor(match: (entry: LogEntry) => boolean, what: string, timeoutMs?: number): Promise<LogEntry>;
 }
 
 function startPopulator(queueUrl: string, name: string, ...extra: string[]): Populator {
-  const args = [bin, 'populator', '--queue-url', queueUrl, '--endpoint', fauxqs.endpoint, '--worker-id', name, '--wait-seconds', '1', ...extra];
+  // Debug: the tests follow each chunk (received, done, retried), which a worker logs at that level.
+  const args = [bin, 'populator', '--queue-url', queueUrl, '--endpoint', fauxqs.endpoint, '--worker-id', name, '--wait-seconds', '1', '--log-level', 'debug', ...extra];
   const child = spawn(process.execPath, args, {
     env: { ...process.env, AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_REGION: 'us-east-1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   children.add(child);
-  const events: WorkerLogEntry[] = [];
-  const waiters = new Set<{ match: (entry: WorkerLogEntry) => boolean; resolve: (entry: WorkerLogEntry) => void }>();
+  const events: LogEntry[] = [];
+  const waiters = new Set<{ match: (entry: LogEntry) => boolean; resolve: (entry: LogEntry) => void }>();
   let stdout = '';
   let stderr = '';
   let partial = '';
@@ -106,9 +108,9 @@ function startPopulator(queueUrl: string, name: string, ...extra: string[]): Pop
     for (let nl = partial.indexOf('\n'); nl >= 0; nl = partial.indexOf('\n')) {
       const line = partial.slice(0, nl);
       partial = partial.slice(nl + 1);
-      let entry: WorkerLogEntry;
+      let entry: LogEntry;
       try {
-        entry = JSON.parse(line) as WorkerLogEntry;
+        entry = JSON.parse(line) as LogEntry;
       } catch {
         continue; // not a log line (an error message): kept in stderr
       }
@@ -139,7 +141,7 @@ function startPopulator(queueUrl: string, name: string, ...extra: string[]): Pop
         const timer = setTimeout(() => reject(new Error(`${name}: no ${what} within ${timeoutMs} ms\n${stderr.slice(-3000)}`)), timeoutMs);
         const waiter = {
           match,
-          resolve: (entry: WorkerLogEntry) => {
+          resolve: (entry: LogEntry) => {
             clearTimeout(timer);
             resolve(entry);
           },
@@ -168,7 +170,7 @@ async function finished(populator: Populator, timeoutMs = 60_000): Promise<Exit 
   return { ...exit, result };
 }
 
-const named = (event: string, chunk?: string) => (entry: WorkerLogEntry): boolean =>
+const named = (event: string, chunk?: string) => (entry: LogEntry): boolean =>
   entry.event === event && (chunk === undefined || entry['chunk'] === chunk);
 
 /** Chunks a populator received and never finished, retried or parked (by its log). */
@@ -649,7 +651,7 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
       const job = await createJob(cluster, { moreSourceNodes: ['a/10.0.0.9:11211'] });
       const announced = await dumpSource(job, 32 << 10);
 
-      const log: WorkerLogEntry[] = [];
+      const log: LogEntry[] = [];
       const stop = new AbortController();
       const running = runPopulatorWorker({
         s3: aws.s3,
@@ -912,11 +914,13 @@ describe('populators take the target and the chunks from the manifest, keep ever
 
       const exit = await within(worker.exit, { what: 'exit of the worker whose queue was deleted', detail: () => worker.events.slice(-5) });
       assert.equal(exit.code, 1, exit.stderr);
+      const failed = worker.events.find(named('failed'));
+      assert.deepEqual({ level: failed?.level, code: failed?.['code'] }, { level: 'error', code: 'JOB_FAILED' }, exit.stderr);
       assert.match(
-        exit.stderr,
+        String(failed?.msg),
         new RegExp(
-          `cachewarm: queue ${escaped(job.queues.queueUrl)} of job ${job.jobId} was deleted before the job completed ` +
-            `\\(no summary at ${escaped(`s3://${job.bucket}/${PREFIX}/${job.jobId}/summary.json`)}\\).*\\[JOB_FAILED\\]`,
+          `^queue ${escaped(job.queues.queueUrl)} of job ${job.jobId} was deleted before the job completed ` +
+            `\\(no summary at ${escaped(`s3://${job.bucket}/${PREFIX}/${job.jobId}/summary.json`)}\\)`,
         ),
       );
       const [report] = await reports(job);

@@ -1,7 +1,7 @@
 // Runs the built `cachewarm` command with a deadline: a run that does not exit in time fails
 // the test (and is killed) instead of hanging the suite.
 import { spawn } from 'node:child_process';
-import { bin } from './cli.js';
+import { TEXT_LOGS, bin } from './cli.js';
 
 export interface TimedRun {
   readonly code: number | null;
@@ -15,13 +15,14 @@ export interface TimedRun {
 export const EXIT_DEADLINE_MS = 20_000;
 
 /**
- * `cachewarm <args>` as its own process. Resolves when it exits; rejects (after killing it)
- * if it is still running `deadlineMs` after it started, with what it printed so far.
+ * `cachewarm <args>` as its own process, logging text (see TEXT_LOGS). Resolves when it
+ * exits; rejects (after killing it) if it is still running `deadlineMs` after it started, with
+ * what it printed so far.
  */
 export function runWithin(args: readonly string[], options: { deadlineMs?: number; env?: Record<string, string> } = {}): Promise<TimedRun> {
   const deadlineMs = options.deadlineMs ?? EXIT_DEADLINE_MS;
   const started = Date.now();
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...TEXT_LOGS, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));

@@ -17,9 +17,15 @@ export interface Run {
 /** A run still going after this long is killed and fails the test, rather than hang the suite. */
 export const CACHEWARM_DEADLINE_MS = 300_000;
 
+/**
+ * Logs as text, as a person at a terminal reads them (stderr is a pipe here, where the default
+ * is JSON lines: see test/logging.test.ts).
+ */
+export const TEXT_LOGS = { CACHEWARM_LOG_FORMAT: 'text' } as const;
+
 export function cachewarm(...args: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
-    const options = { maxBuffer: 16 << 20, timeout: CACHEWARM_DEADLINE_MS, killSignal: 'SIGKILL' as const };
+    const options = { maxBuffer: 16 << 20, timeout: CACHEWARM_DEADLINE_MS, killSignal: 'SIGKILL' as const, env: { ...process.env, ...TEXT_LOGS } };
     execFile(process.execPath, [bin, ...args], options, (error, stdout, stderr) => {
       if (error?.killed && error.signal === 'SIGKILL') {
         reject(new Error(`cachewarm ${args.join(' ')} was killed: still running after ${CACHEWARM_DEADLINE_MS} ms (or over 16 MiB of output); stderr: ${stderr.slice(-2000)}`));
