@@ -28,7 +28,7 @@ import { OneLine, statsAt, version } from '../shared/memcached/commands.js';
 import { type WritableItem, MetaAddReplies, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
-import { type LatencySummary, startLiveClient } from './live-client.js';
+import { type LatencySummary, type LiveClient, startLiveClient } from './live-client.js';
 import { parseTopology } from '../shared/topology.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 
@@ -196,6 +196,7 @@ async function main(): Promise<void> {
   // (one node per machine in a real fleet); a ceiling's node gets 4, for 4 connections.
   const fleet = [...(await startMemcachedCluster(7, { memoryMb: MEMORY_MB, threads: FLEET_THREADS }))];
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-bench-'));
+  let client: LiveClient | undefined;
   try {
     const document = {
       replicas: {
@@ -227,9 +228,13 @@ async function main(): Promise<void> {
     if (loaded.stored !== ITEMS) throw new Error(`loaded ${loaded.stored} of ${ITEMS}`);
     // Let the LRU maintainer settle freshly written items, as on a source that has been serving.
     await new Promise((r) => setTimeout(r, 2_000));
+    const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
+    log('live client on source node 1: 10 s with nothing else running');
+    client = await startLiveClient(fleet[0] as MemcachedProcess, liveKeys);
 
     // The speed figures are with the source unprotected: the most a warm can do here. What
     // protection costs and what it spares the source's clients is measured next, apart.
+    const idle = await idleLatency(client);
     const unprotected = ['--protect-source', 'off'];
     log('replica warm 3 → 4 nodes into freshly started target nodes (embedded default, --protect-source off, separate process)');
     const intoFresh = await warmOnce(topologyFile, workDir, fleet, unprotected);
@@ -237,8 +242,9 @@ async function main(): Promise<void> {
     log('replica warm again into the same target nodes, flushed (memory already touched)');
     const intoTouched = await warmOnce(topologyFile, workDir, fleet, unprotected);
 
-    const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
-    const harm = await sourceHarm(topologyFile, workDir, fleet, liveKeys);
+    const harm = await sourceHarm(topologyFile, workDir, fleet, client, idle);
+    // Before the instance warm restarts that node under it.
+    await client.stop();
 
     log('verify --all: every key of the source read back from source and target');
     const verified = await verifyAll(topologyFile);
@@ -279,6 +285,7 @@ async function main(): Promise<void> {
     ];
     process.stdout.write(`${lines.join('\n')}\n`);
   } finally {
+    await client?.stop();
     await Promise.allSettled(fleet.map((s) => s.stop()));
     await rm(workDir, { recursive: true, force: true });
   }
@@ -294,32 +301,33 @@ interface HarmRow {
   readonly warm?: WarmRun;
 }
 
+/** The live client's latencies with nothing else running: 10 s, once the source has settled. */
+async function idleLatency(client: LiveClient): Promise<LatencySummary> {
+  await client.take();
+  await new Promise((r) => setTimeout(r, 10_000));
+  return client.take();
+}
+
 /**
- * What a warm does to a live client of a source node: its latencies idle (5 s), then during a
- * warm into the flushed target with the default protection, then during one with
- * `--protect-source off`.
+ * What a warm does to a live client of a source node: its latencies during a warm into the
+ * flushed target with the default protection, then during one with `--protect-source off`,
+ * next to those it saw with nothing else running.
  */
-async function sourceHarm(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], keys: readonly Buffer[]): Promise<HarmRow[]> {
-  const client = await startLiveClient(fleet[0] as MemcachedProcess, keys);
-  try {
-    log('live client on source node 1: 5 s idle');
-    await new Promise((r) => setTimeout(r, 5_000));
-    const idle = client.take();
-    const rows: HarmRow[] = [{ label: 'idle', latency: idle }];
-    for (const [label, extra] of [
-      ['during a warm, protected 1.2', []],
-      ['during a warm, unprotected', ['--protect-source', 'off']],
-    ] as const) {
-      for (const node of fleet.slice(3)) await flush(node);
-      log(`replica warm into the flushed target with a live client on source node 1: ${label}`);
-      client.take();
-      const warm = await warmOnce(topologyFile, workDir, fleet, extra);
-      rows.push({ label, latency: client.take(), before: idle, warm });
-    }
-    return rows;
-  } finally {
-    await client.stop();
+async function sourceHarm(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], client: LiveClient, idle: LatencySummary): Promise<HarmRow[]> {
+  const rows: HarmRow[] = [{ label: 'nothing else running', latency: idle }];
+  for (const [label, extra] of [
+    ['during a warm, protected 1.2', []],
+    ['during a warm, unprotected', ['--protect-source', 'off']],
+  ] as const) {
+    for (const node of fleet.slice(3)) await flush(node);
+    // Settled: the flush and the last warm's aftermath are not the warm's doing.
+    await new Promise((r) => setTimeout(r, 3_000));
+    log(`replica warm into the flushed target with a live client on source node 1: ${label}`);
+    await client.take();
+    const warm = await warmOnce(topologyFile, workDir, fleet, extra);
+    rows.push({ label, latency: await client.take(), before: idle, warm });
   }
+  return rows;
 }
 
 /** `cachewarm verify --all` of the warmed target against its source, as a separate process. */

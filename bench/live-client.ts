@@ -2,11 +2,13 @@
  * A live client of a source node, for the bench: one connection, a closed loop of `mg <key>`
  * (a hit answers `HD`, one line, after the same lookup and item lock a get takes) over keys
  * the node holds, one request a millisecond, each round trip timed: what the source's own
- * clients see while it is dumped.
+ * clients see while it is dumped. It runs on a worker thread, so that the bench's own heap
+ * (a million sample items) and its collections do not pass for the node's latency.
  */
-import { MemcachedConnection } from '../shared/memcached/connection.js';
-import type { Endpoint } from '../shared/memcached/connection.js';
+import { once } from 'node:events';
+import { Worker, isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { OneLine } from '../shared/memcached/commands.js';
+import { type Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
 
 export interface LatencySummary {
   readonly samples: number;
@@ -16,35 +18,50 @@ export interface LatencySummary {
 }
 
 export interface LiveClient {
-  /** Round trips from now on count toward the next `take()`. */
-  take(): LatencySummary;
+  /** The round trips since the last take. */
+  take(): Promise<LatencySummary>;
   stop(): Promise<void>;
 }
 
+interface ClientData {
+  readonly host: string;
+  readonly port: number;
+  readonly keys: readonly string[];
+}
+
 export async function startLiveClient(node: Endpoint, keys: readonly Buffer[]): Promise<LiveClient> {
-  const conn = await MemcachedConnection.connect(node);
-  let micros: number[] = [];
-  let running = true;
-  const loop = (async () => {
-    for (let i = 0; running; i++) {
-      const key = keys[i % keys.length] as Buffer;
-      const started = process.hrtime.bigint();
-      await conn.send(Buffer.concat([Buffer.from('mg '), key, Buffer.from('\r\n')]), new OneLine());
-      micros.push(Number(process.hrtime.bigint() - started) / 1000);
-      await new Promise((resolve) => setTimeout(resolve, 1));
-    }
-  })();
+  const data: ClientData = { host: node.host, port: node.port, keys: keys.map((k) => k.toString('latin1')) };
+  const worker = new Worker(new URL(import.meta.url), { workerData: data });
+  await once(worker, 'message');
   return {
-    take() {
-      const sorted = Float64Array.from(micros).sort();
-      micros = [];
-      const at = (p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] ?? 0;
-      return { samples: sorted.length, p50Micros: at(0.5), p99Micros: at(0.99), p999Micros: at(0.999) };
+    async take() {
+      worker.postMessage('take');
+      const [summary] = (await once(worker, 'message')) as [LatencySummary];
+      return summary;
     },
     async stop() {
-      running = false;
-      await loop;
-      conn.close();
+      await worker.terminate();
     },
   };
 }
+
+async function runClient({ host, port, keys }: ClientData): Promise<void> {
+  const conn = await MemcachedConnection.connect({ host, port });
+  let micros: number[] = [];
+  parentPort?.on('message', () => {
+    const sorted = Float64Array.from(micros).sort();
+    micros = [];
+    const at = (p: number): number => sorted[Math.min(sorted.length - 1, Math.ceil(p * sorted.length) - 1)] ?? 0;
+    parentPort?.postMessage({ samples: sorted.length, p50Micros: at(0.5), p99Micros: at(0.99), p999Micros: at(0.999) } satisfies LatencySummary);
+  });
+  parentPort?.postMessage('ready');
+  for (let i = 0; ; i++) {
+    const command = Buffer.from(`mg ${keys[i % keys.length] as string}\r\n`, 'latin1');
+    const started = process.hrtime.bigint();
+    await conn.send(command, new OneLine());
+    micros.push(Number(process.hrtime.bigint() - started) / 1000);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+}
+
+if (!isMainThread) await runClient(workerData as ClientData);
