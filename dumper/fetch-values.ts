@@ -2,7 +2,7 @@ import type { BufferPool } from '../shared/buffer-pool.js';
 import { ChunkBuilder } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { DumpCounters } from '../shared/counters.js';
-import { type ServerClock, absoluteExpiry } from '../shared/expiry.js';
+import { EXPIRY_SLACK_SECONDS, type ServerClock, absoluteExpiry } from '../shared/expiry.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import type { KeyBatch } from '../shared/memcached/crawler.js';
 import { type FetchSink, MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
@@ -63,7 +63,7 @@ export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, op
         const exptime = absoluteExpiry(ttlSeconds, crawled, {
           earliest: serverClock.nowSeconds(now),
           latest: serverClock.nowSeconds(answered),
-          slackSeconds: 1 + serverClock.driftSeconds,
+          slackSeconds: EXPIRY_SLACK_SECONDS,
         });
         if (exptime === undefined) {
           counters.expired++;

@@ -31,7 +31,6 @@ export class ServerClock {
   private readonly offsets: number[] = [];
   private next = 0;
   private offset = 0;
-  private drift = 0;
 
   /** Learns from an item read with its TTL whose crawled absolute expiry is known. */
   observe(crawledExptime: number, ttlSeconds: number, clientNowSeconds: number): void {
@@ -39,23 +38,7 @@ export class ServerClock {
     const seen = crawledExptime - ttlSeconds - clientNowSeconds;
     if (this.offsets.length < RECENT) this.offsets.push(seen);
     else this.offsets[this.next % RECENT] = seen;
-    if (++this.next % (RECENT / 4) === 0 || this.offsets.length < RECENT) {
-      this.offset = mode(this.offsets);
-      this.drift = this.offsets.reduce((most, v) => {
-        const d = Math.abs(v - this.offset);
-        return d <= MAX_DRIFT_SECONDS ? Math.max(most, d) : most;
-      }, 0);
-    }
-  }
-
-  /**
-   * How far the server's now has lately strayed from `nowSeconds` (its clock ticks on a timer
-   * that fires late on a busy machine, then catches up): the slack to allow in comparing a
-   * crawled expiry with it. Differences beyond MAX_DRIFT_SECONDS are items touched since the
-   * crawl, not the clock.
-   */
-  get driftSeconds(): number {
-    return this.drift;
+    if (++this.next % (RECENT / 4) === 0 || this.offsets.length < RECENT) this.offset = mode(this.offsets);
   }
 
   /** The server's now, in unix seconds, for our clock's `clientNowSeconds`. */
@@ -65,7 +48,16 @@ export class ServerClock {
 }
 
 const RECENT = 64;
-const MAX_DRIFT_SECONDS = 5;
+
+/**
+ * How far a crawled expiry's implied read time may be from the server's now as estimated here
+ * and still be kept. memcached's clock ticks on a timer that a busy machine fires late (seen:
+ * 2 s behind its usual offset, at once), so a tighter bound moved exact expiries later by the
+ * lag, which would let a copy outlive its source. An item touched since the crawl whose expiry
+ * moved by less than this keeps the crawled one: earlier than its new one, for a touch that
+ * extends it (the safe side).
+ */
+export const EXPIRY_SLACK_SECONDS = 5;
 
 function mode(values: readonly number[]): number {
   const counts = new Map<number, number>();
