@@ -48,7 +48,7 @@
  */
 import { systemClock, type Clock } from '../shared/clock.js';
 import { CachewarmError, abortReason } from '../shared/errors.js';
-import type { RateLimiter } from '../shared/token-bucket.js';
+import { type RateLimiter, checkAmount } from '../shared/token-bucket.js';
 import type { LatencyReading, LatencySource } from './latency-probe.js';
 
 export type GuardState =
@@ -379,11 +379,8 @@ class Pacer {
 
   take(amount: number, signal?: AbortSignal): Promise<void> {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
-    if (!Number.isFinite(amount) || amount < 0) {
-      return Promise.reject(
-        new CachewarmError('INVALID_ARGUMENT', `rate limiter amount must be a non-negative number, got ${amount}`, { amount }),
-      );
-    }
+    const invalid = checkAmount(amount);
+    if (invalid) return Promise.reject(invalid);
     if (this.failure) return Promise.reject(this.failure);
     if (this.queue.length === 0 && !this.held) {
       this.refill();

@@ -5,7 +5,7 @@
  * one when the two agree: when `exp= − TTL`, the server's now at the read, falls within the
  * server's now between the request's sending and its answer (`nowSeconds`, a window when
  * pipelined requests wait their turn on a busy server), give or take `slackSeconds` (1 by
- * default: the rounding; more when the server's clock has been seen to stray).
+ * default: the rounding; EXPIRY_SLACK_SECONDS when that now is estimated from our clock).
  */
 export function absoluteExpiry(
   ttlSeconds: number,

@@ -167,7 +167,8 @@ export class TokenBucket implements RateLimiter {
   }
 }
 
-function checkAmount(amount: number): CachewarmError | undefined {
+/** The error for an amount no limiter can take (negative, NaN, infinite), else undefined. */
+export function checkAmount(amount: number): CachewarmError | undefined {
   if (Number.isFinite(amount) && amount >= 0) return undefined;
   return new CachewarmError('INVALID_ARGUMENT', `rate limiter amount must be a non-negative number, got ${amount}`, {
     amount,
