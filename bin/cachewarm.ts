@@ -4,7 +4,8 @@ import { readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { runDemo } from '../controller/demo.js';
-import { planText, summaryText } from '../controller/report.js';
+import { groupText, planText, summaryText } from '../controller/report.js';
+import { warmReplicas } from '../controller/warm-replicas.js';
 import { planWarm } from '../controller/warm-dry-run.js';
 import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
 import { DEFAULT_ALREADY_WARM_RATIO, parseAlreadyWarmRatio } from '../controller/already-warm.js';
@@ -184,28 +185,34 @@ interface WarmTarget {
  * 0 when the warm completed, or had nothing to do (already warm, job already complete). Under
  * `--json` a failure prints its JSON object too (the program's catch does, see below).
  */
-async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Topology) => WarmTarget): Promise<void> {
+async function runWarmCommand(opts: WarmCommandOptions, targetsIn: (topology: Topology) => readonly [WarmTarget, ...WarmTarget[]]): Promise<void> {
   if (opts.json) jsonOutcome.want(opts.jobId === undefined ? {} : { jobId: opts.jobId });
   // Checked before anything is opened: a bad work directory found mid-warm left connections open.
   if (opts.transport !== 'aws') await checkWorkDir(opts.workDir);
   const topology = await loadTopology(opts.topology);
-  const target = targetIn(topology);
+  const targets = targetsIn(topology);
+  const [target] = targets;
   const logging = cliLogging();
   const signal = interruptSignal(logging.log);
   if (opts.dryRun) {
-    const plan = await planWarm({
-      topology,
-      target: target.replica,
-      only: target.node,
-      source: opts.source,
-      alreadyWarmRatio: opts.alreadyWarmRatio,
-      maxOpsPerNode: opts.maxOps,
-      fetchConcurrency: opts.fetchConcurrency,
-      clock: systemClock,
-      signal,
-    });
-    if (opts.json) jsonOutcome.result(plan);
-    else process.stdout.write(`${planText(plan)}\n`);
+    const plans = [];
+    for (const { replica, node } of targets) {
+      plans.push(
+        await planWarm({
+          topology,
+          target: replica,
+          only: node,
+          source: opts.source,
+          alreadyWarmRatio: opts.alreadyWarmRatio,
+          maxOpsPerNode: opts.maxOps,
+          fetchConcurrency: opts.fetchConcurrency,
+          clock: systemClock,
+          signal,
+        }),
+      );
+    }
+    if (opts.json) jsonOutcome.result(plans.length === 1 ? (plans[0] as object) : plans);
+    else process.stdout.write(`${plans.map(planText).join('\n\n')}\n`);
     return;
   }
   const printer = progressPrinter(logging, verbosityOf(opts));
@@ -221,6 +228,18 @@ async function runWarmCommand(opts: WarmCommandOptions, targetIn: (topology: Top
     signal,
     onProgress: opts.json ? undefined : printer.onProgress,
   };
+  if (targets.length > 1) {
+    if (opts.transport === 'aws') throw new CachewarmError('INVALID_ARGUMENT', 'several --target replicas at once are for the embedded transport for now: run one S3+SQS warm per target');
+    const group = await warmReplicas({
+      ...(await embeddedOptions(opts, common)),
+      targets: targets.map((t) => t.replica),
+      onProgress: common.onProgress && ((t, p) => printer.onProgress(p, t)),
+    }).finally(printer.done);
+    if (opts.json) jsonOutcome.result(group);
+    else process.stdout.write(`${groupText(group)}\n`);
+    process.exitCode = group.complete ? EXIT.ok : EXIT.incomplete;
+    return;
+  }
   const summary = await (opts.transport === 'aws' ? warmOverAws(opts, target, common, logging.log) : warmEmbedded(opts, target, common)).finally(
     printer.done,
   );
@@ -235,8 +254,9 @@ type CommonWarmOptions = Pick<
   'topology' | 'source' | 'jobId' | 'chunkSizeBytes' | 'maxOpsPerNode' | 'protectSource' | 'keepChunks' | 'clock' | 'signal' | 'onProgress'
 >;
 
-async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
-  const embedded = {
+/** The embedded transport's options, whatever it fills. */
+async function embeddedOptions(opts: WarmCommandOptions, common: CommonWarmOptions) {
+  return {
     ...common,
     workDir: opts.workDir,
     fetchConcurrency: opts.fetchConcurrency,
@@ -248,7 +268,10 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
     skipTooLarge: opts.skipTooLarge === true,
     verifySamplePerNode: opts.verifySample,
   };
-  return warmReplica({ ...embedded, target: target.replica, only: target.node });
+}
+
+async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions): Promise<WarmSummary> {
+  return warmReplica({ ...(await embeddedOptions(opts, common)), target: target.replica, only: target.node });
 }
 
 async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions, log: Log): Promise<WarmSummary> {
@@ -274,8 +297,13 @@ addWarmOptions(
   warm
     .command('replica')
     .description('fill a replica with every live item of another replica')
-    .requiredOption('--target <replica>', 'the replica to fill'),
-).action((opts: WarmCommandOptions & { target: string }) => runWarmCommand(opts, () => ({ replica: opts.target })));
+    .requiredOption('--target <replica[,replica...]>', 'the replica to fill; several, comma-separated, are filled from one dump of the source'),
+).action((opts: WarmCommandOptions & { target: string }) =>
+  runWarmCommand(opts, () => {
+    const [first, ...more] = opts.target.split(',').map((name) => ({ replica: name.trim() }));
+    return [first as WarmTarget, ...more];
+  }),
+);
 
 addWarmOptions(
   warm
@@ -286,7 +314,7 @@ addWarmOptions(
   runWarmCommand(opts, (topology) => {
     // Resolved once, here: both transports take the node itself.
     const node = findNode(topology, opts.node);
-    return { replica: node.replica, node };
+    return [{ replica: node.replica, node }];
   }),
 );
 

@@ -75,22 +75,29 @@ export function verbosityOf(opts: { readonly quiet?: boolean | undefined; readon
  * Progress on stderr: one line rewritten in place for a person at a terminal (text logs, and
  * stdout a terminal too: a scheduler that captures only stdout still runs the command
  * unattended), otherwise a `progress` log entry every 10 s (every second with `--verbose`).
+ * With several targets (one dump filling many), the line in place is the target furthest
+ * behind, and each target logs its own entries.
  */
 export function progressPrinter(
   { format, log }: CliLogging,
   verbosity: Verbosity = 'normal',
-): { onProgress: (p: WarmProgress) => void; done: () => void } {
+): { onProgress: (p: WarmProgress, target?: string) => void; done: () => void } {
   const inPlace = format === 'text' && process.stdout.isTTY === true && process.stderr.isTTY === true;
   const everyMs = verbosity === 'verbose' ? 1_000 : 10_000;
-  let last = 0;
+  const last = new Map<string | undefined, number>();
+  const latest = new Map<string, WarmProgress>();
+  const labelled = (p: WarmProgress, target: string | undefined, others = ''): string =>
+    target === undefined ? progressLine(p) : `${target}${others}: ${progressLine(p)}`;
   return {
-    onProgress: (p) => {
+    onProgress: (p, target) => {
       if (verbosity === 'quiet') return;
       if (inPlace) {
-        process.stderr.write(`\r\x1b[2K${progressLine(p)}`);
-      } else if (p.elapsedMs - last >= everyMs) {
-        last = p.elapsedMs;
-        log({ event: 'progress', msg: progressLine(p), elapsedMs: p.elapsedMs, expectedItems: p.expectedItems, queueDepth: p.queueDepth, dumped: p.dumped, written: p.written });
+        if (target !== undefined) latest.set(target, p);
+        const [behind, progress] = [...latest].reduce((a, b) => (b[1].written.stored < a[1].written.stored ? b : a), [target, p] as const);
+        process.stderr.write(`\r\x1b[2K${labelled(progress, behind, latest.size > 1 ? ` (furthest behind of ${latest.size})` : '')}`);
+      } else if (p.elapsedMs - (last.get(target) ?? 0) >= everyMs) {
+        last.set(target, p.elapsedMs);
+        log({ event: 'progress', msg: labelled(p, target), target, elapsedMs: p.elapsedMs, expectedItems: p.expectedItems, queueDepth: p.queueDepth, dumped: p.dumped, written: p.written });
       }
     },
     done: () => {

@@ -1,6 +1,7 @@
 import type { WarmPlanReport } from './warm-dry-run.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 import type { SourceGuardReport, WarmProgress, WarmSummary } from './warm-summary.js';
+import type { WarmReplicasSummary } from './warm-replicas.js';
 import { describeSourceGuard } from '../dumper/source-guard.js';
 
 /** One progress line: what was dumped and written so far, the rate, and the ETA. */
@@ -87,6 +88,13 @@ export function summaryText(s: WarmSummary): string {
   }
   if (s.problems && s.problems.length > 0) lines.push('', 'incomplete because:', ...s.problems.map((p) => `  - ${p}`));
   return lines.join('\n');
+}
+
+/** Several targets filled from one dump: each target's summary (or failure), then which completed. */
+export function groupText(g: WarmReplicasSummary): string {
+  const parts = g.outcomes.map((o) => ('summary' in o ? summaryText(o.summary) : `job ${o.jobId}: ${g.source} -> ${o.target} FAILED: ${o.error.message} [${o.error.code}]`));
+  const each = g.outcomes.map((o) => `${o.target} ${'summary' in o && o.summary.complete ? 'completed' : 'summary' in o ? 'INCOMPLETE' : 'FAILED'}`);
+  return [...parts, `job ${g.jobId}: ${g.source} -> ${g.targets.join(', ')} from one dump in ${formatDuration(g.durationMs)}: ${each.join(', ')}`].join('\n\n');
 }
 
 /** A warm that found nothing to do: what was compared, and how to copy anyway. */

@@ -35,13 +35,16 @@ export async function replicaStats(replica: ReplicaSpec, connect: Connect, signa
  */
 export async function selectSource(
   topology: Topology,
-  targetName: string,
+  target: string | readonly string[],
   options: { connect: Connect; requested?: string | undefined; signal?: AbortSignal | undefined },
 ): Promise<SourceChoice> {
   const { connect, requested, signal } = options;
-  replicaOf(topology, targetName, '--target');
+  // Several targets (one dump filling many): the source is none of them.
+  const targets: readonly string[] = typeof target === 'string' ? [target] : target;
+  for (const name of targets) replicaOf(topology, name, '--target');
+  const targetName = targets.join(', ');
   if (requested !== undefined && requested !== 'auto') {
-    if (requested === targetName) {
+    if (targets.includes(requested)) {
       throw new CachewarmError('INVALID_ARGUMENT', `--source ${requested} is the target: a replica cannot be warmed from itself`, {
         source: requested,
       });
@@ -49,12 +52,12 @@ export async function selectSource(
     const source = await replicaStats(replicaOf(topology, requested, '--source'), connect, signal);
     return { source, considered: [{ replica: requested, items: source.items, bytes: source.bytes }] };
   }
-  const candidates = [...topology.replicas.values()].filter((r) => r.name !== targetName);
+  const candidates = [...topology.replicas.values()].filter((r) => !targets.includes(r.name));
   const results = await Promise.allSettled(candidates.map((r) => replicaStats(r, connect, signal)));
-  const considered: { replica: string; items?: number; bytes?: number; rejected?: string }[] = [{
-    replica: targetName,
+  const considered: { replica: string; items?: number; bytes?: number; rejected?: string }[] = targets.map((name) => ({
+    replica: name,
     rejected: 'it is the target',
-  }];
+  }));
   let best: ReplicaStats | undefined;
   results.forEach((result, i) => {
     const name = (candidates[i] as ReplicaSpec).name;

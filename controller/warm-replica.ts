@@ -10,6 +10,7 @@ import { type DumpCounters, WriteTally, addInto, newDumpCounters } from '../shar
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
 import { nodeDirectory } from '../shared/job-layout.js';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
+import type { ChunkMessage } from '../shared/chunk-message.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { type ProtectSource, type ReadPace, startReadPace } from '../dumper/read-pace.js';
@@ -20,6 +21,7 @@ import { JobLock } from './job-lock.js';
 import { type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
+import type { SharedCopy } from './shared-copy.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
 import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, guardReports, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
@@ -94,6 +96,12 @@ export interface WarmReplicaOptions {
    * its populators recorded as refused.
    */
   readonly keyChunks?: ReadonlyMap<string, AsyncIterable<Buffer>> | undefined;
+  /**
+   * A dump of the source this warm shares with other targets' (see warmReplicas): its copy
+   * pass takes the shared dump's chunks instead of reading the source itself. It joins, or
+   * leaves as soon as it knows it will not (already warm, resumed past its copy, failed).
+   */
+  readonly sharedCopy?: SharedCopy | undefined;
 }
 
 export type { WarmProgress, WarmSummary } from './warm-summary.js';
@@ -138,6 +146,7 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
     if (warmth?.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
     return await runWarm(options, { scope, source, jobId, started, earlier, warmth });
   } finally {
+    options.sharedCopy?.leave(options.target);
     await lock.release();
     // A job that found nothing to do leaves no directory behind.
     await rmdir(directory).catch(() => undefined);
@@ -181,7 +190,7 @@ interface PassContext {
   readonly tally: WriteTally;
   readonly journal: JobJournal;
   /** Each pass's dump counters per source node id, summed for reports. */
-  readonly dumped: Map<string, DumpCounters>[];
+  readonly dumped: ReadonlyMap<string, DumpCounters>[];
   /** Where this run's refused items go, for the rerun's retry pass; made on the first refusal. */
   refused: { log: RefusedLog; pass: PassRecord } | undefined;
   readonly parked: { chunk: string; reason: string }[];
@@ -245,7 +254,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     dumped: ctx.dumped.flatMap((pass) => [...pass.values()]).reduce(addInto, newDumpCounters()),
     written: ctx.tally.total(),
     queueDepth: ctx.queueDepth(),
-    sourceGuards: guardReports(ctx.paces),
+    sourceGuards: guardReports(new Map([...ctx.paces, ...(options.sharedCopy?.paces ?? [])])),
   });
   const ticker = options.onProgress ? setInterval(() => options.onProgress?.(progress()), options.progressIntervalMs ?? 1_000) : undefined;
 
@@ -258,6 +267,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const restartedSources = new Set(replacedSince(earlier?.sources, sources).map((n) => n.id));
     /** Restarted source nodes whose share another replica gave, by that replica's name. */
     const covered = new Map<string, string>();
+    if (!passes.some((p) => !p.done && sharesCopy(ctx, p))) options.sharedCopy?.leave(scope.label);
     // From here a rerun knows which processes were read and written, and what is owed.
     await journal.save({ passes, targets: identities(targets), sources: identities(sources) });
     const repairs: RepairReport[] = [];
@@ -381,8 +391,11 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   const keyFilter = shareFilter && targetFilter ? (key: Buffer) => shareFilter(key) && targetFilter(key) : (shareFilter ?? targetFilter);
   const dumpers = (pass.from ? replicaOf(topology, pass.from) : source.replica).nodes.filter((n) => !pass.sourceNodes || pass.sourceNodes.includes(n.id));
   const lostSources = new Map<string, Error>();
+  const shared = sharesCopy(ctx, pass) ? options.sharedCopy : undefined;
   const counters = new Map(dumpers.map((n) => [n.id, newDumpCounters()]));
-  ctx.dumped.push(counters);
+  ctx.dumped.push(shared?.counters ?? counters);
+
+  const onDataChunk = (message: ChunkMessage): void => journal.chunk('produced', message.chunk.name);
 
   // One failure stops the whole pass: a warm with a hole in it must not look complete.
   const stop = new AbortController();
@@ -403,7 +416,8 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
       clock,
       tally,
       concurrency: options.populateConcurrency ?? 4,
-      deleteConsumed: !options.keepChunks,
+      // A shared chunk is removed once every target has written it.
+      deleteConsumed: !options.keepChunks && !shared,
       pool,
       signal: stop.signal,
       onRefused: (message, _address, refusals) => {
@@ -415,15 +429,34 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
           }
         }
       },
-      onChunkDone: (message) => journal.chunk('consumed', message.chunk.name),
+      onChunkDone: (message) => {
+        journal.chunk('consumed', message.chunk.name);
+        shared?.written(options.target, message.chunk.name);
+      },
       onChunkFailed: (message, error, parked) => {
         journal.chunk(parked ? 'parked' : 'retry', message.chunk.name, error.message);
+        if (parked) shared?.parked(options.target, message.chunk.name);
         // The writer already retried with backoff: a target node still down fails the job
         // now, naming the node, rather than after every chunk has failed the same way.
         if (isCachewarmError(error, 'NODE_UNREACHABLE')) stop.abort(error);
       },
     }).catch(fail);
-    const dumping = Promise.all(
+    const dumped = shared
+      ? shared.join({ target: options.target, ring, queue, signal: stop.signal, onDataChunk }).then((lost) => {
+          for (const [node, error] of lost) lostSources.set(node, error);
+        })
+      : dumpPass();
+    const dumping = dumped.catch(fail).finally(() => queue.close());
+    await Promise.all([dumping, populating]);
+    if (stop.signal.aborted) throw abortReason(stop.signal);
+    return lostSources;
+  } finally {
+    ctx.parked.push(...queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })));
+    options.signal?.removeEventListener('abort', onOuterAbort);
+  }
+
+  async function dumpPass(): Promise<void> {
+    await Promise.all(
       dumpers.map((node) =>
         dumpNode({
           node: { id: node.id, ...endpointOf(node) },
@@ -439,7 +472,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
           keyFilter,
           counters: counters.get(node.id) as DumpCounters,
           pool,
-          onDataChunk: (message) => journal.chunk('produced', message.chunk.name),
+          onDataChunk,
           signal: stop.signal,
         }).catch((error: unknown) => {
           // A source node lost mid-dump may have restarted: the other nodes' dumps go on.
@@ -447,16 +480,15 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
           else throw error;
         }),
       ),
-    )
-      .catch(fail)
-      .finally(() => queue.close());
-    await Promise.all([dumping, populating]);
-    if (stop.signal.aborted) throw abortReason(stop.signal);
-    return lostSources;
-  } finally {
-    ctx.parked.push(...queue.parked.map((p) => ({ chunk: p.message.chunk.name, reason: p.reason })));
-    options.signal?.removeEventListener('abort', onOuterAbort);
+    );
   }
+}
+
+/** Whether the pass is a whole copy of the source the warm shares with other targets. */
+function sharesCopy(ctx: PassContext, pass: PassRecord): boolean {
+  const { sharedCopy, shareOf, only } = ctx.options;
+  const whole = pass.kind === 'copy' && !pass.nodes && !pass.sourceShare && !pass.from && !pass.sourceNodes;
+  return whole && !shareOf && !only && sharedCopy?.source === ctx.plan.source.replica.name;
 }
 
 /** A source node's read pace (protected by default: see dumper/read-pace.ts), in the progress while its dump reads. */

@@ -111,9 +111,11 @@ export async function itemCount(server: { host: string; port: number }): Promise
 
 export const nowSeconds = (): number => Math.floor(Date.now() / 1000);
 
-/** The counters that tell whether a node was read or written: `stats` cmd_get, cmd_set, total_items, curr_items. */
+/** The counters that tell whether a node was read or written: `stats` cmd_get, get_hits, cmd_set, total_items, curr_items. */
 export interface ServerCounters {
   readonly cmdGet: number;
+  /** Reads that found their item (a source guard's probe of an absent key is not one). */
+  readonly getHits: number;
   readonly cmdSet: number;
   readonly totalItems: number;
   readonly currItems: number;
@@ -122,7 +124,7 @@ export interface ServerCounters {
 export async function serverCounters(server: { host: string; port: number }): Promise<ServerCounters> {
   const stats = await statsAt(server);
   const num = (name: string): number => Number(stats.get(name));
-  return { cmdGet: num('cmd_get'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items') };
+  return { cmdGet: num('cmd_get'), getHits: num('get_hits'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items') };
 }
 
 export function countersOf(servers: readonly { host: string; port: number }[]): Promise<ServerCounters[]> {
