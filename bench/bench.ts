@@ -9,6 +9,10 @@
  *            its own), from a 3-node source replica to an empty 4-node target, unprotected
  *   harm     a live client's latencies on a source node, idle and during a warm with and
  *            without --protect-source
+ *   two      one dump filling two target replicas (`--target target,target2`): the source's
+ *            reads per item, counted by the source nodes themselves (`get_hits`)
+ *   aws      the S3+SQS transport, with the CPU each part spent: sidecars, controller,
+ *            populators and the S3/SQS emulator
  */
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -116,6 +120,14 @@ async function cpuSeconds(pid: number): Promise<number> {
   return (Number(fields[11]) + Number(fields[12])) / 100; // utime, stime in clock ticks (USER_HZ = 100)
 }
 
+/** CPU seconds of this process's children that have exited and been waited for (cutime + cstime). */
+async function reapedChildrenCpuSeconds(): Promise<number> {
+  const fields = (await readFile('/proc/self/stat', 'utf8')).split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[13]) + Number(fields[14])) / 100;
+}
+
+const sum = async (values: readonly Promise<number>[]): Promise<number> => (await Promise.all(values)).reduce((a, b) => a + b, 0);
+
 async function memcachedCpu(servers: readonly MemcachedProcess[]): Promise<number> {
   let total = 0;
   for (const s of servers) total += await cpuSeconds(s.pid);
@@ -154,7 +166,7 @@ interface WarmSummaryJson {
  */
 async function warmOnce(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], extra: readonly string[] = []): Promise<WarmRun> {
   const sourceBefore = await memcachedCpu(fleet.slice(0, 3));
-  const targetBefore = await memcachedCpu(fleet.slice(3));
+  const targetBefore = await memcachedCpu(fleet.slice(3, 7));
   const started = performance.now();
   const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
     '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', '--force', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra]);
@@ -166,7 +178,7 @@ async function warmOnce(topologyFile: string, workDir: string, fleet: readonly M
     rate: result,
     summary,
     sourceCpu: (await memcachedCpu(fleet.slice(0, 3))) - sourceBefore,
-    targetCpu: (await memcachedCpu(fleet.slice(3))) - targetBefore,
+    targetCpu: (await memcachedCpu(fleet.slice(3, 7))) - targetBefore,
   };
 }
 
@@ -194,14 +206,16 @@ async function bestCeiling(items: readonly WritableItem[], fresh: boolean): Prom
 async function main(): Promise<void> {
   // The replicas' 7 nodes, all on this one machine, get FLEET_THREADS worker threads each
   // (one node per machine in a real fleet); a ceiling's node gets 4, for 4 connections.
-  const fleet = [...(await startMemcachedCluster(7, { memoryMb: MEMORY_MB, threads: FLEET_THREADS }))];
+  // Nodes 0–2: the source; 3–6: the target; 7–10: the second target of the two-target warm.
+  const fleet = [...(await startMemcachedCluster(11, { memoryMb: MEMORY_MB, threads: FLEET_THREADS }))];
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-bench-'));
   let client: LiveClient | undefined;
   try {
     const document = {
       replicas: {
         source: { nodes: fleet.slice(0, 3).map((s) => ({ address: s.address })) },
-        target: { nodes: fleet.slice(3).map((s) => ({ address: s.address })) },
+        target: { nodes: fleet.slice(3, 7).map((s) => ({ address: s.address })) },
+        target2: { nodes: fleet.slice(7).map((s) => ({ address: s.address })) },
       },
     };
     const topologyFile = path.join(workDir, 'bench-topology.json');
@@ -238,7 +252,7 @@ async function main(): Promise<void> {
     const unprotected = ['--protect-source', 'off'];
     log('replica warm 3 → 4 nodes into freshly started target nodes (embedded default, --protect-source off, separate process)');
     const intoFresh = await warmOnce(topologyFile, workDir, fleet, unprotected);
-    for (const node of fleet.slice(3)) await flush(node);
+    for (const node of fleet.slice(3, 7)) await flush(node);
     log('replica warm again into the same target nodes, flushed (memory already touched)');
     const intoTouched = await warmOnce(topologyFile, workDir, fleet, unprotected);
 
@@ -249,23 +263,30 @@ async function main(): Promise<void> {
     log('verify --all: every key of the source read back from source and target');
     const verified = await verifyAll(topologyFile);
 
+    const two = await twoTargetWarm(topologyFile, workDir, fleet);
     const viaAws = args.aws === 'false' ? undefined : await awsWarm(document, workDir, fleet);
     log('instance warm: source node 1 of 3 restarted empty, warmed from the (full) target replica');
     const instance = await instanceWarm(topologyFile, workDir, fleet);
 
     const ratio = (warm: Rate, base: Rate): string => (warm.itemsPerSecond / base.itemsPerSecond).toFixed(2);
     const cpuLine = (w: WarmRun): string =>
-      `cachewarm ${(w.summary.cpuMs / 1000).toFixed(1)} s (${w.summary.minorPageFaults.toLocaleString('en-US')} page faults), memcached source ${w.sourceCpu.toFixed(1)} s, target ${w.targetCpu.toFixed(1)} s`;
+      `cachewarm ${(w.summary.cpuMs / 1000).toFixed(1)} s = ${perItem(w.summary.cpuMs / 1000)}/item (${w.summary.minorPageFaults.toLocaleString('en-US')} page faults), ` +
+      `memcached source ${w.sourceCpu.toFixed(1)} s + target ${w.targetCpu.toFixed(1)} s = ${perItem(w.sourceCpu + w.targetCpu)}/item; ` +
+      `cachewarm ${((w.summary.cpuMs / 1000) / (w.sourceCpu + w.targetCpu)).toFixed(2)}× memcached's`;
     const lines = [
       '',
       `ceiling into a fresh node       ${show(freshCeiling.best)}   best of 1 and 4 connections: ${freshCeiling.connections}; memcached ${freshCeiling.cpu.toFixed(1)} CPU-s`,
       `ceiling into a flushed node     ${show(touchedCeiling.best)}   best of 1 and 4 connections: ${touchedCeiling.connections}; memcached ${touchedCeiling.cpu.toFixed(1)} CPU-s`,
       `warm into fresh nodes           ${show(intoFresh.rate)}   ${ratio(intoFresh.rate, freshCeiling.best)} of the fresh-node ceiling`,
       `warm into flushed nodes         ${show(intoTouched.rate)}   ${ratio(intoTouched.rate, touchedCeiling.best)} of the flushed-node ceiling`,
+      `two targets from one dump      ${show(two.rate)} per target (one flushed, one fresh), ${ratio(two.rate, intoFresh.rate)} of the one-target warm into fresh nodes;` +
+        ` source reads per item copied ${two.copyReadsPerItem.toFixed(3)} (get_hits ${two.sourceHits.toLocaleString('en-US')}, ${two.readBack.toLocaleString('en-US')} of them the read-backs'); cachewarm ${perItem(two.cpuSeconds)}/item`,
       ...(viaAws
         ? [
-            `warm via S3+SQS, flushed nodes  ${show(viaAws.rate)}   ${ratio(viaAws.rate, touchedCeiling.best)} of the flushed-node ceiling, ${ratio(viaAws.rate, intoTouched.rate)} of the embedded warm` +
-              ` (3 sidecars, ${args.populators} populators, fauxqs; controller peak RSS ${formatBytes(viaAws.summary.peakRssBytes)})`,
+            `warm via S3+SQS, flushed nodes  ${show(viaAws.warm.rate)}   ${ratio(viaAws.warm.rate, touchedCeiling.best)} of the flushed-node ceiling, ${ratio(viaAws.warm.rate, intoTouched.rate)} of the embedded warm` +
+              ` (3 sidecars, ${args.populators} populators, fauxqs; controller peak RSS ${formatBytes(viaAws.warm.summary.peakRssBytes)})`,
+            `S3+SQS CPU per item             sidecars ${perItem(viaAws.cpu.sidecars)}, controller ${perItem(viaAws.warm.summary.cpuMs / 1000)}, populators ${perItem(viaAws.cpu.populators)},` +
+              ` emulator ${perItem(viaAws.cpu.emulator)}; memcached source ${perItem(viaAws.warm.sourceCpu)}, target ${perItem(viaAws.warm.targetCpu)}`,
           ]
         : []),
       `instance warm, 1 node of 3      ${show(instance.rate)}   ${instance.items.toLocaleString('en-US')} items into a restarted node;` +
@@ -290,6 +311,9 @@ async function main(): Promise<void> {
     await rm(workDir, { recursive: true, force: true });
   }
 }
+
+/** CPU seconds spent on the run's items, per item. */
+const perItem = (cpuSeconds: number): string => `${((cpuSeconds / ITEMS) * 1e6).toFixed(1)} µs`;
 
 const latencies = (l: LatencySummary): string =>
   [l.p50Micros, l.p99Micros, l.p999Micros].map((us) => (us >= 1000 ? `${(us / 1000).toFixed(2)} ms` : `${Math.round(us)} µs`)).join(' / ');
@@ -319,7 +343,7 @@ async function sourceHarm(topologyFile: string, workDir: string, fleet: readonly
     ['during a warm, protected 1.2', []],
     ['during a warm, unprotected', ['--protect-source', 'off']],
   ] as const) {
-    for (const node of fleet.slice(3)) await flush(node);
+    for (const node of fleet.slice(3, 7)) await flush(node);
     // Settled: the flush and the last warm's aftermath are not the warm's doing.
     await new Promise((r) => setTimeout(r, 3_000));
     log(`replica warm into the flushed target with a live client on source node 1: ${label}`);
@@ -328,6 +352,48 @@ async function sourceHarm(topologyFile: string, workDir: string, fleet: readonly
     rows.push({ label, latency: await client.take(), before: idle, warm });
   }
   return rows;
+}
+
+/** Reads that found their item, summed over the nodes. */
+async function getHits(servers: readonly MemcachedProcess[]): Promise<number> {
+  let total = 0;
+  for (const s of servers) total += Number((await statsAt(s)).get('get_hits'));
+  return total;
+}
+
+/**
+ * One dump filling two replicas, `target` (flushed) and `target2` (fresh), unprotected. The
+ * source nodes count the reads (`get_hits`): the copy should read each item once, not once
+ * per target; the read-back at the end of each target's job reads its sample again.
+ */
+async function twoTargetWarm(
+  topologyFile: string,
+  workDir: string,
+  fleet: readonly MemcachedProcess[],
+): Promise<{ rate: Rate; copyReadsPerItem: number; sourceHits: number; readBack: number; cpuSeconds: number }> {
+  for (const node of fleet.slice(3, 7)) await flush(node);
+  log('one dump filling two replicas: target (flushed) and target2 (fresh), --protect-source off');
+  const hitsBefore = await getHits(fleet.slice(0, 3));
+  const started = performance.now();
+  const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target,target2', '--source', 'source', '--work-dir', workDir,
+    '--chunk-size', String(args['chunk-size']), '--json', '--force', '--protect-source', 'off', ...String(args['warm-args']).split(' ').filter(Boolean)]);
+  const seconds = (performance.now() - started) / 1000;
+  type Outcome = { target: string; summary?: WarmSummaryJson & { verification?: { checked: number } } };
+  const group = JSON.parse(out) as { complete: boolean; outcomes: Outcome[] };
+  for (const o of group.outcomes) {
+    const stored = o.summary?.targetNodes.reduce((sum, n) => sum + n.stored, 0);
+    if (!o.summary?.complete || stored !== ITEMS) throw new Error(`the two-target warm stored ${stored} of ${ITEMS} in ${o.target}`);
+  }
+  const sourceHits = (await getHits(fleet.slice(0, 3))) - hitsBefore;
+  const readBack = group.outcomes.reduce((sum, o) => sum + (o.summary?.verification?.checked ?? 0), 0);
+  return {
+    rate: rate(seconds, ITEMS, ITEMS * VALUE_BYTES),
+    copyReadsPerItem: (sourceHits - readBack) / ITEMS,
+    sourceHits,
+    readBack,
+    // Each summary has the process's CPU when that target's job ended: the last is the whole.
+    cpuSeconds: Math.max(...group.outcomes.map((o) => (o.summary?.cpuMs ?? 0) / 1000)),
+  };
 }
 
 /** `cachewarm verify --all` of the warmed target against its source, as a separate process. */
@@ -364,8 +430,8 @@ async function awsWarm(
   document: { replicas: { source: { nodes: { address: string }[] }; target: { nodes: { address: string }[] } } },
   workDir: string,
   fleet: readonly MemcachedProcess[],
-): Promise<WarmRun> {
-  for (const node of fleet.slice(3)) await flush(node);
+): Promise<{ warm: WarmRun; cpu: { sidecars: number; populators: number; emulator: number } }> {
+  for (const node of fleet.slice(3, 7)) await flush(node);
   log(`replica warm again into the flushed target nodes through S3+SQS (fauxqs, 3 sidecars, ${args.populators} populators)`);
   const { buildApp } = await import('fauxqs');
   const { S3Client, CreateBucketCommand } = await import('@aws-sdk/client-s3');
@@ -396,10 +462,24 @@ async function awsWarm(
     process.env['AWS_ACCESS_KEY_ID'] = 'bench';
     process.env['AWS_SECRET_ACCESS_KEY'] = 'bench';
     process.env['AWS_REGION'] = 'us-east-1';
-    return await warmOnce(topologyFile, workDir, fleet, [
+    // The emulator runs in this process; the populators are the controller's children, and
+    // their CPU reaches this process's children's account (with the controller's) once reaped.
+    const sidecarsBefore = await sum(sidecars.map((c) => cpuSeconds(c.pid as number)));
+    const childrenBefore = await reapedChildrenCpuSeconds();
+    const selfBefore = process.cpuUsage();
+    const warm = await warmOnce(topologyFile, workDir, fleet, [
       '--transport', 'aws', '--bucket', 'bench', '--endpoint', endpoint, '--sidecar-token-file', tokenFile, '--populators', String(args.populators),
       '--protect-source', 'off',
     ]);
+    const self = process.cpuUsage(selfBefore);
+    return {
+      warm,
+      cpu: {
+        sidecars: (await sum(sidecars.map((c) => cpuSeconds(c.pid as number)))) - sidecarsBefore,
+        populators: (await reapedChildrenCpuSeconds()) - childrenBefore - warm.summary.cpuMs / 1000,
+        emulator: (self.user + self.system) / 1e6,
+      },
+    };
   } finally {
     for (const sidecar of sidecars) sidecar.kill('SIGTERM');
     await Promise.all(sidecars.map((s) => (s.exitCode === null ? once(s, 'exit') : undefined)));
