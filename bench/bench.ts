@@ -9,6 +9,7 @@
  *            its own), from a 3-node source replica to an empty 4-node target, unprotected
  *   harm     a live client's latencies on a source node, idle and during a warm with and
  *            without --protect-source
+ *   crawl    the live client during a key listing alone, under each crawler setting
  *   two      one dump filling two target replicas (`--target target,target2`): the source's
  *            reads per item, counted by the source nodes themselves (`get_hits`)
  *   aws      the S3+SQS transport, with the CPU each part spent: sidecars, controller,
@@ -33,6 +34,7 @@ import { type WritableItem, MetaAddReplies, buildMetaAdds } from '../shared/memc
 import { sampleItems } from '../shared/sample-items.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { type LatencySummary, type LiveClient, startLiveClient } from './live-client.js';
+import { crawlHarm } from './crawl-harm.js';
 import { parseTopology } from '../shared/topology.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 
@@ -257,6 +259,8 @@ async function main(): Promise<void> {
     const intoTouched = await warmOnce(topologyFile, workDir, fleet, unprotected);
 
     const harm = await sourceHarm(topologyFile, workDir, fleet, client, idle);
+    log('crawler settings: every key of source node 1 listed under each, the live client timing meanwhile');
+    const crawls = await crawlHarm(fleet[0] as MemcachedProcess, client);
     // Before the instance warm restarts that node under it.
     await client.stop();
 
@@ -301,6 +305,12 @@ async function main(): Promise<void> {
         (h) =>
           `  ${h.label.padEnd(29)} ${latencies(h.latency)}${h.before ? `   p99 ${(h.latency.p99Micros / h.before.p99Micros).toFixed(1)}× the idle one` : ''}` +
           `${h.warm ? `   warm ${show(h.warm.rate)}, ${ratio(h.warm.rate, touchedCeiling.best)} of the flushed-node ceiling` : ''}`,
+      ),
+      `live client during a key listing of source node 1 alone (no reads), by crawler setting:`,
+      ...crawls.map(
+        (c) =>
+          `  ${c.setting.label.padEnd(38)} ${latencies(c.latency)}   p99 ${(c.latency.p99Micros / idle.p99Micros).toFixed(1)}× the idle one;` +
+          ` ${formatRate(c.keysPerSecond)} keys listed (${c.listings} listings)`,
       ),
       `(warm rates are end to end: the cachewarm process's start to its exit; ${os.cpus().length} cores shared by everything)`,
     ];
