@@ -9,7 +9,7 @@ import { warmReplicas } from '../controller/warm-replicas.js';
 import { planWarm } from '../controller/warm-dry-run.js';
 import { DEFAULT_VERIFY_SAMPLE } from '../controller/warm-summary.js';
 import { DEFAULT_ALREADY_WARM_RATIO, parseAlreadyWarmRatio } from '../controller/already-warm.js';
-import { type WarmReplicaOptions, type WarmSummary, warmReplica } from '../controller/warm-replica.js';
+import { type WarmProgress, type WarmReplicaOptions, type WarmSummary, warmReplica } from '../controller/warm-replica.js';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
@@ -229,12 +229,15 @@ async function runWarmCommand(opts: WarmCommandOptions, targetsIn: (topology: To
     onProgress: opts.json ? undefined : printer.onProgress,
   };
   if (targets.length > 1) {
-    if (opts.transport === 'aws') throw new CachewarmError('INVALID_ARGUMENT', 'several --target replicas at once are for the embedded transport for now: run one S3+SQS warm per target');
-    const group = await warmReplicas({
-      ...(await embeddedOptions(opts, common)),
-      targets: targets.map((t) => t.replica),
-      onProgress: common.onProgress && ((t, p) => printer.onProgress(p, t)),
-    }).finally(printer.done);
+    const many = { targets: targets.map((t) => t.replica), onProgress: common.onProgress && ((t: string, p: WarmProgress) => printer.onProgress(p, t)) };
+    const group = await (
+      opts.transport === 'aws'
+        ? (async () => {
+            const { warmDistributedMany } = await import('../controller/warm-distributed-many.js');
+            return warmDistributedMany({ ...(await awsOptions(opts, common, logging.log)), ...many });
+          })()
+        : warmReplicas({ ...(await embeddedOptions(opts, common)), ...many })
+    ).finally(printer.done);
     if (opts.json) jsonOutcome.result(group);
     else process.stdout.write(`${groupText(group)}\n`);
     process.exitCode = group.complete ? EXIT.ok : EXIT.incomplete;
@@ -275,13 +278,16 @@ async function warmEmbedded(opts: WarmCommandOptions, target: WarmTarget, common
 }
 
 async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common: CommonWarmOptions, log: Log): Promise<WarmSummary> {
-  if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
   // Loaded here: the AWS SDK costs a few hundred milliseconds the embedded transport never needs.
   const { warmDistributed } = await import('../controller/warm-distributed.js');
-  return warmDistributed({
+  return warmDistributed({ ...(await awsOptions(opts, common, log)), target: target.replica, onlyNode: target.node });
+}
+
+/** The S3+SQS transport's options, whatever it fills. */
+async function awsOptions(opts: WarmCommandOptions, common: CommonWarmOptions, log: Log) {
+  if (opts.writer !== 'meta') throw new CachewarmError('INVALID_ARGUMENT', '--writer memjs is for the embedded transport only');
+  return {
     ...common,
-    target: target.replica,
-    onlyNode: target.node,
     force: opts.force === true,
     alreadyWarmRatio: opts.alreadyWarmRatio,
     acceptEvictions: opts.acceptEvictions === true,
@@ -290,7 +296,7 @@ async function warmOverAws(opts: WarmCommandOptions, target: WarmTarget, common:
     retryParked: opts.retryParked === true,
     log,
     ...(await distributedSettings(opts, log)),
-  });
+  };
 }
 
 addWarmOptions(

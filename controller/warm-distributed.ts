@@ -72,10 +72,19 @@ export interface DistributedWarmOptions {
   readonly verifySamplePerNode?: number | undefined;
   /** How often every source and target node's `stats` is read during the job. @default 1000 */
   readonly watchIntervalMs?: number | undefined;
+  /**
+   * One dump this job shares with other targets' (see warmDistributedMany): the sidecars are
+   * asked for it, announcing on this job's queue among the others'; the job's manifest names
+   * it, so that its populators take its chunks.
+   */
+  readonly sharedDump?: SharedDump | undefined;
   /** How long a sidecar may stay unreachable before the job fails naming it. Default 60 s. */
   readonly sidecarGraceMs?: number | undefined;
   readonly log?: Log | undefined;
 }
+
+/** What every target's job asks the sidecars alike: one dump, announced on every target's queue. */
+export type SharedDump = Pick<StartDumpRequest, 'jobId' | 'queueUrl' | 'target' | 'alsoTo'>;
 
 /** A populator that dies this many times over fails the job: something is wrong with all of them. */
 const MAX_POPULATOR_CRASHES = 10;
@@ -167,6 +176,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     kind: scope.kind,
     source: { replica: source.replica.name, nodes: source.replica.nodes.map((n) => n.id) },
     target: ring,
+    ...(options.sharedDump && { dumpJobId: options.sharedDump.jobId }),
     createdAt: new Date(started).toISOString(),
   }, signal);
   const queues = await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal);
@@ -176,18 +186,18 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     log({ event: 'parked-retried', level: 'info', msg: `${moved} parked messages moved back to the queue`, messages: moved });
   }
 
+  // A shared dump is one request, the same from every target's job: a sidecar re-attaches to it.
+  const dump = options.sharedDump ?? { jobId, queueUrl: queues.queueUrl, target: ring };
   const request = (node: string): StartDumpRequest => ({
-    jobId,
+    ...dump,
     node,
     bucket: options.bucket,
     prefix: store.prefix,
-    queueUrl: queues.queueUrl,
     chunkSizeBytes: options.chunkSizeBytes,
     maxItemsPerSecond: options.maxOpsPerNode,
     maxBytesPerSecond: options.maxBytesPerNode,
     protectSource: options.protectSource,
     sse: options.sse,
-    target: ring,
     keyFilter,
   });
   const sourceRestarted = async (node: string): Promise<boolean> => {
@@ -200,9 +210,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     // This run wrote the job's manifest, yet the sidecar was already dumping the job: for a
     // store that has lost the job since (its chunks and messages with it). Started again, the
     // dump resumes from what the store holds now.
-    if (!earlier && !started && status.state === 'running') {
+    if (!earlier && !options.sharedDump && !started && status.state === 'running') {
       log({ event: 'dump-redone', level: 'warn', node, msg: `${node} was dumping the job before its manifest was written (the store lost it): dumping it again` });
-      await stopDump(client, node, { jobId, clock, signal });
+      await stopDump(client, node, { jobId: dump.jobId, clock, signal });
       ({ status } = await client.start(request(node), signal));
     }
     dumps.set(node, { status, unreachableSince: undefined });
@@ -227,7 +237,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     for (;;) {
       await followDumps(dumps, { sidecars, request, clock, graceMs: options.sidecarGraceMs ?? 60_000, restarted: sourceRestarted, log, signal });
       backlog = await queueBacklog(sqs, queues.queueUrl, signal);
-      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished' || d.lost) && (await endMarkersStored(dumps, sidecars, request, job, signal));
+      const dumped = [...dumps.values()].every((d) => d.status.state === 'finished' || d.lost) && (await endMarkersStored(dumps, sidecars, request, { ...job, jobId: dump.jobId }, signal));
       // SQS counts are approximate: the queue counts as drained after two empty looks in a row.
       drainedChecks = dumped && backlogIsEmpty(backlog) ? drainedChecks + 1 : 0;
       if (drainedChecks >= 2) break;
@@ -315,7 +325,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     fleet.stopAll();
     // Interrupted: the dumps stop too; a rerun with the same job id resumes them from S3.
     // (Not when another run took the job over: they are its dumps now.)
-    if (signal?.aborted && !isCachewarmError(abortReason(signal), 'JOB_LOCKED')) await Promise.allSettled([...sidecars.values()].map((client) => client.cancel(jobId)));
+    if (signal?.aborted && !isCachewarmError(abortReason(signal), 'JOB_LOCKED')) await Promise.allSettled([...sidecars.values()].map((client) => client.cancel(dump.jobId)));
     await fleet.settled();
     throw error;
   }

@@ -50,15 +50,10 @@ export interface WarmReplicasSummary {
  */
 export async function warmReplicas(options: WarmReplicasOptions): Promise<WarmReplicasSummary> {
   const { topology, clock, connect = connectDirect, targets, signal } = options;
-  if (targets.length < 2 || new Set(targets).size !== targets.length) {
-    throw new CachewarmError('INVALID_ARGUMENT', `--target ${targets.join(',')}: name two or more different replicas (or one, for a single warm)`, {
-      targets: targets.join(','),
-    });
-  }
+  checkTargets(targets);
   const started = clock.now();
   const groupId = options.jobId ?? newJobId('replicas', targets.join('-'), started);
-  const jobIds = new Map(targets.map((t) => [t, `${groupId}.${t}`]));
-  for (const id of jobIds.values()) checkJobId(id);
+  const jobIds = groupJobIds(groupId, targets);
   // A resumed group keeps the source its jobs copy from.
   const earlier = (await Promise.all([...jobIds.values()].map((id) => JobJournal.read(options.workDir, id)))).find((r) => r !== undefined);
   const requested = earlier?.source ?? options.source;
@@ -78,42 +73,66 @@ export async function warmReplicas(options: WarmReplicasOptions): Promise<WarmRe
     connect,
     pool: new BufferPool(),
   });
+  const outcomes = await eachTarget(targets, jobIds, signal, (target, jobId) =>
+    warmReplica({
+      ...options,
+      target,
+      source: source.replica.name,
+      jobId,
+      sharedCopy: shared,
+      onProgress: options.onProgress && ((p) => options.onProgress?.(target, p)),
+    }).finally(() => shared.leave(target)),
+  );
+  const summary = groupSummary(groupId, source.replica.name, outcomes, clock.now() - started);
+  // Kept while any target may resume: its rerun reads what the shared dump left.
+  if (summary.complete && !options.keepChunks) await rm(path.join(options.workDir, groupId), { recursive: true, force: true });
+  return summary;
+}
+
+/** The target names of a group as given, checked: two or more, each once. */
+export function checkTargets(targets: readonly string[]): void {
+  if (targets.length < 2 || new Set(targets).size !== targets.length) {
+    throw new CachewarmError('INVALID_ARGUMENT', `--target ${targets.join(',')}: name two or more different replicas (or one, for a single warm)`, {
+      targets: targets.join(','),
+    });
+  }
+}
+
+/** Each target's job id in a group: `<group>.<target>`. */
+export function groupJobIds(groupId: string, targets: readonly string[]): Map<string, string> {
+  const jobIds = new Map(targets.map((t) => [t, `${groupId}.${t}`]));
+  for (const id of jobIds.values()) checkJobId(id);
+  return jobIds;
+}
+
+/**
+ * Runs every target's warm at once and waits for all: a target's error is its outcome, not the
+ * group's; only an interrupt, which stops every target alike, is thrown.
+ */
+export async function eachTarget(
+  targets: readonly string[],
+  jobIds: ReadonlyMap<string, string>,
+  signal: AbortSignal | undefined,
+  warm: (target: string, jobId: string) => Promise<WarmSummary>,
+): Promise<TargetOutcome[]> {
   const settled = await Promise.allSettled(
     targets.map(async (target): Promise<TargetOutcome> => {
       const jobId = jobIds.get(target) as string;
       try {
-        const summary = await warmReplica({
-          ...options,
-          target,
-          source: source.replica.name,
-          jobId,
-          sharedCopy: shared,
-          onProgress: options.onProgress && ((p) => options.onProgress?.(target, p)),
-        });
-        return { target, summary };
+        return { target, summary: await warm(target, jobId) };
       } catch (error) {
-        // An interrupt stops every target alike: it is the group's outcome, not one target's.
         if (signal?.aborted) throw error;
         const code = (error as { code?: unknown }).code;
         return { target, jobId, error: { code: typeof code === 'string' ? code : 'UNEXPECTED', message: (error as Error).message } };
-      } finally {
-        shared.leave(target);
       }
     }),
   );
   const interrupted = settled.find((s) => s.status === 'rejected');
   if (interrupted) throw interrupted.reason;
-  const outcomes = settled.map((s) => (s as PromiseFulfilledResult<TargetOutcome>).value);
+  return settled.map((s) => (s as PromiseFulfilledResult<TargetOutcome>).value);
+}
+
+export function groupSummary(jobId: string, source: string, outcomes: readonly TargetOutcome[], durationMs: number): WarmReplicasSummary {
   const completed = outcomes.filter((o) => 'summary' in o && o.summary.complete).map((o) => o.target);
-  // Kept while any target may resume: its rerun reads what the shared dump left.
-  if (completed.length === targets.length && !options.keepChunks) await rm(path.join(options.workDir, groupId), { recursive: true, force: true });
-  return {
-    jobId: groupId,
-    source: source.replica.name,
-    targets,
-    complete: completed.length === targets.length,
-    completed,
-    outcomes,
-    durationMs: clock.now() - started,
-  };
+  return { jobId, source, targets: outcomes.map((o) => o.target), complete: completed.length === outcomes.length, completed, outcomes, durationMs };
 }

@@ -56,7 +56,21 @@ export interface StartDumpRequest {
   readonly sse?: S3Encryption | undefined;
   readonly target: TargetRing;
   readonly keyFilter?: KeyFilterSpec | undefined;
+  /**
+   * More queues every data chunk is announced on, each message with that queue's target ring
+   * in place of `target`: one dump filling several replicas, each from a queue of its own.
+   */
+  readonly alsoTo?: readonly ChunkDestination[] | undefined;
 }
+
+/** A queue a dump announces its chunks on, and the ring its messages name. */
+export interface ChunkDestination {
+  readonly queueUrl: string;
+  readonly target: TargetRing;
+}
+
+/** Queues one dump may announce on besides its own: the targets one dump fills. */
+export const MAX_EXTRA_DESTINATIONS = 15;
 
 export type DumpState = 'running' | 'finished' | 'failed' | 'cancelled';
 export const DUMP_STATES: readonly DumpState[] = ['running', 'finished', 'failed', 'cancelled'];
@@ -109,6 +123,7 @@ const TOP_LEVEL_FIELDS = new Set([
   'sse',
   'target',
   'keyFilter',
+  'alsoTo',
 ]);
 
 function describe(value: unknown): string {
@@ -171,15 +186,15 @@ function bucketOf(body: Record<string, unknown>): string {
   return bucket;
 }
 
-function queueUrlOf(body: Record<string, unknown>): string {
-  const value = text(body, 'queueUrl', '', 'a queue URL', 2048);
+function queueUrlOf(obj: Record<string, unknown>, where = ''): string {
+  const value = text(obj, 'queueUrl', where, 'a queue URL', 2048);
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    throw expected('queueUrl', 'an http(s) URL', value);
+    throw expected(`${where}queueUrl`, 'an http(s) URL', value);
   }
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw expected('queueUrl', 'an http(s) URL', value);
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') throw expected(`${where}queueUrl`, 'an http(s) URL', value);
   return value;
 }
 
@@ -235,14 +250,35 @@ function addressesOn(value: unknown, field: string, ring: readonly { address: st
   });
 }
 
-function targetOf(body: Record<string, unknown>): TargetRing {
-  const value = body['target'];
-  if (!isRecord(value)) throw expected('target', 'the target ring { replica, hashing, nodes, writeOnly? }', value);
-  const replica = text(value, 'replica', 'target.', 'a replica name');
-  const hashing = hashingOf(value, 'target.');
-  const nodes = ringNodesOf(value, 'target.');
-  const writeOnly = value['writeOnly'] === undefined ? undefined : addressesOn(value['writeOnly'], 'target.writeOnly', nodes);
+function targetOf(obj: Record<string, unknown>, where = ''): TargetRing {
+  const value = obj['target'];
+  const field = `${where}target`;
+  if (!isRecord(value)) throw expected(field, 'the target ring { replica, hashing, nodes, writeOnly? }', value);
+  const replica = text(value, 'replica', `${field}.`, 'a replica name');
+  const hashing = hashingOf(value, `${field}.`);
+  const nodes = ringNodesOf(value, `${field}.`);
+  const writeOnly = value['writeOnly'] === undefined ? undefined : addressesOn(value['writeOnly'], `${field}.writeOnly`, nodes);
   return { replica, hashing, nodes, ...(writeOnly && { writeOnly }) };
+}
+
+/** Each extra queue once, none the request's own: a message announced twice on one queue is written twice. */
+function alsoToOf(body: Record<string, unknown>, queueUrl: string): ChunkDestination[] | undefined {
+  const value = body['alsoTo'];
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value) || value.length === 0 || value.length > MAX_EXTRA_DESTINATIONS) {
+    throw expected('alsoTo', `an array of 1 to ${MAX_EXTRA_DESTINATIONS} { queueUrl, target }`, value);
+  }
+  const seen = new Set([queueUrl]);
+  return value.map((entry: unknown, i) => {
+    const at = `alsoTo[${i}].`;
+    if (!isRecord(entry)) throw expected(`alsoTo[${i}]`, 'an object { queueUrl, target }', entry);
+    const extra = Object.keys(entry).filter((k) => k !== 'queueUrl' && k !== 'target');
+    if (extra.length > 0) throw invalid(`${at}${extra[0]}`, 'not a field of a destination');
+    const url = queueUrlOf(entry, at);
+    if (seen.has(url)) throw invalid(`${at}queueUrl`, `${describe(url)} is named twice`);
+    seen.add(url);
+    return { queueUrl: url, target: targetOf(entry, at) };
+  });
 }
 
 function protectSourceOf(body: Record<string, unknown>): ProtectSource | undefined {
@@ -286,6 +322,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
   const sse = sseOf(body);
   const target = targetOf(body);
   const keyFilter = keyFilterOf(body);
+  const alsoTo = alsoToOf(body, queueUrl);
   return {
     jobId,
     node,
@@ -299,5 +336,6 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
     ...(sse && { sse }),
     target,
     ...(keyFilter && { keyFilter }),
+    ...(alsoTo && { alsoTo }),
   };
 }

@@ -26,6 +26,8 @@ import { type ReadPace, startReadPace } from './read-pace.js';
 import { type SourceGuardStatus, describeSourceGuard } from './source-guard.js';
 import { VERSION } from '../shared/version.js';
 import { SqsQueue } from '../shared/queue/sqs-queue.js';
+import { FanOutQueue } from '../shared/queue/fan-out-queue.js';
+import type { ChunkQueue } from '../shared/chunk-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import { TokenBucket } from '../shared/token-bucket.js';
 import { dumpNode } from './dump-node.js';
@@ -239,8 +241,8 @@ class DumpRegistry {
   private async execute(run: DumpRun, keyFilter: ((key: Buffer) => boolean) | undefined): Promise<void> {
     const { request } = run;
     const { clock, memcached } = this.options;
-    const { keyFilter: filterSpec, target: _target, sse: _sse, ...settings } = request;
-    this.log({ event: 'dump-started', ...settings, keyFilter: filterSpec !== undefined });
+    const { keyFilter: filterSpec, target: _target, sse: _sse, alsoTo, ...settings } = request;
+    this.log({ event: 'dump-started', ...settings, keyFilter: filterSpec !== undefined, ...(alsoTo && { alsoTo: alsoTo.map((d) => d.queueUrl) }) });
     const readPace = async (): Promise<ReadPace> => {
       const pace = await startReadPace(memcached, { protectSource: request.protectSource, maxItemsPerSecond: request.maxItemsPerSecond, clock, signal: run.abort.signal });
       run.guard = pace.status;
@@ -256,7 +258,7 @@ class DumpRegistry {
         node: { id: request.node, host: memcached.host, port: memcached.port, label: request.node },
         jobId: request.jobId,
         store: this.storeOf(request),
-        queue: new SqsQueue({ client: this.options.sqs, queueUrl: request.queueUrl, clock }),
+        queue: this.queueOf(request),
         durableQueue: true,
         location: { bucket: request.bucket, prefix: request.prefix },
         target: request.target,
@@ -294,6 +296,14 @@ class DumpRegistry {
     }
   }
 
+  /** The dump's queue, and with `alsoTo` every other target's: each chunk announced on all. */
+  private queueOf(request: StartDumpRequest): ChunkQueue {
+    const { sqs, clock } = this.options;
+    const own = new SqsQueue({ client: sqs, queueUrl: request.queueUrl, clock });
+    if (!request.alsoTo) return own;
+    return new FanOutQueue([{ queue: own }, ...request.alsoTo.map((d) => ({ queue: new SqsQueue({ client: sqs, queueUrl: d.queueUrl, clock }), target: d.target }))]);
+  }
+
   private storeOf(request: StartDumpRequest): S3Store {
     return new S3Store({ client: this.options.s3, bucket: request.bucket, prefix: request.prefix, sse: request.sse });
   }
@@ -310,6 +320,16 @@ function busy(message: string): HttpError {
 }
 
 function checkSamePlacement(known: StartDumpRequest, request: StartDumpRequest): void {
+  const queuesOf = (r: StartDumpRequest): string[] => (r.alsoTo ?? []).map((d) => d.queueUrl);
+  if (JSON.stringify(queuesOf(known)) !== JSON.stringify(queuesOf(request))) {
+    throw new HttpError(
+      400,
+      'INVALID_ARGUMENT',
+      `start request: alsoTo: job ${known.jobId} already dumps here announcing also on ${JSON.stringify(queuesOf(known))}, not ${JSON.stringify(queuesOf(request))}`,
+      {},
+      'alsoTo',
+    );
+  }
   for (const field of PLACEMENT_FIELDS) {
     if (known[field] !== request[field]) {
       throw new HttpError(

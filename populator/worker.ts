@@ -242,7 +242,8 @@ async function loadManifest(store: ChunkStore, jobId: string, signal: AbortSigna
       chunk: name,
     });
   }
-  if (manifest.jobId !== jobId || !Array.isArray(manifest.source?.nodes) || !Array.isArray(manifest.target?.nodes)) {
+  const dump = manifest.dumpJobId;
+  if (manifest.jobId !== jobId || !Array.isArray(manifest.source?.nodes) || !Array.isArray(manifest.target?.nodes) || (dump !== undefined && typeof dump !== 'string')) {
     throw new CachewarmError('CHUNK_CORRUPT', `${store.describe(name)} is not the manifest of job ${jobId}`, { chunk: name });
   }
   return manifest;
@@ -310,7 +311,7 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
         jobId: job.jobId,
         store: { bucket: job.bucket, prefix: job.prefix },
         // The manifest, not the message, says where the job writes and whose chunks it takes.
-        manifest: { where: store.describe(manifestName(job.jobId)), target: manifest.target, sourceNodes: manifest.source.nodes },
+        manifest: { where: store.describe(manifestName(job.jobId)), target: manifest.target, sourceNodes: manifest.source.nodes, dumpJobId: manifest.dumpJobId },
       },
       onRefused: (message, address, refusals) => {
         const keys = new ChunkBuilder('keys', refusals.length * 64);

@@ -126,6 +126,8 @@ export interface ManifestScope {
   readonly where: string;
   readonly target: TargetRing;
   readonly sourceNodes: readonly string[];
+  /** The shared dump the job takes its chunks from (see JobManifest.dumpJobId); absent: the job's own. */
+  readonly dumpJobId?: string | undefined;
 }
 
 /**
@@ -135,17 +137,19 @@ export interface ManifestScope {
  * data chunks. A populator applies nothing such a message names.
  */
 export function checkMessageScope(message: ChunkMessage, scope: MessageScope, where: string): void {
-  if (message.jobId !== scope.jobId) throw malformed(where, `belongs to job ${message.jobId}, not ${scope.jobId}`);
+  // One dump filling several targets: its messages name the dump, and the ring tells the targets apart.
+  const jobId = scope.manifest?.dumpJobId ?? scope.jobId;
+  if (message.jobId !== jobId) throw malformed(where, `belongs to job ${message.jobId}, not ${jobId}`);
   const expected = scope.store;
   const actual = message.store;
   if (expected?.bucket !== actual?.bucket || normalizePrefix(expected?.prefix) !== normalizePrefix(actual?.prefix)) {
     throw malformed(where, `points at ${describeLocation(actual)}, outside the job's ${describeLocation(expected)}`);
   }
   const name = message.chunk.name;
-  if (!name.startsWith(`${scope.jobId}/`) || name.split('/').some((part) => part === '..' || part === '.' || part === '')) {
-    throw malformed(where, `chunk ${JSON.stringify(name)} is outside the job's directory ${scope.jobId}/`);
+  if (!name.startsWith(`${jobId}/`) || name.split('/').some((part) => part === '..' || part === '.' || part === '')) {
+    throw malformed(where, `chunk ${JSON.stringify(name)} is outside the job's directory ${jobId}/`);
   }
-  if (scope.manifest) checkAgainstManifest(message, scope.jobId, scope.manifest, where);
+  if (scope.manifest) checkAgainstManifest(message, jobId, scope.manifest, where);
 }
 
 /** A message may only repeat what the manifest says: a forged one cannot point a populator at other nodes. */

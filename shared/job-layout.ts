@@ -77,6 +77,11 @@ export interface JobManifest {
   /** The source replica's name and the ids of the nodes that dump. */
   readonly source: { readonly replica: string; readonly nodes: readonly string[] };
   readonly target: TargetRing;
+  /**
+   * The dump whose chunks and messages the job takes when one dump fills several targets
+   * (each target a job of its own); absent: the job's own dumps.
+   */
+  readonly dumpJobId?: string | undefined;
   readonly createdAt: string;
 }
 

@@ -603,3 +603,46 @@ describe('a replica warm through sidecars, S3 and SQS, whose S3/SQS service lose
     });
   }
 });
+
+describe('two replicas filled from one dump through sidecars, S3 and SQS', () => {
+  let fleet: Fleet;
+
+  before(async () => {
+    fleet = await startFleet({ a: 2, c: 2, d: 1 });
+  });
+
+  after(() => fleet?.stop());
+
+  test('the sidecars dump the source once, each target is its own job and exact copy, and only the jobs\' records are left', async () => {
+    const { aws, fauxqs, topology, topologyFile, tokenFile, cluster } = fleet;
+    const items = sampleItems({ count: 20_000, valueBytes: 150, nowSeconds: nowSeconds(), seed: 'two-targets' });
+    await load(topology, 'a', items);
+    const bucket = await createBucket(aws.s3, 'warm-two-targets');
+    const hits = async (): Promise<number> => (await Promise.all((cluster.servers['a'] ?? []).map(serverCounters))).reduce((sum, c) => sum + c.getHits, 0);
+    const hitsBefore = await hits();
+
+    const controller = startCli([
+      'warm', 'replica', '--topology', topologyFile, '--target', 'c,d', '--source', 'a', '--job-id', 'two', '--transport', 'aws', '--bucket', bucket,
+      '--prefix', 'warms', '--endpoint', fauxqs.endpoint, '--sidecar-token-file', tokenFile, '--chunk-size', '64KiB', '--json', '--populators', '1',
+    ]);
+    const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 180_000 });
+
+    assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
+    type Outcome = { target: string; summary?: { jobId: string; complete: boolean; verification?: { checked: number } } };
+    const group = JSON.parse(controller.stdout()) as { complete: boolean; completed: string[]; outcomes: Outcome[] };
+    assert.deepEqual({ complete: group.complete, completed: group.completed }, { complete: true, completed: ['c', 'd'] });
+    const readBackReads = group.outcomes.reduce((sum, o) => sum + (o.summary?.verification?.checked ?? 0), 0);
+    assert.equal((await hits()) - hitsBefore, items.length + readBackReads, 'each item read once by the dump (and the read-backs\' samples once each)');
+    await assertExactCopy({ topology, replica: 'c' }, items);
+    await assertExactCopy({ topology, replica: 'd' }, items);
+
+    const { QueueUrls = [] } = await aws.sqs.send(new ListQueuesCommand({ QueueNamePrefix: 'cachewarm-' }));
+    assert.deepEqual(QueueUrls.filter((url) => url.includes('two')), [], 'both jobs removed their queues');
+    const { Contents = [] } = await aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: 'warms/' }));
+    assert.deepEqual(
+      Contents.map((o) => o.Key).sort(),
+      ['warms/two.c/manifest.json', 'warms/two.c/summary.json', 'warms/two.d/manifest.json', 'warms/two.d/summary.json'],
+      "the shared dump's chunks are removed once both targets hold them",
+    );
+  });
+});

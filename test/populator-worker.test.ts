@@ -806,7 +806,7 @@ describe('populators take the target and the chunks from the manifest, keep ever
         }
 
         // Nothing was even tried on the foreign node; the target holds the job's items, exactly, and nothing else.
-        assert.deepEqual(await serverCounters(foreign), { cmdGet: 0, cmdSet: 0, totalItems: 0, currItems: 0 });
+        assert.deepEqual(await serverCounters(foreign), { cmdGet: 0, getHits: 0, cmdSet: 0, totalItems: 0, currItems: 0 });
         await assertWarmed(job, items);
         assert.equal(await onTarget(job, forged.map((i) => i.key)), 0, 'no forged item on the target');
         assert.deepEqual(await queueBacklog(aws.sqs, job.queues.queueUrl), { visible: 0, inFlight: 0, delayed: 0 });

@@ -428,6 +428,10 @@ describe('the dumper sidecar', () => {
       [{ ...good, target: { ...TARGET, nodes: [{ address: '10.0.1.1:11211' }] } }, 'target.nodes[0].ringName'],
       [{ ...good, keyFilter: { nodes: TARGET.nodes, hashing: 'spymemcached', keep: ['10.9.9.9:11211'] } }, 'keyFilter.keep[0]'],
       [{ ...good, maxOps: 5 }, 'maxOps'],
+      [{ ...good, alsoTo: [] }, 'alsoTo'],
+      [{ ...good, alsoTo: [{ queueUrl: good.queueUrl, target: TARGET }] }, 'alsoTo[0].queueUrl'],
+      [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: { ...TARGET, nodes: [] } }] }, 'alsoTo[0].target.nodes'],
+      [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET, jobId: 'x' }] }, 'alsoTo[0].jobId'],
       [[good], '(body)'],
     ];
     for (const [body, field] of cases) {
@@ -453,6 +457,8 @@ describe('the dumper sidecar', () => {
     });
     assert.equal(await client.status(good.jobId), undefined, 'nothing was started');
     assert.deepEqual(parseStartDumpRequest(JSON.parse(JSON.stringify(good))), good, 'a good request passes unchanged');
+    const fanned = { ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET }] };
+    assert.deepEqual(parseStartDumpRequest(JSON.parse(JSON.stringify(fanned))), fanned, 'so does one announcing on another queue too');
   });
 
   test('unknown paths answer 404, wrong methods 405 with Allow, unknown jobs 404; all as JSON', async () => {
