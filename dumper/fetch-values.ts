@@ -2,7 +2,7 @@ import type { BufferPool } from '../shared/buffer-pool.js';
 import { ChunkBuilder } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import type { DumpCounters } from '../shared/counters.js';
-import { EXPIRY_SLACK_SECONDS, type ServerClock, absoluteExpiry } from '../shared/expiry.js';
+import { EXPIRY_SLACK_SECONDS, type ServerClock, absoluteExpiryBetween } from '../shared/expiry.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import type { KeyBatch } from '../shared/memcached/crawler.js';
 import { type FetchSink, MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
@@ -51,29 +51,35 @@ export async function fetchValues(conn: MemcachedConnection, batch: KeyBatch, op
     await rateLimiter.take(end - start, signal);
     const base = start;
     const now = Math.floor(options.clock.now() / 1000);
+    // The value is copied straight from the connection's buffer into the chunk.
+    const hitAt = (index: number, buf: Buffer, valueStart: number, valueEnd: number, flags: number, ttlSeconds: number): void => {
+      const key = keys[base + index] as Buffer;
+      const crawled = exptimes[base + index] as number;
+      const answered = Math.floor(options.clock.now() / 1000);
+      // Learnt only from a batch answered within the second it was sent: one the server sat
+      // on (a stall, a pause) would teach an offset as wrong as the wait was long, and move
+      // later expiries by it.
+      if (answered === now) serverClock.observe(crawled, ttlSeconds, now);
+      const exptime = absoluteExpiryBetween(
+        ttlSeconds,
+        crawled,
+        serverClock.nowSeconds(now),
+        serverClock.nowSeconds(answered),
+        EXPIRY_SLACK_SECONDS,
+      );
+      if (exptime === undefined) {
+        counters.expired++;
+        return;
+      }
+      const valueBytes = valueEnd - valueStart;
+      if (!builder.fits(ChunkBuilder.dataRecordBytes(key, valueBytes))) sealed.push(builder.seal());
+      builder.addDataFrom(key, buf, valueStart, valueEnd, flags, exptime);
+      counters.read++;
+      counters.bytesRead += valueBytes;
+    };
     const sink: FetchSink = {
-      hit(index, value, flags, ttlSeconds) {
-        const key = keys[base + index] as Buffer;
-        const crawled = exptimes[base + index] as number;
-        const answered = Math.floor(options.clock.now() / 1000);
-        // Learnt only from a batch answered within the second it was sent: one the server sat
-        // on (a stall, a pause) would teach an offset as wrong as the wait was long, and move
-        // later expiries by it.
-        if (answered === now) serverClock.observe(crawled, ttlSeconds, now);
-        const exptime = absoluteExpiry(ttlSeconds, crawled, {
-          earliest: serverClock.nowSeconds(now),
-          latest: serverClock.nowSeconds(answered),
-          slackSeconds: EXPIRY_SLACK_SECONDS,
-        });
-        if (exptime === undefined) {
-          counters.expired++;
-          return;
-        }
-        if (!builder.fits(ChunkBuilder.dataRecordBytes(key, value.length))) sealed.push(builder.seal());
-        builder.addData(key, value, flags, exptime);
-        counters.read++;
-        counters.bytesRead += value.length;
-      },
+      hit: (index, value, flags, ttlSeconds) => hitAt(index, value, 0, value.length, flags, ttlSeconds),
+      hitAt,
       miss() {
         counters.gone++;
       },

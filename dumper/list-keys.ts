@@ -28,17 +28,23 @@ export interface ListKeysOptions {
   readonly signal?: AbortSignal | undefined;
 }
 
+/**
+ * The batch less the keys `keep` turns down, `keep` called once per key in order. Most
+ * batches keep every key: those are handed on as they are, not copied.
+ */
 function where(batch: KeyBatch, keep: (key: Buffer, i: number) => boolean): KeyBatch {
-  const keys: Buffer[] = [];
-  const exptimes: number[] = [];
-  const sizes: number[] = [];
-  batch.keys.forEach((key, i) => {
-    if (!keep(key, i)) return;
-    keys.push(key);
-    exptimes.push(batch.exptimes[i] as number);
-    sizes.push(batch.sizes[i] as number);
-  });
-  return { keys, exptimes, sizes };
+  const { keys, exptimes, sizes } = batch;
+  let i = 0;
+  while (i < keys.length && keep(keys[i] as Buffer, i)) i++;
+  if (i === keys.length) return batch;
+  const kept: KeyBatch = { keys: keys.slice(0, i), exptimes: exptimes.slice(0, i), sizes: sizes.slice(0, i) };
+  for (i++; i < keys.length; i++) {
+    if (!keep(keys[i] as Buffer, i)) continue;
+    kept.keys.push(keys[i] as Buffer);
+    kept.exptimes.push(exptimes[i] as number);
+    kept.sizes.push(sizes[i] as number);
+  }
+  return kept;
 }
 
 /**

@@ -3,7 +3,7 @@ import type { Clock } from '../shared/clock.js';
 import { isRetryable } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats } from '../shared/memcached/commands.js';
-import { type AddOutcome, MetaAddReplies, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
+import { type AddBatch, type AddOutcome, MetaAddReplies, type PackedSelection, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
 import { backoffMs } from '../shared/backoff.js';
@@ -27,28 +27,45 @@ export interface MetaNodeWriterOptions {
   readonly checkConnection?: CheckConnection | undefined;
 }
 
-function batchesOf(items: readonly WritableItem[], maxBytes: number): WritableItem[][] {
-  const batches: WritableItem[][] = [];
-  let batch: WritableItem[] = [];
+/** A batch of adds and the value bytes it carries (reported with its outcome). */
+interface Batch {
+  readonly items: AddBatch;
+  readonly valueBytes: number;
+}
+
+/** Splits items into batches of about maxBytes, each item's size told by keyBytes and valueBytes. */
+function split<T>(all: readonly T[], maxBytes: number, keyBytes: (t: T) => number, valueBytes: (t: T) => number, make: (part: T[]) => AddBatch): Batch[] {
+  const batches: Batch[] = [];
+  let part: T[] = [];
   let bytes = 0;
-  for (const item of items) {
-    const size = item.key.length + item.value.length + 40;
-    if (batch.length > 0 && bytes + size > maxBytes) {
-      batches.push(batch);
-      batch = [];
+  let values = 0;
+  for (const one of all) {
+    const value = valueBytes(one);
+    const size = keyBytes(one) + value + 40;
+    if (part.length > 0 && bytes + size > maxBytes) {
+      batches.push({ items: make(part), valueBytes: values });
+      part = [];
       bytes = 0;
+      values = 0;
     }
-    batch.push(item);
+    part.push(one);
     bytes += size;
+    values += value;
   }
-  if (batch.length > 0) batches.push(batch);
+  if (part.length > 0) batches.push({ items: make(part), valueBytes: values });
   return batches;
+}
+
+function batchesOf(items: readonly WritableItem[], maxBytes: number): Batch[] {
+  return split(items, maxBytes, (item) => item.key.length, (item) => item.value.length, (part) => part);
+}
+
+function packedBatchesOf({ packed, indices }: PackedSelection, maxBytes: number): Batch[] {
+  return split(indices, maxBytes, (i) => packed.keyBytes(i), (i) => packed.valueBytes(i), (part) => ({ packed, indices: part }));
 }
 
 /** Write batches unanswered at once on one connection. */
 const WINDOW = 4;
-
-const valueBytes = (batch: readonly WritableItem[]): number => batch.reduce((sum, item) => sum + item.value.length, 0);
 
 /**
  * Adds items to one target node, every batch pipelined on a shared connection. A batch
@@ -79,13 +96,31 @@ export class MetaNodeWriter implements NodeWriter {
     return Number((await stats(await this.connections.get(address, signal))).get('curr_items') ?? 0);
   }
 
-  async addItems(
+  addItems(
     address: string,
     items: readonly WritableItem[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
   ): Promise<void> {
-    let pending = batchesOf(items, this.batchBytes);
+    return this.write(address, batchesOf(items, this.batchBytes), onOutcome, signal);
+  }
+
+  addPacked(
+    address: string,
+    selection: PackedSelection,
+    onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    return this.write(address, packedBatchesOf(selection, this.batchBytes), onOutcome, signal);
+  }
+
+  private async write(
+    address: string,
+    batches: readonly Batch[],
+    onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    let pending = batches;
     let lastError: Error | undefined;
     for (let attempt = 1; attempt <= this.retry.attempts && pending.length > 0; attempt++) {
       if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
@@ -116,15 +151,15 @@ export class MetaNodeWriter implements NodeWriter {
    */
   private async send(
     conn: MemcachedConnection,
-    batches: readonly WritableItem[][],
+    batches: readonly Batch[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
-  ): Promise<{ batch: WritableItem[]; error: Error }[]> {
-    const failed: { batch: WritableItem[]; error: Error }[] = [];
+  ): Promise<{ batch: Batch; error: Error }[]> {
+    const failed: { batch: Batch; error: Error }[] = [];
     const inFlight: Promise<void>[] = [];
     for (const batch of batches) {
       if (inFlight.length >= WINDOW) await inFlight.shift();
-      const reply = new MetaAddReplies(batch, conn.label);
-      const request = buildMetaAdds(batch, this.pool);
+      const reply = new MetaAddReplies(batch.items, conn.label);
+      const request = buildMetaAdds(batch.items, this.pool);
       await conn.enqueue(request, reply);
       inFlight.push(
         reply.promise.then(
@@ -132,7 +167,7 @@ export class MetaNodeWriter implements NodeWriter {
             // Answered, so the socket is done with the request. (After a failure it may
             // not be: that buffer is left to the garbage collector.)
             this.pool?.release(request);
-            onOutcome(outcome, valueBytes(batch));
+            onOutcome(outcome, batch.valueBytes);
           },
           (error: unknown) => {
             failed.push({ batch, error: error as Error });

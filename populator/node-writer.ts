@@ -1,4 +1,4 @@
-import type { AddOutcome, WritableItem } from '../shared/memcached/meta-add.js';
+import type { AddOutcome, PackedSelection, WritableItem } from '../shared/memcached/meta-add.js';
 
 /**
  * Writes items add-only to one target node: the seam between routing (the populator) and the
@@ -14,6 +14,16 @@ export interface NodeWriter {
   addItems(
     address: string,
     items: readonly WritableItem[],
+    onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
+    signal?: AbortSignal,
+  ): Promise<void>;
+  /**
+   * addItems for items packed in a buffer (a data chunk's records), written from where they
+   * lie. Optional: without it, the items are handed to addItems as objects.
+   */
+  addPacked?(
+    address: string,
+    selection: PackedSelection,
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
   ): Promise<void>;

@@ -2,7 +2,7 @@ import { type ChunkMessage, type MessageScope, type TargetRing, checkMessageScop
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
 import { BufferPool } from '../shared/buffer-pool.js';
-import { chunkHeader, decodeDataChunk } from '../shared/chunk-format.js';
+import { DataRecords, chunkHeader } from '../shared/chunk-format.js';
 import type { Clock } from '../shared/clock.js';
 import { WriteTally, addInto } from '../shared/counters.js';
 import { CachewarmError, isRetryable } from '../shared/errors.js';
@@ -80,7 +80,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     const body = await store.get(message.chunk.name, { signal, into: pool });
     const written = new WriteTally();
     try {
-      const items = decodeDataChunk(body, where);
+      const items = DataRecords.decode(body, where);
       if (chunkHeader(body).crc32 !== message.chunk.crc32 || items.length !== message.chunk.items) {
         throw new CachewarmError('CHUNK_CORRUPT', `chunk ${where} does not match its message (checksum or item count)`, {
           chunk: message.chunk.name,

@@ -6,7 +6,7 @@ import { MetaNodeWriter } from './meta-node-writer.js';
 import { isCachewarmError } from '../shared/errors.js';
 import { hasExpired } from '../shared/expiry.js';
 import { KetamaRing } from '../shared/ketama.js';
-import type { AddOutcome, Refusal, WritableItem } from '../shared/memcached/meta-add.js';
+import type { AddOutcome, PackedItems, Refusal, WritableItem } from '../shared/memcached/meta-add.js';
 import type { NodeWriter } from './node-writer.js';
 
 export type TargetNodeRing = KetamaRing<TargetRing['nodes'][number]>;
@@ -29,27 +29,44 @@ export interface WriteToRingOptions {
 /**
  * Routes items over a ring and adds each to the node its clients will look in, all nodes
  * at once. Items already expired are counted and skipped: writing them would either
- * resurrect nothing or, with a relative TTL, resurrect them.
+ * resurrect nothing or, with a relative TTL, resurrect them. Items packed in a chunk are
+ * routed and written from where they lie (see PackedItems).
  */
-export async function writeToRing(items: readonly WritableItem[], ring: TargetNodeRing, options: WriteToRingOptions): Promise<void> {
-  const { tally, writeOnly } = options;
+export async function writeToRing(
+  items: readonly WritableItem[] | PackedItems,
+  ring: TargetNodeRing,
+  options: WriteToRingOptions,
+): Promise<void> {
+  const { tally, writeOnly, writer } = options;
   const allowed = writeOnly ? new Set(writeOnly) : undefined;
-  const perNode: WritableItem[][] = ring.nodes.map(() => []);
+  const perNode: number[][] = ring.nodes.map(() => []);
   const now = Math.floor(options.clock.now() / 1000);
-  for (const item of items) {
-    const index = ring.indexFor(item.key);
+  const packed = Array.isArray(items) ? undefined : (items as PackedItems);
+  const list = packed ? undefined : (items as readonly WritableItem[]);
+  for (let i = 0; i < items.length; i++) {
+    let index: number;
+    let exptime: number;
+    if (packed) {
+      const keyAt = packed.keyStart(i);
+      index = ring.indexForBytes(packed.bytes, keyAt, keyAt + packed.keyBytes(i));
+      exptime = packed.exptime(i);
+    } else {
+      const item = list?.[i] as WritableItem;
+      index = ring.indexFor(item.key);
+      exptime = item.exptime;
+    }
     const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
     // An instance warm's dumper already filtered by this ring; this keeps a stray message
     // from writing to a node the job must not touch.
     if (allowed && !allowed.has(address)) continue;
-    if (hasExpired(item.exptime, now)) tally.for(address).expired++;
-    else (perNode[index] as WritableItem[]).push(item);
+    if (hasExpired(exptime, now)) tally.for(address).expired++;
+    else (perNode[index] as number[]).push(i);
   }
   // allSettled: the caller may reuse the items' memory as soon as this returns, so no node's
   // writes may still be running when another's failure is reported.
   const results = await Promise.allSettled(
-    perNode.map(async (nodeItems, index) => {
-      if (nodeItems.length === 0) return;
+    perNode.map(async (indices, index) => {
+      if (indices.length === 0) return;
       const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
       const counters = tally.for(address);
       let handled = 0;
@@ -64,11 +81,13 @@ export async function writeToRing(items: readonly WritableItem[], ring: TargetNo
         options.onRefused?.(address, outcome.refused);
       };
       try {
-        await options.writer.addItems(address, nodeItems, count, options.signal);
+        if (packed && writer.addPacked) await writer.addPacked(address, { packed, indices }, count, options.signal);
+        else if (packed) await writer.addItems(address, indices.map((i) => packed.item(i)), count, options.signal);
+        else await writer.addItems(address, indices.map((i) => list?.[i] as WritableItem), count, options.signal);
       } catch (error) {
         // Another process than the job's: its share is the job's to refill, not this chunk's to write.
         if (!isCachewarmError(error, 'TARGET_REPLACED')) throw error;
-        counters.replaced += nodeItems.length - handled;
+        counters.replaced += indices.length - handled;
       }
     }),
   );

@@ -2,6 +2,7 @@ import { crc32 } from 'node:zlib';
 import { BufferPool } from './buffer-pool.js';
 import { CachewarmError } from './errors.js';
 import { checkKey } from './memcached/keys.js';
+import type { PackedItems } from './memcached/meta-add.js';
 
 /**
  * Chunk format, version 2. Everything is little-endian.
@@ -88,16 +89,23 @@ export class ChunkBuilder {
   }
 
   addData(key: Uint8Array, value: Uint8Array, flags: number, exptime: number): void {
+    this.addDataFrom(key, value, 0, value.length, flags, exptime);
+  }
+
+  /** addData with the value given as source[start, end), copied from there. */
+  addDataFrom(key: Uint8Array, source: Buffer | Uint8Array, start: number, end: number, flags: number, exptime: number): void {
     this.expectKind('data');
     checkKey(key, `${this.kind} chunk`);
-    const at = this.reserve(DATA_RECORD_OVERHEAD + key.length + value.length);
+    const valueBytes = end - start;
+    const at = this.reserve(DATA_RECORD_OVERHEAD + key.length + valueBytes);
     const buf = this.buf;
     buf[at] = key.length;
     buf.writeUInt32LE(flags >>> 0, at + 1);
     buf.writeUInt32LE(exptime, at + 5);
-    buf.writeUInt32LE(value.length, at + 9);
+    buf.writeUInt32LE(valueBytes, at + 9);
     buf.set(key, at + 13);
-    buf.set(value, at + 13 + key.length);
+    if (Buffer.isBuffer(source)) source.copy(buf, at + 13 + key.length, start, end);
+    else buf.set(source.subarray(start, end), at + 13 + key.length);
   }
 
   addKey(key: Uint8Array, exptime: number, sizeBytes = 0): void {
@@ -184,33 +192,83 @@ function hex(n: number): string {
 }
 
 /**
+ * A verified data chunk's records, read where they lie in the chunk: an offset per record and
+ * no object per item, which is what lets a populator route and write millions of items
+ * without the garbage collector copying them about. Valid as long as the chunk's buffer.
+ */
+export class DataRecords implements PackedItems {
+  private constructor(
+    readonly bytes: Buffer,
+    /** Where each record starts in `bytes`. */
+    private readonly starts: Uint32Array,
+  ) {}
+
+  /** Walks a chunk's records after verifying it. */
+  static decode(chunk: Buffer, where: string): DataRecords {
+    const { kind, count } = verifyChunk(chunk, where);
+    if (kind !== 'data') throw corrupt(where, `expected a data chunk, found a ${kind} chunk`);
+    const starts = new Uint32Array(count);
+    let at = HEADER_BYTES;
+    for (let i = 0; i < count; i++) {
+      if (at + DATA_RECORD_OVERHEAD > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
+      const keyBytes = chunk[at] as number;
+      const end = at + DATA_RECORD_OVERHEAD + keyBytes + chunk.readUInt32LE(at + 9);
+      if (keyBytes === 0 || end > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
+      starts[i] = at;
+      at = end;
+    }
+    if (at !== chunk.length) throw corrupt(where, `${chunk.length - at} bytes left after ${count} records`);
+    return new DataRecords(chunk, starts);
+  }
+
+  get length(): number {
+    return this.starts.length;
+  }
+
+  keyStart(i: number): number {
+    return (this.starts[i] as number) + DATA_RECORD_OVERHEAD;
+  }
+
+  keyBytes(i: number): number {
+    return this.bytes[this.starts[i] as number] as number;
+  }
+
+  valueStart(i: number): number {
+    return this.keyStart(i) + this.keyBytes(i);
+  }
+
+  valueBytes(i: number): number {
+    return this.bytes.readUInt32LE((this.starts[i] as number) + 9);
+  }
+
+  flags(i: number): number {
+    return this.bytes.readUInt32LE((this.starts[i] as number) + 1);
+  }
+
+  exptime(i: number): number {
+    return this.bytes.readUInt32LE((this.starts[i] as number) + 5);
+  }
+
+  /** Record i as an item whose key and value are views of the chunk. */
+  item(i: number): DataItem {
+    const keyAt = this.keyStart(i);
+    const valueAt = keyAt + this.keyBytes(i);
+    return {
+      key: this.bytes.subarray(keyAt, valueAt),
+      value: this.bytes.subarray(valueAt, valueAt + this.valueBytes(i)),
+      flags: this.flags(i),
+      exptime: this.exptime(i),
+    };
+  }
+}
+
+/**
  * Decodes a data chunk after verifying it. Items point into `chunk` (no copies), so they live
  * as long as the chunk's buffer.
  */
 export function decodeDataChunk(chunk: Buffer, where: string): DataItem[] {
-  const { kind, count } = verifyChunk(chunk, where);
-  if (kind !== 'data') throw corrupt(where, `expected a data chunk, found a ${kind} chunk`);
-  const items: DataItem[] = new Array<DataItem>(count);
-  let at = HEADER_BYTES;
-  for (let i = 0; i < count; i++) {
-    if (at + DATA_RECORD_OVERHEAD > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
-    const keyBytes = chunk[at] as number;
-    const flags = chunk.readUInt32LE(at + 1);
-    const exptime = chunk.readUInt32LE(at + 5);
-    const valueBytes = chunk.readUInt32LE(at + 9);
-    const keyAt = at + DATA_RECORD_OVERHEAD;
-    const end = keyAt + keyBytes + valueBytes;
-    if (keyBytes === 0 || end > chunk.length) throw corrupt(where, `record ${i} runs past the end`);
-    items[i] = {
-      key: chunk.subarray(keyAt, keyAt + keyBytes),
-      value: chunk.subarray(keyAt + keyBytes, end),
-      flags,
-      exptime,
-    };
-    at = end;
-  }
-  if (at !== chunk.length) throw corrupt(where, `${chunk.length - at} bytes left after ${count} records`);
-  return items;
+  const records = DataRecords.decode(chunk, where);
+  return Array.from({ length: records.length }, (_, i) => records.item(i));
 }
 
 export function decodeKeyChunk(chunk: Buffer, where: string): KeyItem[] {

@@ -12,12 +12,23 @@ export function absoluteExpiry(
   crawledExptime: number,
   nowSeconds: number | { readonly earliest: number; readonly latest: number; readonly slackSeconds?: number },
 ): number | undefined {
+  if (typeof nowSeconds === 'number') return absoluteExpiryBetween(ttlSeconds, crawledExptime, nowSeconds, nowSeconds, 1);
+  return absoluteExpiryBetween(ttlSeconds, crawledExptime, nowSeconds.earliest, nowSeconds.latest, nowSeconds.slackSeconds ?? 1);
+}
+
+/** absoluteExpiry with the server's now given as its bounds: no object per item (the dumper calls this for every one). */
+export function absoluteExpiryBetween(
+  ttlSeconds: number,
+  crawledExptime: number,
+  earliestSeconds: number,
+  latestSeconds: number,
+  slackSeconds: number,
+): number | undefined {
   if (ttlSeconds < 0) return 0;
   if (ttlSeconds === 0) return undefined;
-  const { earliest, latest, slackSeconds = 1 } = typeof nowSeconds === 'number' ? { earliest: nowSeconds, latest: nowSeconds } : nowSeconds;
   const readAt = crawledExptime - ttlSeconds;
-  if (crawledExptime > 0 && readAt >= earliest - slackSeconds && readAt <= latest + slackSeconds) return crawledExptime;
-  return latest + ttlSeconds;
+  if (crawledExptime > 0 && readAt >= earliestSeconds - slackSeconds && readAt <= latestSeconds + slackSeconds) return crawledExptime;
+  return latestSeconds + ttlSeconds;
 }
 
 /**

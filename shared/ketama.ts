@@ -68,9 +68,32 @@ const md5: Md5 =
     ? (data) => oneShotHash('md5', data, 'buffer')
     : (data) => nodeCrypto.createHash('md5').update(data).digest();
 
+/**
+ * The last key hashed and its hash. A key is often placed on two rings in a row (the verifier
+ * routes every key of a source over the source's ring and the target's), and comparing a
+ * key's bytes costs a small fraction of hashing them again.
+ */
+const lastKey = new Uint8Array(256);
+let lastKeyLength = -1;
+let lastHash = 0;
+
+function isLastKey(key: Uint8Array): boolean {
+  if (key.length !== lastKeyLength) return false;
+  for (let i = key.length - 1; i >= 0; i--) if (key[i] !== lastKey[i]) return false;
+  return true;
+}
+
 /** ketama hash of a key (key given as bytes or as a UTF-8 string) */
 export function ketamaHash(key: Uint8Array | string): number {
-  return md5FirstWord(typeof key === 'string' ? Buffer.from(key, 'utf8') : key);
+  if (typeof key === 'string') return md5FirstWord(Buffer.from(key, 'utf8'));
+  if (isLastKey(key)) return lastHash;
+  const hash = md5FirstWord(key);
+  if (key.length <= lastKey.length) {
+    for (let i = 0; i < key.length; i++) lastKey[i] = key[i] as number;
+    lastKeyLength = key.length;
+    lastHash = hash;
+  }
+  return hash;
 }
 
 const DIGESTS_PER_NODE = 40;
@@ -153,6 +176,11 @@ export class KetamaRing<N> {
   /** index of that node in the constructor's array */
   indexFor(key: Uint8Array | string): number {
     return this.indexForHash(ketamaHash(key));
+  }
+
+  /** indexFor the key data[start, end), without a view of it */
+  indexForBytes(data: Uint8Array, start: number, end: number): number {
+    return this.indexForHash(md5FirstWord(data, start, end));
   }
 
   /**

@@ -12,33 +12,46 @@ for (let i = 0; i < 64; i++) K[i] = Math.floor(Math.abs(Math.sin(i + 1)) * 2 ** 
 const SHIFTS = Int32Array.from(S);
 const block = new Int32Array(16);
 
+/** One MD5 step: a += f + K[i] + m[g], rotated by s, plus b. */
+const step = (a: number, b: number, f: number, i: number, m: number, s: number): number => {
+  const x = (a + f + (K[i] as number) + m) | 0;
+  return (b + ((x << s) | (x >>> (32 - s)))) | 0;
+};
+
 function compress(state: Int32Array, m: Int32Array): void {
   let a = state[0] as number;
   let b = state[1] as number;
   let c = state[2] as number;
   let d = state[3] as number;
-  for (let i = 0; i < 64; i++) {
-    let f: number;
-    let g: number;
-    if (i < 16) {
-      f = (b & c) | (~b & d);
-      g = i;
-    } else if (i < 32) {
-      f = (d & b) | (~d & c);
-      g = (5 * i + 1) & 15;
-    } else if (i < 48) {
-      f = b ^ c ^ d;
-      g = (3 * i + 5) & 15;
-    } else {
-      f = c ^ (b | ~d);
-      g = (7 * i) & 15;
-    }
-    const x = (a + f + (K[i] as number) + (m[g] as number)) | 0;
-    const s = SHIFTS[i] as number;
+  // The four rounds as four loops: no per-step branch on which round it is.
+  let i = 0;
+  for (; i < 16; i++) {
+    const next = step(a, b, (b & c) | (~b & d), i, m[i] as number, SHIFTS[i] as number);
     a = d;
     d = c;
     c = b;
-    b = (b + ((x << s) | (x >>> (32 - s)))) | 0;
+    b = next;
+  }
+  for (; i < 32; i++) {
+    const next = step(a, b, (d & b) | (~d & c), i, m[(5 * i + 1) & 15] as number, SHIFTS[i] as number);
+    a = d;
+    d = c;
+    c = b;
+    b = next;
+  }
+  for (; i < 48; i++) {
+    const next = step(a, b, b ^ c ^ d, i, m[(3 * i + 5) & 15] as number, SHIFTS[i] as number);
+    a = d;
+    d = c;
+    c = b;
+    b = next;
+  }
+  for (; i < 64; i++) {
+    const next = step(a, b, c ^ (b | ~d), i, m[(7 * i) & 15] as number, SHIFTS[i] as number);
+    a = d;
+    d = c;
+    c = b;
+    b = next;
   }
   state[0] = ((state[0] as number) + a) | 0;
   state[1] = ((state[1] as number) + b) | 0;

@@ -21,3 +21,14 @@ export function writeAscii(buf: Buffer, at: number, text: string): number {
 export function keyToken(key: Buffer, raw: boolean): Buffer {
   return raw ? key : Buffer.from(key.toString('base64'), 'latin1');
 }
+
+/**
+ * Writes the key in src[start, end) as it goes on a command line (see keyToken); returns the
+ * index after it.
+ */
+export function writeKey(buf: Buffer, at: number, src: Buffer, raw: boolean, start = 0, end = src.length): number {
+  if (!raw) return at + keyToken(src.subarray(start, end), false).copy(buf, at);
+  // Byte by byte: keys are short, and for them a native copy's call costs more than the copy.
+  for (let i = start; i < end; i++) buf[at++] = src[i] as number;
+  return at;
+}

@@ -180,6 +180,8 @@ export class MemcachedConnection {
 
   /** Stops reading from the socket, so that TCP pushes back on the server (used by the crawl). */
   pause(): void {
+    // Once is enough: a crawl asks again for every line parsed past a full batch.
+    if (this.paused) return;
     this.paused = true;
     this.socket.pause();
   }

@@ -6,10 +6,10 @@ export const MAX_KEY_BYTES = 250;
 /**
  * Whether a key can be sent as-is on a text/meta command line. Keys are bytes: anything but
  * spaces and control characters goes through raw (invalid UTF-8 included); the rest must be
- * sent base64-encoded with the meta `b` flag.
+ * sent base64-encoded with the meta `b` flag. (`start`/`end`: a key inside a larger buffer.)
  */
-export function isRawSafeKey(key: Uint8Array): boolean {
-  for (let i = 0; i < key.length; i++) {
+export function isRawSafeKey(key: Uint8Array, start = 0, end = key.length): boolean {
+  for (let i = start; i < end; i++) {
     const byte = key[i] as number;
     if (byte <= 0x20 || byte === 0x7f) return false;
   }
@@ -46,7 +46,11 @@ function hexValue(byte: number): number {
  * URI-unreserved set. Decodes to bytes, not a string: a key need not be valid UTF-8.
  */
 export function decodeUriKey(buf: Uint8Array, start: number, end: number): Buffer {
-  const out = Buffer.allocUnsafe(end - start);
+  // Sized exactly up front (most keys have escapes: memcached encodes even `:`), so that
+  // each key is one allocation and no second view.
+  let escapes = 0;
+  for (let i = start; i < end; i++) if (buf[i] === 0x25) escapes++;
+  const out = Buffer.allocUnsafe(Math.max(0, end - start - 2 * escapes));
   let n = 0;
   for (let i = start; i < end; i++) {
     const byte = buf[i] as number;
@@ -60,6 +64,5 @@ export function decodeUriKey(buf: Uint8Array, start: number, end: number): Buffe
     out[n++] = (hi << 4) | lo;
     i += 2;
   }
-  // Most keys need no escape: no second view of the buffer for them.
-  return n === out.length ? out : out.subarray(0, n);
+  return out;
 }

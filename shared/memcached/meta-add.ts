@@ -1,6 +1,6 @@
 import { Reply, lineEnd, lineText, protocolError } from './connection.js';
 import type { BufferPool } from '../buffer-pool.js';
-import { keyToken, writeAscii, writeDecimal } from './ascii.js';
+import { writeAscii, writeDecimal, writeKey } from './ascii.js';
 import { isRawSafeKey } from './keys.js';
 
 /** An item as it is written to a target: absolute expiry in unix seconds, 0 for none. */
@@ -39,33 +39,98 @@ export function refusalReason(message: string): RefusalReason {
 }
 
 /**
+ * Items stored back to back in one buffer (a data chunk's records), read in place: item i's
+ * key is bytes[keyStart(i), keyStart(i) + keyBytes(i)), its value likewise.
+ */
+export interface PackedItems {
+  readonly bytes: Buffer;
+  readonly length: number;
+  keyStart(i: number): number;
+  keyBytes(i: number): number;
+  valueStart(i: number): number;
+  valueBytes(i: number): number;
+  flags(i: number): number;
+  exptime(i: number): number;
+  /** Item i as an object with views of `bytes`, for what is reported of it (a refusal). */
+  item(i: number): WritableItem;
+}
+
+/** Some of a PackedItems' items, by index: e.g. what one node gets of a chunk. */
+export interface PackedSelection {
+  readonly packed: PackedItems;
+  readonly indices: readonly number[];
+}
+
+/** What one pipelined batch of adds carries: items, or items packed in a chunk. */
+export type AddBatch = readonly WritableItem[] | PackedSelection;
+
+export const batchLength = (batch: AddBatch): number => (isPackedSelection(batch) ? batch.indices.length : batch.length);
+
+function isPackedSelection(batch: AddBatch): batch is PackedSelection {
+  return !Array.isArray(batch);
+}
+
+/** Item `i` of a batch as an object (for a refusal). */
+function itemOf(batch: AddBatch, i: number): WritableItem {
+  return isPackedSelection(batch) ? batch.packed.item(batch.indices[i] as number) : (batch[i] as WritableItem);
+}
+
+/** Writes one `ms` command for the key src[keyAt, keyEnd) and the value valueSrc[valueAt, valueEnd). */
+function writeAdd(
+  buf: Buffer,
+  at: number,
+  src: Buffer,
+  keyAt: number,
+  keyEnd: number,
+  valueSrc: Buffer,
+  valueAt: number,
+  valueEnd: number,
+  flags: number,
+  exptime: number,
+): number {
+  const raw = isRawSafeKey(src, keyAt, keyEnd);
+  at = writeAscii(buf, at, 'ms ');
+  at = writeKey(buf, at, src, raw, keyAt, keyEnd);
+  buf[at++] = 0x20;
+  at = writeDecimal(buf, at, valueEnd - valueAt);
+  at = writeAscii(buf, at, ' ME F');
+  at = writeDecimal(buf, at, flags >>> 0);
+  if (exptime > 0) {
+    at = writeAscii(buf, at, ' T');
+    at = writeDecimal(buf, at, exptime);
+  }
+  if (!raw) at = writeAscii(buf, at, ' b');
+  at = writeAscii(buf, at, '\r\n');
+  at += valueSrc.copy(buf, at, valueAt, valueEnd);
+  return writeAscii(buf, at, '\r\n');
+}
+
+/**
  * Builds pipelined `ms <key> <len> ME F<flags> T<exptime>` commands: mode E is add, so an
  * item the target already holds (written by live traffic during the warm) is never replaced.
  * The expiry is written as an absolute unix time, which memcached takes as such for any
  * value above 30 days: it stays exact however long the item waited in a chunk.
  * One buffer for the whole batch, written in place: this runs for every item of a warm.
  */
-export function buildMetaAdds(items: readonly WritableItem[], pool?: BufferPool): Buffer {
+export function buildMetaAdds(batch: AddBatch, pool?: BufferPool): Buffer {
   let bound = 0;
-  for (const item of items) bound += item.key.length * 2 + item.value.length + 64;
+  if (isPackedSelection(batch)) {
+    const { packed, indices } = batch;
+    for (const i of indices) bound += packed.keyBytes(i) * 2 + packed.valueBytes(i) + 64;
+    const buf = pool ? pool.acquire(bound) : Buffer.allocUnsafe(bound);
+    let at = 0;
+    for (const i of indices) {
+      const keyAt = packed.keyStart(i);
+      const valueAt = packed.valueStart(i);
+      at = writeAdd(buf, at, packed.bytes, keyAt, valueAt, packed.bytes, valueAt, valueAt + packed.valueBytes(i), packed.flags(i), packed.exptime(i));
+    }
+    return buf.subarray(0, at);
+  }
+  for (const item of batch) bound += item.key.length * 2 + item.value.length + 64;
   const buf = pool ? pool.acquire(bound) : Buffer.allocUnsafe(bound);
   let at = 0;
-  for (const item of items) {
-    const raw = isRawSafeKey(item.key);
-    at = writeAscii(buf, at, 'ms ');
-    at += keyToken(item.key, raw).copy(buf, at);
-    buf[at++] = 0x20;
-    at = writeDecimal(buf, at, item.value.length);
-    at = writeAscii(buf, at, ' ME F');
-    at = writeDecimal(buf, at, item.flags >>> 0);
-    if (item.exptime > 0) {
-      at = writeAscii(buf, at, ' T');
-      at = writeDecimal(buf, at, item.exptime);
-    }
-    if (!raw) at = writeAscii(buf, at, ' b');
-    at = writeAscii(buf, at, '\r\n');
-    at += item.value.copy(buf, at);
-    at = writeAscii(buf, at, '\r\n');
+  for (const item of batch) {
+    at = writeAdd(buf, at, item.key, 0, item.key.length, item.value, 0, item.value.length, item.flags, item.exptime);
   }
   return buf.subarray(0, at);
 }
@@ -73,18 +138,20 @@ export function buildMetaAdds(items: readonly WritableItem[], pool?: BufferPool)
 /** Reads one status line per `ms`: HD stored, NS not stored because it exists, or an error. */
 export class MetaAddReplies extends Reply<AddOutcome> {
   private seen = 0;
+  private readonly count: number;
   private readonly outcome: AddOutcome = newAddOutcome();
 
   constructor(
-    private readonly items: readonly WritableItem[],
+    private readonly items: AddBatch,
     private readonly label: string,
   ) {
     super();
-    if (items.length === 0) this.finish(this.outcome);
+    this.count = batchLength(items);
+    if (this.count === 0) this.finish(this.outcome);
   }
 
   read(buf: Buffer, pos: number): number {
-    while (this.seen < this.items.length) {
+    while (this.seen < this.count) {
       const end = lineEnd(buf, pos);
       if (end < 0) return pos;
       const c0 = buf[pos];
@@ -95,7 +162,7 @@ export class MetaAddReplies extends Reply<AddOutcome> {
         // SERVER_ERROR (object too large, out of memory): memcached swallowed the value,
         // so the pipeline stays in step and only this item is lost.
         const message = lineText(buf, pos, end);
-        this.outcome.refused.push({ item: this.items[this.seen] as WritableItem, reason: refusalReason(message), message });
+        this.outcome.refused.push({ item: itemOf(this.items, this.seen), reason: refusalReason(message), message });
       } else {
         // CLIENT_ERROR or ERROR means the stream is out of step: nothing after it can be trusted.
         throw protocolError(this.label, 'unexpected reply to ms', lineText(buf, pos, end));

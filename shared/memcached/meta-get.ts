@@ -1,12 +1,17 @@
 import { Reply, lineEnd, lineText, protocolError } from './connection.js';
 import type { BufferPool } from '../buffer-pool.js';
-import { keyToken, writeAscii } from './ascii.js';
+import { writeAscii, writeKey } from './ascii.js';
 import { isRawSafeKey } from './keys.js';
 
 /** What a pipelined fetch reports, item by item, in the order the keys were given. */
 export interface FetchSink {
   /** `value` is only valid during the call: copy what you keep. `ttlSeconds` is -1 for no expiry. */
   hit(index: number, value: Buffer, flags: number, ttlSeconds: number): void;
+  /**
+   * Optional, instead of `hit`: the value is buf[start, end), valid only during the call. For
+   * a sink that copies every value (the dumper), this spares a view per item.
+   */
+  hitAt?(index: number, buf: Buffer, start: number, end: number, flags: number, ttlSeconds: number): void;
   miss(index: number): void;
 }
 
@@ -20,7 +25,7 @@ export function buildMetaGets(keys: readonly Buffer[], start: number, end: numbe
     const key = keys[i] as Buffer;
     const raw = isRawSafeKey(key);
     at = writeAscii(buf, at, 'mg ');
-    at += keyToken(key, raw).copy(buf, at);
+    at = writeKey(buf, at, key, raw);
     // `v f t` return value, client flags and remaining TTL; `u` leaves the item where it is
     // in the LRU, so a warm does not make every item of the source look freshly used.
     at = writeAscii(buf, at, raw ? ' v f t u\r\n' : ' v f t u b\r\n');
@@ -83,7 +88,8 @@ export class MetaGetReplies extends Reply<void> {
         this.wantBytes = dataEnd - pos;
         return pos;
       }
-      this.sink.hit(this.index++, buf.subarray(end, end + length), flags >>> 0, ttl);
+      if (this.sink.hitAt) this.sink.hitAt(this.index++, buf, end, end + length, flags >>> 0, ttl);
+      else this.sink.hit(this.index++, buf.subarray(end, end + length), flags >>> 0, ttl);
       pos = dataEnd;
     }
     this.finish();
