@@ -1,5 +1,5 @@
 import { dumpNode } from '../dumper/dump-node.js';
-import type { ReadPace } from '../dumper/read-pace.js';
+import { type ReadPace, listedUntilClosed } from '../dumper/read-pace.js';
 import type { BufferPool } from '../shared/buffer-pool.js';
 import type { ChunkMessage, TargetRing } from '../shared/chunk-message.js';
 import type { ChunkQueue } from '../shared/chunk-queue.js';
@@ -162,15 +162,7 @@ export class SharedCopy {
   }
 
   private async trackedPace(node: NodeSpec): Promise<ReadPace> {
-    const pace = await this.options.readPace(node, this.stop.signal);
-    this.paces.set(node.id, pace);
-    return {
-      ...pace,
-      close: async () => {
-        this.paces.delete(node.id);
-        await pace.close();
-      },
-    };
+    return listedUntilClosed(this.paces, node.id, await this.options.readPace(node, this.stop.signal));
   }
 
   private async fanOut(message: ChunkMessage): Promise<void> {

@@ -13,7 +13,7 @@ import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { ChunkMessage } from '../shared/chunk-message.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
-import { type ProtectSource, type ReadPace, startReadPace } from '../dumper/read-pace.js';
+import { type ProtectSource, type ReadPace, listedUntilClosed, startReadPace } from '../dumper/read-pace.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, checkAlreadyWarmRatio } from './already-warm.js';
 import { JobJournal, type JobRecord, type PassRecord, type SourceShare } from './job-journal.js';
@@ -495,14 +495,7 @@ function sharesCopy(ctx: PassContext, pass: PassRecord): boolean {
 async function trackedPace(ctx: PassContext, node: NodeSpec, signal: AbortSignal): Promise<ReadPace> {
   const { options } = ctx;
   const pace = await startReadPace(endpointOf(node), { protectSource: options.protectSource, maxItemsPerSecond: options.maxOpsPerNode, clock: options.clock, signal });
-  ctx.paces.set(node.id, pace);
-  return {
-    ...pace,
-    close: async () => {
-      ctx.paces.delete(node.id);
-      await pace.close();
-    },
-  };
+  return listedUntilClosed(ctx.paces, node.id, pace);
 }
 
 /** The pass that copies exactly the given keys: their key chunks stored as its own, its crawl done. */

@@ -70,3 +70,15 @@ export async function startReadPace(node: Endpoint, settings: ReadPaceSettings):
   }
   return { limiter: guard, status: () => guard.status(), close };
 }
+
+/** The pace, listed in `paces` under `id` (for progress reports) until it is closed. */
+export function listedUntilClosed(paces: Map<string, ReadPace>, id: string, pace: ReadPace): ReadPace {
+  paces.set(id, pace);
+  return {
+    ...pace,
+    close: async () => {
+      paces.delete(id);
+      await pace.close();
+    },
+  };
+}
