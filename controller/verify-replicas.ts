@@ -9,6 +9,7 @@ import { MetaGetReplies, buildMetaGets } from '../shared/memcached/meta-get.js';
 import { type RateLimiter, TokenBucket, unlimited } from '../shared/token-bucket.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { listKeys } from '../dumper/list-keys.js';
+import type { SampledKey } from '../shared/key-sample.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { targetRingOf } from './warm-plan.js';
 
@@ -75,6 +76,13 @@ export interface VerifyReplicasOptions {
    * large for it (a warm's `--skip-too-large`): counted as `tooLarge`, not as missing.
    */
   readonly tooLargeFromBytes?: number | undefined;
+  /**
+   * A uniform sample of the keys a warm's own dump listed (see KeySample), drawn from instead
+   * of listing the source's keys again: the read-back then costs the source no second crawl.
+   * Only with a sample size; it should hold more keys than sample × target nodes, since the
+   * keys spread over the target nodes unevenly.
+   */
+  readonly listedSample?: readonly SampledKey[] | undefined;
 }
 
 /** What a check found (checked = the five counts after it). */
@@ -427,6 +435,18 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     };
   }
 
+  /** Hands on a key listed on source node `s` if it is in scope, with the target node it belongs to. */
+  function consider(s: number, key: Buffer, exptime: number, size: number, take: (c: Candidate) => Promise<void> | undefined): Promise<void> | undefined {
+    if (sourceRing.indexFor(key) !== s) {
+      strays++;
+      return undefined;
+    }
+    const target = targetRing.indexFor(key);
+    if (!inScope[target]) return undefined;
+    listed++;
+    return take({ key, exptime, size, target });
+  }
+
   /** Lists source node `s`'s keys and hands on those in scope, with the target node each belongs to. */
   async function crawl(s: number, take: (c: Candidate) => Promise<void> | undefined): Promise<void> {
     const node = sourceReplica.nodes[s] as NodeSpec;
@@ -434,15 +454,7 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     try {
       for await (const batch of listKeys(conn, { batchKeys: CRAWL_BATCH_KEYS, clock, counters: dumpCounters, signal: stop.signal })) {
         for (let i = 0; i < batch.keys.length; i++) {
-          const key = batch.keys[i] as Buffer;
-          if (sourceRing.indexFor(key) !== s) {
-            strays++;
-            continue;
-          }
-          const target = targetRing.indexFor(key);
-          if (!inScope[target]) continue;
-          listed++;
-          const taken = take({ key, exptime: batch.exptimes[i] as number, size: batch.sizes[i] as number, target });
+          const taken = consider(s, batch.keys[i] as Buffer, batch.exptimes[i] as number, batch.sizes[i] as number, take);
           if (taken) await taken;
         }
       }
@@ -472,7 +484,13 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
         (reservoirs[c.target] as Reservoir).offer(c, s);
         return undefined;
       };
-      await Promise.all(sourceReplica.nodes.map((_, s) => crawl(s, offer(s)).catch(fail)));
+      if (options.listedSample) {
+        const indexOf = new Map(sourceReplica.nodes.map((n, s) => [n.id, s]));
+        for (const { key, exptime, sizeBytes, source } of options.listedSample) {
+          const s = indexOf.get(source);
+          if (s !== undefined) consider(s, key, exptime, sizeBytes, offer(s));
+        }
+      } else await Promise.all(sourceReplica.nodes.map((_, s) => crawl(s, offer(s)).catch(fail)));
       const bySource = sourceReplica.nodes.map(() => [] as Candidate[]);
       if (!failure) for (const reservoir of reservoirs) for (const { candidate, source } of reservoir.entries()) bySource[source]?.push(candidate);
       await Promise.all(

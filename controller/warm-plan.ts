@@ -12,6 +12,7 @@ import { ringShares } from './expected-share.js';
 import { NodeWatch, type NodeWatchOptions, type ReadStats, type WatchedNode } from './node-watch.js';
 import type { Clock } from '../shared/clock.js';
 import { verifyReplicas } from './verify-replicas.js';
+import type { SampledKey } from '../shared/key-sample.js';
 import { type JobKind, type VerificationSummary, type WarmSummary, identity, processUsage, targetNodeReport, verificationSummary } from './warm-summary.js';
 
 /**
@@ -190,6 +191,8 @@ export async function readBackSample(
     readonly connect: Connect;
     readonly clock: Clock;
     readonly tooLargeFromBytes?: number | undefined;
+    /** Keys the warm's dump listed, sampled (see verifyReplicas): no second crawl of the source. */
+    readonly listedSample?: readonly SampledKey[] | undefined;
     readonly signal?: AbortSignal | undefined;
   },
 ): Promise<VerificationSummary | undefined> {
@@ -204,6 +207,7 @@ export async function readBackSample(
     connect: options.connect,
     clock: options.clock,
     tooLargeFromBytes: options.tooLargeFromBytes,
+    listedSample: options.listedSample,
     signal: options.signal,
   });
   return verificationSummary(report);

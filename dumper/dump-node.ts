@@ -66,6 +66,10 @@ export interface DumpNodeOptions {
   /** Where chunk and command buffers come from and go back to. */
   readonly pool?: BufferPool;
   readonly onDataChunk?: (message: ChunkMessage) => void;
+  /** Every batch of keys this run's crawl lists, after the key filter (a resumed dump whose crawl had finished lists none). */
+  readonly onListed?: ((batch: KeyBatch) => void) | undefined;
+  /** This run's crawl listed the node to the end. */
+  readonly onCrawled?: (() => void) | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -219,6 +223,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     });
     for await (const batch of batches) {
       if (failure) return;
+      options.onListed?.(batch);
       const name = `${directory}/keys-${pad(seq++, 6)}.chunk`;
       const builder = new ChunkBuilder('keys', batch.keys.length * 64, pool);
       for (let i = 0; i < batch.keys.length; i++) {
@@ -230,6 +235,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
       schedule(name, batch);
     }
     await putJson(store, crawlDoneName(jobId, node.id), { version: LAYOUT_VERSION, keyChunks: seq }, signal);
+    options.onCrawled?.();
   }
 
   const pace = await options.readPace?.();

@@ -1,0 +1,49 @@
+import type { KeyBatch } from './memcached/crawler.js';
+
+/** A key as the crawl listed it, and the source node it was listed on. */
+export interface SampledKey {
+  readonly key: Buffer;
+  /** Absolute expiry the crawler reported, 0 for none. */
+  readonly exptime: number;
+  readonly sizeBytes: number;
+  /** The source node's id. */
+  readonly source: string;
+}
+
+/**
+ * A uniform random sample of the keys a dump lists, across every source node (reservoir
+ * sampling: memory grows with the sample, not with the data). What the end-of-warm read-back
+ * checks, so that it need not list the source's keys a second time.
+ */
+export class KeySample {
+  private readonly kept: SampledKey[] = [];
+  private seen = 0;
+
+  constructor(
+    readonly capacity: number,
+    private readonly random: () => number = Math.random,
+  ) {}
+
+  offer(batch: KeyBatch, source: string): void {
+    const { keys, exptimes, sizes } = batch;
+    for (let i = 0; i < keys.length; i++) {
+      this.seen++;
+      let slot = this.kept.length;
+      if (slot >= this.capacity) {
+        slot = Math.floor(this.random() * this.seen);
+        if (slot >= this.capacity) continue;
+      }
+      // A copy: the batch's keys may share memory that is reused once the batch is written.
+      this.kept[slot] = { key: Buffer.from(keys[i] as Buffer), exptime: exptimes[i] as number, sizeBytes: sizes[i] as number, source };
+    }
+  }
+
+  /** Keys offered so far. */
+  get listed(): number {
+    return this.seen;
+  }
+
+  get keys(): readonly SampledKey[] {
+    return this.kept;
+  }
+}
