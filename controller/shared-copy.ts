@@ -82,12 +82,32 @@ export class SharedCopy {
    * rejects with the dump's failure. The subscriber closes its queue after either.
    */
   async join(subscriber: CopySubscriber): Promise<ReadonlyMap<string, Error>> {
-    this.subscribers.set(subscriber.target, subscriber);
-    subscriber.signal.addEventListener('abort', () => this.leave(subscriber.target), { once: true });
+    const { target, signal } = subscriber;
+    if (signal.aborted) {
+      this.leave(target);
+      throw abortReason(signal);
+    }
+    this.subscribers.set(target, subscriber);
+    // A target that fails leaves at once: its warm reports its failure without waiting for the others'.
+    const left = new Promise<never>((_, reject) => {
+      signal.addEventListener(
+        'abort',
+        () => {
+          this.leave(target);
+          reject(abortReason(signal));
+        },
+        { once: true },
+      );
+    });
+    left.catch(() => undefined);
     this.checkReady();
-    await this.ready.promise;
-    this.started ??= this.dump();
-    return await this.started;
+    await Promise.race([this.ready.promise, left]);
+    if (!this.started) {
+      this.started = this.dump();
+      // Every target may have left by the time it fails: the failure is theirs to report, not the process's.
+      this.started.catch(() => undefined);
+    }
+    return await Promise.race([this.started, left]);
   }
 
   /**
