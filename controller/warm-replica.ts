@@ -101,7 +101,8 @@ export interface WarmReplicaOptions {
   /**
    * A dump of the source this warm shares with other targets' (see warmReplicas): its copy
    * pass takes the shared dump's chunks instead of reading the source itself. It joins, or
-   * leaves as soon as it knows it will not (already warm, resumed past its copy, failed).
+   * leaves as soon as it knows it will not (resumed past its copy); the caller has it leave
+   * however the warm ends (already warm, failed before its copy, done).
    */
   readonly sharedCopy?: SharedCopy | undefined;
 }
@@ -148,7 +149,6 @@ export async function warmReplica(options: WarmReplicaOptions): Promise<WarmSumm
     if (warmth?.alreadyWarm) return alreadyWarm({ jobId, scope, source, warmth, durationMs: clock.now() - started });
     return await runWarm(options, { scope, source, jobId, started, earlier, warmth });
   } finally {
-    options.sharedCopy?.leave(options.target);
     await lock.release();
     // A job that found nothing to do leaves no directory behind.
     await rmdir(directory).catch(() => undefined);
@@ -275,7 +275,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     const restartedSources = new Set(replacedSince(earlier?.sources, sources).map((n) => n.id));
     /** Restarted source nodes whose share another replica gave, by that replica's name. */
     const covered = new Map<string, string>();
-    if (!passes.some((p) => !p.done && sharesCopy(ctx, p))) options.sharedCopy?.leave(scope.label);
+    if (!passes.some((p) => !p.done && sharesCopy(ctx, p))) options.sharedCopy?.leave(options.target);
     // From here a rerun knows which processes were read and written, and what is owed.
     await journal.save({ passes, targets: identities(targets), sources: identities(sources) });
     const repairs: RepairReport[] = [];
