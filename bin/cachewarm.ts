@@ -202,6 +202,7 @@ async function runWarmCommand(opts: WarmCommandOptions, targetsIn: (topology: To
           topology,
           target: replica,
           only: node,
+          otherTargets: targets.filter((t) => t.replica !== replica).map((t) => t.replica),
           source: opts.source,
           alreadyWarmRatio: opts.alreadyWarmRatio,
           maxOpsPerNode: opts.maxOps,
@@ -211,7 +212,8 @@ async function runWarmCommand(opts: WarmCommandOptions, targetsIn: (topology: To
         }),
       );
     }
-    if (opts.json) jsonOutcome.result(plans.length === 1 ? (plans[0] as object) : plans);
+    // One JSON object: the plan, or with several targets `{ plans }`.
+    if (opts.json) jsonOutcome.result(plans.length === 1 ? (plans[0] as object) : { plans });
     else process.stdout.write(`${plans.map(planText).join('\n\n')}\n`);
     return;
   }

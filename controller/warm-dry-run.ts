@@ -19,6 +19,8 @@ export type DryRunOptions = Pick<
 > & {
   /** Keys listed and read from the fullest source node to time the reads. @default 2000 */
   readonly sampleKeys?: number | undefined;
+  /** The other targets filled from the same dump (`--target c,d`): the source is none of them either. */
+  readonly otherTargets?: readonly string[] | undefined;
 };
 
 /** What a warm would do, told before it does anything. */
@@ -72,7 +74,8 @@ export async function planWarm(options: DryRunOptions): Promise<WarmPlanReport> 
   const connect = options.connect ?? connectDirect;
   const scope = scopeOf(topology, options.target, options.only);
   checkRequestedSource(scope, options.source);
-  const { source, considered } = await selectSource(topology, scope.replica.name, { connect, requested: options.source, signal });
+  const targets = [scope.replica.name, ...(options.otherTargets ?? [])];
+  const { source, considered } = await selectSource(topology, targets, { connect, requested: options.source, signal });
   const warmth = await checkWarmth(topology, scope, source, { connect, alreadyWarmRatio: options.alreadyWarmRatio, signal });
   const shares = ringShares(scope.replica.nodes, topology.hashing);
   const targetNodes = await Promise.all(

@@ -123,4 +123,18 @@ describe('dump once, fill many: one dump of the source warms several replicas', 
       assert.match(sourceIsTarget.stderr, /--source d is the target/);
     });
   });
+
+  test('a dry run of several targets plans each from a source that is none of them, even when another target holds more', async () => {
+    await withCluster({ a: 1, c: 1, d: 1 }, async (cluster) => {
+      await load(cluster.topology, 'a', sampleItems({ count: 1_000, valueBytes: 50, nowSeconds: nowSeconds() }));
+      await load(cluster.topology, 'd', sampleItems({ count: 2_000, valueBytes: 50, nowSeconds: nowSeconds(), seed: 'fuller' }));
+      const topology = await topologyFileOf(cluster.topology);
+
+      const run = await cachewarm('warm', 'replica', '--topology', topology, '--target', 'c,d', '--dry-run', '--json');
+
+      assert.equal(run.code, 0, run.stderr);
+      const { plans } = JSON.parse(run.stdout) as { plans: { target: string; source: string }[] };
+      assert.deepEqual(plans.map((p) => [p.target, p.source]), [['c', 'a'], ['d', 'a']]);
+    });
+  });
 });
