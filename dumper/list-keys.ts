@@ -60,14 +60,22 @@ export async function* listKeys(conn: MemcachedConnection, options: ListKeysOpti
   const heldBefore = await itemsHeld();
   const seen = passes > 1 ? new SeenKeys(heldBefore * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
   let distinct = 0;
+  // Keys the first walk listed that the filter had seen: listed twice, or its false positives.
+  let repeats = 0;
   for (let pass = 1; pass <= passes; pass++) {
     // Each further pass costs the node a full walk: only when the last one came up short.
-    if (pass > 1 && distinct >= Math.max(heldBefore, await itemsHeld())) return;
+    // Up to the number of false positives the filter could have made, a repeat counts as a
+    // key of its own; else a node of a few hundred thousand keys would always be walked twice.
+    const likelyDistinct = distinct + Math.min(repeats, seen?.falsePositiveBound() ?? 0);
+    if (pass > 1 && likelyDistinct >= Math.max(heldBefore, await itemsHeld())) return;
     let found = 0;
     for await (const listed of crawlKeys(conn, { batchKeys, clock, signal, mode })) {
       let fresh = listed;
       if (pass === 1) {
-        for (const key of listed.keys) if (!seen?.add(key)) distinct++;
+        for (const key of listed.keys) {
+          if (seen?.add(key)) repeats++;
+          else distinct++;
+        }
       } else {
         fresh = where(listed, (key) => !seen?.add(key));
         counters.caughtUp += fresh.keys.length;

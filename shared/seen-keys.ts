@@ -9,6 +9,8 @@ export class SeenKeys {
   private readonly bitCount: number;
   private static readonly HASHES = 7;
   private count = 0;
+  private setBits = 0;
+  private expected = 0;
 
   constructor(expectedKeys: number, maxBytes: number) {
     const wantedBytes = Math.max(1024, Math.ceil((Math.max(expectedKeys, 1) * 16) / 8));
@@ -23,6 +25,8 @@ export class SeenKeys {
 
   /** Adds a key; returns whether it was (probably) there already. */
   add(key: Uint8Array): boolean {
+    // The chance that this key, if new, is taken for one seen: every one of its bits already set.
+    this.expected += (this.setBits / this.bitCount) ** SeenKeys.HASHES;
     let h1 = 0x811c9dc5;
     let h2 = 0x01000193 ^ 0x5bd1e995;
     for (let i = 0; i < key.length; i++) {
@@ -41,10 +45,20 @@ export class SeenKeys {
       if ((value & mask) === 0) {
         present = false;
         this.bits[word] = value | mask;
+        this.setBits++;
       }
     }
     if (!present) this.count++;
     return present;
+  }
+
+  /**
+   * How many of the keys added so far were, by chance, reported as already there: a number
+   * that, with a mean of `expectedFalsePositives`, stays below this but once in tens of
+   * thousands (Poisson: mean + 4 standard deviations + 1).
+   */
+  falsePositiveBound(): number {
+    return Math.ceil(this.expected + 4 * Math.sqrt(this.expected) + 1);
   }
 
   /** The chance that a key never added is reported as seen, at the current fill. */
