@@ -8,6 +8,7 @@ import type { Clock } from '../shared/clock.js';
 import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { abortReason, isCachewarmError } from '../shared/errors.js';
 import type { Connect } from '../shared/memcached/connect.js';
+import { HandOffStore } from '../shared/store/hand-off-store.js';
 import type { NodeSpec, ReplicaSpec } from '../shared/topology.js';
 import { endpointOf } from './node-stats.js';
 
@@ -21,7 +22,10 @@ export interface SharedCopyOptions {
   readonly store: ChunkStore;
   readonly chunkSizeBytes: number;
   readonly fetchConcurrency: number;
-  /** Removes a chunk once every target that received it has written it. */
+  /**
+   * Removes a chunk once every target that received it has written it. Chunks are then
+   * handed to the targets in memory, never stored unless parked.
+   */
   readonly deleteConsumed: boolean;
   readonly readPace: (node: NodeSpec, signal: AbortSignal) => Promise<ReadPace>;
   readonly clock: Clock;
@@ -55,6 +59,9 @@ export class SharedCopy {
   readonly counters: ReadonlyMap<string, DumpCounters>;
   /** The read pace of each source node being dumped now. */
   readonly paces = new Map<string, ReadPace>();
+  /** Where the targets' populators take the dump's chunks from. */
+  readonly store: ChunkStore;
+  private readonly handOff: HandOffStore | undefined;
   private readonly subscribers = new Map<string, CopySubscriber>();
   private readonly left = new Set<string>();
   /** Per chunk, the targets that received it and have not written it yet. */
@@ -67,6 +74,8 @@ export class SharedCopy {
 
   constructor(private readonly options: SharedCopyOptions) {
     this.counters = new Map(options.source.nodes.map((n) => [n.id, newDumpCounters()]));
+    this.handOff = options.deleteConsumed ? new HandOffStore(options.store, options.pool) : undefined;
+    this.store = this.handOff ?? options.store;
     let resolve = (): void => undefined;
     const promise = new Promise<void>((r) => (resolve = r));
     this.ready = { resolve, promise };
@@ -129,12 +138,14 @@ export class SharedCopy {
     const waiting = this.unwritten.get(name);
     if (!waiting?.delete(target) || waiting.size > 0) return;
     this.unwritten.delete(name);
-    if (this.options.deleteConsumed && !this.kept.has(name)) this.options.store.delete(name).catch(() => undefined);
+    if (this.options.deleteConsumed && !this.kept.has(name)) this.store.delete(name).catch(() => undefined);
   }
 
   /** The target parked the chunk: it stays in the store for whoever looks into why. */
   parked(target: string, name: string): void {
     this.kept.add(name);
+    // The dump waits for its handed-off chunks to be written or stored: failing to store one fails it.
+    this.handOff?.persist(name).catch((error: unknown) => this.stop.abort(error));
     this.written(target, name);
   }
 
@@ -156,7 +167,8 @@ export class SharedCopy {
         dumpNode({
           node: { id: node.id, ...endpointOf(node) },
           jobId: options.jobId,
-          store: options.store,
+          store: this.store,
+          handOff: this.handOff,
           queue,
           // Replaced by each target's own in fanOut.
           target: ring,

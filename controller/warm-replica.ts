@@ -12,6 +12,7 @@ import { nodeDirectory } from '../shared/job-layout.js';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { ChunkMessage } from '../shared/chunk-message.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
+import { HandOffStore } from '../shared/store/hand-off-store.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { type ProtectSource, type ReadPace, listedUntilClosed, startReadPace } from '../dumper/read-pace.js';
 import { type NodeSpec, type Topology, replicaOf } from '../shared/topology.js';
@@ -389,7 +390,19 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   const { clock, connect = connectDirect, topology } = options;
   const { scope, source } = plan;
   const passJob = `${plan.jobId}/${pass.id}`;
-  const queue = new MemoryQueue({ capacity: options.queueCapacity ?? 8 });
+  const shared = sharesCopy(ctx, pass) ? options.sharedCopy : undefined;
+  // Data chunks go from the dumpers to the populators in memory; only a parked one is stored.
+  const handOff = shared || options.keepChunks ? undefined : new HandOffStore(store, pool);
+  const chunks = shared?.store ?? handOff ?? store;
+  const queue = new MemoryQueue({
+    capacity: options.queueCapacity ?? 8,
+    onPark: ({ message }) => {
+      const name = message.chunk.name;
+      if (shared) shared.parked(options.target, name);
+      // The dumper waits for its handed-off chunks to be written or stored: failing to store one fails the pass.
+      else handOff?.persist(name).catch((error: unknown) => stop.abort(error));
+    },
+  });
   ctx.queueDepth = () => queue.depth;
   const nodes = pass.nodes ? scope.nodes.filter((n) => pass.nodes?.includes(n.address)) : undefined;
   const ring = nodes ? targetRingOf(topology, scope.replica.name, nodes.map((n) => n.address)) : scope.ring;
@@ -400,7 +413,6 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   const keyFilter = shareFilter && targetFilter ? (key: Buffer) => shareFilter(key) && targetFilter(key) : (shareFilter ?? targetFilter);
   const dumpers = (pass.from ? replicaOf(topology, pass.from) : source.replica).nodes.filter((n) => !pass.sourceNodes || pass.sourceNodes.includes(n.id));
   const lostSources = new Map<string, Error>();
-  const shared = sharesCopy(ctx, pass) ? options.sharedCopy : undefined;
   const counters = new Map(dumpers.map((n) => [n.id, newDumpCounters()]));
   ctx.dumped.push(shared?.counters ?? counters);
   const samplePerNode = options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE;
@@ -426,7 +438,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   try {
     const populating = runPopulator({
       queue,
-      store,
+      store: chunks,
       writer,
       clock,
       tally,
@@ -450,7 +462,6 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
       },
       onChunkFailed: (message, error, parked) => {
         journal.chunk(parked ? 'parked' : 'retry', message.chunk.name, error.message);
-        if (parked) shared?.parked(options.target, message.chunk.name);
         // The writer already retried with backoff: a target node still down fails the job
         // now, naming the node, rather than after every chunk has failed the same way.
         if (isCachewarmError(error, 'NODE_UNREACHABLE')) stop.abort(error);
@@ -477,6 +488,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
           node: { id: node.id, ...endpointOf(node) },
           jobId: passJob,
           store,
+          handOff,
           queue,
           target: ring,
           clock,

@@ -11,6 +11,7 @@ import { type EndMarker, LAYOUT_VERSION, crawlDoneName, endMarkerName, getJson, 
 import type { MemcachedConnection, Endpoint } from '../shared/memcached/connection.js';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { CrawlMode, KeyBatch } from '../shared/memcached/crawler.js';
+import type { HandOffStore } from '../shared/store/hand-off-store.js';
 import { type RateLimiter, unlimited } from '../shared/token-bucket.js';
 import { ServerClock } from '../shared/expiry.js';
 import { fetchValues } from './fetch-values.js';
@@ -53,6 +54,11 @@ export interface DumpNodeOptions {
    * resumed dump announces again the data chunks an earlier run left in the store.
    */
   readonly durableQueue?: boolean;
+  /**
+   * Populators in this process take data chunks from here instead of the store (the embedded
+   * default): a key chunk is then removed only once every data chunk made from it was written.
+   */
+  readonly handOff?: HandOffStore | undefined;
   /** The bucket and prefix the store puts chunks under, told to populators in every message. */
   readonly location?: ChunkLocation | undefined;
   /** Only keys for which this returns true are copied (an instance warm's ring filter). */
@@ -88,8 +94,8 @@ function keyBatchOf(items: readonly KeyItem[]): KeyBatch {
  * reads overlap; the queue's bound pushes back on the reads.
  *
  * Resumable: what is in the store says what is left. A key chunk is removed once every data
- * chunk made from it is stored and announced, the crawl leaves `keys-done.json` when it
- * finished, and the end marker says the node is done. A rerun of the same job (a restarted
+ * chunk made from it is stored and announced (or, handed off, written), the crawl leaves
+ * `keys-done.json` when it finished, and the end marker says the node is done. A rerun of the same job (a restarted
  * sidecar or controller) reads the key chunks still there instead of crawling again; only
  * when the crawl itself was cut short does it list the node again. Work redone this way
  * is written add-only, so it is harmless; data chunks get a new run tag in their names, so
@@ -97,7 +103,7 @@ function keyBatchOf(items: readonly KeyItem[]): KeyBatch {
  *
  * Memory is bounded by configuration, not by the node's size: about
  * fetchConcurrency × (chunkSizeBytes × 2 + 2 × fetchBatchBytes) plus 2 × fetchConcurrency
- * key chunks (keysPerChunk keys each).
+ * key chunks (keysPerChunk keys each); data chunks handed off are held by the hand-off until written.
  */
 export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> {
   const {
@@ -113,6 +119,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     fetchConcurrency = 2,
     fetchBatchBytes = 1 << 20,
     uploadLimiter = unlimited,
+    handOff,
     keyFilter,
     signal,
   } = options;
@@ -145,6 +152,11 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   }
 
   async function emit(name: string, chunk: Buffer): Promise<void> {
+    if (handOff) {
+      handOff.hold(name, chunk);
+      await announce(name, chunk);
+      return;
+    }
     await uploadLimiter.take(chunk.length, signal);
     await store.put(name, chunk, signal);
     const announced = announce(name, chunk);
@@ -174,6 +186,8 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
   const serverClock = new ServerClock();
   const readers: { conn: MemcachedConnection; builder: ChunkBuilder }[] = [];
   const reads: Promise<void>[] = [];
+  // Key chunks waiting for their handed-off data chunks to be written before they go.
+  const removals: Promise<void>[] = [];
   let failure: { error: unknown } | undefined;
   // Reads still queued then return at once (p-limit's clearQueue would leave them unsettled).
   const fail = (error: unknown): void => {
@@ -191,7 +205,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     try {
       const batch = held ?? keyBatchOf(decodeKeyChunk(await store.get(name, { signal }), store.describe(name)));
       const seq = KEY_CHUNK.exec(name)?.[1] ?? '0';
-      let part = 0;
+      const made: string[] = [];
       await fetchValues(reader.conn, batch, {
         builder: reader.builder,
         pool,
@@ -201,9 +215,14 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
         serverClock,
         batchBytes: fetchBatchBytes,
         signal,
-        onChunk: (chunk) => emit(`${directory}/data-${seq}-${run}-${pad(part++, 3)}.chunk`, chunk),
+        onChunk: (chunk) => {
+          const dataName = `${directory}/data-${seq}-${run}-${pad(made.length, 3)}.chunk`;
+          made.push(dataName);
+          return emit(dataName, chunk);
+        },
       });
-      await store.delete(name, signal);
+      if (handOff) removals.push(handOff.settled(made, signal).then(() => store.delete(name, signal)).catch(fail));
+      else await store.delete(name, signal);
     } finally {
       readers.push(reader);
     }
@@ -255,6 +274,7 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
     }
     // Reads scheduled while others ran are awaited too: the array grows until the crawl ends.
     for (let i = 0; i < reads.length; i++) await reads[i];
+    await Promise.all(removals);
     if (failure) throw failure.error;
     const marker: EndMarker = {
       version: LAYOUT_VERSION,

@@ -77,10 +77,13 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     // is written where never depends on a message's word.
     const target = options.scope?.manifest?.target ?? message.target;
     const where = store.describe(message.chunk.name);
-    const body = await store.get(message.chunk.name, { signal, into: pool });
+    // A chunk lent by the dumper in this process never left memory: its checksum was just
+    // computed, and is only compared with the message's.
+    const lent = store.lend?.(message.chunk.name);
+    const body = lent?.bytes ?? (await store.get(message.chunk.name, { signal, into: pool }));
     const written = new WriteTally();
     try {
-      const items = DataRecords.decode(body, where);
+      const items = DataRecords.decode(body, where, { checksum: !lent });
       if (chunkHeader(body).crc32 !== message.chunk.crc32 || items.length !== message.chunk.items) {
         throw new CachewarmError('CHUNK_CORRUPT', `chunk ${where} does not match its message (checksum or item count)`, {
           chunk: message.chunk.name,
@@ -108,7 +111,8 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     } finally {
       for (const [address, counters] of written.byNode) addInto(tally.for(address), counters);
       // writeToRing settles only when nothing reads the chunk's items any more.
-      pool.release(body);
+      if (lent) lent.giveBack();
+      else pool.release(body);
     }
   }
 

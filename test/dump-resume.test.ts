@@ -11,6 +11,8 @@ import { systemClock } from '../shared/clock.js';
 import { type EndMarker, crawlDoneName, endMarkerName, getJson, nodePrefix } from '../shared/job-layout.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
+import { BufferPool } from '../shared/buffer-pool.js';
+import { HandOffStore } from '../shared/store/hand-off-store.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { load, nowSeconds, startCluster } from './support/cluster.js';
 
@@ -168,6 +170,75 @@ describe('a dump resumes from what its store holds', () => {
 
       assert.equal(new Set(keys).size, items.length, 'every item reaches the new queue');
       assert.deepEqual(again, finished, 'the counters are those of the finished dump: nothing was read again');
+    } finally {
+      await cluster.stop();
+    }
+  });
+  test('handed off in memory, data chunks never reach the store, and a key chunk stays until they are written: a crash redoes its reads', async () => {
+    const cluster = await startCluster({ a: 1, b: 1 });
+    try {
+      const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds() });
+      await load(cluster.topology, 'a', items);
+      const source = cluster.topology.replicas.get('a')?.nodes[0];
+      assert.ok(source);
+      const disk = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-hand-off-')));
+      const options = (queue: MemoryQueue, handOff: HandOffStore, signal?: AbortSignal): DumpNodeOptions => ({
+        node: { id: source.id, host: source.host, port: source.port },
+        jobId: 'job-4',
+        store: disk,
+        handOff,
+        queue,
+        target: targetRingOf(cluster.topology, 'b'),
+        clock: systemClock,
+        chunkSizeBytes: 16 << 10,
+        keysPerChunk: 500,
+        fetchConcurrency: 1,
+        signal,
+      });
+      /** Writes (here: reads the keys of) and deletes each handed-off chunk, the first `limit` only. */
+      const consume = async (queue: MemoryQueue, handOff: HandOffStore, keys: Set<string>, limit = Infinity): Promise<void> => {
+        for (let n = 0; n < limit; n++) {
+          const delivery = await queue.receive();
+          if (!delivery) return;
+          const loan = handOff.lend(delivery.message.chunk.name);
+          assert.ok(loan, `${delivery.message.chunk.name} is lent from memory`);
+          for (const item of decodeDataChunk(loan.bytes, delivery.message.chunk.name)) keys.add(item.key.toString());
+          loan.giveBack();
+          await delivery.ack();
+          await handOff.delete(delivery.message.chunk.name);
+        }
+      };
+      const dataChunksOnDisk = async (): Promise<string[]> => (await disk.list(`${nodePrefix('job-4', source.id)}/`)).filter((n) => /data-/.test(n));
+      const written = new Set<string>();
+
+      // First run: the process dies once 3 chunks are written; the others were only in memory.
+      const stop = new AbortController();
+      const firstQueue = new MemoryQueue({ capacity: 10_000 });
+      const firstHandOff = new HandOffStore(disk, new BufferPool());
+      const dumping = dumpNode(options(firstQueue, firstHandOff, stop.signal));
+      dumping.catch(() => undefined);
+      await consume(firstQueue, firstHandOff, written, 3);
+      await crawlFinished(disk, 'job-4', source.id);
+      stop.abort(new Error('killed'));
+      await assert.rejects(dumping, /killed/);
+      assert.deepEqual(await dataChunksOnDisk(), [], 'no data chunk was stored');
+      const keyChunksLeft = (await disk.list(`${nodePrefix('job-4', source.id)}/`)).filter((n) => /keys-\d+\.chunk$/.test(n));
+      assert.ok(keyChunksLeft.length > 0, 'the key chunks whose data was not all written are kept');
+      assert.ok(written.size < items.length);
+
+      // Second run: the kept key chunks are read again; the dump ends only once all is written.
+      const queue = new MemoryQueue({ capacity: 4 });
+      const handOff = new HandOffStore(disk, new BufferPool());
+      const consuming = consume(queue, handOff, written);
+      const counters = await dumpNode(options(queue, handOff));
+      assert.ok(counters.read >= items.length - written.size, 'what only the first run held in memory is read again');
+      queue.close();
+      await consuming;
+      assert.equal(written.size, items.length, 'every item was written by one run or the other');
+      assert.deepEqual(await dataChunksOnDisk(), []);
+      const left = await disk.list(`${nodePrefix('job-4', source.id)}/`);
+      assert.ok(!left.some((n) => /keys-\d+\.chunk$/.test(n)), `no key chunk is left: ${left.join(', ')}`);
+      assert.ok(await getJson<EndMarker>(disk, endMarkerName('job-4', source.id)));
     } finally {
       await cluster.stop();
     }

@@ -8,12 +8,15 @@ import { connectDirect } from '../shared/memcached/connect.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
+import type { ChunkStore } from '../shared/chunk-store.js';
 import { type ChunkMessage, type MessageScope, type TargetRing, checkMessageScope, parseChunkMessage } from '../shared/chunk-message.js';
 import { systemClock } from '../shared/clock.js';
 import { WriteTally } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { nodePrefix } from '../shared/job-layout.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
+import { BufferPool } from '../shared/buffer-pool.js';
+import { HandOffStore } from '../shared/store/hand-off-store.js';
 import { LocalDirStore } from '../shared/store/local-dir-store.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { type Cluster, nowSeconds, readFrom, startCluster } from './support/cluster.js';
@@ -29,12 +32,13 @@ function messageFor(name: string, chunk: Buffer, target: TargetRing): ChunkMessa
   return { version: 2, jobId: 'job', source: 'a/x', chunk: { name, bytes: chunk.length, items, crc32 }, target };
 }
 
-async function populate(cluster: Cluster, store: LocalDirStore, queue: MemoryQueue, retry = { attempts: 2, baseDelayMs: 10, maxDelayMs: 20 }) {
+async function populate(cluster: Cluster, store: ChunkStore, queue: MemoryQueue, deleteConsumed = false) {
+  const retry = { attempts: 2, baseDelayMs: 10, maxDelayMs: 20 };
   const tally = new WriteTally();
   const writer = new MetaNodeWriter({ connect: connectDirect, clock: systemClock, retry });
   queue.close();
   try {
-    await runPopulator({ queue, store, writer, clock: systemClock, tally });
+    await runPopulator({ queue, store, writer, clock: systemClock, tally, deleteConsumed });
   } finally {
     await writer.close();
   }
@@ -97,6 +101,41 @@ describe('the populator', () => {
 
       assert.equal(queue.parked.length, 1);
       assert.match(queue.parked[0]?.reason ?? '', new RegExp(`target node ${down?.address.replace(/\./g, '\\.')} still failing after 2 attempts`));
+    } finally {
+      await cluster.stop();
+    }
+  });
+});
+
+describe('the populator, handed chunks in memory', () => {
+  test('writes a lent chunk, and stores one it must park: the dumper waiting on it is released', async () => {
+    const cluster = await startCluster({ b: 2 });
+    try {
+      const disk = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-pop-')));
+      const pool = new BufferPool();
+      const store = new HandOffStore(disk, pool);
+      const queue = new MemoryQueue({ capacity: 10, maxReceives: 2, onPark: ({ message }) => void store.persist(message.chunk.name) });
+      const target = targetRingOf(cluster.topology, 'b');
+      const items = sampleItems({ count: 500, valueBytes: 10, nowSeconds: nowSeconds() });
+      const first = dataChunk(items);
+      store.hold('j/first', first);
+      await queue.send(messageFor('j/first', first, target));
+      const settled = store.settled(['j/first']);
+      const tally = await populate(cluster, store, queue, true);
+      assert.equal(tally.total().stored, items.length);
+      await settled;
+      assert.deepEqual(await disk.list('j'), [], 'written from memory, never stored');
+
+      const down = cluster.servers['b']?.[1];
+      await down?.stop();
+      const second = dataChunk(sampleItems({ count: 500, valueBytes: 10, nowSeconds: nowSeconds(), seed: 'second' }));
+      store.hold('j/second', second);
+      const again = new MemoryQueue({ capacity: 10, maxReceives: 2, onPark: ({ message }) => void store.persist(message.chunk.name) });
+      await again.send(messageFor('j/second', second, target));
+      await populate(cluster, store, again, true);
+      assert.equal(again.parked.length, 1);
+      await store.settled(['j/second']);
+      assert.deepEqual(await disk.get('j/second'), second, 'the parked chunk is stored whole');
     } finally {
       await cluster.stop();
     }

@@ -7,6 +7,8 @@ export interface MemoryQueueOptions {
   readonly capacity: number;
   /** Deliveries of one message before it is parked instead of retried. */
   readonly maxReceives?: number;
+  /** A message was parked: by its holder, or after its last delivery failed. */
+  readonly onPark?: ((parked: ParkedMessage) => void) | undefined;
 }
 
 interface Entry {
@@ -27,8 +29,10 @@ export class MemoryQueue implements ChunkQueue {
   readonly parked: ParkedMessage[] = [];
   readonly capacity: number;
   readonly maxReceives: number;
+  private readonly onPark: MemoryQueueOptions['onPark'];
 
   constructor(options: MemoryQueueOptions) {
+    this.onPark = options.onPark;
     this.capacity = Math.max(1, options.capacity);
     this.maxReceives = Math.max(1, options.maxReceives ?? 3);
   }
@@ -74,10 +78,16 @@ export class MemoryQueue implements ChunkQueue {
       ack: () => settle(() => undefined),
       retry: (reason) =>
         settle(() => {
-          if (entry.receiveCount >= this.maxReceives) this.parked.push({ message: entry.message, reason });
+          if (entry.receiveCount >= this.maxReceives) this.park(entry.message, reason);
           else this.ready.push(entry);
         }),
-      park: (reason) => settle(() => this.parked.push({ message: entry.message, reason })),
+      park: (reason) => settle(() => this.park(entry.message, reason)),
     };
+  }
+
+  private park(message: ChunkMessage, reason: string): void {
+    const parked = { message, reason };
+    this.parked.push(parked);
+    this.onPark?.(parked);
   }
 }
