@@ -29,8 +29,12 @@ export function addAwsConnectionOptions(command: Command): Command {
 export async function awsClientsFrom(opts: AwsConnectionOptions): Promise<{ s3: S3Client; sqs: SQSClient }> {
   const [{ S3Client }, { SQSClient }] = await Promise.all([import('@aws-sdk/client-s3'), import('@aws-sdk/client-sqs')]);
   const common = { ...(opts.region && { region: opts.region }), ...(opts.endpoint && { endpoint: opts.endpoint }) };
+  // A chunk carries its own CRC-32, checked against its message before any item is used: the
+  // SDK's checksum of every body, both ways, would be a second one. (Operations that require
+  // a checksum, such as DeleteObjects, still get one.)
+  const checksums = { requestChecksumCalculation: 'WHEN_REQUIRED', responseChecksumValidation: 'WHEN_REQUIRED' } as const;
   // A compatible service at an explicit endpoint seldom has per-bucket DNS names.
-  return { s3: new S3Client({ ...common, ...(opts.endpoint && { forcePathStyle: true }) }), sqs: new SQSClient(common) };
+  return { s3: new S3Client({ ...common, ...checksums, ...(opts.endpoint && { forcePathStyle: true }) }), sqs: new SQSClient(common) };
 }
 
 export interface TransportOptions extends AwsConnectionOptions {
