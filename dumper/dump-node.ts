@@ -66,7 +66,7 @@ export interface DumpNodeOptions {
   readonly crawlMode?: CrawlMode | undefined;
   /** Most crawl passes: see ListKeysOptions.passes. */
   readonly crawlPasses?: number;
-  /** Memory for remembering the keys already listed (a Bloom filter). */
+  /** Memory for remembering the keys already listed (8 bytes a key; see SeenKeys). */
   readonly seenKeysMaxBytes?: number;
   readonly counters?: DumpCounters;
   /** Where chunk and command buffers come from and go back to. */

@@ -21,7 +21,7 @@ export interface ListKeysOptions {
    * walks the hash table and misses nothing.
    */
   readonly passes?: number | undefined;
-  /** Memory for remembering the keys already listed (a Bloom filter). */
+  /** Memory for remembering the keys already listed (8 bytes a key; see SeenKeys). */
   readonly seenKeysMaxBytes?: number | undefined;
   /** Only keys for which this returns true are yielded (an instance warm's ring filter). */
   readonly keyFilter?: ((key: Buffer) => boolean) | undefined;
@@ -60,22 +60,14 @@ export async function* listKeys(conn: MemcachedConnection, options: ListKeysOpti
   const heldBefore = await itemsHeld();
   const seen = passes > 1 ? new SeenKeys(heldBefore * 1.2 + 1_000, options.seenKeysMaxBytes ?? 64 << 20) : undefined;
   let distinct = 0;
-  // Keys the first walk listed that the filter had seen: listed twice, or its false positives.
-  let repeats = 0;
   for (let pass = 1; pass <= passes; pass++) {
     // Each further pass costs the node a full walk: only when the last one came up short.
-    // Up to the number of false positives the filter could have made, a repeat counts as a
-    // key of its own; else a node of a few hundred thousand keys would always be walked twice.
-    const likelyDistinct = distinct + Math.min(repeats, seen?.falsePositiveBound() ?? 0);
-    if (pass > 1 && likelyDistinct >= Math.max(heldBefore, await itemsHeld())) return;
+    if (pass > 1 && distinct >= Math.max(heldBefore, await itemsHeld())) return;
     let found = 0;
     for await (const listed of crawlKeys(conn, { batchKeys, clock, signal, mode })) {
       let fresh = listed;
       if (pass === 1) {
-        for (const key of listed.keys) {
-          if (seen?.add(key)) repeats++;
-          else distinct++;
-        }
+        for (const key of listed.keys) if (!seen?.add(key)) distinct++;
       } else {
         fresh = where(listed, (key) => !seen?.add(key));
         counters.caughtUp += fresh.keys.length;

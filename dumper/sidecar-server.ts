@@ -83,7 +83,7 @@ const DEFAULT_MAX_CHUNK_SIZE_BYTES = 64 << 20;
 const PIPELINED_READ_BYTES = 2 << 20;
 /** One key chunk in memory: dumpNode's default 20,000 keys of at most 250 bytes, each a Buffer (~100 bytes more). */
 const KEY_CHUNK_BYTES = 20_000 * 350;
-/** The crawler's Bloom filter of keys already listed: only with `metadump all` (memcached < 1.6.19). */
+/** The crawl's table of keys already listed (SeenKeys, capped): only with `metadump all` (memcached < 1.6.19). */
 const SEEN_KEYS_BYTES = 64 << 20;
 /** Open connections at once: each may hold a request body of up to MAX_REQUEST_BODY_BYTES. */
 const MAX_CONNECTIONS = 32;
@@ -97,7 +97,7 @@ const MAX_CONNECTIONS = 32;
  *                                                          twice the chunk size) and its
  *                                                          pipelined reads
  * + 2 × fetchConcurrency key chunks                        20,000 keys each, ≤ 250 bytes a key
- * + the crawler's Bloom filter, ≤ 64 MiB                   only with `metadump all` (memcached
+ * + the table of keys already listed, ≤ 64 MiB          only with `metadump all` (memcached
  *                                                          before 1.6.19)
  *
  * plus at most 32 connections × 1 MiB of request bodies, and a bounded number of kept
