@@ -86,6 +86,24 @@ async function flush(server: MemcachedProcess): Promise<void> {
   }
 }
 
+/**
+ * Waits (at most a minute) until a freshly loaded node is quiet: its hash table no longer
+ * growing and its LRU maintainer done moving items out of HOT and WARM.
+ */
+async function settled(node: MemcachedProcess): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const [general, items] = await Promise.all([statsAt(node), statsAt(node, undefined, undefined, 'items')]);
+    const moving = [...items].some(([name, value]) => /^items:\d+:number_(hot|warm)$/.test(name) && value !== '0');
+    if (!moving && general.get('hash_is_expanding') === '0') return;
+    if (Date.now() > deadline) {
+      log(`${node.address}: still settling after a minute; measuring anyway`);
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
 /** memcached's ceiling: prebuilt pipelined adds streamed into one empty node. */
 async function ceiling(server: MemcachedProcess, items: readonly WritableItem[], connections: number): Promise<Rate> {
   const batches: { request: Buffer; batch: readonly WritableItem[] }[] = [];
@@ -242,8 +260,9 @@ async function main(): Promise<void> {
     log('loading the source replica (3 nodes)');
     const loaded = await writeAll(items, targetRingOf(topology, 'source'), { connect: connectDirect, clock: systemClock });
     if (loaded.stored !== ITEMS) throw new Error(`loaded ${loaded.stored} of ${ITEMS}`);
-    // Let the LRU maintainer settle freshly written items, as on a source that has been serving.
-    await new Promise((r) => setTimeout(r, 2_000));
+    // Let the LRU maintainer settle freshly written items, as on a source that has been serving:
+    // until it moves them, the idle latencies would be those of a node still busy.
+    await Promise.all(fleet.slice(0, 3).map((node) => settled(node)));
     const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
     log('live client on source node 1: 10 s with nothing else running');
     client = await startLiveClient(fleet[0] as MemcachedProcess, liveKeys);
