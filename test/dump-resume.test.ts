@@ -35,28 +35,41 @@ async function crawlFinished(store: LocalDirStore, jobId: string, nodeId: string
   while (!(await getJson(store, crawlDoneName(jobId, nodeId)))) await new Promise((resolve) => setTimeout(resolve, 10));
 }
 
+/** A source replica `a` of one node loaded with `count` items, a target replica `b`, an empty store, and the options of a dump. */
+async function loadedSource(count: number, targetNodes = 1) {
+  const cluster = await startCluster({ a: 1, b: targetNodes });
+  try {
+    const items = sampleItems({ count, valueBytes: 100, nowSeconds: nowSeconds() });
+    await load(cluster.topology, 'a', items);
+    const source = cluster.topology.replicas.get('a')?.nodes[0];
+    assert.ok(source);
+    const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
+    /** A dump of the source node into the store for replica `b`: small chunks, one reader. */
+    const dumpOptions = (jobId: string, queue: MemoryQueue, more: Partial<DumpNodeOptions> = {}): DumpNodeOptions => ({
+      node: { id: source.id, host: source.host, port: source.port },
+      jobId,
+      store,
+      queue,
+      target: targetRingOf(cluster.topology, 'b'),
+      clock: systemClock,
+      chunkSizeBytes: 16 << 10,
+      keysPerChunk: 500,
+      fetchConcurrency: 1,
+      ...more,
+    });
+    return { cluster, items, source, store, dumpOptions };
+  } catch (error) {
+    await cluster.stop();
+    throw error;
+  }
+}
+
 describe('a dump resumes from what its store holds', () => {
   test('an interrupted dump, run again, reads only the key chunks left and lists nothing again', async () => {
-    const cluster = await startCluster({ a: 1, b: 2 });
+    const { items, source, store, cluster, dumpOptions } = await loadedSource(20_000, 2);
     try {
-      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds() });
-      await load(cluster.topology, 'a', items);
-      const source = cluster.topology.replicas.get('a')?.nodes[0];
-      assert.ok(source);
-      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
-      const base = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions => ({
-        node: { id: source.id, host: source.host, port: source.port },
-        jobId: 'job-1',
-        store,
-        queue,
-        target: targetRingOf(cluster.topology, 'b'),
-        clock: systemClock,
-        chunkSizeBytes: 32 << 10,
-        keysPerChunk: 1_000,
-        fetchConcurrency: 1,
-        durableQueue: true,
-        signal,
-      });
+      const base = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions =>
+        dumpOptions('job-1', queue, { chunkSizeBytes: 32 << 10, keysPerChunk: 1_000, durableQueue: true, signal });
 
       // First run: stopped once a few data chunks are out, as a killed sidecar would be.
       const firstQueue = new MemoryQueue({ capacity: 10_000 });
@@ -106,25 +119,9 @@ describe('a dump resumes from what its store holds', () => {
   });
 
   test('with an in-process queue, data chunks an earlier run stored are announced again', async () => {
-    const cluster = await startCluster({ a: 1, b: 1 });
+    const { items, store, cluster, dumpOptions } = await loadedSource(3_000);
     try {
-      const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds() });
-      await load(cluster.topology, 'a', items);
-      const source = cluster.topology.replicas.get('a')?.nodes[0];
-      assert.ok(source);
-      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
-      const options = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions => ({
-        node: { id: source.id, host: source.host, port: source.port },
-        jobId: 'job-2',
-        store,
-        queue,
-        target: targetRingOf(cluster.topology, 'b'),
-        clock: systemClock,
-        chunkSizeBytes: 16 << 10,
-        keysPerChunk: 500,
-        fetchConcurrency: 1,
-        signal,
-      });
+      const options = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions => dumpOptions('job-2', queue, { signal });
       const stop = new AbortController();
       let announced = 0;
       const lost = new MemoryQueue({ capacity: 10_000 }); // its messages die with "the process"
@@ -143,23 +140,9 @@ describe('a dump resumes from what its store holds', () => {
   });
 
   test('with an in-process queue, a dump that had finished announces again the data chunks still in the store', async () => {
-    const cluster = await startCluster({ a: 1, b: 1 });
+    const { items, source, store, cluster, dumpOptions } = await loadedSource(2_000);
     try {
-      const items = sampleItems({ count: 2_000, valueBytes: 100, nowSeconds: nowSeconds() });
-      await load(cluster.topology, 'a', items);
-      const source = cluster.topology.replicas.get('a')?.nodes[0];
-      assert.ok(source);
-      const store = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-resume-')));
-      const options = (queue: MemoryQueue): DumpNodeOptions => ({
-        node: { id: source.id, host: source.host, port: source.port },
-        jobId: 'job-3',
-        store,
-        queue,
-        target: targetRingOf(cluster.topology, 'b'),
-        clock: systemClock,
-        chunkSizeBytes: 16 << 10,
-        fetchConcurrency: 1,
-      });
+      const options = (queue: MemoryQueue): DumpNodeOptions => dumpOptions('job-3', queue, { keysPerChunk: 20_000 });
       // The dump finishes, but the process stops before any of its chunks is written.
       const finished = await dumpNode(options(new MemoryQueue({ capacity: 10_000 })));
       assert.ok(await getJson<EndMarker>(store, endMarkerName('job-3', source.id)));
@@ -174,27 +157,11 @@ describe('a dump resumes from what its store holds', () => {
       await cluster.stop();
     }
   });
+
   test('handed off in memory, data chunks never reach the store, and a key chunk stays until they are written: a crash redoes its reads', async () => {
-    const cluster = await startCluster({ a: 1, b: 1 });
+    const { items, source, store: disk, cluster, dumpOptions } = await loadedSource(3_000);
     try {
-      const items = sampleItems({ count: 3_000, valueBytes: 100, nowSeconds: nowSeconds() });
-      await load(cluster.topology, 'a', items);
-      const source = cluster.topology.replicas.get('a')?.nodes[0];
-      assert.ok(source);
-      const disk = new LocalDirStore(await mkdtemp(path.join(os.tmpdir(), 'cachewarm-hand-off-')));
-      const options = (queue: MemoryQueue, handOff: HandOffStore, signal?: AbortSignal): DumpNodeOptions => ({
-        node: { id: source.id, host: source.host, port: source.port },
-        jobId: 'job-4',
-        store: disk,
-        handOff,
-        queue,
-        target: targetRingOf(cluster.topology, 'b'),
-        clock: systemClock,
-        chunkSizeBytes: 16 << 10,
-        keysPerChunk: 500,
-        fetchConcurrency: 1,
-        signal,
-      });
+      const options = (queue: MemoryQueue, handOff: HandOffStore, signal?: AbortSignal): DumpNodeOptions => dumpOptions('job-4', queue, { handOff, signal });
       /** Writes (here: reads the keys of) and deletes each handed-off chunk, the first `limit` only. */
       const consume = async (queue: MemoryQueue, handOff: HandOffStore, keys: Set<string>, limit = Infinity): Promise<void> => {
         for (let n = 0; n < limit; n++) {
