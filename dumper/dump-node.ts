@@ -95,15 +95,16 @@ function keyBatchOf(items: readonly KeyItem[]): KeyBatch {
  *
  * Resumable: what is in the store says what is left. A key chunk is removed once every data
  * chunk made from it is stored and announced (or, handed off, written), the crawl leaves
- * `keys-done.json` when it finished, and the end marker says the node is done. A rerun of the same job (a restarted
- * sidecar or controller) reads the key chunks still there instead of crawling again; only
- * when the crawl itself was cut short does it list the node again. Work redone this way
- * is written add-only, so it is harmless; data chunks get a new run tag in their names, so
- * a message of the earlier run never finds its chunk replaced.
+ * `keys-done.json` when it finished, and the end marker says the node is done. A rerun of
+ * the same job (a restarted sidecar or controller) reads the key chunks still there instead
+ * of crawling again; only when the crawl itself was cut short does it list the node again.
+ * Work redone this way is written add-only, so it is harmless; data chunks get a new run tag
+ * in their names, so a message of the earlier run never finds its chunk replaced.
  *
  * Memory is bounded by configuration, not by the node's size: about
  * fetchConcurrency × (chunkSizeBytes × 2 + 2 × fetchBatchBytes) plus 2 × fetchConcurrency
- * key chunks (keysPerChunk keys each); data chunks handed off are held by the hand-off until written.
+ * key chunks (keysPerChunk keys each); data chunks handed off are held by the hand-off
+ * until written.
  */
 export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> {
   const {

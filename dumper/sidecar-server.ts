@@ -97,7 +97,7 @@ const MAX_CONNECTIONS = 32;
  *                                                          twice the chunk size) and its
  *                                                          pipelined reads
  * + 2 × fetchConcurrency key chunks                        20,000 keys each, ≤ 250 bytes a key
- * + the table of keys already listed, ≤ 64 MiB          only with `metadump all` (memcached
+ * + the table of keys already listed, ≤ 64 MiB             only with `metadump all` (memcached
  *                                                          before 1.6.19)
  *
  * plus at most 32 connections × 1 MiB of request bodies, and a bounded number of kept
