@@ -53,7 +53,7 @@ export class HandOffStore implements ChunkStore {
         else {
           this.loans.delete(bytes);
           // Deleted while lent (a target that left the shared copy mid-write): reusable now.
-          if (!this.isHeld(bytes)) this.pool.release(bytes);
+          if (this.held.get(name) !== bytes) this.pool.release(bytes);
         }
       },
     };
@@ -106,10 +106,5 @@ export class HandOffStore implements ChunkStore {
     this.held.delete(name);
     if (!this.loans.has(chunk)) this.pool.release(chunk);
     this.changed.notify();
-  }
-
-  private isHeld(chunk: Buffer): boolean {
-    for (const held of this.held.values()) if (held === chunk) return true;
-    return false;
   }
 }
