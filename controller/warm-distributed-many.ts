@@ -6,7 +6,8 @@ import { S3Store } from '../shared/store/s3-store.js';
 import type { WarmProgress, WarmSummary } from './warm-summary.js';
 import { selectSource } from './select-source.js';
 import { checkWarmth, newJobId, scopeOf } from './warm-plan.js';
-import { type DistributedWarmOptions, type SharedDump, warmDistributed } from './warm-distributed.js';
+import { type DistributedWarmOptions, type SharedDump, dumpSampleKeys, warmDistributed } from './warm-distributed.js';
+import { DEFAULT_VERIFY_SAMPLE } from './warm-summary.js';
 import { type WarmReplicasSummary, checkTargets, eachTarget, groupJobIds, groupSummary } from './warm-replicas.js';
 
 export interface DistributedWarmManyOptions extends Omit<DistributedWarmOptions, 'target' | 'onlyNode' | 'sharedDump' | 'onProgress'> {
@@ -79,5 +80,8 @@ async function sharedDump(
     destinations.push({ queueUrl: queues.queueUrl, target: scopeOf(topology, target, undefined).ring });
   }
   const [first, ...alsoTo] = destinations as [ChunkDestination, ...ChunkDestination[]];
-  return { jobId: group.groupId, ...first, alsoTo };
+  // Enough keys for the largest target's read-back: the request is one for every target.
+  const samplePerNode = options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE;
+  const sampleKeys = Math.max(...destinations.map((d) => dumpSampleKeys(samplePerNode, d.target.nodes.length)));
+  return { jobId: group.groupId, ...first, alsoTo, sampleKeys };
 }

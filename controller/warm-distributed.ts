@@ -1,7 +1,8 @@
 import type { S3Client } from '@aws-sdk/client-s3';
 import type { SQSClient } from '@aws-sdk/client-sqs';
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
-import type { DumpStatus, KeyFilterSpec, StartDumpRequest } from '../dumper/sidecar-api.js';
+import { type DumpStatus, type KeyFilterSpec, MAX_SAMPLE_KEYS, type StartDumpRequest, sampleOfStatus } from '../dumper/sidecar-api.js';
+import { type NodeSample, type SampledKey, mergeSamples } from '../shared/key-sample.js';
 import type { ProtectSource } from '../dumper/read-pace.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import type { PopulatorReport } from '../populator/worker.js';
@@ -23,7 +24,7 @@ import { type WarmReplicaOptions, warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
 import path from 'node:path';
-import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -84,7 +85,7 @@ export interface DistributedWarmOptions {
 }
 
 /** What every target's job asks the sidecars alike: one dump, announced on every target's queue. */
-export type SharedDump = Pick<StartDumpRequest, 'jobId' | 'queueUrl' | 'target' | 'alsoTo'>;
+export type SharedDump = Pick<StartDumpRequest, 'jobId' | 'queueUrl' | 'target' | 'alsoTo' | 'sampleKeys'>;
 
 /** A populator that dies this many times over fails the job: something is wrong with all of them. */
 const MAX_POPULATOR_CRASHES = 10;
@@ -187,7 +188,8 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   }
 
   // A shared dump is one request, the same from every target's job: a sidecar re-attaches to it.
-  const dump = options.sharedDump ?? { jobId, queueUrl: queues.queueUrl, target: ring };
+  const samplePerNode = options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE;
+  const dump = options.sharedDump ?? { jobId, queueUrl: queues.queueUrl, target: ring, sampleKeys: dumpSampleKeys(samplePerNode, scope.nodes.length) };
   const request = (node: string): StartDumpRequest => ({
     ...dump,
     node,
@@ -294,11 +296,13 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
         ? await readBackSample(
             { topology, scope, source },
             {
-              samplePerNode: options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE,
+              samplePerNode,
               maxOpsPerNode: options.maxOpsPerNode,
               connect,
               clock,
               tooLargeFromBytes: retried.smallestSkippedBytes,
+              // A source node that restarted no longer holds what its dump listed.
+              listedSample: restartedSources.size === 0 ? listedSampleOf(dumps, listedSampleKeys(samplePerNode, scope.nodes.length)) : undefined,
               signal,
             },
           )
@@ -479,6 +483,25 @@ interface DumpTracker {
   lost?: boolean | undefined;
   /** It failed once in this run and was started again. */
   restarted?: boolean | undefined;
+}
+
+/** What a dump's sidecar is asked to sample of the keys it lists (see StartDumpRequest.sampleKeys). */
+export function dumpSampleKeys(samplePerNode: number, targetNodes: number): number {
+  return Math.min(MAX_SAMPLE_KEYS, listedSampleKeys(samplePerNode, targetNodes));
+}
+
+/**
+ * The keys the dumps listed, sampled, when every source node's dump finished having listed
+ * its whole node itself; else undefined, and the read-back lists the source's keys again.
+ */
+function listedSampleOf(dumps: ReadonlyMap<string, DumpTracker>, capacity: number): SampledKey[] | undefined {
+  const samples: NodeSample[] = [];
+  for (const [node, { status, lost }] of dumps) {
+    const sample = lost || status.state !== 'finished' ? undefined : sampleOfStatus(status.listedSample, node);
+    if (!sample) return undefined;
+    samples.push(sample);
+  }
+  return mergeSamples(samples, capacity);
 }
 
 /** Cancels the job's dump on one sidecar and waits until it has stopped (a sidecar that never had it has nothing to stop). */

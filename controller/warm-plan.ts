@@ -183,6 +183,14 @@ export async function watchJob(
  * and target as clients read them. Made only when nothing else is wrong (it costs the source
  * a crawl and reads) and a sample is asked for.
  */
+/**
+ * How many of the keys a dump lists it keeps for the read-back: twice the keys the read-back
+ * checks, since they spread over the target nodes unevenly.
+ */
+export function listedSampleKeys(samplePerNode: number, targetNodes: number): number {
+  return samplePerNode * targetNodes * 2;
+}
+
 export async function readBackSample(
   plan: { readonly topology: Topology; readonly scope: WarmScope; readonly source: ReplicaStats },
   options: {

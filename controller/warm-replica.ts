@@ -26,7 +26,7 @@ import type { SharedCopy } from './shared-copy.js';
 import { KeySample } from '../shared/key-sample.js';
 import type { KeyBatch } from '../shared/memcached/crawler.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
-import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, guardReports, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
@@ -416,10 +416,9 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   const counters = new Map(dumpers.map((n) => [n.id, newDumpCounters()]));
   ctx.dumped.push(shared?.counters ?? counters);
   const samplePerNode = options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE;
-  // Twice the keys the read-back checks: they spread over the target nodes unevenly.
   const listing =
     pass.kind === 'copy' && !shared && samplePerNode > 0
-      ? (ctx.listing = { sample: new KeySample(samplePerNode * scope.nodes.length * 2), crawled: new Set<string>(), nodes: dumpers.length })
+      ? (ctx.listing = { sample: new KeySample(listedSampleKeys(samplePerNode, scope.nodes.length)), crawled: new Set<string>(), nodes: dumpers.length })
       : undefined;
 
   const onDataChunk = (message: ChunkMessage): void => journal.chunk('produced', message.chunk.name);

@@ -4,6 +4,8 @@ import { CachewarmError } from '../shared/errors.js';
 import { HASHING_PROFILES, type HashingProfile } from '../shared/ketama.js';
 import type { S3Encryption } from '../shared/store/s3-store.js';
 import { isRecord } from '../shared/json-values.js';
+import type { KeySample, NodeSample, SampledKey } from '../shared/key-sample.js';
+import { MAX_KEY_BYTES } from '../shared/memcached/keys.js';
 import { type ProtectSource, parseProtectSource } from './read-pace.js';
 import type { SourceGuardStatus } from './source-guard.js';
 
@@ -61,7 +63,16 @@ export interface StartDumpRequest {
    * in place of `target`: one dump filling several replicas, each from a queue of its own.
    */
   readonly alsoTo?: readonly ChunkDestination[] | undefined;
+  /**
+   * Keep a uniform sample of this many of the keys the dump lists, for the status of the
+   * finished dump (`listedSample`): the controller's read-back draws from it instead of
+   * crawling the source a second time. Absent or 0: none.
+   */
+  readonly sampleKeys?: number | undefined;
 }
+
+/** Most keys a dump samples for the read-back: the sample travels in one status body. */
+export const MAX_SAMPLE_KEYS = 50_000;
 
 /** A queue a dump announces its chunks on, and the ring its messages name. */
 export interface ChunkDestination {
@@ -86,6 +97,16 @@ export interface DumpStatus {
   readonly error?: { readonly code: string; readonly message: string } | undefined;
   /** The source guard while the dump runs protected (its last state once it ended); absent when protection is off. */
   readonly sourceGuard?: SourceGuardStatus | undefined;
+  /** The sample asked for (`sampleKeys`): only once finished, and only if this run's crawl listed the whole node. */
+  readonly listedSample?: ListedSampleJson | undefined;
+}
+
+/** A uniform sample of the keys a dump listed, as a status carries it. */
+export interface ListedSampleJson {
+  /** Keys the dump listed (after its key filter): how large a share of the whole the sample stands for. */
+  readonly listed: number;
+  /** Keys as base64; `exptime` absolute (0 for none), as the crawler reported it. */
+  readonly keys: readonly { readonly key: string; readonly exptime: number; readonly sizeBytes: number }[];
 }
 
 export interface HealthStatus {
@@ -124,6 +145,7 @@ const TOP_LEVEL_FIELDS = new Set([
   'target',
   'keyFilter',
   'alsoTo',
+  'sampleKeys',
 ]);
 
 function describe(value: unknown): string {
@@ -281,6 +303,15 @@ function alsoToOf(body: Record<string, unknown>, queueUrl: string): ChunkDestina
   });
 }
 
+function sampleKeysOf(body: Record<string, unknown>): number | undefined {
+  const value = body['sampleKeys'];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > MAX_SAMPLE_KEYS) {
+    throw expected('sampleKeys', `a whole number of keys from 0 to ${MAX_SAMPLE_KEYS}`, value);
+  }
+  return value;
+}
+
 function protectSourceOf(body: Record<string, unknown>): ProtectSource | undefined {
   const value = body['protectSource'];
   if (value === undefined) return undefined;
@@ -323,6 +354,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
   const target = targetOf(body);
   const keyFilter = keyFilterOf(body);
   const alsoTo = alsoToOf(body, queueUrl);
+  const sampleKeys = sampleKeysOf(body);
   return {
     jobId,
     node,
@@ -337,5 +369,34 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
     target,
     ...(keyFilter && { keyFilter }),
     ...(alsoTo && { alsoTo }),
+    ...(sampleKeys && { sampleKeys }),
+  };
+}
+
+/**
+ * A status's sample as keys of `node`, every entry checked: a key of 1 to 250 bytes, whole
+ * non-negative numbers, no more keys than were listed. Undefined for anything else, which
+ * costs the read-back a crawl of that node rather than trust in a malformed answer.
+ */
+export function sampleOfStatus(value: unknown, node: string): NodeSample | undefined {
+  if (!isRecord(value) || !Array.isArray(value['keys'])) return undefined;
+  const listed = value['listed'];
+  const wholeNumber = (n: unknown): n is number => typeof n === 'number' && Number.isSafeInteger(n) && n >= 0;
+  if (!wholeNumber(listed) || value['keys'].length > Math.min(listed, MAX_SAMPLE_KEYS)) return undefined;
+  const keys: SampledKey[] = [];
+  for (const entry of value['keys'] as unknown[]) {
+    if (!isRecord(entry) || typeof entry['key'] !== 'string' || !wholeNumber(entry['exptime']) || !wholeNumber(entry['sizeBytes'])) return undefined;
+    const key = Buffer.from(entry['key'], 'base64');
+    if (key.length === 0 || key.length > MAX_KEY_BYTES || key.toString('base64') !== entry['key']) return undefined;
+    keys.push({ key, exptime: entry['exptime'], sizeBytes: entry['sizeBytes'], source: node });
+  }
+  return { listed, keys };
+}
+
+/** A dump's sample as its status carries it. */
+export function listedSampleJson(sample: KeySample): ListedSampleJson {
+  return {
+    listed: sample.listed,
+    keys: sample.keys.map(({ key, exptime, sizeBytes }) => ({ key: key.toString('base64'), exptime, sizeBytes })),
   };
 }

@@ -40,8 +40,11 @@ import {
   MAX_REQUEST_BODY_BYTES,
   SIDECAR_PATHS,
   type StartDumpRequest,
+  listedSampleJson,
   parseStartDumpRequest,
 } from './sidecar-api.js';
+import { KeySample } from '../shared/key-sample.js';
+import type { KeyBatch } from '../shared/memcached/crawler.js';
 import { type Log, safeLog } from '../shared/log.js';
 
 export interface SidecarOptions {
@@ -126,12 +129,17 @@ class DumpRun {
   settled: Promise<void> = Promise.resolve();
   /** The source guard's state: read from the running dump's pace, kept as it was once it ends. */
   guard: () => SourceGuardStatus | undefined = () => undefined;
+  /** The keys this run's crawl listed, sampled for the controller's read-back (see StartDumpRequest.sampleKeys). */
+  readonly sample: KeySample | undefined;
+  /** This run's crawl listed the whole node: only then does the sample stand for all of it. */
+  crawled = false;
 
   constructor(
     readonly request: StartDumpRequest,
     clock: Clock,
   ) {
     this.startedAtMs = clock.now();
+    this.sample = request.sampleKeys ? new KeySample(request.sampleKeys) : undefined;
   }
 
   get stopping(): boolean {
@@ -149,6 +157,7 @@ class DumpRun {
       ...(this.finishedAtMs !== undefined && { finishedAt: new Date(this.finishedAtMs).toISOString() }),
       ...(this.error && { error: this.error }),
       ...(guard && { sourceGuard: guard }),
+      ...(this.state === 'finished' && this.crawled && this.sample && { listedSample: listedSampleJson(this.sample) }),
     };
   }
 }
@@ -271,6 +280,7 @@ class DumpRegistry {
         ...(request.maxBytesPerSecond !== undefined && { uploadLimiter: new TokenBucket({ ratePerSecond: request.maxBytesPerSecond, clock }) }),
         keyFilter,
         counters: run.counters,
+        ...(run.sample && { onListed: (batch: KeyBatch) => run.sample?.offer(batch, request.node), onCrawled: () => void (run.crawled = true) }),
         signal: run.abort.signal,
       });
       run.state = 'finished';

@@ -47,3 +47,29 @@ export class KeySample {
     return this.kept;
   }
 }
+
+/** One source node's sample and how many keys it was drawn from. */
+export interface NodeSample {
+  readonly listed: number;
+  readonly keys: readonly SampledKey[];
+}
+
+/**
+ * One uniform sample of at most `capacity` keys from uniform samples of several nodes' keys:
+ * each node gives a share of its sample in proportion to the keys it listed, so a node with
+ * few keys is not over-represented for having a sample as large as the others'.
+ */
+export function mergeSamples(samples: readonly NodeSample[], capacity: number, random: () => number = Math.random): SampledKey[] {
+  const listed = samples.reduce((sum, s) => sum + s.listed, 0);
+  if (listed === 0) return [];
+  return samples.flatMap(({ listed: n, keys }) => {
+    const take = Math.min(keys.length, Math.round((capacity * n) / listed));
+    // A partial Fisher-Yates shuffle: the first `take` of a copy, drawn without replacement.
+    const pool = [...keys];
+    for (let i = 0; i < take; i++) {
+      const j = i + Math.floor(random() * (pool.length - i));
+      [pool[i], pool[j]] = [pool[j] as SampledKey, pool[i] as SampledKey];
+    }
+    return pool.slice(0, take);
+  });
+}

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { ReceiveMessageCommand } from '@aws-sdk/client-sqs';
-import { type StartDumpRequest, parseStartDumpRequest } from '../dumper/sidecar-api.js';
+import { MAX_SAMPLE_KEYS, type StartDumpRequest, parseStartDumpRequest, sampleOfStatus } from '../dumper/sidecar-api.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import { type Sidecar, createSidecar } from '../dumper/sidecar-server.js';
 import { type DataItem, decodeDataChunk } from '../shared/chunk-format.js';
@@ -242,6 +242,28 @@ describe('the dumper sidecar', () => {
     assert.ok(!JSON.stringify(events).includes(TOKEN), 'the token is never logged');
   });
 
+  test('asked for a sample of what it lists, the finished dump\'s status carries that many listed keys, each with its expiry and size', async () => {
+    const request = await newJob({ sampleKeys: 500 });
+    const { status } = await client.start(request);
+    assert.equal(status.listedSample, undefined, 'no sample while the dump runs');
+
+    const finished = await waitForState(request.jobId, 'finished');
+    const sample = sampleOfStatus(finished.listedSample, nodeId);
+    assert.ok(sample, 'a well-formed sample');
+    assert.equal(sample.listed, ITEMS);
+    assert.equal(sample.keys.length, 500);
+    const byKey = new Map(items.map((item) => [item.key.toString('latin1'), item]));
+    assert.equal(new Set(sample.keys.map((k) => k.key.toString('latin1'))).size, 500, 'no key twice');
+    for (const { key, exptime, sizeBytes, source } of sample.keys) {
+      const item = byKey.get(key.toString('latin1'));
+      assert.ok(item, `${key.toString('latin1')} is a loaded key`);
+      // memcached keeps expiries relative to its own start: the absolute one read back may be a second off.
+      assert.ok(item.exptime === 0 ? exptime === 0 : Math.abs(exptime - item.exptime) <= 1, `exptime ${exptime}, loaded ${item.exptime}`);
+      assert.ok(sizeBytes > item.value.length, 'the size the crawler reports counts the item header too');
+      assert.equal(source, nodeId);
+    }
+  });
+
   test('metrics show each job\'s counters, labelled job_id and node, the running gauge, the build and the process', async () => {
     const answer = await http(url, 'GET', '/metrics');
     assert.equal(answer.status, 200);
@@ -432,6 +454,9 @@ describe('the dumper sidecar', () => {
       [{ ...good, alsoTo: [{ queueUrl: good.queueUrl, target: TARGET }] }, 'alsoTo[0].queueUrl'],
       [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: { ...TARGET, nodes: [] } }] }, 'alsoTo[0].target.nodes'],
       [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET, jobId: 'x' }] }, 'alsoTo[0].jobId'],
+      [{ ...good, sampleKeys: -1 }, 'sampleKeys'],
+      [{ ...good, sampleKeys: 2.5 }, 'sampleKeys'],
+      [{ ...good, sampleKeys: MAX_SAMPLE_KEYS + 1 }, 'sampleKeys'],
       [[good], '(body)'],
     ];
     for (const [body, field] of cases) {

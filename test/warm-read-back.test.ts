@@ -7,7 +7,8 @@ import { warmReplica } from '../controller/warm-replica.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
-import { KeySample } from '../shared/key-sample.js';
+import { KeySample, type NodeSample, mergeSamples } from '../shared/key-sample.js';
+import { sampleOfStatus } from '../dumper/sidecar-api.js';
 import { statsAt } from '../shared/memcached/commands.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { type WritableItem, newAddOutcome } from '../shared/memcached/meta-add.js';
@@ -97,6 +98,51 @@ describe('a sample of listed keys (KeySample)', () => {
       const slice = kept.slice(tenth * 200, tenth * 200 + 200);
       const mean = slice.reduce((a, b) => a + b, 0) / slice.length;
       assert.ok(Math.abs(mean - 50) < 5, `tenth ${tenth}: mean ${mean}`);
+    }
+  });
+});
+
+describe('samples of several nodes merged (mergeSamples)', () => {
+  const sampleOf = (node: string, listed: number, size: number): NodeSample => ({
+    listed,
+    keys: Array.from({ length: size }, (_, i) => ({ key: Buffer.from(`${node}:${i}`), exptime: 0, sizeBytes: 60, source: node })),
+  });
+
+  test('each node gives keys in proportion to what it listed, not to the size of its sample', () => {
+    const merged = mergeSamples([sampleOf('a/n1', 90_000, 1_000), sampleOf('a/n2', 10_000, 1_000)], 1_000);
+    assert.equal(merged.length, 1_000);
+    assert.equal(merged.filter((k) => k.source === 'a/n1').length, 900);
+    assert.equal(new Set(merged.map((k) => k.key.toString())).size, 1_000, 'no key twice');
+  });
+
+  test('a node with fewer sampled keys than its share gives all it has; nodes that listed nothing give nothing', () => {
+    const merged = mergeSamples([sampleOf('a/n1', 500, 10), sampleOf('a/n2', 500, 1_000), sampleOf('a/n3', 0, 0)], 1_000);
+    assert.deepEqual([merged.filter((k) => k.source === 'a/n1').length, merged.filter((k) => k.source === 'a/n2').length], [10, 500]);
+    assert.deepEqual(mergeSamples([sampleOf('a/n3', 0, 0)], 1_000), []);
+  });
+});
+
+describe("a sidecar's sample as its status carries it (sampleOfStatus)", () => {
+  const good = { listed: 10, keys: [{ key: Buffer.from('user:1').toString('base64'), exptime: 1_900_000_000, sizeBytes: 80 }] };
+
+  test('a well-formed sample is read as keys of the node it came from', () => {
+    assert.deepEqual(sampleOfStatus(good, 'a/n1'), { listed: 10, keys: [{ key: Buffer.from('user:1'), exptime: 1_900_000_000, sizeBytes: 80, source: 'a/n1' }] });
+  });
+
+  test('anything malformed is not used (the read-back lists that node again): no trust in a sample that cannot be right', () => {
+    const entry = good.keys[0] as (typeof good.keys)[number];
+    for (const bad of [
+      undefined,
+      { ...good, listed: -1 },
+      { ...good, listed: 0 }, // more keys than were listed
+      { ...good, keys: 'user:1' },
+      { ...good, keys: [{ ...entry, key: '' }] },
+      { ...good, keys: [{ ...entry, key: 'not base64!' }] },
+      { ...good, keys: [{ ...entry, key: Buffer.alloc(251, 0x61).toString('base64') }] },
+      { ...good, keys: [{ ...entry, exptime: -5 }] },
+      { ...good, keys: [{ ...entry, sizeBytes: 1.5 }] },
+    ]) {
+      assert.equal(sampleOfStatus(bad, 'a/n1'), undefined, JSON.stringify(bad));
     }
   });
 });

@@ -119,12 +119,14 @@ export interface ServerCounters {
   readonly cmdSet: number;
   readonly totalItems: number;
   readonly currItems: number;
+  /** LRU crawls started: with `-o no_lru_maintainer`, only those a client asked for. */
+  readonly crawlerStarts: number;
 }
 
 export async function serverCounters(server: { host: string; port: number }): Promise<ServerCounters> {
   const stats = await statsAt(server);
   const num = (name: string): number => Number(stats.get(name));
-  return { cmdGet: num('cmd_get'), getHits: num('get_hits'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items') };
+  return { cmdGet: num('cmd_get'), getHits: num('get_hits'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items'), crawlerStarts: num('lru_crawler_starts') };
 }
 
 export function countersOf(servers: readonly { host: string; port: number }[]): Promise<ServerCounters[]> {
