@@ -6,7 +6,8 @@
  *            process: every `ms` command built before the clock starts, then streamed on
  *            several connections (the best of 1 and 4 is kept)
  *   warm     `cachewarm warm replica` end to end, as a separate process (so its peak RSS is
- *            its own), from a 3-node source replica to an empty 4-node target, unprotected
+ *            its own), from a 3-node source replica to an empty 4-node target, unprotected,
+ *            with nothing else running (as the ceilings)
  *   harm     a live client's latencies on a source node, idle and during a warm with and
  *            without --protect-source
  *   crawl    the live client during a key listing alone, under each crawler setting
@@ -263,19 +264,20 @@ async function main(): Promise<void> {
     // Let the LRU maintainer settle freshly written items, as on a source that has been serving:
     // until it moves them, the idle latencies would be those of a node still busy.
     await Promise.all(fleet.slice(0, 3).map((node) => settled(node)));
-    const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
-    log('live client on source node 1: 10 s with nothing else running');
-    client = await startLiveClient(fleet[0] as MemcachedProcess, liveKeys);
-
-    // The speed figures are with the source unprotected: the most a warm can do here. What
-    // protection costs and what it spares the source's clients is measured next, apart.
-    const idle = await idleLatency(client);
+    // The speed figures are with the source unprotected and nothing else running, as the
+    // ceilings are: the most a warm can do here. What protection costs and what it spares the
+    // source's clients is measured next, apart.
     const unprotected = ['--protect-source', 'off'];
     log('replica warm 3 → 4 nodes into freshly started target nodes (embedded default, --protect-source off, separate process)');
     const intoFresh = await warmOnce(topologyFile, workDir, fleet, unprotected);
     for (const node of fleet.slice(3, 7)) await flush(node);
     log('replica warm again into the same target nodes, flushed (memory already touched)');
     const intoTouched = await warmOnce(topologyFile, workDir, fleet, unprotected);
+
+    const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
+    log('live client on source node 1: 10 s with nothing else running');
+    client = await startLiveClient(fleet[0] as MemcachedProcess, liveKeys);
+    const idle = await idleLatency(client);
 
     const harm = await sourceHarm(topologyFile, workDir, fleet, client, idle);
     log('crawler settings: every key of source node 1 listed under each, the live client timing meanwhile');

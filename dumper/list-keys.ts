@@ -64,15 +64,12 @@ export async function* listKeys(conn: MemcachedConnection, options: ListKeysOpti
     // Each further pass costs the node a full walk: only when the last one came up short.
     if (pass > 1 && distinct >= Math.max(heldBefore, await itemsHeld())) return;
     let found = 0;
-    for await (const listed of crawlKeys(conn, { batchKeys, clock, signal, mode })) {
-      let fresh = listed;
-      if (pass === 1) {
-        for (const key of listed.keys) if (!seen?.add(key)) distinct++;
-      } else {
-        fresh = where(listed, (key) => !seen?.add(key));
-        counters.caughtUp += fresh.keys.length;
-        distinct += fresh.keys.length;
-      }
+    // Keys are remembered as the crawler encodes them (one encoding a key): one already listed
+    // is passed over before it is decoded, so a further pass costs little but the walk.
+    const skip = seen && ((line: Buffer, start: number, end: number) => seen.add(line, start, end));
+    for await (const fresh of crawlKeys(conn, { batchKeys, clock, signal, mode, skip })) {
+      if (pass > 1) counters.caughtUp += fresh.keys.length;
+      distinct += fresh.keys.length;
       counters.listed += fresh.keys.length;
       found += fresh.keys.length;
       const now = Math.floor(clock.now() / 1000);

@@ -29,11 +29,11 @@ export class SeenKeys {
     return this.slots.byteLength;
   }
 
-  /** Adds a key; returns whether it was (almost certainly) there already. */
-  add(key: Uint8Array): boolean {
+  /** Adds a key (bytes `start` to `end` of `key`); returns whether it was (almost certainly) there already. */
+  add(key: Uint8Array, start = 0, end = key.length): boolean {
     let h1 = 0x811c9dc5;
     let h2 = 0x01000193 ^ 0x5bd1e995;
-    for (let i = 0; i < key.length; i++) {
+    for (let i = start; i < end; i++) {
       const b = key[i] as number;
       h1 = Math.imul(h1 ^ b, 0x01000193);
       h2 = Math.imul(h2 ^ b, 0x5bd1e995);

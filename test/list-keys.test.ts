@@ -36,6 +36,38 @@ describe('listing the keys of a node', () => {
       { extraArgs: ['-o', 'no_lru_maintainer'] },
     );
   });
+
+  test('a walk that came up short is walked again, and the second pass yields only the keys the first did not list', async () => {
+    await withCluster(
+      { a: 1 },
+      async (cluster) => {
+        const node = cluster.servers['a']?.[0];
+        assert.ok(node);
+        const first = sampleItems({ count: 3_000, valueBytes: 10, nowSeconds: nowSeconds(), seed: 'first' });
+        const later = sampleItems({ count: 500, valueBytes: 10, nowSeconds: nowSeconds(), seed: 'later' });
+        await loadNode(node, first);
+        const crawlsBefore = Number((await statsAt(node)).get('lru_crawler_starts'));
+        const conn = await MemcachedConnection.connect(node);
+        const counters = newDumpCounters();
+        const batches: string[][] = [];
+        try {
+          // One batch a pass (batchKeys above the node's count): keys written once the first
+          // pass has ended are ones it cannot have listed, and the node then holds more.
+          for await (const batch of listKeys(conn, { batchKeys: 10_000, clock: systemClock, counters, mode: 'all' })) {
+            batches.push(batch.keys.map((k) => k.toString('latin1')));
+            if (batches.length === 1) await loadNode(node, later);
+          }
+        } finally {
+          conn.close();
+        }
+        assert.equal(Number((await statsAt(node)).get('lru_crawler_starts')) - crawlsBefore, 2, 'crawls the listing started');
+        assert.deepEqual(batches.map((b) => b.length), [first.length, later.length]);
+        assert.deepEqual(new Set(batches[1]), new Set(later.map((i) => i.key.toString('latin1'))), 'the second pass: exactly the later keys');
+        assert.deepEqual({ listed: counters.listed, caughtUp: counters.caughtUp }, { listed: first.length + later.length, caughtUp: later.length });
+      },
+      { extraArgs: ['-o', 'no_lru_maintainer'] },
+    );
+  });
 });
 
 describe('the keys a pass already listed (SeenKeys)', () => {

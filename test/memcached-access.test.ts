@@ -262,6 +262,23 @@ describe('crawler: lru_crawler metadump', () => {
     assert.match(await version(conn), /^1\.6\./);
   });
 
+  test('keys the skip predicate turns down, shown still percent-encoded, are never decoded or listed', async () => {
+    const conn = await open(node);
+    const seen: string[] = [];
+    const skip = (line: Buffer, start: number, end: number): boolean => {
+      const encoded = line.toString('latin1', start, end);
+      seen.push(encoded);
+      return encoded.endsWith('7');
+    };
+    const batches = await collect(crawlKeys(conn, { batchKeys: BATCH, clock: systemClock, skip }));
+    const listed = batches.flatMap((b) => b.keys.map((k) => encodeURIComponent(k.toString('latin1'))));
+    assert.equal(seen.length, KEY_COUNT + odd.length, 'the predicate saw every key');
+    assert.ok(seen.some((k) => k.includes('%3A')), 'as the crawler encodes them');
+    assert.ok(listed.length > 0 && listed.length < seen.length);
+    assert.equal(listed.filter((k) => k.endsWith('7')).length, 0, 'no skipped key listed');
+    assert.equal(listed.length, seen.filter((k) => !k.endsWith('7')).length, 'every other key listed');
+  });
+
   test('reports each key\'s absolute expiry (0 for none) and its size', async () => {
     const conn = await open(node);
     let checked = 0;

@@ -56,6 +56,7 @@ class MetadumpReply extends Reply<DumpEnd> {
   constructor(
     private readonly label: string,
     private readonly onLine: () => void,
+    private readonly skip: CrawlOptions['skip'],
   ) {
     super();
   }
@@ -117,6 +118,7 @@ class MetadumpReply extends Reply<DumpEnd> {
     }
     if (i >= length) return -1;
     const end = i + 1;
+    if (this.skip?.(buf, keyStart, keyEnd)) return end;
     let key: Buffer;
     try {
       key = decodeUriKey(buf, keyStart, keyEnd);
@@ -139,6 +141,12 @@ export interface CrawlOptions {
   readonly mode?: CrawlMode | undefined;
   /** How long to keep retrying while another crawl holds the crawler. */
   readonly busyRetryMs?: number | undefined;
+  /**
+   * Keys for which this returns true (given the line's bytes and where the key lies in them,
+   * still percent-encoded as the crawler writes it) are passed over before they are decoded:
+   * a later pass's keys already listed cost no allocation.
+   */
+  readonly skip?: ((line: Buffer, keyStart: number, keyEnd: number) => boolean) | undefined;
 }
 
 /**
@@ -155,12 +163,16 @@ export async function* crawlKeys(conn: MemcachedConnection, options: CrawlOption
   for (let attempt = 0; ; attempt++) {
     if (signal?.aborted) throw abortReason(signal);
     let wake: (() => void) | undefined;
-    const reply = new MetadumpReply(conn.label, () => {
-      if (reply.keys.length >= batchKeys) {
-        conn.pause();
-        wake?.();
-      }
-    });
+    const reply = new MetadumpReply(
+      conn.label,
+      () => {
+        if (reply.keys.length >= batchKeys) {
+          conn.pause();
+          wake?.();
+        }
+      },
+      options.skip,
+    );
     const onAbort = (): void => conn.destroy(abortReason(signal as AbortSignal));
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
