@@ -178,7 +178,9 @@ interface WarmSummaryJson {
   readonly peakRssBytes: number;
   readonly cpuMs: number;
   readonly minorPageFaults: number;
-  readonly targetNodes: readonly { stored: number }[];
+  readonly targetNodes: readonly { stored: number; existed: number }[];
+  readonly sourceNodes: readonly { read: number; expired: number; gone: number }[];
+  readonly problems?: readonly string[];
 }
 
 /**
@@ -194,7 +196,13 @@ async function warmOnce(topologyFile: string, workDir: string, fleet: readonly M
   const result = rate((performance.now() - started) / 1000, ITEMS, ITEMS * VALUE_BYTES);
   const summary = JSON.parse(out) as WarmSummaryJson;
   const stored = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
-  if (!summary.complete || stored !== ITEMS) throw new Error(`warm stored ${stored} of ${ITEMS}`);
+  if (!summary.complete || stored !== ITEMS) {
+    const total = (rows: readonly Record<string, number>[], field: string): number => rows.reduce((sum, r) => sum + (r[field] ?? 0), 0);
+    throw new Error(
+      `warm stored ${stored} of ${ITEMS} (complete ${summary.complete}; existed ${total(summary.targetNodes, 'existed')}, ` +
+        `source read ${total(summary.sourceNodes, 'read')}, expired ${total(summary.sourceNodes, 'expired')}, gone ${total(summary.sourceNodes, 'gone')}; ${(summary.problems ?? []).join('; ')})`,
+    );
+  }
   return {
     rate: result,
     summary,
@@ -248,7 +256,9 @@ async function main(): Promise<void> {
     conn.close();
     log(`cachewarm bench: ${ITEMS.toLocaleString('en-US')} items of ${VALUE_BYTES} B, memcached ${serverVersion}, node ${process.version}, ${os.cpus().length} cores`);
 
-    const items = sampleItems({ count: ITEMS, valueBytes: VALUE_BYTES, nowSeconds: Math.floor(Date.now() / 1000) });
+    // Expiries an hour further out than the sample's own (the shortest is 10 minutes): none
+    // expires during the bench, so every warm must store every item, and its rate counts them all.
+    const items = sampleItems({ count: ITEMS, valueBytes: VALUE_BYTES, nowSeconds: Math.floor(Date.now() / 1000) + 3_600 });
     // On this VM the first touch of a page costs a fault the hypervisor backs, and memcached
     // touches its slab memory as it fills: a freshly started node ingests far slower than a
     // flushed one. So each ceiling is measured in both states, and the warm is run into both.

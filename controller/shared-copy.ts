@@ -9,6 +9,7 @@ import { type DumpCounters, newDumpCounters } from '../shared/counters.js';
 import { abortReason, isCachewarmError } from '../shared/errors.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import { HandOffStore } from '../shared/store/hand-off-store.js';
+import { Listing } from '../shared/key-sample.js';
 import type { NodeSpec, ReplicaSpec } from '../shared/topology.js';
 import { endpointOf } from './node-stats.js';
 
@@ -31,6 +32,8 @@ export interface SharedCopyOptions {
   readonly clock: Clock;
   readonly connect: Connect;
   readonly pool: BufferPool;
+  /** Keys of the dump's listing kept for the targets' read-backs (see Listing); 0 or absent: none. */
+  readonly sampleKeys?: number | undefined;
 }
 
 /** A target's side of the copy: where its chunks go, and how it stops taking them. */
@@ -61,6 +64,8 @@ export class SharedCopy {
   readonly paces = new Map<string, ReadPace>();
   /** Where the targets' populators take the dump's chunks from. */
   readonly store: ChunkStore;
+  /** What the dump listed, sampled: every target's read-back draws from it. */
+  readonly listing: Listing | undefined;
   private readonly handOff: HandOffStore | undefined;
   private readonly subscribers = new Map<string, CopySubscriber>();
   private readonly left = new Set<string>();
@@ -76,6 +81,7 @@ export class SharedCopy {
     this.counters = new Map(options.source.nodes.map((n) => [n.id, newDumpCounters()]));
     this.handOff = options.deleteConsumed ? new HandOffStore(options.store, options.pool) : undefined;
     this.store = this.handOff ?? options.store;
+    this.listing = options.sampleKeys ? new Listing(options.sampleKeys, options.source.nodes.map((n) => n.id)) : undefined;
     let resolve = (): void => undefined;
     const promise = new Promise<void>((r) => (resolve = r));
     this.ready = { resolve, promise };
@@ -179,6 +185,7 @@ export class SharedCopy {
           readPace: () => this.trackedPace(node),
           counters: this.counters.get(node.id) as DumpCounters,
           pool: options.pool,
+          ...this.listing?.of(node.id),
           signal: stop.signal,
         }).catch((error: unknown) => {
           // A source node lost mid-dump may have restarted: each target's job tells, as a single pass does.

@@ -23,8 +23,7 @@ import { type WatchedNode, identities, replacedSince } from './node-watch.js';
 import { endpointOf } from './node-stats.js';
 import { RefusedLog } from './refused-log.js';
 import type { SharedCopy } from './shared-copy.js';
-import { KeySample } from '../shared/key-sample.js';
-import type { KeyBatch } from '../shared/memcached/crawler.js';
+import { Listing } from '../shared/key-sample.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
 import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, guardReports, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
@@ -202,11 +201,8 @@ interface PassContext {
   queueDepth: () => number;
   /** The read pace of each source node being dumped now. */
   readonly paces: Map<string, ReadPace>;
-  /**
-   * A sample of the keys this run's copy pass listed, for the read-back; good only when every
-   * source node's crawl ran to its end in this run (a resumed dump does not list again).
-   */
-  listing: { readonly sample: KeySample; readonly crawled: Set<string>; readonly nodes: number } | undefined;
+  /** What this run's copy pass listed, sampled for the read-back (its own, or the shared copy's). */
+  listing: Listing | undefined;
 }
 
 /** A look that failed after source nodes were lost mid-dump: the dump's error names the node. */
@@ -343,7 +339,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
             connect,
             clock,
             tooLargeFromBytes: ctx.smallestTooLargeBytes,
-            listedSample: ctx.listing && ctx.listing.crawled.size === ctx.listing.nodes ? ctx.listing.sample.keys : undefined,
+            listedSample: ctx.listing?.whole,
             signal: options.signal,
           },
         )
@@ -416,10 +412,8 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
   const counters = new Map(dumpers.map((n) => [n.id, newDumpCounters()]));
   ctx.dumped.push(shared?.counters ?? counters);
   const samplePerNode = options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE;
-  const listing =
-    pass.kind === 'copy' && !shared && samplePerNode > 0
-      ? (ctx.listing = { sample: new KeySample(listedSampleKeys(samplePerNode, scope.nodes.length)), crawled: new Set<string>(), nodes: dumpers.length })
-      : undefined;
+  const listing = pass.kind === 'copy' && !shared && samplePerNode > 0 ? new Listing(listedSampleKeys(samplePerNode, scope.nodes.length), dumpers.map((n) => n.id)) : undefined;
+  if (pass.kind === 'copy') ctx.listing = shared ? shared.listing : listing;
 
   const onDataChunk = (message: ChunkMessage): void => journal.chunk('produced', message.chunk.name);
 
@@ -499,7 +493,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
           counters: counters.get(node.id) as DumpCounters,
           pool,
           onDataChunk,
-          ...(listing && { onListed: (batch: KeyBatch) => listing.sample.offer(batch, node.id), onCrawled: () => listing.crawled.add(node.id) }),
+          ...listing?.of(node.id),
           signal: stop.signal,
         }).catch((error: unknown) => {
           // A source node lost mid-dump may have restarted: the other nodes' dumps go on.

@@ -9,7 +9,9 @@ import { checkJobId, JobJournal } from './job-journal.js';
 import { endpointOf } from './node-stats.js';
 import { selectSource } from './select-source.js';
 import { SharedCopy } from './shared-copy.js';
-import { newJobId } from './warm-plan.js';
+import { listedSampleKeys, newJobId } from './warm-plan.js';
+import { DEFAULT_VERIFY_SAMPLE } from './warm-summary.js';
+import { replicaOf } from '../shared/topology.js';
 import { type WarmProgress, type WarmReplicaOptions, type WarmSummary, warmReplica } from './warm-replica.js';
 
 export interface WarmReplicasOptions extends Omit<WarmReplicaOptions, 'target' | 'only' | 'shareOf' | 'keyChunks' | 'sharedCopy' | 'onProgress'> {
@@ -72,6 +74,8 @@ export async function warmReplicas(options: WarmReplicasOptions): Promise<WarmRe
     clock,
     connect,
     pool: new BufferPool(),
+    // Enough for the largest target's read-back: every target draws from the one sample.
+    sampleKeys: Math.max(...targets.map((t) => listedSampleKeys(options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE, replicaOf(topology, t).nodes.length))),
   });
   const outcomes = await eachTarget(targets, jobIds, signal, (target, jobId) =>
     warmReplica({

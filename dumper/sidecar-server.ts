@@ -43,8 +43,7 @@ import {
   listedSampleJson,
   parseStartDumpRequest,
 } from './sidecar-api.js';
-import { KeySample } from '../shared/key-sample.js';
-import type { KeyBatch } from '../shared/memcached/crawler.js';
+import { Listing } from '../shared/key-sample.js';
 import { type Log, safeLog } from '../shared/log.js';
 
 export interface SidecarOptions {
@@ -130,16 +129,14 @@ class DumpRun {
   /** The source guard's state: read from the running dump's pace, kept as it was once it ends. */
   guard: () => SourceGuardStatus | undefined = () => undefined;
   /** The keys this run's crawl listed, sampled for the controller's read-back (see StartDumpRequest.sampleKeys). */
-  readonly sample: KeySample | undefined;
-  /** This run's crawl listed the whole node: only then does the sample stand for all of it. */
-  crawled = false;
+  readonly listing: Listing | undefined;
 
   constructor(
     readonly request: StartDumpRequest,
     clock: Clock,
   ) {
     this.startedAtMs = clock.now();
-    this.sample = request.sampleKeys ? new KeySample(request.sampleKeys) : undefined;
+    this.listing = request.sampleKeys ? new Listing(request.sampleKeys, [request.node]) : undefined;
   }
 
   get stopping(): boolean {
@@ -157,7 +154,7 @@ class DumpRun {
       ...(this.finishedAtMs !== undefined && { finishedAt: new Date(this.finishedAtMs).toISOString() }),
       ...(this.error && { error: this.error }),
       ...(guard && { sourceGuard: guard }),
-      ...(this.state === 'finished' && this.crawled && this.sample && { listedSample: listedSampleJson(this.sample) }),
+      ...(this.state === 'finished' && this.listing?.whole && { listedSample: listedSampleJson(this.listing.sample) }),
     };
   }
 }
@@ -280,7 +277,7 @@ class DumpRegistry {
         ...(request.maxBytesPerSecond !== undefined && { uploadLimiter: new TokenBucket({ ratePerSecond: request.maxBytesPerSecond, clock }) }),
         keyFilter,
         counters: run.counters,
-        ...(run.sample && { onListed: (batch: KeyBatch) => run.sample?.offer(batch, request.node), onCrawled: () => void (run.crawled = true) }),
+        ...run.listing?.of(request.node),
         signal: run.abort.signal,
       });
       run.state = 'finished';

@@ -48,6 +48,33 @@ export class KeySample {
   }
 }
 
+/**
+ * What a dump's crawls listed, sampled for the read-back, and which source nodes' crawls ran
+ * to their end: the sample stands for the whole source only when every one did in this run
+ * (a resumed dump whose crawl had finished lists nothing again).
+ */
+export class Listing {
+  readonly sample: KeySample;
+  private readonly crawled = new Set<string>();
+
+  constructor(
+    capacity: number,
+    private readonly nodes: readonly string[],
+  ) {
+    this.sample = new KeySample(capacity);
+  }
+
+  /** The hooks a node's dump calls (see DumpNodeOptions.onListed and onCrawled). */
+  of(node: string): { onListed: (batch: KeyBatch) => void; onCrawled: () => void } {
+    return { onListed: (batch) => this.sample.offer(batch, node), onCrawled: () => void this.crawled.add(node) };
+  }
+
+  /** The sample, if every node's crawl listed its node to the end. */
+  get whole(): readonly SampledKey[] | undefined {
+    return this.nodes.every((n) => this.crawled.has(n)) ? this.sample.keys : undefined;
+  }
+}
+
 /** One source node's sample and how many keys it was drawn from. */
 export interface NodeSample {
   readonly listed: number;
