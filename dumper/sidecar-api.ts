@@ -376,7 +376,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
 /**
  * A status's sample as keys of `node`, every entry checked: a key of 1 to 250 bytes, whole
  * non-negative numbers, no more keys than were listed. Undefined for anything else, which
- * costs the read-back a crawl of that node rather than trust in a malformed answer.
+ * costs the read-back a crawl of the source rather than trust in a malformed answer.
  */
 export function sampleOfStatus(value: unknown, node: string): NodeSample | undefined {
   if (!isRecord(value) || !Array.isArray(value['keys'])) return undefined;

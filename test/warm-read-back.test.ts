@@ -129,7 +129,7 @@ describe("a sidecar's sample as its status carries it (sampleOfStatus)", () => {
     assert.deepEqual(sampleOfStatus(good, 'a/n1'), { listed: 10, keys: [{ key: Buffer.from('user:1'), exptime: 1_900_000_000, sizeBytes: 80, source: 'a/n1' }] });
   });
 
-  test('anything malformed is not used (the read-back lists that node again): no trust in a sample that cannot be right', () => {
+  test('anything malformed is not used (the read-back lists the source again): no trust in a sample that cannot be right', () => {
     const entry = good.keys[0] as (typeof good.keys)[number];
     for (const bad of [
       undefined,
