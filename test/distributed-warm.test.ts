@@ -11,12 +11,11 @@ import { connectDirect } from '../shared/memcached/connect.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import { createJobQueues } from '../shared/job-queues.js';
 import { endMarkerName, nodePrefix } from '../shared/job-layout.js';
-import { OneLine } from '../shared/memcached/commands.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, type ServerCounters, countersOf, itemCount, load, nowSeconds, serverCounters, setMemoryLimit, startCluster } from './support/cluster.js';
+import { type Cluster, type ServerCounters, countersOf, flushReplica, itemCount, load, nowSeconds, serverCounters, setMemoryLimit, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
 import { assertExactCopy, readBack } from './support/read-back.js';
 import { type StartMemcachedOptions } from './support/memcached.js';
@@ -99,13 +98,7 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
 
   after(() => fleet?.stop());
 
-  async function flushTarget(): Promise<void> {
-    for (const node of topology.replicas.get('b')?.nodes ?? []) {
-      const conn = await connectDirect(node);
-      await conn.send(Buffer.from('flush_all\r\n'), new OneLine());
-      conn.close();
-    }
-  }
+  const flushTarget = (): Promise<void> => flushReplica(topology, 'b');
 
   const warmArgs = (bucket: string, ...more: string[]): string[] => [
     'warm', 'replica', '--topology', topologyFile, '--target', 'b', '--source', 'a',
@@ -569,13 +562,7 @@ describe('a replica warm through sidecars, S3 and SQS, whose S3/SQS service lose
     await createBucket(fleet.aws.s3, bucket);
   }
 
-  async function flushTarget(): Promise<void> {
-    for (const node of fleet.topology.replicas.get('b')?.nodes ?? []) {
-      const conn = await connectDirect(node);
-      await conn.send(Buffer.from('flush_all\r\n'), new OneLine());
-      conn.close();
-    }
-  }
+  const flushTarget = (): Promise<void> => flushReplica(fleet.topology, 'b');
 
   for (const when of ['after every dump finished', 'while the dumps run'] as const) {
     test(`lost ${when}: the rerun dumps again from the store's state, not the sidecars' memory, and completes exactly`, async () => {

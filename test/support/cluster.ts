@@ -133,6 +133,18 @@ export function countersOf(servers: readonly { host: string; port: number }[]): 
   return Promise.all(servers.map(serverCounters));
 }
 
+/** Empties every node of a replica with `flush_all` (its curr_items still counts the dead items until they are reclaimed). */
+export async function flushReplica(topology: Topology, replica: string): Promise<void> {
+  for (const node of topology.replicas.get(replica)?.nodes ?? []) {
+    const conn = await connectDirect(node);
+    try {
+      await conn.send(Buffer.from('flush_all\r\n'), new OneLine());
+    } finally {
+      conn.close();
+    }
+  }
+}
+
 /** Raises a running memcached's memory limit (`cache_memlimit`, in MiB): room without a restart. */
 export async function setMemoryLimit(server: { host: string; port: number }, mib: number): Promise<void> {
   const conn = await connectDirect(server);
