@@ -15,7 +15,7 @@ import { sampleItems } from '../shared/sample-items.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
 import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, type ServerCounters, countersOf, flushReplica, itemCount, load, nowSeconds, serverCounters, setMemoryLimit, startCluster } from './support/cluster.js';
+import { type Cluster, crawlsStarted, flushReplica, itemCount, load, nowSeconds, serverCounters, setMemoryLimit, startCluster } from './support/cluster.js';
 import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
 import { assertExactCopy, readBack } from './support/read-back.js';
 import { type StartMemcachedOptions } from './support/memcached.js';
@@ -110,8 +110,7 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     const items = sampleItems({ count: 30_000, valueBytes: 200, nowSeconds: nowSeconds() });
     await load(topology, 'a', items);
     const bucket = await createBucket(aws.s3, 'warm-complete');
-    const sourceNodes = cluster.servers['a'] ?? [];
-    const before = await countersOf(sourceNodes);
+    const before = await crawlsStarted(cluster.servers['a'] ?? []);
 
     const controller = startCli(warmArgs(bucket, '--populators', '2'));
     const code = await controller.exited;
@@ -121,8 +120,8 @@ describe('a replica warm through sidecars, S3 and SQS', () => {
     assert.equal(summary.targetNodes.reduce((sum, n) => sum + n.stored, 0), items.length, 'the populators reported every item written');
     // The read-back draws its 2,000 keys per target node from the sidecars' samples of what they listed.
     assert.deepEqual({ checked: summary.verification?.checked, identical: summary.verification?.identical }, { checked: 8_000, identical: 8_000 });
-    const after = await countersOf(sourceNodes);
-    assert.deepEqual(after.map((c, i) => c.crawlerStarts - (before[i] as ServerCounters).crawlerStarts), [1, 1, 1], 'crawls started on each source node');
+    const after = await crawlsStarted(cluster.servers['a'] ?? []);
+    assert.deepEqual(after.map((n, i) => n - (before[i] as number)), [1, 1, 1], 'crawls started on each source node');
 
     const report = await verifyCopy(items, targetRingOf(topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
     assert.equal(report.matched, items.length, report.examples.join('\n'));

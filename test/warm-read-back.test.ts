@@ -9,20 +9,16 @@ import type { NodeWriter } from '../populator/node-writer.js';
 import { systemClock } from '../shared/clock.js';
 import { KeySample, type NodeSample, mergeSamples } from '../shared/key-sample.js';
 import { sampleOfStatus } from '../dumper/sidecar-api.js';
-import { statsAt } from '../shared/memcached/commands.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { type WritableItem, newAddOutcome } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
-import { type Cluster, load, nowSeconds, withCluster } from './support/cluster.js';
+import { crawlsStarted, load, nowSeconds, withCluster } from './support/cluster.js';
 
 const workDir = (): Promise<string> => mkdtemp(path.join(os.tmpdir(), 'cachewarm-test-'));
 
 // The LRU maintainer schedules crawls of its own: without it, every crawl a node starts is the warm's.
 const ONLY_OUR_CRAWLS = { extraArgs: ['-o', 'no_lru_maintainer'] };
 
-async function crawlsStarted(cluster: Cluster, replica: string): Promise<number[]> {
-  return Promise.all((cluster.servers[replica] ?? []).map(async (s) => Number((await statsAt(s)).get('lru_crawler_starts'))));
-}
 
 /** A target that acknowledges every write and keeps only some: what the read-back is there to catch. */
 function losingWriter(loses: (item: WritableItem) => boolean): NodeWriter & { lost: number } {
@@ -48,13 +44,13 @@ describe('the read-back at the end of a warm', () => {
       async (cluster) => {
         const items = sampleItems({ count: 10_000, valueBytes: 100, nowSeconds: nowSeconds() });
         await load(cluster.topology, 'a', items);
-        const before = await crawlsStarted(cluster, 'a');
+        const before = await crawlsStarted(cluster.servers['a'] ?? []);
 
         const summary = await warmReplica({ topology: cluster.topology, target: 'b', workDir: await workDir(), chunkSizeBytes: 1 << 20, clock: systemClock, verifySamplePerNode: 2_000 });
 
         assert.equal(summary.complete, true, (summary.problems ?? []).join('; '));
         assert.deepEqual({ checked: summary.verification?.checked, identical: summary.verification?.identical }, { checked: 4_000, identical: 4_000 });
-        const after = await crawlsStarted(cluster, 'a');
+        const after = await crawlsStarted(cluster.servers['a'] ?? []);
         assert.deepEqual(after.map((n, i) => n - (before[i] as number)), [1, 1], 'crawls started on each source node');
       },
       ONLY_OUR_CRAWLS,

@@ -6,7 +6,7 @@ import { describe, test } from 'node:test';
 import { warmReplicas } from '../controller/warm-replicas.js';
 import { systemClock } from '../shared/clock.js';
 import { sampleItems } from '../shared/sample-items.js';
-import { type Cluster, countersOf, load, nowSeconds, withCluster } from './support/cluster.js';
+import { type Cluster, countersOf, crawlsStarted, load, nowSeconds, withCluster } from './support/cluster.js';
 import { cachewarm, topologyFileOf } from './support/cli.js';
 import { readBack } from './support/read-back.js';
 
@@ -53,7 +53,7 @@ describe('dump once, fill many: one dump of the source warms several replicas', 
       async (cluster) => {
         const items = sampleItems({ count: 5_000, valueBytes: 100, nowSeconds: nowSeconds() });
         await load(cluster.topology, 'a', items);
-        const [before] = await countersOf(cluster.servers['a'] ?? []);
+        const [before = 0] = await crawlsStarted(cluster.servers['a'] ?? []);
 
         const summary = await warmBoth(cluster, { workDir: await workDir(), verifySamplePerNode: 500 });
 
@@ -65,8 +65,8 @@ describe('dump once, fill many: one dump of the source warms several replicas', 
           assert.equal(v.checked, outcome.target === 'c' ? 1_000 : 500, `${outcome.target}: up to 500 keys per target node`);
           assert.deepEqual({ missing: v.missing, different: v.different }, { missing: 0, different: 0 });
         }
-        const [after] = await countersOf(cluster.servers['a'] ?? []);
-        assert.equal((after?.crawlerStarts ?? 0) - (before?.crawlerStarts ?? 0), 1, 'crawls of the source node: the dump\'s, none for the read-backs');
+        const [after = 0] = await crawlsStarted(cluster.servers['a'] ?? []);
+        assert.equal(after - before, 1, 'crawls of the source node: the dump\'s, none for the read-backs');
       },
       // The LRU maintainer schedules crawls of its own: without it, every crawl a node starts is the warm's.
       { extraArgs: ['-o', 'no_lru_maintainer'] },

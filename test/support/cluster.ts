@@ -119,18 +119,21 @@ export interface ServerCounters {
   readonly cmdSet: number;
   readonly totalItems: number;
   readonly currItems: number;
-  /** LRU crawls started: with `-o no_lru_maintainer`, only those a client asked for. */
-  readonly crawlerStarts: number;
 }
 
 export async function serverCounters(server: { host: string; port: number }): Promise<ServerCounters> {
   const stats = await statsAt(server);
   const num = (name: string): number => Number(stats.get(name));
-  return { cmdGet: num('cmd_get'), getHits: num('get_hits'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items'), crawlerStarts: num('lru_crawler_starts') };
+  return { cmdGet: num('cmd_get'), getHits: num('get_hits'), cmdSet: num('cmd_set'), totalItems: num('total_items'), currItems: num('curr_items') };
 }
 
 export function countersOf(servers: readonly { host: string; port: number }[]): Promise<ServerCounters[]> {
   return Promise.all(servers.map(serverCounters));
+}
+
+/** LRU crawls each server started: with `-o no_lru_maintainer`, only those a client asked for. */
+export function crawlsStarted(servers: readonly { host: string; port: number }[]): Promise<number[]> {
+  return Promise.all(servers.map(async (s) => Number((await statsAt(s)).get('lru_crawler_starts'))));
 }
 
 /** Empties every node of a replica with `flush_all` (its curr_items still counts the dead items until they are reclaimed). */
