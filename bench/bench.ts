@@ -463,7 +463,7 @@ async function instanceWarm(topologyFile: string, workDir: string, fleet: Memcac
 }
 
 /**
- * The S3+SQS transport on this one machine: fauxqs (S3 and SQS over HTTP) in this process, a
+ * The S3+SQS transport on this one machine: fauxqs (S3 and SQS over HTTP) in a process of its own, a
  * dumper sidecar process per source node, and the controller process with its populator
  * processes, into the flushed target nodes.
  */
@@ -474,58 +474,68 @@ async function awsWarm(
 ): Promise<{ warm: WarmRun; cpu: { sidecars: number; populators: number; emulator: number } }> {
   for (const node of fleet.slice(3, 7)) await flush(node);
   log(`replica warm again into the flushed target nodes through S3+SQS (fauxqs, 3 sidecars, ${args.populators} populators)`);
-  const { buildApp } = await import('fauxqs');
-  const { S3Client, CreateBucketCommand } = await import('@aws-sdk/client-s3');
-  const app = buildApp({ logger: false });
-  const endpoint = await app.listen({ port: 0, host: '127.0.0.1' });
-  const env = { ...process.env, AWS_ACCESS_KEY_ID: 'bench', AWS_SECRET_ACCESS_KEY: 'bench', AWS_REGION: 'us-east-1' };
-  const s3 = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'bench', secretAccessKey: 'bench' } });
-  await s3.send(new CreateBucketCommand({ Bucket: 'bench' }));
-  s3.destroy();
-  const tokenFile = path.join(workDir, 'token');
-  await writeFile(tokenFile, 'bench-token\n', { mode: 0o600 });
-  const sidecars = document.replicas.source.nodes.map((node) =>
-    spawn(process.execPath, [bin, 'dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', endpoint], {
-      env,
-      stdio: ['ignore', 'ignore', 'pipe'],
-    }),
-  );
+  const emulator = spawn(process.execPath, [fileURLToPath(new URL('./emulator.js', import.meta.url))], { stdio: ['ignore', 'pipe', 'inherit'] });
   try {
-    const urls = await Promise.all(sidecars.map(listeningUrl));
-    const withSidecars = {
-      replicas: {
-        source: { nodes: document.replicas.source.nodes.map((n, i) => ({ ...n, sidecar: urls[i] })) },
-        target: document.replicas.target,
-      },
-    };
-    const topologyFile = path.join(workDir, 'bench-topology-aws.json');
-    await writeFile(topologyFile, JSON.stringify(withSidecars));
-    process.env['AWS_ACCESS_KEY_ID'] = 'bench';
-    process.env['AWS_SECRET_ACCESS_KEY'] = 'bench';
-    process.env['AWS_REGION'] = 'us-east-1';
-    // The emulator runs in this process; the populators are the controller's children, and
-    // their CPU reaches this process's children's account (with the controller's) once reaped.
-    const sidecarsBefore = await sum(sidecars.map((c) => cpuSeconds(c.pid as number)));
-    const childrenBefore = await reapedChildrenCpuSeconds();
-    const selfBefore = process.cpuUsage();
-    const warm = await warmOnce(topologyFile, workDir, fleet, [
-      '--transport', 'aws', '--bucket', 'bench', '--endpoint', endpoint, '--sidecar-token-file', tokenFile, '--populators', String(args.populators),
-      '--protect-source', 'off',
-    ]);
-    const self = process.cpuUsage(selfBefore);
-    return {
-      warm,
-      cpu: {
-        sidecars: (await sum(sidecars.map((c) => cpuSeconds(c.pid as number)))) - sidecarsBefore,
-        populators: (await reapedChildrenCpuSeconds()) - childrenBefore - warm.summary.cpuMs / 1000,
-        emulator: (self.user + self.system) / 1e6,
-      },
-    };
+    const endpoint = await firstLine(emulator);
+    const { S3Client, CreateBucketCommand } = await import('@aws-sdk/client-s3');
+    const env = { ...process.env, AWS_ACCESS_KEY_ID: 'bench', AWS_SECRET_ACCESS_KEY: 'bench', AWS_REGION: 'us-east-1' };
+    const s3 = new S3Client({ endpoint, region: 'us-east-1', forcePathStyle: true, credentials: { accessKeyId: 'bench', secretAccessKey: 'bench' } });
+    await s3.send(new CreateBucketCommand({ Bucket: 'bench' }));
+    s3.destroy();
+    const tokenFile = path.join(workDir, 'token');
+    await writeFile(tokenFile, 'bench-token\n', { mode: 0o600 });
+    const sidecars = document.replicas.source.nodes.map((node) =>
+      spawn(process.execPath, [bin, 'dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', endpoint], {
+        env,
+        stdio: ['ignore', 'ignore', 'pipe'],
+      }),
+    );
+    try {
+      const urls = await Promise.all(sidecars.map(listeningUrl));
+      const withSidecars = {
+        replicas: {
+          source: { nodes: document.replicas.source.nodes.map((n, i) => ({ ...n, sidecar: urls[i] })) },
+          target: document.replicas.target,
+        },
+      };
+      const topologyFile = path.join(workDir, 'bench-topology-aws.json');
+      await writeFile(topologyFile, JSON.stringify(withSidecars));
+      process.env['AWS_ACCESS_KEY_ID'] = 'bench';
+      process.env['AWS_SECRET_ACCESS_KEY'] = 'bench';
+      process.env['AWS_REGION'] = 'us-east-1';
+      // The populators are the controller's children: their CPU reaches this process's
+      // children's account (with the controller's) once reaped.
+      const sidecarsBefore = await sum(sidecars.map((c) => cpuSeconds(c.pid as number)));
+      const emulatorBefore = await cpuSeconds(emulator.pid as number);
+      const childrenBefore = await reapedChildrenCpuSeconds();
+      const warm = await warmOnce(topologyFile, workDir, fleet, [
+        '--transport', 'aws', '--bucket', 'bench', '--endpoint', endpoint, '--sidecar-token-file', tokenFile, '--populators', String(args.populators),
+        '--protect-source', 'off',
+      ]);
+      return {
+        warm,
+        cpu: {
+          sidecars: (await sum(sidecars.map((c) => cpuSeconds(c.pid as number)))) - sidecarsBefore,
+          populators: (await reapedChildrenCpuSeconds()) - childrenBefore - warm.summary.cpuMs / 1000,
+          emulator: (await cpuSeconds(emulator.pid as number)) - emulatorBefore,
+        },
+      };
+    } finally {
+      for (const sidecar of sidecars) sidecar.kill('SIGTERM');
+      await Promise.all(sidecars.map((s) => (s.exitCode === null ? once(s, 'exit') : undefined)));
+    }
   } finally {
-    for (const sidecar of sidecars) sidecar.kill('SIGTERM');
-    await Promise.all(sidecars.map((s) => (s.exitCode === null ? once(s, 'exit') : undefined)));
-    await app.close();
+    emulator.kill('SIGTERM');
+    if (emulator.exitCode === null) await once(emulator, 'exit');
   }
+}
+
+/** The emulator's endpoint, the first line it prints. */
+function firstLine(child: ChildProcess): Promise<string> {
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).once('line', resolve);
+    child.once('exit', (code) => reject(new Error(`the S3/SQS emulator exited (${code}) before listening`)));
+  });
 }
 
 /** The URL a sidecar logs once it listens (`{"event":"listening","url":…}`). */
