@@ -47,6 +47,7 @@ export interface TransportOptions extends AwsConnectionOptions {
   kmsKeyId?: string;
   sidecarTokenFile?: string;
   maxBytes?: number;
+  queueUrl?: string;
 }
 
 /** `--populators`: N (0 to 64), `auto` (1 to 8), or `auto:MIN-MAX` (0 ≤ MIN ≤ MAX, 1 ≤ MAX ≤ 64). */
@@ -83,6 +84,10 @@ export function addTransportOptions(command: Command): Command {
       .addOption(new Option('--sse <kind>', 'server-side encryption of the chunks').choices(['AES256', 'aws:kms']))
       .option('--kms-key-id <id>', 'KMS key for --sse aws:kms (default: the account\'s aws/s3 key)')
       .option('--sidecar-token-file <file>', 'file holding the bearer token of the dumper sidecars')
+      .option(
+        '--queue-url <url>',
+        "a standing SQS queue the installation owns (its RedrivePolicy names its dead-letter queue), shared by every job: no queue is created or deleted (aws transport)",
+      )
       .option('--retry-parked', "on a rerun, move the job's parked messages back to its queue first, after fixing what parked them (aws transport; the embedded one always offers parked chunks again on a rerun)")
       .addOption(new Option('--max-bytes <size>', 'bytes per second each sidecar uploads, 1KiB to 1TiB (default: unlimited)').argParser(byteSize(BOUNDS.maxBytes))),
   );
@@ -93,7 +98,7 @@ export function addTransportOptions(command: Command): Command {
 export async function distributedSettings(
   opts: TransportOptions,
   log: Log,
-): Promise<Pick<DistributedWarmOptions, 's3' | 'sqs' | 'bucket' | 'prefix' | 'sse' | 'sidecarToken' | 'startPopulator' | 'populators' | 'maxBytesPerNode'>> {
+): Promise<Pick<DistributedWarmOptions, 's3' | 'sqs' | 'bucket' | 'prefix' | 'sse' | 'sidecarToken' | 'startPopulator' | 'populators' | 'maxBytesPerNode' | 'queueUrl'>> {
   if (!opts.bucket) throw new CachewarmError('INVALID_ARGUMENT', '--transport aws needs --bucket');
   if (!opts.sidecarTokenFile) throw new CachewarmError('INVALID_ARGUMENT', '--transport aws needs --sidecar-token-file');
   if (opts.kmsKeyId && opts.sse !== 'aws:kms') throw new CachewarmError('INVALID_ARGUMENT', '--kms-key-id needs --sse aws:kms');
@@ -109,6 +114,7 @@ export async function distributedSettings(
     sidecarToken: await readTokenFile(opts.sidecarTokenFile),
     populators: opts.populators,
     maxBytesPerNode: opts.maxBytes,
+    queueUrl: opts.queueUrl,
     startPopulator: localPopulators({
       cliPath: fileURLToPath(new URL('./cachewarm.js', import.meta.url)),
       concurrency: opts.populatorConcurrency,

@@ -1,6 +1,8 @@
 import os from 'node:os';
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { WorkerResult } from '../populator/worker.js';
+import { parseAllowedLocation } from '../shared/allowed-locations.js';
+import type { ChunkLocation } from '../shared/chunk-message.js';
 import { systemClock } from '../shared/clock.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type Log, withFields } from '../shared/log.js';
@@ -10,6 +12,7 @@ import { BOUNDS, EXIT, concurrency, wholeNumber } from './cli-support.js';
 
 interface PopulatorCommandOptions {
   queueUrl: string;
+  allowLocation?: ChunkLocation[];
   concurrency: number;
   follow?: boolean;
   workerId?: string;
@@ -27,7 +30,12 @@ export function registerPopulatorCommand(program: Command): void {
   const command = program
     .command('populator')
     .description("a stateless populator worker: writes the chunks announced on a job's SQS queue into the target replica, add-only")
-    .requiredOption('--queue-url <url>', 'the job queue (made by the controller; its tags name the job, bucket and prefix)')
+    .requiredOption('--queue-url <url>', "the job queue (made by the controller; its tags name the job, bucket and prefix), or with --allow-location the installation's standing queue")
+    .option(
+      '--allow-location <s3-url>',
+      'serve a standing queue: every job whose chunks are under s3://BUCKET/PREFIX (repeatable); messages naming anything else go to the dead-letter queue',
+      (value: string, previous: ChunkLocation[] = []) => [...previous, commanderArgument(() => parseAllowedLocation(value))],
+    )
     .addOption(new Option('--concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
     .option('--follow', 'keep polling after the job is complete, until SIGTERM')
     .option('--worker-id <id>', "names this worker's report in the store (default: hostname-pid)")
@@ -40,10 +48,29 @@ export function registerPopulatorCommand(program: Command): void {
 async function populate(opts: PopulatorCommandOptions): Promise<number> {
   const workerId = opts.workerId ?? `${os.hostname()}-${process.pid}`;
   const { s3, sqs } = await awsClientsFrom(opts);
-  const { runPopulatorWorker } = await import('../populator/worker.js');
   const log = withFields(cliLogging().log, { worker: workerId });
   const signal = terminationSignal(log);
   try {
+    if (opts.allowLocation) {
+      const { runStandingWorker } = await import('../populator/standing-worker.js');
+      const result = await runStandingWorker({
+        s3,
+        sqs,
+        queueUrl: opts.queueUrl,
+        allowed: opts.allowLocation,
+        workerId,
+        concurrency: opts.concurrency,
+        follow: opts.follow === true,
+        waitTimeSeconds: opts.waitSeconds,
+        clock: systemClock,
+        signal,
+        log,
+      });
+      process.stdout.write(`${JSON.stringify(result)}\n`);
+      const failed = Object.values(result.jobs).some((job) => job.counters.failed > 0);
+      return result.parked > 0 || failed ? EXIT.incomplete : EXIT.ok;
+    }
+    const { runPopulatorWorker } = await import('../populator/worker.js');
     const result = await runPopulatorWorker({
       s3,
       sqs,
@@ -91,4 +118,13 @@ function terminationSignal(log: Log): AbortSignal {
   process.once('SIGTERM', () => stop('SIGTERM'));
   process.once('SIGINT', () => stop('SIGINT'));
   return controller.signal;
+}
+
+/** A parser's CachewarmError as commander's own, so that it reports it as it does every bad option value. */
+function commanderArgument<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message);
+  }
 }

@@ -4,15 +4,13 @@
  */
 import type { SidecarClient } from '../dumper/sidecar-client.js';
 import { CachewarmError } from '../shared/errors.js';
-import { type JobManifest, getJson, manifestName } from '../shared/job-layout.js';
+import { type JobManifest, getJson, manifestName, supersededName } from '../shared/job-layout.js';
 import { deleteJobQueuesOf } from '../shared/job-queues.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import type { Topology } from '../shared/topology.js';
 import { S3JobLock, lockName } from './s3-job-lock.js';
 import { type DistributedWarmOptions, sidecarOf, stopDump } from './warm-distributed.js';
 
-/** Left beside a superseded job's manifest: the job that replaced it, and when. */
-export const supersededName = (jobId: string): string => `${jobId}/superseded.json`;
 
 export interface AbandonJobOptions extends Pick<DistributedWarmOptions, 's3' | 'sqs' | 'bucket' | 'prefix' | 'sse' | 'sidecarToken' | 'clock' | 'signal'> {
   readonly jobId: string;

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import type { ChunkLocation } from '../shared/chunk-message.js';
 import type { QueueBacklog } from '../shared/job-queues.js';
 
 /** One populator worker the controller started. */
@@ -10,7 +11,8 @@ export interface PopulatorProcess {
   stop(): void;
 }
 
-export type StartPopulator = (queueUrl: string) => PopulatorProcess;
+/** Starts a worker on a job's queue, or on a standing queue serving `allowLocation` (and following it until stopped). */
+export type StartPopulator = (queueUrl: string, allowLocation?: ChunkLocation) => PopulatorProcess;
 
 export interface LocalPopulatorOptions {
   /** The cachewarm CLI's entry script (dist/bin/cachewarm.js). */
@@ -29,10 +31,11 @@ export interface LocalPopulatorOptions {
  */
 export function localPopulators(options: LocalPopulatorOptions): StartPopulator {
   let started = 0;
-  return (queueUrl) => {
+  return (queueUrl, allowLocation) => {
     const id = `local-${process.pid}-${++started}`;
     // JSON logs, whatever this process's: onLog reads them.
     const args = [options.cliPath, 'populator', '--queue-url', queueUrl, '--worker-id', id, '--log-format', 'json'];
+    if (allowLocation) args.push('--allow-location', `s3://${allowLocation.bucket}/${allowLocation.prefix}`, '--follow');
     if (options.concurrency) args.push('--concurrency', String(options.concurrency));
     if (options.endpoint) args.push('--endpoint', options.endpoint);
     if (options.region) args.push('--region', options.region);
@@ -56,6 +59,8 @@ export interface PopulatorFleetOptions {
   readonly queueUrl: string;
   /** A fixed number, or bounds the count follows the backlog within. */
   readonly size: { readonly fixed: number } | { readonly min: number; readonly max: number; readonly chunksPerPopulator: number };
+  /** The queue is a standing one: workers serve this location (see StartPopulator). */
+  readonly allowLocation?: ChunkLocation | undefined;
 }
 
 /**
@@ -102,7 +107,7 @@ export class PopulatorFleet {
   }
 
   private launch(): void {
-    const worker = this.options.start(this.options.queueUrl);
+    const worker = this.options.start(this.options.queueUrl, this.options.allowLocation);
     this.running.set(worker.id, worker);
     void worker.exited.then((code) => {
       this.running.delete(worker.id);

@@ -11,7 +11,18 @@ import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWri
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
 import { type JobManifest, LAYOUT_VERSION, type ProcessesRecord, endMarkerName, getJson, manifestName, nodeDirectory, processesName, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
 import { decodeKeyChunk } from '../shared/chunk-format.js';
-import { type JobQueues, type QueueBacklog, backlogIsEmpty, createJobQueues, deleteJobQueues, parkedMessages, queueBacklog, retryParked } from '../shared/job-queues.js';
+import {
+  type JobQueues,
+  type QueueBacklog,
+  backlogIsEmpty,
+  createJobQueues,
+  deleteJobQueues,
+  parkedMessages,
+  queueBacklog,
+  readStandingQueue,
+  retryParked,
+} from '../shared/job-queues.js';
+import { SettledChunks } from './settled-chunks.js';
 import { type S3Encryption, S3Store } from '../shared/store/s3-store.js';
 import { type Log, silentLog, withFields } from '../shared/log.js';
 import type { NodeSpec, Topology } from '../shared/topology.js';
@@ -54,6 +65,13 @@ export interface DistributedWarmOptions {
   readonly sidecarToken: string;
   readonly startPopulator: StartPopulator;
   readonly populators: PopulatorFleetOptions['size'];
+  /**
+   * A standing queue the installation owns (its RedrivePolicy naming its dead-letter queue),
+   * shared by every job: the job creates and deletes no queue, and its completion is read
+   * from the populators' per-chunk marks rather than the queue's depth. Absent: the job makes
+   * its own queues (`cachewarm-<job>`) and removes them when complete.
+   */
+  readonly queueUrl?: string | undefined;
   readonly keepChunks?: boolean | undefined;
   readonly clock: Clock;
   readonly connect?: Connect | undefined;
@@ -180,7 +198,11 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     ...(options.sharedDump && { dumpJobId: options.sharedDump.jobId }),
     createdAt: new Date(started).toISOString(),
   }, signal);
-  const queues = await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal);
+  const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);
+  if (standing && (options.sharedDump || options.retryParked)) {
+    throw new CachewarmError('INVALID_ARGUMENT', `${options.sharedDump ? 'several targets from one dump' : '--retry-parked'} is not supported on a standing queue (${standing.queueUrl}) yet`);
+  }
+  const queues: JobQueues = standing ?? (await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal));
   log({ event: 'job-queued', msg: `${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`, source: manifest.source.replica, target: scope.label, queueUrl: queues.queueUrl });
   if (options.retryParked) {
     const moved = await retryParked(sqs, queues, signal);
@@ -220,7 +242,14 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     dumps.set(node, { status, unreachableSince: undefined });
   }
 
-  const fleet = new PopulatorFleet({ start: options.startPopulator, queueUrl: queues.queueUrl, size: options.populators });
+  // On a standing queue the workers started here follow it, serving the job's location, until told to stop.
+  const fleet = new PopulatorFleet({
+    start: options.startPopulator,
+    queueUrl: queues.queueUrl,
+    size: options.populators,
+    allowLocation: standing && { bucket: options.bucket, prefix: store.prefix },
+  });
+  const settled = standing && new SettledChunks(store, jobId, manifest.source.nodes);
   let written: { byNode: Map<string, WriteCounters> } = { byNode: new Map() };
   let backlog: QueueBacklog = { visible: 0, inFlight: 0, delayed: 0 };
   const progress = (): WarmProgress => ({
@@ -241,7 +270,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       backlog = await queueBacklog(sqs, queues.queueUrl, signal);
       const dumped = [...dumps.values()].every((d) => d.status.state === 'finished' || d.lost) && (await endMarkersStored(dumps, sidecars, request, { ...job, jobId: dump.jobId }, signal));
       // SQS counts are approximate: the queue counts as drained after two empty looks in a row.
-      drainedChecks = dumped && backlogIsEmpty(backlog) ? drainedChecks + 1 : 0;
+      // A standing queue's count is every job's: there, every chunk stored must be marked.
+      const drained = settled ? dumped && (await settled.all(signal)) : backlogIsEmpty(backlog);
+      drainedChecks = dumped && drained ? drainedChecks + 1 : 0;
       if (drainedChecks >= 2) break;
       if (fleet.crashes >= MAX_POPULATOR_CRASHES) {
         throw new CachewarmError('JOB_FAILED', `populators of job ${jobId} keep failing (${fleet.crashes} exits): see their log lines above`, {
@@ -258,7 +289,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     fleet.stopAll();
     await fleet.settled();
     written = await populatorReports(store, jobId, signal);
-    const parked = await parkedOn(sqs, queues.deadLetterQueueUrl, signal);
+    const parked = settled ? await settled.parked(signal) : await parkedOn(sqs, queues.deadLetterQueueUrl, signal);
     await Promise.all([targets.look(signal), sources.look(signal)]);
     for (const node of sources.restarted()) restartedSources.add(node.id);
     const restarted = [...replaced, ...targets.restarted()];
@@ -323,7 +354,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
       smallestSkippedBytes: retried.smallestSkippedBytes,
       verification,
     };
-    await cleanUp(summary, { store, sqs, queues, keepChunks: options.keepChunks === true, log, signal });
+    await cleanUp(summary, { store, sqs, queues: standing ? undefined : queues, keepChunks: options.keepChunks === true, log, signal });
     return summary;
   } catch (error) {
     fleet.stopAll();
@@ -683,14 +714,15 @@ async function populatorReports(store: S3Store, jobId: string, signal?: AbortSig
  */
 async function cleanUp(
   summary: WarmSummary,
-  ctx: { store: S3Store; sqs: SQSClient; queues: JobQueues; keepChunks: boolean; log: Log; signal?: AbortSignal | undefined },
+  ctx: { store: S3Store; sqs: SQSClient; queues: JobQueues | undefined; keepChunks: boolean; log: Log; signal?: AbortSignal | undefined },
 ): Promise<void> {
   if (!summary.complete) {
     ctx.log({ event: 'job-kept', msg: `the job is incomplete: its queues and ${ctx.store.describe(summary.jobId)}/ are kept for inspection` });
     return;
   }
   await putJson(ctx.store, summaryName(summary.jobId), summary, ctx.signal);
-  await deleteJobQueues(ctx.sqs, ctx.queues, ctx.signal);
+  // A standing queue is the installation's: it stays.
+  if (ctx.queues) await deleteJobQueues(ctx.sqs, ctx.queues, ctx.signal);
   if (!ctx.keepChunks) {
     const record = new Set([manifestName(summary.jobId), summaryName(summary.jobId), lockName(summary.jobId)]);
     const removed = await ctx.store.deleteAll(summary.jobId, (name) => !record.has(name), ctx.signal);

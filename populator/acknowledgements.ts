@@ -2,10 +2,10 @@ import type { Delivery } from '../shared/chunk-queue.js';
 
 export interface ReportedAcknowledgementsOptions {
   /**
-   * Writes the worker's report, counting every chunk acknowledged so far. Reports must be
-   * written one at a time, each a snapshot taken when its turn comes.
+   * Writes the worker's report, counting every chunk acknowledged so far (the batch's among
+   * them). Reports must be written one at a time, each a snapshot taken when its turn comes.
    */
-  readonly report: () => Promise<void>;
+  readonly report: (batch: readonly Delivery[]) => Promise<void>;
   /** Deletes the messages of deliveries their report counts (one DeleteMessageBatch per 10). */
   readonly deleteAll: (deliveries: readonly Delivery[]) => Promise<void>;
   /** A delivery whose report could not be written: handed back, written again (as `existed`) and counted then. */
@@ -65,7 +65,7 @@ export class ReportedAcknowledgements {
     const { options } = this;
     const chunks = batch.map((delivery) => delivery.message.chunk.name);
     try {
-      await options.report();
+      await options.report(batch);
     } catch (error) {
       // Deleting now would lose what the batch wrote from every report.
       const reason = `its report could not be written: ${messageOf(error)}`;

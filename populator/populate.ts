@@ -10,10 +10,24 @@ import type { NodeWriter } from './node-writer.js';
 import type { Refusal } from '../shared/memcached/meta-add.js';
 import { type TargetNodeRing, ringOfTarget, writeToRing } from './write-to-ring.js';
 
-export interface PopulatorOptions {
-  readonly queue: ChunkQueue;
+/**
+ * Where one message's chunk is read from and how its items are written: the same for every
+ * message of a job's own queue; per job on a standing queue that many jobs share.
+ */
+export interface MessageRoute {
   readonly store: ChunkStore;
   readonly writer: NodeWriter;
+  /**
+   * The job the message must belong to: a message for another job, bucket or prefix is
+   * parked, not applied (a queue is writable by more principals than the job's dumpers).
+   * With the job's manifest, items are routed over the manifest's ring, and a message naming
+   * another ring, source node or chunk path is parked too.
+   */
+  readonly scope?: MessageScope | undefined;
+}
+
+interface PopulatorBase {
+  readonly queue: ChunkQueue;
   readonly clock: Clock;
   readonly tally: WriteTally;
   /** Chunks handled at once. Memory: about concurrency × chunk size. */
@@ -38,15 +52,15 @@ export interface PopulatorOptions {
   readonly onChunkFailed?: (message: ChunkMessage, error: Error, parked: boolean) => void;
   /** Where chunk buffers come from and go back to. */
   readonly pool?: BufferPool;
-  /**
-   * The job the queue belongs to: a message for another job, bucket or prefix is parked, not
-   * applied (a queue is writable by more principals than the job's dumpers). With the job's
-   * manifest, items are routed over the manifest's ring, and a message naming another ring,
-   * source node or chunk path is parked too.
-   */
-  readonly scope?: MessageScope | undefined;
   readonly signal?: AbortSignal | undefined;
 }
+
+/**
+ * One route for every message, or a route found for each (a failure to find one — a job
+ * whose manifest is not in the store, a location not allowed — parks the message when it
+ * is not retryable, else hands it back).
+ */
+export type PopulatorOptions = PopulatorBase & (MessageRoute | { readonly routeOf: (message: ChunkMessage, signal?: AbortSignal) => Promise<MessageRoute> });
 
 
 /**
@@ -56,7 +70,8 @@ export interface PopulatorOptions {
  * missing) is parked with the reason while the rest of the job goes on.
  */
 export async function runPopulator(options: PopulatorOptions): Promise<void> {
-  const { queue, store, clock, tally, concurrency = 4, signal } = options;
+  const { queue, clock, tally, concurrency = 4, signal } = options;
+  const routeOf = 'routeOf' in options ? options.routeOf : async (): Promise<MessageRoute> => options;
   const pool = options.pool ?? new BufferPool();
   const rings = new Map<string, TargetNodeRing>();
 
@@ -71,11 +86,12 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
   }
 
   /** Writes the message's chunk; returns what it did, counted in `tally` too, written whole or not. */
-  async function apply(message: ChunkMessage): Promise<WriteTally> {
-    if (options.scope) checkMessageScope(message, options.scope, `for chunk ${message.chunk.name}`);
+  async function apply(message: ChunkMessage, route: MessageRoute): Promise<WriteTally> {
+    const { store, scope } = route;
+    if (scope) checkMessageScope(message, scope, `for chunk ${message.chunk.name}`);
     // Equal to the message's once checked; taken from the manifest all the same, so that what
     // is written where never depends on a message's word.
-    const target = options.scope?.manifest?.target ?? message.target;
+    const target = scope?.manifest?.target ?? message.target;
     const where = store.describe(message.chunk.name);
     // A chunk lent by the dumper in this process never left memory: its checksum was just
     // computed, and is only compared with the message's.
@@ -92,7 +108,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
       const recorded: Promise<void>[] = [];
       const onRefused = options.onRefused;
       await writeToRing(items, ringFor(target), {
-        writer: options.writer,
+        writer: route.writer,
         clock,
         tally: written,
         writeOnly: target.writeOnly,
@@ -119,8 +135,10 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
   async function handle(delivery: Delivery): Promise<void> {
     const { message } = delivery;
     let written: WriteTally;
+    let route: MessageRoute | undefined;
     try {
-      written = await apply(message);
+      route = await routeOf(message, signal);
+      written = await apply(message, route);
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (signal?.aborted) {
@@ -136,7 +154,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     }
     options.onChunkWritten?.(message, written);
     await delivery.ack();
-    if (options.deleteConsumed) await store.delete(message.chunk.name).catch(() => undefined);
+    if (options.deleteConsumed) await route.store.delete(message.chunk.name).catch(() => undefined);
     options.onChunkDone?.(message);
   }
 

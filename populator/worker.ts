@@ -93,7 +93,7 @@ export interface PopulatorReport {
 }
 
 /** What one worker has done so far. */
-class WorkerStats {
+export class WorkerStats {
   chunks = 0;
   parked = 0;
   items = 0;
@@ -111,12 +111,12 @@ class WorkerStats {
   }
 }
 
-const DEFAULT_PROGRESS_INTERVAL_MS = 10_000;
-const DEFAULT_REPORT_INTERVAL_MS = 30_000;
+export const DEFAULT_PROGRESS_INTERVAL_MS = 10_000;
+export const DEFAULT_REPORT_INTERVAL_MS = 30_000;
 /** Time given to one report (the last one too, once the worker was told to stop), and to one batch of deletes. */
-const FINAL_REPORT_TIMEOUT_MS = 15_000;
+export const FINAL_REPORT_TIMEOUT_MS = 15_000;
 /** Acknowledged messages wait at most about this long for the report that precedes their delete. */
-const ACK_INTERVAL_MS = 1_000;
+export const ACK_INTERVAL_MS = 1_000;
 
 /**
  * A stateless populator: everything it needs comes from the job queue's tags and the job's
@@ -234,7 +234,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
   return result;
 }
 
-async function loadManifest(store: ChunkStore, jobId: string, signal: AbortSignal | undefined): Promise<JobManifest> {
+export async function loadManifest(store: ChunkStore, jobId: string, signal: AbortSignal | undefined): Promise<JobManifest> {
   const name = manifestName(jobId);
   const manifest = await getJson<JobManifest>(store, name, signal);
   if (!manifest) {
@@ -418,8 +418,14 @@ function observed(queue: SqsQueue, acks: ReportedAcknowledgements, job: JobQueue
   };
 }
 
+/** The job a delivery belongs to, and the deliveries its queue allows before a message is parked. */
+export interface RetryScope {
+  readonly jobId: string;
+  readonly maxReceives?: number | undefined;
+}
+
 /** Hands a delivery back for another try, and logs it (parked, if that was its last allowed delivery). */
-async function retryLogged(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: Log): Promise<void> {
+export async function retryLogged(delivery: Delivery, reason: string, job: RetryScope, stats: WorkerStats, log: Log): Promise<void> {
   await delivery.retry(reason);
   // SqsQueue parks, rather than returns, a message on its last allowed delivery.
   if (job.maxReceives !== undefined && delivery.receiveCount >= job.maxReceives) {
@@ -429,12 +435,12 @@ async function retryLogged(delivery: Delivery, reason: string, job: JobQueueInfo
   log({ event: 'chunk-retried', jobId: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
 }
 
-function loggedParked(delivery: Delivery, reason: string, job: JobQueueInfo, stats: WorkerStats, log: Log): void {
+export function loggedParked(delivery: Delivery, reason: string, job: RetryScope, stats: WorkerStats, log: Log): void {
   stats.parked++;
   log({ event: 'chunk-parked', jobId: job.jobId, chunk: delivery.message.chunk.name, receiveCount: delivery.receiveCount, reason });
 }
 
-function logAcknowledged(log: Log, jobId: string, batch: AcknowledgedBatch): void {
+export function logAcknowledged(log: Log, jobId: string, batch: AcknowledgedBatch): void {
   if (batch.deleted) log({ event: 'acknowledged', level: 'debug', jobId, chunks: batch.chunks });
   else log({ event: 'ack-failed', jobId, chunks: batch.chunks, handedBack: batch.handedBack, reason: batch.reason });
 }
@@ -443,7 +449,7 @@ function logAcknowledged(log: Log, jobId: string, batch: AcknowledgedBatch): voi
  * Writes a report when asked, one at a time, each a snapshot taken when its turn comes: a
  * slow older report can never land over a newer one and take back what it counted.
  */
-function reporter(store: ChunkStore, name: string, snapshot: (final: boolean) => PopulatorReport): (final: boolean) => Promise<void> {
+export function reporter(store: ChunkStore, name: string, snapshot: (final: boolean) => PopulatorReport): (final: boolean) => Promise<void> {
   let last: Promise<unknown> = Promise.resolve();
   return (final) => {
     const write = last.then(() => putJson(store, name, snapshot(final), AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)));
@@ -452,11 +458,11 @@ function reporter(store: ChunkStore, name: string, snapshot: (final: boolean) =>
   };
 }
 
-function progressEntry(jobId: string, stats: WorkerStats): LogEntry {
+export function progressEntry(jobId: string, stats: WorkerStats): LogEntry {
   return { event: 'progress', jobId, chunks: stats.chunks, items: stats.items, held: stats.held, parked: stats.parked, ...stats.tally.total() };
 }
 
-function reportOf(jobId: string, workerId: string, stats: WorkerStats, final: boolean, clock: Clock): PopulatorReport {
+export function reportOf(jobId: string, workerId: string, stats: WorkerStats, final: boolean, clock: Clock): PopulatorReport {
   return {
     workerId,
     jobId,
@@ -468,12 +474,12 @@ function reportOf(jobId: string, workerId: string, stats: WorkerStats, final: bo
   };
 }
 
-function logReportFailure(log: Log, jobId: string, error: unknown): void {
+export function logReportFailure(log: Log, jobId: string, error: unknown): void {
   log({ event: 'report-failed', jobId, reason: error instanceof Error ? error.message : String(error) });
 }
 
 /** The dead-letter queue's size at the end; undefined when it cannot be read (the result still stands). */
-async function deadLetterCount(sqs: SQSClient, deadLetterQueueUrl: string): Promise<number | undefined> {
+export async function deadLetterCount(sqs: SQSClient, deadLetterQueueUrl: string): Promise<number | undefined> {
   try {
     const backlog = await queueBacklog(sqs, deadLetterQueueUrl, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS));
     return backlog.visible + backlog.inFlight + backlog.delayed;
@@ -483,7 +489,7 @@ async function deadLetterCount(sqs: SQSClient, deadLetterQueueUrl: string): Prom
 }
 
 /** Runs `tick` every `intervalMs` until `stop` aborts; a tick's own failure is its business. */
-async function every(clock: Clock, intervalMs: number, stop: AbortSignal, tick: () => unknown): Promise<void> {
+export async function every(clock: Clock, intervalMs: number, stop: AbortSignal, tick: () => unknown): Promise<void> {
   for (;;) {
     try {
       await clock.sleep(intervalMs, stop);

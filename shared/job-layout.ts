@@ -30,6 +30,8 @@ export const nodePrefix = (jobId: string, nodeId: string): string => `${jobId}/$
 export const manifestName = (jobId: string): string => `${jobId}/manifest.json`;
 /** Written by the controller when the job completed: a rerun of the job id reports it. */
 export const summaryName = (jobId: string): string => `${jobId}/summary.json`;
+/** Left beside a superseded job's manifest: the job that replaced it, and when. */
+export const supersededName = (jobId: string): string => `${jobId}/superseded.json`;
 export const endMarkerName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/end.json`;
 export const crawlDoneName = (jobId: string, nodeId: string): string => `${nodePrefix(jobId, nodeId)}/keys-done.json`;
 /**
@@ -40,6 +42,17 @@ export function isDataChunkOf(jobId: string, nodeId: string, name: string): bool
   const directory = `${nodePrefix(jobId, nodeId)}/`;
   return name.startsWith(directory) && /^data-[^/]+\.chunk$/.test(name.slice(directory.length));
 }
+
+/**
+ * On a standing queue, which many jobs share, a job's completion cannot be read off the
+ * queue's depth: a populator marks each data chunk it wrote whole (before the message's
+ * delete), or parked, under the job, and the controller compares them with the chunks its
+ * dumpers stored. `<job>/done/<node>/<chunk file>.json`, `<job>/parked/<node>/<chunk file>.json`.
+ */
+export const chunkDoneName = (jobId: string, sourceNode: string, chunkName: string): string =>
+  `${jobId}/done/${nodeDirectory(sourceNode)}/${chunkName.slice(chunkName.lastIndexOf('/') + 1)}.json`;
+export const chunkParkedName = (jobId: string, sourceNode: string, chunkName: string): string =>
+  `${jobId}/parked/${nodeDirectory(sourceNode)}/${chunkName.slice(chunkName.lastIndexOf('/') + 1)}.json`;
 
 export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;
 /** Which process served a node: its pid and start time (`time - uptime`). */

@@ -246,6 +246,59 @@ function maxReceiveCountOf(redrivePolicy: string | undefined): number | undefine
   }
 }
 
+/** A long-lived queue the installation owns, which every job of the installation shares. */
+export interface StandingQueue {
+  readonly queueUrl: string;
+  /** From the queue's RedrivePolicy: where parked and refused messages go. */
+  readonly deadLetterQueueUrl: string;
+  readonly visibilityTimeoutSeconds: number;
+  readonly maxReceives: number;
+}
+
+/**
+ * A standing queue's settings, read from SQS: it must exist and have a RedrivePolicy, since
+ * what cannot be applied (a message naming a location not allowed, a corrupt chunk) is set
+ * aside on its dead-letter queue, never dropped.
+ */
+export async function readStandingQueue(sqs: SQSClient, queueUrl: string, signal?: AbortSignal): Promise<StandingQueue> {
+  let found: Partial<Record<QueueAttributeName, string>>;
+  try {
+    found = await attributes(sqs, queueUrl, ['VisibilityTimeout', 'RedrivePolicy'], signal);
+  } catch (error) {
+    if (isQueueGone(error) && !signal?.aborted) {
+      throw new CachewarmError('INVALID_ARGUMENT', `queue ${queueUrl} does not exist`, { queue: queueUrl }, { cause: error });
+    }
+    throw error;
+  }
+  const maxReceives = maxReceiveCountOf(found.RedrivePolicy);
+  const arn = deadLetterArnOf(found.RedrivePolicy);
+  if (maxReceives === undefined || !arn) {
+    throw new CachewarmError(
+      'INVALID_ARGUMENT',
+      `queue ${queueUrl} has no RedrivePolicy naming a dead-letter queue: a standing queue needs one, where messages that cannot be applied are set aside`,
+      { queue: queueUrl },
+    );
+  }
+  // arn:aws:sqs:<region>:<account>:<name>
+  const [, , , , account, name] = arn.split(':');
+  if (!name) throw new CachewarmError('INVALID_ARGUMENT', `queue ${queueUrl}: the RedrivePolicy's deadLetterTargetArn ${arn} is not an SQS queue ARN`, { queue: queueUrl });
+  const deadLetterQueueUrl = await call('GetQueueUrl', name, signal, async () =>
+    (await sqs.send(new GetQueueUrlCommand({ QueueName: name, ...(account && { QueueOwnerAWSAccountId: account }) }), { abortSignal: signal })).QueueUrl,
+  );
+  if (!deadLetterQueueUrl) throw sqsFailure('GetQueueUrl', name, new Error('no QueueUrl in the answer'));
+  return { queueUrl, deadLetterQueueUrl, visibilityTimeoutSeconds: Number(found.VisibilityTimeout ?? 30), maxReceives };
+}
+
+function deadLetterArnOf(redrivePolicy: string | undefined): string | undefined {
+  if (!redrivePolicy) return undefined;
+  try {
+    const arn = (JSON.parse(redrivePolicy) as { deadLetterTargetArn?: unknown }).deadLetterTargetArn;
+    return typeof arn === 'string' && arn.startsWith('arn:') ? arn : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** SQS's approximate message counts for a queue. */
 export async function queueBacklog(sqs: SQSClient, queueUrl: string, signal?: AbortSignal): Promise<QueueBacklog> {
   const found = await attributes(

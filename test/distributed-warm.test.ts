@@ -1,7 +1,7 @@
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { ChangeMessageVisibilityCommand, DeleteMessageCommand, ListQueuesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -13,67 +13,13 @@ import { createJobQueues } from '../shared/job-queues.js';
 import { endMarkerName, nodePrefix } from '../shared/job-layout.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
-import { type Topology, parseTopology } from '../shared/topology.js';
-import { type CliProcess, startCli } from './support/cli-process.js';
-import { type Cluster, crawlsStarted, flushReplica, itemCount, load, nowSeconds, serverCounters, setMemoryLimit, startCluster } from './support/cluster.js';
-import { type AwsClients, type Fauxqs, awsClients, createBucket, startFauxqs } from './support/fauxqs.js';
+import type { Topology } from '../shared/topology.js';
+import { startCli } from './support/cli-process.js';
+import { type Cluster, crawlsStarted, flushReplica, itemCount, load, nowSeconds, serverCounters, setMemoryLimit } from './support/cluster.js';
+import { type AwsClients, type Fauxqs, createBucket, startFauxqs } from './support/fauxqs.js';
+import { type Fleet, TOKEN, startFleet } from './support/fleet.js';
 import { assertExactCopy, readBack } from './support/read-back.js';
-import { type StartMemcachedOptions } from './support/memcached.js';
 import { waitFor, within } from './support/wait.js';
-
-const TOKEN = 'distributed-test-token-0123456789';
-
-/** Memcached replicas, a sidecar process beside each node of replica `a`, and fauxqs: a fleet on loopback. */
-interface Fleet {
-  readonly fauxqs: Fauxqs;
-  readonly aws: AwsClients;
-  readonly cluster: Cluster;
-  readonly sidecars: CliProcess[];
-  readonly topology: Topology;
-  readonly topologyFile: string;
-  readonly tokenFile: string;
-  readonly dir: string;
-  stop(): Promise<void>;
-}
-
-async function startFleet(sizes: Record<string, number>, options: StartMemcachedOptions = {}): Promise<Fleet> {
-  const fauxqs = await startFauxqs();
-  const aws = awsClients(fauxqs.endpoint);
-  const cluster = await startCluster(sizes, options);
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-distributed-'));
-  const tokenFile = path.join(dir, 'token');
-  await writeFile(tokenFile, `${TOKEN}\n`, { mode: 0o600 });
-  const sourceNodes = cluster.topology.replicas.get('a')?.nodes ?? [];
-  const sidecars = sourceNodes.map((node) =>
-    startCli(['dumper', 'serve', '--memcached', node.address, '--listen', '127.0.0.1:0', '--token-file', tokenFile, '--endpoint', fauxqs.endpoint]),
-  );
-  const urls = await Promise.all(sidecars.map(async (s) => String((await s.event('listening'))['url'])));
-  const replicas: Record<string, { nodes: { address: string; sidecar?: string }[] }> = {};
-  for (const name of Object.keys(sizes)) {
-    const nodes = cluster.topology.replicas.get(name)?.nodes ?? [];
-    replicas[name] = { nodes: nodes.map((n, i) => (name === 'a' ? { address: n.address, sidecar: urls[i] as string } : { address: n.address })) };
-  }
-  const document = { replicas };
-  const topologyFile = path.join(dir, 'cluster.json');
-  await writeFile(topologyFile, JSON.stringify(document));
-  return {
-    fauxqs,
-    aws,
-    cluster,
-    sidecars,
-    topology: parseTopology(document, topologyFile),
-    topologyFile,
-    tokenFile,
-    dir,
-    stop: async () => {
-      for (const s of sidecars) s.kill();
-      await Promise.all(sidecars.map((s) => within(s.exited, { what: 'a sidecar to exit' })));
-      await cluster.stop();
-      aws.destroy();
-      await fauxqs.stop();
-    },
-  };
-}
 
 /**
  * The replica warm at fleet scale, every part a real process on loopback: memcached nodes,

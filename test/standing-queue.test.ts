@@ -1,0 +1,117 @@
+import { ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { GetQueueAttributesCommand, ListQueuesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import type { WritableItem } from '../shared/memcached/meta-add.js';
+import { REASON_ATTRIBUTE } from '../shared/queue/sqs-queue.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { AWS_TEST_ENV, type CliProcess, startCli } from './support/cli-process.js';
+import { load, nowSeconds } from './support/cluster.js';
+import { createBucket, createQueue } from './support/fauxqs.js';
+import { type Fleet, startFleet } from './support/fleet.js';
+import { assertExactCopy } from './support/read-back.js';
+
+/**
+ * A standing queue the installation owns, shared by every job (what a KEDA scaler watches):
+ * the controller makes and removes no queue, populators that follow it serve every job whose
+ * chunks are in a location they allow, and anything else is set aside on its dead-letter
+ * queue with the reason.
+ */
+describe('a standing queue shared by every job', () => {
+  let fleet: Fleet;
+  let queueUrl: string;
+  let deadLetterQueueUrl: string;
+  let bucket: string;
+  const populators: CliProcess[] = [];
+  const items = sampleItems({ count: 12_000, valueBytes: 300, nowSeconds: nowSeconds() });
+
+  before(async () => {
+    fleet = await startFleet({ a: 2, b: 2, c: 3 });
+    const { sqs, s3 } = fleet.aws;
+    bucket = await createBucket(s3, 'standing');
+    deadLetterQueueUrl = await createQueue(sqs, 'fleet-warms-dlq', { MessageRetentionPeriod: '1209600' });
+    const { Attributes } = await sqs.send(new GetQueueAttributesCommand({ QueueUrl: deadLetterQueueUrl, AttributeNames: ['QueueArn'] }));
+    queueUrl = await createQueue(sqs, 'fleet-warms', {
+      VisibilityTimeout: '30',
+      RedrivePolicy: JSON.stringify({ deadLetterTargetArn: Attributes?.QueueArn, maxReceiveCount: 5 }),
+    });
+    await Promise.all(['p1', 'p2'].map((id) => startPopulator(id).event('worker-started')));
+  });
+
+  after(async () => {
+    for (const p of populators) p.kill();
+    await Promise.all(populators.map((p) => p.exited));
+    await fleet?.stop();
+  });
+
+  const warm = (target: string): CliProcess =>
+    startCli([
+      'warm', 'replica', '--topology', fleet.topologyFile, '--source', 'a', '--target', target,
+      '--transport', 'aws', '--bucket', bucket, '--prefix', 'warms', '--endpoint', fleet.fauxqs.endpoint,
+      '--sidecar-token-file', fleet.tokenFile, '--chunk-size', '64KiB', '--queue-url', queueUrl, '--populators', '0', '--json',
+    ], AWS_TEST_ENV);
+
+  const startPopulator = (id: string): CliProcess => {
+    const populator = startCli(
+      ['populator', '--queue-url', queueUrl, '--allow-location', `s3://${bucket}/warms`, '--follow', '--worker-id', id, '--wait-seconds', '1', '--endpoint', fleet.fauxqs.endpoint],
+      AWS_TEST_ENV,
+    );
+    populators.push(populator);
+    return populator;
+  };
+
+  async function assertComplete(controller: CliProcess, target: string, items: readonly WritableItem[]): Promise<string> {
+    assert.equal(await controller.exit(180_000), 0, JSON.stringify(controller.lines.slice(-15)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; jobId: string; targetNodes: { stored: number }[] };
+    assert.equal(summary.complete, true);
+    assert.equal(summary.targetNodes.reduce((sum, n) => sum + n.stored, 0), items.length, `job ${summary.jobId}: every item counted as stored`);
+    await assertExactCopy({ topology: fleet.topology, replica: target }, items, { nothingElseOn: (fleet.topology.replicas.get(target)?.nodes ?? []).map((n) => n.address) });
+    const { Contents = [] } = await fleet.aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${summary.jobId}/` }));
+    assert.deepEqual(Contents.map((o) => o.Key).sort(), [`warms/${summary.jobId}/manifest.json`, `warms/${summary.jobId}/summary.json`], 'chunks and marks removed');
+    return summary.jobId;
+  }
+
+  test('two jobs are served by the same populators, each complete exactly, and the queue stays', async () => {
+    await load(fleet.topology, 'a', items);
+    const jobs = [await assertComplete(warm('b'), 'b', items)];
+
+    // The second job's chunks wait on the queue with nobody to take them: the job waits too,
+    // however empty the queue looked, until a populator has written every chunk.
+    for (const p of populators.splice(0)) p.kill();
+    const controller = warm('c');
+    await delay(6_000);
+    assert.equal(controller.child.exitCode, null, 'the job does not end while its chunks are unwritten');
+    startPopulator('p3');
+    jobs.push(await assertComplete(controller, 'c', items));
+
+    const { QueueUrls = [] } = await fleet.aws.sqs.send(new ListQueuesCommand({}));
+    assert.deepEqual(QueueUrls.map((url) => url.slice(url.lastIndexOf('/') + 1)).sort(), ['fleet-warms', 'fleet-warms-dlq'], 'no queue made, none removed');
+    const joined = populators.flatMap((p) => p.lines.filter((l) => l['event'] === 'job-joined').map((l) => String(l['jobId'])));
+    assert.deepEqual(joined, [jobs[1]], 'the new populator served the second job');
+  });
+
+  test('a message naming a location no populator allows is set aside with the reason, unread', async () => {
+    const forged = {
+      version: 2,
+      jobId: 'forged-job',
+      source: 'a/127.0.0.1:1',
+      store: { bucket: 'someone-elses', prefix: 'secrets' },
+      chunk: { name: 'forged-job/a_127.0.0.1_1/data-x.chunk', bytes: 10, items: 1, crc32: 0 },
+      target: { replica: 'b', hashing: 'spymemcached', nodes: [{ address: '127.0.0.1:1', ringName: '127.0.0.1:1' }] },
+    };
+    await fleet.aws.sqs.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: JSON.stringify(forged) }));
+    const { Messages = [] } = await fleet.aws.sqs.send(
+      new ReceiveMessageCommand({ QueueUrl: deadLetterQueueUrl, WaitTimeSeconds: 20, MessageAttributeNames: [REASON_ATTRIBUTE], VisibilityTimeout: 0 }),
+    );
+    assert.equal(Messages.length, 1);
+    assert.equal(Messages[0]?.Body, JSON.stringify(forged), 'set aside as it came');
+    assert.match(String(Messages[0]?.MessageAttributes?.[REASON_ATTRIBUTE]?.StringValue), /s3:\/\/someone-elses\/secrets, outside the locations this populator serves \(s3:\/\/standing\/warms\)/);
+  });
+
+  test('a populator refuses a bad allowed location before it starts', async () => {
+    const refused = startCli(['populator', '--queue-url', queueUrl, '--allow-location', 'http://standing/warms', '--endpoint', fleet.fauxqs.endpoint], AWS_TEST_ENV);
+    assert.equal(await refused.exit(), 2);
+    assert.match(JSON.stringify(refused.lines), /expected s3:\/\/BUCKET or s3:\/\/BUCKET\/PREFIX/);
+  });
+});
