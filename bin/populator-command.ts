@@ -50,39 +50,28 @@ async function populate(opts: PopulatorCommandOptions): Promise<number> {
   const { s3, sqs } = await awsClientsFrom(opts);
   const log = withFields(cliLogging().log, { worker: workerId });
   const signal = terminationSignal(log);
+  const worker = {
+    s3,
+    sqs,
+    queueUrl: opts.queueUrl,
+    workerId,
+    concurrency: opts.concurrency,
+    follow: opts.follow === true,
+    waitTimeSeconds: opts.waitSeconds,
+    clock: systemClock,
+    signal,
+    log,
+  };
   try {
     if (opts.allowLocation) {
       const { runStandingWorker } = await import('../populator/standing-worker.js');
-      const result = await runStandingWorker({
-        s3,
-        sqs,
-        queueUrl: opts.queueUrl,
-        allowed: opts.allowLocation,
-        workerId,
-        concurrency: opts.concurrency,
-        follow: opts.follow === true,
-        waitTimeSeconds: opts.waitSeconds,
-        clock: systemClock,
-        signal,
-        log,
-      });
+      const result = await runStandingWorker({ ...worker, allowed: opts.allowLocation });
       process.stdout.write(`${JSON.stringify(result)}\n`);
       const failed = Object.values(result.jobs).some((job) => job.counters.failed > 0);
       return result.parked > 0 || failed ? EXIT.incomplete : EXIT.ok;
     }
     const { runPopulatorWorker } = await import('../populator/worker.js');
-    const result = await runPopulatorWorker({
-      s3,
-      sqs,
-      queueUrl: opts.queueUrl,
-      workerId,
-      concurrency: opts.concurrency,
-      follow: opts.follow === true,
-      waitTimeSeconds: opts.waitSeconds,
-      clock: systemClock,
-      signal,
-      log,
-    });
+    const result = await runPopulatorWorker(worker);
     process.stdout.write(`${JSON.stringify(result)}\n`);
     return exitCodeOf(result);
   } catch (error) {

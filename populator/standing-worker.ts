@@ -1,17 +1,13 @@
-import type { S3Client } from '@aws-sdk/client-s3';
-import type { SQSClient } from '@aws-sdk/client-sqs';
 import { allowedLocationOf, describeAllowed } from '../shared/allowed-locations.js';
 import { BufferPool } from '../shared/buffer-pool.js';
 import { ChunkBuilder } from '../shared/chunk-format.js';
 import type { ChunkLocation, ChunkMessage, MessageScope } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
-import type { Clock } from '../shared/clock.js';
 import { type WriteCounters, addInto } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
 import { chunkDoneName, chunkParkedName, manifestName, getJson, populatorReportName, putJson, refusedName, summaryName, supersededName } from '../shared/job-layout.js';
 import { type StandingQueue, readStandingQueue } from '../shared/job-queues.js';
 import { normalizePrefix } from '../shared/json-values.js';
-import type { Log } from '../shared/log.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import { SqsQueue } from '../shared/queue/sqs-queue.js';
 import { S3Store } from '../shared/store/s3-store.js';
@@ -25,6 +21,7 @@ import {
   DEFAULT_PROGRESS_INTERVAL_MS,
   DEFAULT_REPORT_INTERVAL_MS,
   FINAL_REPORT_TIMEOUT_MS,
+  type WorkerBaseOptions,
   WorkerStats,
   deadLetterCount,
   every,
@@ -38,27 +35,10 @@ import {
   retryLogged,
 } from './worker.js';
 
-export interface StandingWorkerOptions {
-  /** Built once by the caller (region, credentials, endpoint). */
-  readonly s3: S3Client;
-  readonly sqs: SQSClient;
-  /** The installation's standing queue: its RedrivePolicy names the dead-letter queue. */
-  readonly queueUrl: string;
+/** `queueUrl`: the installation's standing queue, whose RedrivePolicy names the dead-letter queue. */
+export interface StandingWorkerOptions extends WorkerBaseOptions {
   /** Where the jobs served may keep their chunks; a message naming anything else is parked unread. */
   readonly allowed: readonly ChunkLocation[];
-  /** Names this worker's reports; unique per process (e.g. hostname-pid). */
-  readonly workerId: string;
-  /** Chunks written at once, whatever their jobs. Memory: about concurrency × chunk size. Default 4. */
-  readonly concurrency?: number;
-  /** Keep polling until the signal aborts; without it the worker ends once the queue is empty. */
-  readonly follow?: boolean;
-  readonly clock: Clock;
-  readonly signal?: AbortSignal | undefined;
-  readonly log?: Log | undefined;
-  /** Long-poll wait of one receive, 1 to 20 s. Default 20. */
-  readonly waitTimeSeconds?: number;
-  readonly progressIntervalMs?: number;
-  readonly reportIntervalMs?: number;
 }
 
 export interface StandingJobResult {

@@ -31,17 +31,17 @@ import { runPopulator } from './populate.js';
 import type { Log, LogEntry } from '../shared/log.js';
 
 /** One structured log record: `event` says what happened, the rest where and how much. */
-export interface PopulatorWorkerOptions {
+/** What every populator worker takes, on a job's own queue or a standing one. */
+export interface WorkerBaseOptions {
   /** Built once by the caller (region, credentials, endpoint). */
   readonly s3: S3Client;
   readonly sqs: SQSClient;
-  /** The job queue: its tags name the job, the bucket, the prefix and the dead-letter queue. */
   readonly queueUrl: string;
-  /** Names this worker's report; unique per process (e.g. hostname-pid). */
+  /** Names this worker's reports; unique per process (e.g. hostname-pid). */
   readonly workerId: string;
   /** Chunks written at once. Memory: about concurrency × chunk size. Default 4. */
   readonly concurrency?: number;
-  /** Keep polling after the job is complete; end only when the signal aborts. */
+  /** Keep polling after the job is complete (the queue is empty); end only when the signal aborts. */
   readonly follow?: boolean;
   readonly clock: Clock;
   /** Abort (SIGTERM from an autoscaler): stop receiving, hand held chunks back, report, return. */
@@ -49,10 +49,14 @@ export interface PopulatorWorkerOptions {
   readonly log?: Log | undefined;
   /** Long-poll wait of one receive, 1 to 20 s. Default 20. */
   readonly waitTimeSeconds?: number;
-  /** Pause between the two completion checks (SQS counts are approximate). Default: one long poll. */
-  readonly pollIntervalMs?: number;
   readonly progressIntervalMs?: number;
   readonly reportIntervalMs?: number;
+}
+
+/** `queueUrl`: the job queue, whose tags name the job, the bucket, the prefix and the dead-letter queue. */
+export interface PopulatorWorkerOptions extends WorkerBaseOptions {
+  /** Pause between the two completion checks (SQS counts are approximate). Default: one long poll. */
+  readonly pollIntervalMs?: number;
   /** How items reach the target nodes; default meta commands over direct connections. Closed by its owner. */
   readonly writer?: NodeWriter;
 }
