@@ -1,5 +1,9 @@
-import { getJson, isDataChunkOf, nodeDirectory, nodePrefix } from '../shared/job-layout.js';
+import { getJson, isDataChunkOf, markedChunks, nodePrefix } from '../shared/job-layout.js';
 import type { ChunkStore } from '../shared/chunk-store.js';
+import type { Clock } from '../shared/clock.js';
+import type { ParkedEntry } from '../shared/job-queues.js';
+
+const DEAD_LETTER_READ_INTERVAL_MS = 30_000;
 
 /** What a populator writes when it sets a chunk aside (see chunkParkedName). */
 interface ParkedMark {
@@ -18,18 +22,37 @@ interface ParkedMark {
  */
 export class SettledChunks {
   private readonly settled = new Set<string>();
+  /** The job's chunks found on the dead-letter queue without a mark, with their reasons. */
+  private readonly deadLettered = new Map<string, string>();
+  private deadLetterReadAtMs: number | undefined;
 
   constructor(
     private readonly store: ChunkStore,
     private readonly jobId: string,
     private readonly sourceNodes: readonly string[],
+    /**
+     * What the queue's dead-letter queue holds: SQS moves a message there by itself once its
+     * holders crashed `maxReceiveCount` times, and no populator marks it then. Read at most once
+     * per DEAD_LETTER_READ_INTERVAL_MS while chunks are unmarked (the read hides the messages
+     * from other readers for a while).
+     */
+    private readonly readDeadLetters: (signal?: AbortSignal) => Promise<readonly ParkedEntry[]>,
+    private readonly clock: Clock,
   ) {}
 
   /** Whether every data chunk of every source node is marked done or parked. */
   async all(signal?: AbortSignal): Promise<boolean> {
     for (const node of this.sourceNodes) {
       if (this.settled.has(node)) continue;
-      if (!(await this.nodeSettled(node, signal))) return false;
+      if (!(await this.nodeSettled(node, signal))) {
+        const now = this.clock.now();
+        if (this.deadLetterReadAtMs !== undefined && now - this.deadLetterReadAtMs < DEAD_LETTER_READ_INTERVAL_MS) return false;
+        this.deadLetterReadAtMs = now;
+        for (const entry of await this.readDeadLetters(signal)) {
+          if (entry.chunk?.startsWith(`${this.jobId}/`)) this.deadLettered.set(entry.chunk, entry.reason);
+        }
+        if (!(await this.nodeSettled(node, signal))) return false;
+      }
       this.settled.add(node);
     }
     return true;
@@ -45,6 +68,8 @@ export class SettledChunks {
         reason: typeof mark?.reason === 'string' ? mark.reason : 'parked (no reason recorded)',
       });
     }
+    const marked = new Set(parked.map((p) => p.chunk));
+    for (const [chunk, reason] of this.deadLettered) if (!marked.has(chunk)) parked.push({ chunk, reason });
     return parked;
   }
 
@@ -52,11 +77,7 @@ export class SettledChunks {
     const directory = `${nodePrefix(this.jobId, node)}/`;
     const chunks = (await this.store.list(directory, signal)).filter((name) => isDataChunkOf(this.jobId, node, name));
     if (chunks.length === 0) return true;
-    const marked = new Set<string>();
-    for (const kind of ['done', 'parked']) {
-      const prefix = `${this.jobId}/${kind}/${nodeDirectory(node)}/`;
-      for (const name of await this.store.list(prefix, signal)) marked.add(name.slice(prefix.length, -'.json'.length));
-    }
-    return chunks.every((name) => marked.has(name.slice(directory.length)));
+    const marked = await markedChunks(this.store, this.jobId, node, signal);
+    return chunks.every((name) => marked.has(name.slice(directory.length)) || this.deadLettered.has(name));
   }
 }

@@ -223,6 +223,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     protectSource: options.protectSource,
     sse: options.sse,
     keyFilter,
+    ...(standing && { standingQueue: true }),
   });
   const sourceRestarted = async (node: string): Promise<boolean> => {
     await sources.look(signal).catch(() => undefined);
@@ -249,7 +250,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     size: options.populators,
     allowLocation: standing && { bucket: options.bucket, prefix: store.prefix },
   });
-  const settled = standing && new SettledChunks(store, jobId, manifest.source.nodes);
+  const settled = standing && new SettledChunks(store, jobId, manifest.source.nodes, (readSignal) => parkedMessages(sqs, standing.deadLetterQueueUrl, readSignal), clock);
   let written: { byNode: Map<string, WriteCounters> } = { byNode: new Map() };
   let backlog: QueueBacklog = { visible: 0, inFlight: 0, delayed: 0 };
   const progress = (): WarmProgress => ({

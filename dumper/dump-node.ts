@@ -55,6 +55,13 @@ export interface DumpNodeOptions {
    */
   readonly durableQueue?: boolean;
   /**
+   * On a durable queue that many jobs share (a standing queue), which of the data chunks an
+   * earlier, unfinished run stored to announce again: those no populator has marked yet. A
+   * chunk stored but never announced (the run died between the two) would otherwise hold the
+   * job forever; one whose message is still on the queue is written twice, add-only.
+   */
+  readonly unmarkedOf?: ((stored: readonly string[], signal?: AbortSignal) => Promise<readonly string[]>) | undefined;
+  /**
    * Populators in this process take data chunks from here instead of the store (the embedded
    * default): a key chunk is then removed only once every data chunk made from it was written.
    */
@@ -167,14 +174,16 @@ export async function dumpNode(options: DumpNodeOptions): Promise<DumpCounters> 
 
   // An in-process queue lost its messages with the process that ran it: announce again what
   // an earlier run stored (SQS kept them), even for a node whose dump had finished: its last
-  // chunks may not have been written when that process stopped.
-  if (!options.durableQueue) {
-    for (const name of stored.filter((n) => DATA_CHUNK.test(n))) {
-      const chunk = await store.get(name, { signal, into: pool });
-      const announced = announce(name, chunk);
-      pool.release(chunk);
-      await announced;
-    }
+  // chunks may not have been written when that process stopped. On a standing queue, what no
+  // populator marked of an unfinished run's chunks (a finished run announced all of its own,
+  // and a resumed one announced its predecessors' first).
+  const earlier = stored.filter((n) => DATA_CHUNK.test(n));
+  const again = !options.durableQueue ? earlier : options.unmarkedOf && !ended ? await options.unmarkedOf(earlier, signal) : [];
+  for (const name of again) {
+    const chunk = await store.get(name, { signal, into: pool });
+    const announced = announce(name, chunk);
+    pool.release(chunk);
+    await announced;
   }
   if (ended) return Object.assign(counters, ended.counters);
 

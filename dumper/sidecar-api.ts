@@ -69,6 +69,11 @@ export interface StartDumpRequest {
    * crawling the source a second time. Absent or 0: none.
    */
   readonly sampleKeys?: number | undefined;
+  /**
+   * `queueUrl` is a standing queue that many jobs share: a resumed dump announces again the
+   * chunks its earlier run stored that no populator has marked (see dumpNode's unmarkedOf).
+   */
+  readonly standingQueue?: boolean | undefined;
 }
 
 /** Most keys a dump samples for the read-back: the sample travels in one status body. */
@@ -146,6 +151,7 @@ const TOP_LEVEL_FIELDS = new Set([
   'keyFilter',
   'alsoTo',
   'sampleKeys',
+  'standingQueue',
 ]);
 
 function describe(value: unknown): string {
@@ -355,6 +361,8 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
   const keyFilter = keyFilterOf(body);
   const alsoTo = alsoToOf(body, queueUrl);
   const sampleKeys = sampleKeysOf(body);
+  const standingQueue = body['standingQueue'];
+  if (standingQueue !== undefined && typeof standingQueue !== 'boolean') throw expected('standingQueue', 'true or false', standingQueue);
   return {
     jobId,
     node,
@@ -370,6 +378,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
     ...(keyFilter && { keyFilter }),
     ...(alsoTo && { alsoTo }),
     ...(sampleKeys && { sampleKeys }),
+    ...(standingQueue && { standingQueue }),
   };
 }
 

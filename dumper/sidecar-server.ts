@@ -18,7 +18,7 @@ import {
   metricsReply,
   readJsonBody,
 } from '../shared/http-api.js';
-import { endMarkerName, getJson } from '../shared/job-layout.js';
+import { endMarkerName, getJson, unmarkedChunksOf } from '../shared/job-layout.js';
 import { version } from '../shared/memcached/commands.js';
 import type { Endpoint, MemcachedConnection } from '../shared/memcached/connection.js';
 import { withProcessMetrics } from '../shared/prometheus.js';
@@ -266,6 +266,7 @@ class DumpRegistry {
         store: this.storeOf(request),
         queue: this.queueOf(request),
         durableQueue: true,
+        ...(request.standingQueue && { unmarkedOf: unmarkedChunksOf(this.storeOf(request), request.jobId, request.node) }),
         location: { bucket: request.bucket, prefix: request.prefix },
         target: request.target,
         clock,

@@ -54,6 +54,24 @@ export const chunkDoneName = (jobId: string, sourceNode: string, chunkName: stri
 export const chunkParkedName = (jobId: string, sourceNode: string, chunkName: string): string =>
   `${jobId}/parked/${nodeDirectory(sourceNode)}/${chunkName.slice(chunkName.lastIndexOf('/') + 1)}.json`;
 
+/** The file names (`data-….chunk`) of a source node's chunks that populators marked done or parked. */
+export async function markedChunks(store: ChunkStore, jobId: string, sourceNode: string, signal?: AbortSignal): Promise<Set<string>> {
+  const marked = new Set<string>();
+  for (const kind of ['done', 'parked']) {
+    const prefix = `${jobId}/${kind}/${nodeDirectory(sourceNode)}/`;
+    for (const name of await store.list(prefix, signal)) marked.add(name.slice(prefix.length, -'.json'.length));
+  }
+  return marked;
+}
+
+/** Of a source node's stored data chunks, those no populator has marked done or parked (for dumpNode's unmarkedOf). */
+export function unmarkedChunksOf(store: ChunkStore, jobId: string, sourceNode: string) {
+  return async (stored: readonly string[], signal?: AbortSignal): Promise<readonly string[]> => {
+    const marked = await markedChunks(store, jobId, sourceNode, signal);
+    return stored.filter((name) => !marked.has(name.slice(name.lastIndexOf('/') + 1)));
+  };
+}
+
 export const populatorReportName = (jobId: string, worker: string): string => `${jobId}/populators/${nodeDirectory(worker)}.json`;
 /** Which process served a node: its pid and start time (`time - uptime`). */
 export interface ProcessIdentity {

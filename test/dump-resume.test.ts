@@ -8,7 +8,7 @@ import { type DumpNodeOptions, dumpNode } from '../dumper/dump-node.js';
 import { decodeDataChunk } from '../shared/chunk-format.js';
 import type { ChunkMessage } from '../shared/chunk-message.js';
 import { systemClock } from '../shared/clock.js';
-import { type EndMarker, crawlDoneName, endMarkerName, getJson, nodePrefix } from '../shared/job-layout.js';
+import { type EndMarker, chunkDoneName, crawlDoneName, endMarkerName, getJson, nodePrefix, putJson, unmarkedChunksOf } from '../shared/job-layout.js';
 import { MemoryQueue } from '../shared/queue/memory-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { BufferPool } from '../shared/buffer-pool.js';
@@ -134,6 +134,35 @@ describe('a dump resumes from what its store holds', () => {
       await dumpNode(options(queue));
       const { keys } = await drain(queue, store);
       assert.equal(new Set(keys).size, items.length, 'every item reaches the new queue');
+    } finally {
+      await cluster.stop();
+    }
+  });
+
+  test('on a standing queue, a resumed dump announces again the stored chunks no populator marked, and only those', async () => {
+    const { items, source, store, cluster, dumpOptions } = await loadedSource(6_000);
+    try {
+      const options = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions =>
+        dumpOptions('job-s', queue, { durableQueue: true, unmarkedOf: unmarkedChunksOf(store, 'job-s', source.id), signal });
+      const stop = new AbortController();
+      let announced = 0;
+      const first = new MemoryQueue({ capacity: 10_000 });
+      await assert.rejects(dumpNode({ ...options(first, stop.signal), onDataChunk: () => void (++announced === 4 && stop.abort(new Error('killed'))) }), /killed/);
+      const { messages, keys: firstKeys } = await drain(first, store);
+      // Two of the first run's chunks were written and marked; the others' messages are still out
+      // (or never went: a chunk stored but not announced looks the same from here).
+      const written = messages.slice(0, 2);
+      for (const m of written) await putJson(store, chunkDoneName('job-s', source.id, m.chunk.name), { chunk: m.chunk.name });
+      const writtenNames = new Set(written.map((m) => m.chunk.name));
+      const storedBefore = (await store.list(`${nodePrefix('job-s', source.id)}/`)).filter((n) => /data-[^/]+\.chunk$/.test(n));
+
+      const queue = new MemoryQueue({ capacity: 10_000 });
+      await dumpNode(options(queue));
+      const second = await drain(queue, store);
+      const announcedAgain = second.messages.map((m) => m.chunk.name).filter((name) => storedBefore.includes(name));
+      assert.deepEqual(announcedAgain.sort(), storedBefore.filter((name) => !writtenNames.has(name)).sort(), 'every unmarked chunk of the earlier run, no marked one');
+      const writtenKeys = firstKeys.slice(0, written.reduce((sum, m) => sum + m.chunk.items, 0));
+      assert.equal(new Set([...writtenKeys, ...second.keys]).size, items.length, 'what was written and what is announced cover every item');
     } finally {
       await cluster.stop();
     }
