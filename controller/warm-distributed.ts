@@ -199,13 +199,16 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     createdAt: new Date(started).toISOString(),
   }, signal);
   const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);
-  if (standing && (options.sharedDump || options.retryParked)) {
-    throw new CachewarmError('INVALID_ARGUMENT', `${options.sharedDump ? 'several targets from one dump' : '--retry-parked'} is not supported on a standing queue (${standing.queueUrl}) yet`);
+  if (standing && options.sharedDump) {
+    throw new CachewarmError('INVALID_ARGUMENT', `several targets from one dump are not supported on a standing queue (${standing.queueUrl}) yet`);
   }
   const queues: JobQueues = standing ?? (await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal));
   log({ event: 'job-queued', msg: `${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`, source: manifest.source.replica, target: scope.label, queueUrl: queues.queueUrl });
   if (options.retryParked) {
-    const moved = await retryParked(sqs, queues, signal);
+    // The standing queue's dead-letter queue holds every job's: only this job's go back, and its
+    // parked marks go first (a message not moved back is then found on the dead-letter queue).
+    if (standing) await store.deleteAll(jobId, (name) => name.startsWith(`${jobId}/parked/`), signal);
+    const moved = await retryParked(sqs, queues, signal, standing && ((chunk) => chunk?.startsWith(`${jobId}/`) === true));
     log({ event: 'parked-retried', level: 'info', msg: `${moved} parked messages moved back to the queue`, messages: moved });
   }
 

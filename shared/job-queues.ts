@@ -17,7 +17,7 @@ import {
 import { CachewarmError, abortReason } from './errors.js';
 import { awsErrorName } from './aws-errors.js';
 import { normalizePrefix } from './json-values.js';
-import { REASON_ATTRIBUTE, isQueueGone, sqsFailure } from './queue/sqs-queue.js';
+import { REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE, isQueueGone, sqsFailure } from './queue/sqs-queue.js';
 
 /**
  * A fleet job's two SQS queues: the job queue the dumpers announce chunks on and the
@@ -365,26 +365,52 @@ export async function parkedMessages(
  * before it is deleted, so a failure midway duplicates a message at worst, never loses one;
  * one that fails again is parked again with its reason. Returns how many were moved.
  */
-export async function retryParked(sqs: SQSClient, queues: JobQueues, signal?: AbortSignal): Promise<number> {
-  let moved = 0;
-  for (;;) {
-    const out = await call('ReceiveMessage', queues.deadLetterQueueUrl, signal, () =>
-      sqs.send(
-        new ReceiveMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, MaxNumberOfMessages: 10, WaitTimeSeconds: 1, VisibilityTimeout: READING_VISIBILITY_SECONDS }),
-        { abortSignal: signal },
-      ),
-    );
-    const messages = out.Messages ?? [];
-    if (messages.length === 0) return moved;
-    for (const message of messages) {
-      await call('SendMessage', queues.queueUrl, signal, () =>
-        sqs.send(new SendMessageCommand({ QueueUrl: queues.queueUrl, MessageBody: message.Body ?? '' }), { abortSignal: signal }),
+export async function retryParked(
+  sqs: SQSClient,
+  queues: JobQueues,
+  signal?: AbortSignal,
+  /** Which chunks' messages to move (a standing queue's dead-letter queue holds every job's); default all. */
+  belongs: (chunk: string | undefined) => boolean = () => true,
+): Promise<number> {
+  // The ids the moved messages got on the queue: one parked again meanwhile (its cause not
+  // fixed, and populators at work) comes back under that id, and is not moved a second time.
+  const movedAs = new Set<string>();
+  // Messages left where they are stay hidden until the end, so that the loop ends; then shown again.
+  const left: string[] = [];
+  try {
+    for (;;) {
+      const out = await call('ReceiveMessage', queues.deadLetterQueueUrl, signal, () =>
+        sqs.send(
+          new ReceiveMessageCommand({
+            QueueUrl: queues.deadLetterQueueUrl,
+            MaxNumberOfMessages: 10,
+            WaitTimeSeconds: 1,
+            VisibilityTimeout: READING_VISIBILITY_SECONDS,
+            MessageAttributeNames: [SOURCE_MESSAGE_ID_ATTRIBUTE],
+          }),
+          { abortSignal: signal },
+        ),
       );
-      await call('DeleteMessage', queues.deadLetterQueueUrl, signal, () =>
-        sqs.send(new DeleteMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, ReceiptHandle: message.ReceiptHandle }), { abortSignal: signal }),
-      );
-      moved++;
+      const messages = out.Messages ?? [];
+      if (messages.length === 0) return movedAs.size;
+      for (const message of messages) {
+        const parkedFrom = message.MessageAttributes?.[SOURCE_MESSAGE_ID_ATTRIBUTE]?.StringValue;
+        const again = movedAs.has(message.MessageId ?? '') || (parkedFrom !== undefined && movedAs.has(parkedFrom));
+        if (again || !belongs(chunkNameOf(message.Body))) {
+          if (message.ReceiptHandle) left.push(message.ReceiptHandle);
+          continue;
+        }
+        const sent = await call('SendMessage', queues.queueUrl, signal, () =>
+          sqs.send(new SendMessageCommand({ QueueUrl: queues.queueUrl, MessageBody: message.Body ?? '' }), { abortSignal: signal }),
+        );
+        await call('DeleteMessage', queues.deadLetterQueueUrl, signal, () =>
+          sqs.send(new DeleteMessageCommand({ QueueUrl: queues.deadLetterQueueUrl, ReceiptHandle: message.ReceiptHandle }), { abortSignal: signal }),
+        );
+        movedAs.add(sent.MessageId ?? `#${movedAs.size}`);
+      }
     }
+  } finally {
+    await releaseAll(sqs, queues.deadLetterQueueUrl, left);
   }
 }
 

@@ -1,16 +1,20 @@
-import { ListObjectsV2Command } from '@aws-sdk/client-s3';
-import { GetQueueAttributesCommand, ListQueuesCommand, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
+import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { GetQueueAttributesCommand, ListQueuesCommand, type Message, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
+import { targetRingOf } from '../controller/warm-plan.js';
+import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
+import { nodePrefix } from '../shared/job-layout.js';
 import { REASON_ATTRIBUTE } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { AWS_TEST_ENV, type CliProcess, startCli } from './support/cli-process.js';
-import { load, nowSeconds } from './support/cluster.js';
+import { flushReplica, load, nowSeconds } from './support/cluster.js';
 import { createBucket, createQueue } from './support/fauxqs.js';
 import { type Fleet, startFleet } from './support/fleet.js';
 import { assertExactCopy } from './support/read-back.js';
+import { waitFor } from './support/wait.js';
 
 /**
  * A standing queue the installation owns, shared by every job (what a KEDA scaler watches):
@@ -45,11 +49,11 @@ describe('a standing queue shared by every job', () => {
     await fleet?.stop();
   });
 
-  const warm = (target: string): CliProcess =>
+  const warm = (target: string, ...more: string[]): CliProcess =>
     startCli([
       'warm', 'replica', '--topology', fleet.topologyFile, '--source', 'a', '--target', target,
       '--transport', 'aws', '--bucket', bucket, '--prefix', 'warms', '--endpoint', fleet.fauxqs.endpoint,
-      '--sidecar-token-file', fleet.tokenFile, '--chunk-size', '64KiB', '--queue-url', queueUrl, '--populators', '0', '--json',
+      '--sidecar-token-file', fleet.tokenFile, '--chunk-size', '64KiB', '--queue-url', queueUrl, '--populators', '0', '--json', ...more,
     ], AWS_TEST_ENV);
 
   const startPopulator = (id: string): CliProcess => {
@@ -91,6 +95,49 @@ describe('a standing queue shared by every job', () => {
     assert.deepEqual(joined, [jobs[1]], 'the new populator served the second job');
   });
 
+  test("a job's parked chunk goes back with --retry-parked once fixed; other jobs' parked messages stay", async () => {
+    await flushReplica(fleet.topology, 'b');
+    const jobId = 'standing-retry';
+    const source = fleet.topology.replicas.get('a')?.nodes[0];
+    assert.ok(source);
+    // Another job's message, set aside earlier: no retry of this job may touch it.
+    const other = { version: 2, jobId: 'another-job', source: source.id, store: { bucket, prefix: 'warms' }, chunk: { name: 'another-job/x/data-1.chunk', bytes: 1, items: 1, crc32: 0 }, target: targetRingOf(fleet.topology, 'b') };
+    const { MessageId: otherId } = await fleet.aws.sqs.send(new SendMessageCommand({ QueueUrl: deadLetterQueueUrl, MessageBody: JSON.stringify(other) }));
+
+    // One more chunk of the job's first source node, stored where its dumper would put it but
+    // damaged in the store: the populator parks it, and the job waits for nothing else.
+    const late = sampleItems({ count: 40, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'late' });
+    const builder = new ChunkBuilder('data', 1 << 20);
+    for (const item of late) builder.addData(item.key, item.value, item.flags, item.exptime);
+    const chunk = builder.seal();
+    const name = `${nodePrefix(jobId, source.id)}/data-000000.chunk`;
+    const damaged = Buffer.from(chunk);
+    damaged[damaged.length - 1] = (damaged[damaged.length - 1] as number) ^ 0xff;
+    await fleet.aws.s3.send(new PutObjectCommand({ Bucket: bucket, Key: `warms/${name}`, Body: damaged }));
+    const message = { version: 2, jobId, source: source.id, store: { bucket, prefix: 'warms' }, chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) }, target: targetRingOf(fleet.topology, 'b') };
+    await fleet.aws.sqs.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: JSON.stringify(message) }));
+
+    const first = warm('b', '--job-id', jobId, '--force');
+    assert.equal(await first.exit(180_000), 1, JSON.stringify(first.lines.slice(-10)));
+    const parked = JSON.parse(first.stdout()) as { complete: boolean; parked: { chunk: string; reason: string }[] };
+    assert.deepEqual(parked.parked.map((p) => p.chunk), [name]);
+    assert.match(parked.parked[0]?.reason ?? '', /checksum|does not match|corrupt/i);
+
+    // Retried before the cause is fixed, it is parked again, once: the rerun ends saying so.
+    const early = warm('b', '--job-id', jobId, '--force', '--retry-parked');
+    assert.equal(await early.exit(180_000), 1, JSON.stringify(early.lines.slice(-10)));
+    assert.deepEqual((JSON.parse(early.stdout()) as { parked: { chunk: string }[] }).parked.map((p) => p.chunk), [name]);
+
+    await fleet.aws.s3.send(new PutObjectCommand({ Bucket: bucket, Key: `warms/${name}`, Body: chunk }));
+    const rerun = warm('b', '--job-id', jobId, '--force', '--retry-parked');
+    assert.equal(await rerun.exit(180_000), 0, JSON.stringify(rerun.lines.slice(-10)));
+    assert.deepEqual((JSON.parse(rerun.stdout()) as { parked: unknown[] }).parked, []);
+    await assertExactCopy({ topology: fleet.topology, replica: 'b' }, [...items, ...late]);
+
+    const { Messages = [] } = await fleet.aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: deadLetterQueueUrl, WaitTimeSeconds: 1, MaxNumberOfMessages: 10, VisibilityTimeout: 0 }));
+    assert.deepEqual(Messages.map((m) => m.MessageId), [otherId], "the other job's message stays where it was set aside, untouched");
+  });
+
   test('a message naming a location no populator allows is set aside with the reason, unread', async () => {
     const forged = {
       version: 2,
@@ -101,12 +148,16 @@ describe('a standing queue shared by every job', () => {
       target: { replica: 'b', hashing: 'spymemcached', nodes: [{ address: '127.0.0.1:1', ringName: '127.0.0.1:1' }] },
     };
     await fleet.aws.sqs.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: JSON.stringify(forged) }));
-    const { Messages = [] } = await fleet.aws.sqs.send(
-      new ReceiveMessageCommand({ QueueUrl: deadLetterQueueUrl, WaitTimeSeconds: 20, MessageAttributeNames: [REASON_ATTRIBUTE], VisibilityTimeout: 0 }),
-    );
-    assert.equal(Messages.length, 1);
-    assert.equal(Messages[0]?.Body, JSON.stringify(forged), 'set aside as it came');
-    assert.match(String(Messages[0]?.MessageAttributes?.[REASON_ATTRIBUTE]?.StringValue), /s3:\/\/someone-elses\/secrets, outside the locations this populator serves \(s3:\/\/standing\/warms\)/);
+    const body = JSON.stringify(forged);
+    let setAside: Message | undefined;
+    await waitFor(async () => {
+      const { Messages = [] } = await fleet.aws.sqs.send(
+        new ReceiveMessageCommand({ QueueUrl: deadLetterQueueUrl, WaitTimeSeconds: 1, MaxNumberOfMessages: 10, MessageAttributeNames: [REASON_ATTRIBUTE], VisibilityTimeout: 0 }),
+      );
+      setAside = Messages.find((m) => m.Body === body);
+      return setAside !== undefined;
+    }, { what: 'the forged message on the dead-letter queue, set aside as it came' });
+    assert.match(String(setAside?.MessageAttributes?.[REASON_ATTRIBUTE]?.StringValue), /s3:\/\/someone-elses\/secrets, outside the locations this populator serves \(s3:\/\/standing\/warms\)/);
   });
 
   test('a populator refuses a bad allowed location before it starts', async () => {
