@@ -1,7 +1,7 @@
 import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import type { ChunkDestination } from '../dumper/sidecar-api.js';
 import { type JobManifest, getJson, manifestName, summaryName } from '../shared/job-layout.js';
-import { createJobQueues } from '../shared/job-queues.js';
+import { createJobQueues, readStandingQueue } from '../shared/job-queues.js';
 import { S3Store } from '../shared/store/s3-store.js';
 import type { WarmProgress, WarmSummary } from './warm-summary.js';
 import { selectSource } from './select-source.js';
@@ -74,14 +74,22 @@ async function sharedDump(
 ): Promise<SharedDump> {
   const { sqs, bucket, prefix, topology, signal } = options;
   const destinations: ChunkDestination[] = [];
+  // On a standing queue every target's messages go to it, each naming its target's job.
+  const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);
   for (const target of group.joining) {
+    const jobId = group.jobIds.get(target) as string;
+    const ring = scopeOf(topology, target, undefined).ring;
+    if (standing) {
+      destinations.push({ queueUrl: standing.queueUrl, target: ring, jobId });
+      continue;
+    }
     // Made here, before any job starts, as each job would make them (it finds them made).
-    const queues = await createJobQueues(sqs, { jobId: group.jobIds.get(target) as string, bucket, prefix }, signal);
-    destinations.push({ queueUrl: queues.queueUrl, target: scopeOf(topology, target, undefined).ring });
+    const queues = await createJobQueues(sqs, { jobId, bucket, prefix }, signal);
+    destinations.push({ queueUrl: queues.queueUrl, target: ring });
   }
-  const [first, ...alsoTo] = destinations as [ChunkDestination, ...ChunkDestination[]];
+  const [{ jobId: targetJobId, ...first }, ...alsoTo] = destinations as [ChunkDestination, ...ChunkDestination[]];
   // Enough keys for the largest target's read-back: the request is one for every target.
   const samplePerNode = options.verifySamplePerNode ?? DEFAULT_VERIFY_SAMPLE;
   const sampleKeys = Math.max(...destinations.map((d) => dumpSampleKeys(samplePerNode, d.target.nodes.length)));
-  return { jobId: group.groupId, ...first, alsoTo, sampleKeys };
+  return { jobId: group.groupId, ...first, alsoTo, sampleKeys, ...(targetJobId !== undefined && { targetJobId }) };
 }

@@ -103,7 +103,7 @@ export interface DistributedWarmOptions {
 }
 
 /** What every target's job asks the sidecars alike: one dump, announced on every target's queue. */
-export type SharedDump = Pick<StartDumpRequest, 'jobId' | 'queueUrl' | 'target' | 'alsoTo' | 'sampleKeys'>;
+export type SharedDump = Pick<StartDumpRequest, 'jobId' | 'queueUrl' | 'target' | 'alsoTo' | 'sampleKeys' | 'targetJobId'>;
 
 /** A populator that dies this many times over fails the job: something is wrong with all of them. */
 const MAX_POPULATOR_CRASHES = 10;
@@ -199,16 +199,13 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     createdAt: new Date(started).toISOString(),
   }, signal);
   const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);
-  if (standing && options.sharedDump) {
-    throw new CachewarmError('INVALID_ARGUMENT', `several targets from one dump are not supported on a standing queue (${standing.queueUrl}) yet`);
-  }
   const queues: JobQueues = standing ?? (await createJobQueues(sqs, { jobId, bucket: options.bucket, prefix: store.prefix }, signal));
   log({ event: 'job-queued', msg: `${manifest.source.replica} -> ${scope.label}, queue ${queues.queueUrl}`, source: manifest.source.replica, target: scope.label, queueUrl: queues.queueUrl });
   if (options.retryParked) {
     // The standing queue's dead-letter queue holds every job's: only this job's go back, and its
     // parked marks go first (a message not moved back is then found on the dead-letter queue).
     if (standing) await store.deleteAll(jobId, (name) => name.startsWith(`${jobId}/parked/`), signal);
-    const moved = await retryParked(sqs, queues, signal, standing && ((chunk) => chunk?.startsWith(`${jobId}/`) === true));
+    const moved = await retryParked(sqs, queues, signal, standing && ((entry) => entry.jobId === jobId));
     log({ event: 'parked-retried', level: 'info', msg: `${moved} parked messages moved back to the queue`, messages: moved });
   }
 
@@ -253,7 +250,16 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     size: options.populators,
     allowLocation: standing && { bucket: options.bucket, prefix: store.prefix },
   });
-  const settled = standing && new SettledChunks(store, jobId, manifest.source.nodes, (readSignal) => parkedMessages(sqs, standing.deadLetterQueueUrl, readSignal), clock);
+  const settled =
+    standing &&
+    new SettledChunks({
+      store,
+      jobId,
+      dumpJobId: dump.jobId,
+      sourceNodes: manifest.source.nodes,
+      readDeadLetters: (readSignal) => parkedMessages(sqs, standing.deadLetterQueueUrl, readSignal),
+      clock,
+    });
   let written: { byNode: Map<string, WriteCounters> } = { byNode: new Map() };
   let backlog: QueueBacklog = { visible: 0, inFlight: 0, delayed: 0 };
   const progress = (): WarmProgress => ({

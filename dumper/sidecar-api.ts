@@ -74,6 +74,8 @@ export interface StartDumpRequest {
    * chunks its earlier run stored that no populator has marked (see dumpNode's unmarkedOf).
    */
   readonly standingQueue?: boolean | undefined;
+  /** The job of the request's own destination when the dump is shared on a standing queue (see ChunkDestination.jobId). */
+  readonly targetJobId?: string | undefined;
 }
 
 /** Most keys a dump samples for the read-back: the sample travels in one status body. */
@@ -83,6 +85,11 @@ export const MAX_SAMPLE_KEYS = 50_000;
 export interface ChunkDestination {
   readonly queueUrl: string;
   readonly target: TargetRing;
+  /**
+   * The target's job, named in each message (`targetJobId`) when several targets share one
+   * standing queue: it is what tells a populator whose manifest governs the message.
+   */
+  readonly jobId?: string | undefined;
 }
 
 /** Queues one dump may announce on besides its own: the targets one dump fills. */
@@ -152,6 +159,7 @@ const TOP_LEVEL_FIELDS = new Set([
   'alsoTo',
   'sampleKeys',
   'standingQueue',
+  'targetJobId',
 ]);
 
 function describe(value: unknown): string {
@@ -190,10 +198,10 @@ function rate(obj: Record<string, unknown>, name: string): number | undefined {
 /** Job ids name an S3 key part and a URL path segment: letters, digits, `.`, `_`, `-`. */
 const JOB_ID = /^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$/;
 
-function jobIdOf(body: Record<string, unknown>): string {
-  const value = body['jobId'];
+function jobIdOf(body: Record<string, unknown>, field = 'jobId', where = ''): string {
+  const value = body[field];
   if (typeof value !== 'string' || !JOB_ID.test(value)) {
-    throw expected('jobId', 'a job id of letters, digits, ".", "_" and "-" (at most 200, not starting with ".")', value);
+    throw expected(`${where}${field}`, 'a job id of letters, digits, ".", "_" and "-" (at most 200, not starting with ".")', value);
   }
   return value;
 }
@@ -290,22 +298,25 @@ function targetOf(obj: Record<string, unknown>, where = ''): TargetRing {
 }
 
 /** Each extra queue once, none the request's own: a message announced twice on one queue is written twice. */
-function alsoToOf(body: Record<string, unknown>, queueUrl: string): ChunkDestination[] | undefined {
+function alsoToOf(body: Record<string, unknown>, queueUrl: string, targetJobId: string | undefined): ChunkDestination[] | undefined {
   const value = body['alsoTo'];
   if (value === undefined) return undefined;
   if (!Array.isArray(value) || value.length === 0 || value.length > MAX_EXTRA_DESTINATIONS) {
     throw expected('alsoTo', `an array of 1 to ${MAX_EXTRA_DESTINATIONS} { queueUrl, target }`, value);
   }
-  const seen = new Set([queueUrl]);
+  // One queue may take several targets' messages (a standing queue), each for another job.
+  const destination = (url: string, jobId: string | undefined): string => JSON.stringify([url, jobId ?? null]);
+  const seen = new Set([destination(queueUrl, targetJobId)]);
   return value.map((entry: unknown, i) => {
     const at = `alsoTo[${i}].`;
-    if (!isRecord(entry)) throw expected(`alsoTo[${i}]`, 'an object { queueUrl, target }', entry);
-    const extra = Object.keys(entry).filter((k) => k !== 'queueUrl' && k !== 'target');
+    if (!isRecord(entry)) throw expected(`alsoTo[${i}]`, 'an object { queueUrl, target, jobId? }', entry);
+    const extra = Object.keys(entry).filter((k) => k !== 'queueUrl' && k !== 'target' && k !== 'jobId');
     if (extra.length > 0) throw invalid(`${at}${extra[0]}`, 'not a field of a destination');
     const url = queueUrlOf(entry, at);
-    if (seen.has(url)) throw invalid(`${at}queueUrl`, `${describe(url)} is named twice`);
-    seen.add(url);
-    return { queueUrl: url, target: targetOf(entry, at) };
+    const jobId = entry['jobId'] === undefined ? undefined : jobIdOf(entry, 'jobId', at);
+    if (seen.has(destination(url, jobId))) throw invalid(`${at}queueUrl`, `${describe(url)} is named twice${jobId ? ` for job ${jobId}` : ''}`);
+    seen.add(destination(url, jobId));
+    return { queueUrl: url, target: targetOf(entry, at), ...(jobId !== undefined && { jobId }) };
   });
 }
 
@@ -359,7 +370,8 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
   const sse = sseOf(body);
   const target = targetOf(body);
   const keyFilter = keyFilterOf(body);
-  const alsoTo = alsoToOf(body, queueUrl);
+  const targetJobId = body['targetJobId'] === undefined ? undefined : jobIdOf(body, 'targetJobId');
+  const alsoTo = alsoToOf(body, queueUrl, targetJobId);
   const sampleKeys = sampleKeysOf(body);
   const standingQueue = body['standingQueue'];
   if (standingQueue !== undefined && typeof standingQueue !== 'boolean') throw expected('standingQueue', 'true or false', standingQueue);
@@ -379,6 +391,7 @@ export function parseStartDumpRequest(body: unknown): StartDumpRequest {
     ...(alsoTo && { alsoTo }),
     ...(sampleKeys && { sampleKeys }),
     ...(standingQueue && { standingQueue }),
+    ...(targetJobId !== undefined && { targetJobId }),
   };
 }
 

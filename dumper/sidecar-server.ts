@@ -266,7 +266,7 @@ class DumpRegistry {
         store: this.storeOf(request),
         queue: this.queueOf(request),
         durableQueue: true,
-        ...(request.standingQueue && { unmarkedOf: unmarkedChunksOf(this.storeOf(request), request.jobId, request.node) }),
+        ...(request.standingQueue && { unmarkedOf: unmarkedChunksOf(this.storeOf(request), markingJobs(request), request.node) }),
         location: { bucket: request.bucket, prefix: request.prefix },
         target: request.target,
         clock,
@@ -309,7 +309,10 @@ class DumpRegistry {
     const { sqs, clock } = this.options;
     const own = new SqsQueue({ client: sqs, queueUrl: request.queueUrl, clock });
     if (!request.alsoTo) return own;
-    return new FanOutQueue([{ queue: own }, ...request.alsoTo.map((d) => ({ queue: new SqsQueue({ client: sqs, queueUrl: d.queueUrl, clock }), target: d.target }))]);
+    return new FanOutQueue([
+      { queue: own, targetJobId: request.targetJobId },
+      ...request.alsoTo.map((d) => ({ queue: new SqsQueue({ client: sqs, queueUrl: d.queueUrl, clock }), target: d.target, targetJobId: d.jobId })),
+    ]);
   }
 
   private storeOf(request: StartDumpRequest): S3Store {
@@ -321,6 +324,11 @@ class DumpRegistry {
     const settled = [...this.runs.values()].filter((r) => r.state !== 'running');
     for (const run of settled.slice(0, Math.max(0, settled.length - keep))) this.runs.delete(run.request.jobId);
   }
+}
+
+/** The jobs whose populators mark the dump's chunks: each target's when it names them, else the dump's own. */
+function markingJobs(request: StartDumpRequest): string[] {
+  return [request.targetJobId ?? request.jobId, ...(request.alsoTo ?? []).map((d) => d.jobId ?? request.jobId)];
 }
 
 function busy(message: string): HttpError {

@@ -131,15 +131,14 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
   const lanes = new Map<string, Promise<JobLane>>();
   /** Lanes whose manifest was read: what a message that got its route is counted in. */
   const opened = new Map<string, JobLane>();
-  const keyOf = (message: ChunkMessage): string => JSON.stringify([message.store?.bucket, normalizePrefix(message.store?.prefix), message.jobId]);
+  // One dump filling several targets names each target's job apart from the dump's.
+  const jobOf = (message: ChunkMessage): string => message.targetJobId ?? message.jobId;
+  const keyOf = (message: ChunkMessage): string => JSON.stringify([message.store?.bucket, normalizePrefix(message.store?.prefix), jobOf(message)]);
 
   async function openLane(message: ChunkMessage, location: ChunkLocation): Promise<JobLane> {
-    const { jobId } = message;
+    const jobId = jobOf(message);
     const store = new S3Store({ client: s3, bucket: location.bucket, prefix: normalizePrefix(location.prefix) });
     const manifest = await loadManifest(store, jobId, signal);
-    if (manifest.dumpJobId !== undefined) {
-      throw new CachewarmError('MESSAGE_MALFORMED', `job ${jobId} takes its chunks from dump ${manifest.dumpJobId}: one dump filling several targets is not served on a standing queue`, { jobId });
-    }
     const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
     const pinned = new PinnedTargets(store, jobId);
     const writer = new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address, checkConnection: pinned.check });
@@ -147,7 +146,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
     const scope: MessageScope = {
       jobId,
       store: { bucket: location.bucket, prefix: normalizePrefix(location.prefix) },
-      manifest: { where: store.describe(manifestName(jobId)), target: manifest.target, sourceNodes: manifest.source.nodes },
+      manifest: { where: store.describe(manifestName(jobId)), target: manifest.target, sourceNodes: manifest.source.nodes, dumpJobId: manifest.dumpJobId },
     };
     const lane: JobLane = {
       jobId,
@@ -162,7 +161,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
   }
 
   async function routeOf(message: ChunkMessage): Promise<MessageRoute> {
-    const where = `message for chunk ${message.chunk.name} of job ${message.jobId}`;
+    const where = `message for chunk ${message.chunk.name} of job ${jobOf(message)}`;
     if (!message.store) throw new CachewarmError('MESSAGE_MALFORMED', `${where} names no S3 location: a standing queue serves jobs whose chunks are in S3`);
     const location = allowedLocationOf(message.store, allowed);
     if (!location) {
@@ -205,7 +204,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
   });
   const unattributed = new WorkerStats();
   const statsOf = (delivery: Delivery): WorkerStats => laneOf(delivery.message)?.stats ?? unattributed;
-  const retryScopeOf = (delivery: Delivery): { jobId: string; maxReceives: number } => ({ jobId: delivery.message.jobId, maxReceives: standing.maxReceives });
+  const retryScopeOf = (delivery: Delivery): { jobId: string; maxReceives: number } => ({ jobId: jobOf(delivery.message), maxReceives: standing.maxReceives });
 
   const observedQueue: ChunkQueue = {
     send: (message, sendSignal) => queue.send(message, sendSignal),

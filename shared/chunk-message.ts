@@ -24,6 +24,11 @@ export interface ChunkLocation {
 export interface ChunkMessage {
   readonly version: typeof MESSAGE_VERSION;
   readonly jobId: string;
+  /**
+   * The job the message is for when that is not `jobId`: one dump filling several targets on a
+   * standing queue names the dump in `jobId` (its chunks are under it) and each target's job here.
+   */
+  readonly targetJobId?: string | undefined;
   /** The node id the chunk was dumped from. */
   readonly source: string;
   /** The bucket and key prefix the chunk's name is under; absent when the store is local. */
@@ -78,9 +83,12 @@ export function parseChunkMessage(body: string, where: string): ChunkMessage {
   if (writeOnly !== undefined && !(Array.isArray(writeOnly) && writeOnly.every(isString))) {
     throw malformed(where, 'target.writeOnly: expected an array of addresses');
   }
+  const targetJobId = doc['targetJobId'];
+  if (targetJobId !== undefined && !isString(targetJobId)) throw malformed(where, 'targetJobId: expected a job id');
   return {
     version: MESSAGE_VERSION,
     jobId: field(doc, 'jobId', where, isString, 'a job id'),
+    ...(targetJobId !== undefined && { targetJobId }),
     source: field(doc, 'source', where, isString, 'a node id'),
     ...(store && {
       store: {

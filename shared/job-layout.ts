@@ -64,11 +64,17 @@ export async function markedChunks(store: ChunkStore, jobId: string, sourceNode:
   return marked;
 }
 
-/** Of a source node's stored data chunks, those no populator has marked done or parked (for dumpNode's unmarkedOf). */
-export function unmarkedChunksOf(store: ChunkStore, jobId: string, sourceNode: string) {
+/**
+ * Of a source node's stored data chunks, those the populators of some of `jobIds` (every
+ * target a dump fills) have not marked done or parked: for dumpNode's unmarkedOf.
+ */
+export function unmarkedChunksOf(store: ChunkStore, jobIds: readonly string[], sourceNode: string) {
   return async (stored: readonly string[], signal?: AbortSignal): Promise<readonly string[]> => {
-    const marked = await markedChunks(store, jobId, sourceNode, signal);
-    return stored.filter((name) => !marked.has(name.slice(name.lastIndexOf('/') + 1)));
+    const marks = await Promise.all(jobIds.map((jobId) => markedChunks(store, jobId, sourceNode, signal)));
+    return stored.filter((name) => {
+      const file = name.slice(name.lastIndexOf('/') + 1);
+      return marks.some((marked) => !marked.has(file));
+    });
   };
 }
 

@@ -82,6 +82,8 @@ export interface QueueBacklog {
 export interface ParkedEntry {
   /** The chunk the message named, when its body could be read as a chunk message. */
   readonly chunk?: string | undefined;
+  /** The job the message was for (its `targetJobId`, else its `jobId`), when the body could be read. */
+  readonly jobId?: string | undefined;
   readonly reason: string;
   readonly messageId?: string | undefined;
 }
@@ -369,8 +371,8 @@ export async function retryParked(
   sqs: SQSClient,
   queues: JobQueues,
   signal?: AbortSignal,
-  /** Which chunks' messages to move (a standing queue's dead-letter queue holds every job's); default all. */
-  belongs: (chunk: string | undefined) => boolean = () => true,
+  /** Which messages to move (a standing queue's dead-letter queue holds every job's); default all. */
+  belongs: (entry: ParkedEntry) => boolean = () => true,
 ): Promise<number> {
   // The ids the moved messages got on the queue: one parked again meanwhile (its cause not
   // fixed, and populators at work) comes back under that id, and is not moved a second time.
@@ -396,7 +398,7 @@ export async function retryParked(
       for (const message of messages) {
         const parkedFrom = message.MessageAttributes?.[SOURCE_MESSAGE_ID_ATTRIBUTE]?.StringValue;
         const again = movedAs.has(message.MessageId ?? '') || (parkedFrom !== undefined && movedAs.has(parkedFrom));
-        if (again || !belongs(chunkNameOf(message.Body))) {
+        if (again || !belongs(parkedEntryOf(message))) {
           if (message.ReceiptHandle) left.push(message.ReceiptHandle);
           continue;
         }
@@ -426,15 +428,20 @@ function parkedEntryOf(message: Message): ParkedEntry {
   const reason =
     message.MessageAttributes?.[REASON_ATTRIBUTE]?.StringValue ??
     'no reason recorded: moved by the queue\'s redrive policy after its last allowed delivery (its holders crashed or timed out)';
-  return { chunk: chunkNameOf(message.Body), reason, messageId: message.MessageId };
+  const { chunk, jobId } = namesOf(message.Body);
+  return { chunk, jobId, reason, messageId: message.MessageId };
 }
 
-function chunkNameOf(body: string | undefined): string | undefined {
+/** The chunk and job a parked body names, as far as it can be read (it may be anything). */
+function namesOf(body: string | undefined): { chunk?: string; jobId?: string } {
+  const text = (value: unknown): string | undefined => (typeof value === 'string' ? value : undefined);
   try {
-    const name = (JSON.parse(body ?? '') as { chunk?: { name?: unknown } } | null)?.chunk?.name;
-    return typeof name === 'string' ? name : undefined;
+    const doc = JSON.parse(body ?? '') as { chunk?: { name?: unknown }; jobId?: unknown; targetJobId?: unknown } | null;
+    const chunk = text(doc?.chunk?.name);
+    const jobId = text(doc?.targetJobId) ?? text(doc?.jobId);
+    return { ...(chunk !== undefined && { chunk }), ...(jobId !== undefined && { jobId }) };
   } catch {
-    return undefined;
+    return {};
   }
 }
 

@@ -143,7 +143,7 @@ describe('a dump resumes from what its store holds', () => {
     const { items, source, store, cluster, dumpOptions } = await loadedSource(6_000);
     try {
       const options = (queue: MemoryQueue, signal?: AbortSignal): DumpNodeOptions =>
-        dumpOptions('job-s', queue, { durableQueue: true, unmarkedOf: unmarkedChunksOf(store, 'job-s', source.id), signal });
+        dumpOptions('job-s', queue, { durableQueue: true, unmarkedOf: unmarkedChunksOf(store, ['job-s'], source.id), signal });
       const stop = new AbortController();
       let announced = 0;
       const first = new MemoryQueue({ capacity: 10_000 });

@@ -25,7 +25,7 @@ test('a job on a standing queue is drained only when every stored chunk is marke
   const clock = new FakeClock();
   let deadLetters: ParkedEntry[] = [];
   let reads = 0;
-  const settled = new SettledChunks(store, 'job', nodes, async () => (reads++, deadLetters), clock);
+  const settled = new SettledChunks({ store, jobId: 'job', sourceNodes: nodes, readDeadLetters: async () => (reads++, deadLetters), clock });
 
   assert.equal(await settled.all(), false, 'nothing marked');
   for (const node of nodes) for (let i = 0; i < 3; i++) if (!(node === nodes[1] && i === 2)) await putJson(store, chunkDoneName('job', node, chunk(node, i)), {});
@@ -34,8 +34,8 @@ test('a job on a standing queue is drained only when every stored chunk is marke
   assert.equal(reads, 1, 'the dead-letter queue is read at most once per interval');
 
   deadLetters = [
-    { chunk: chunk(nodes[1] as string, 2), reason: 'moved by SQS after 5 receives' },
-    { chunk: 'other-job/a_10.0.0.2_11211/data-r1-2.chunk', reason: 'not this job' },
+    { chunk: chunk(nodes[1] as string, 2), jobId: 'job', reason: 'moved by SQS after 5 receives' },
+    { chunk: 'other-job/a_10.0.0.2_11211/data-r1-2.chunk', jobId: 'other-job', reason: 'not this job' },
   ];
   assert.equal(await settled.all(), false, 'not read again before the interval');
   clock.advance(30_000);

@@ -10,7 +10,7 @@ import { nodePrefix } from '../shared/job-layout.js';
 import { REASON_ATTRIBUTE } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { AWS_TEST_ENV, type CliProcess, startCli } from './support/cli-process.js';
-import { flushReplica, load, nowSeconds } from './support/cluster.js';
+import { crawlsStarted, flushReplica, load, nowSeconds } from './support/cluster.js';
 import { createBucket, createQueue } from './support/fauxqs.js';
 import { type Fleet, startFleet } from './support/fleet.js';
 import { assertExactCopy } from './support/read-back.js';
@@ -31,7 +31,8 @@ describe('a standing queue shared by every job', () => {
   const items = sampleItems({ count: 12_000, valueBytes: 300, nowSeconds: nowSeconds() });
 
   before(async () => {
-    fleet = await startFleet({ a: 2, b: 2, c: 3 });
+    // Without the LRU maintainer's own crawls, every crawl a source node starts is a warm's.
+    fleet = await startFleet({ a: 2, b: 2, c: 3 }, { extraArgs: ['-o', 'no_lru_maintainer'] });
     const { sqs, s3 } = fleet.aws;
     bucket = await createBucket(s3, 'standing');
     deadLetterQueueUrl = await createQueue(sqs, 'fleet-warms-dlq', { MessageRetentionPeriod: '1209600' });
@@ -136,6 +137,21 @@ describe('a standing queue shared by every job', () => {
 
     const { Messages = [] } = await fleet.aws.sqs.send(new ReceiveMessageCommand({ QueueUrl: deadLetterQueueUrl, WaitTimeSeconds: 1, MaxNumberOfMessages: 10, VisibilityTimeout: 0 }));
     assert.deepEqual(Messages.map((m) => m.MessageId), [otherId], "the other job's message stays where it was set aside, untouched");
+  });
+
+  test('one dump fills two targets on the standing queue, each message naming its target job', async () => {
+    await flushReplica(fleet.topology, 'b');
+    await flushReplica(fleet.topology, 'c');
+    const before = await crawlsStarted(fleet.cluster.servers['a'] ?? []);
+    const controller = warm('b,c', '--force');
+    assert.equal(await controller.exit(180_000), 0, JSON.stringify(controller.lines.slice(-15)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; completed: string[]; jobId: string };
+    assert.deepEqual({ complete: summary.complete, completed: [...summary.completed].sort() }, { complete: true, completed: ['b', 'c'] });
+    for (const target of ['b', 'c']) await assertExactCopy({ topology: fleet.topology, replica: target }, items, { what: `replica ${target}` });
+    const after = await crawlsStarted(fleet.cluster.servers['a'] ?? []);
+    assert.deepEqual(after.map((n, i) => n - (before[i] as number)), after.map(() => 1), 'each source node crawled once for both targets');
+    const { Contents = [] } = await fleet.aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${summary.jobId}` }));
+    assert.deepEqual(Contents.map((o) => o.Key).filter((key) => !key?.endsWith('/manifest.json') && !key?.endsWith('/summary.json')), [], 'chunks and marks removed');
   });
 
   test('a message naming a location no populator allows is set aside with the reason, unread', async () => {

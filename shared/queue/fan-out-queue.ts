@@ -5,6 +5,8 @@ export interface FanOutDestination {
   readonly queue: ChunkQueue;
   /** The ring this queue's messages name; absent: the message's own. */
   readonly target?: TargetRing | undefined;
+  /** The job this destination's messages are for (several targets on one standing queue); absent: none named. */
+  readonly targetJobId?: string | undefined;
 }
 
 /**
@@ -17,7 +19,11 @@ export class FanOutQueue implements ChunkQueue {
   constructor(private readonly destinations: readonly FanOutDestination[]) {}
 
   async send(message: ChunkMessage, signal?: AbortSignal): Promise<void> {
-    await Promise.all(this.destinations.map((d) => d.queue.send(d.target ? { ...message, target: d.target } : message, signal)));
+    await Promise.all(
+      this.destinations.map((d) =>
+        d.queue.send({ ...message, ...(d.target && { target: d.target }), ...(d.targetJobId !== undefined && { targetJobId: d.targetJobId }) }, signal),
+      ),
+    );
   }
 
   receive(): Promise<Delivery | undefined> {
