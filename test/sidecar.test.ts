@@ -453,7 +453,12 @@ describe('the dumper sidecar', () => {
       [{ ...good, alsoTo: [] }, 'alsoTo'],
       [{ ...good, alsoTo: [{ queueUrl: good.queueUrl, target: TARGET }] }, 'alsoTo[0].queueUrl'],
       [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: { ...TARGET, nodes: [] } }] }, 'alsoTo[0].target.nodes'],
-      [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET, jobId: 'x' }] }, 'alsoTo[0].jobId'],
+      [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET, colour: 'x' }] }, 'alsoTo[0].colour'],
+      [{ ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET, jobId: '../x' }] }, 'alsoTo[0].jobId'],
+      // One standing queue takes several targets' messages, but each target's once.
+      [{ ...good, targetJobId: 'j1', alsoTo: [{ queueUrl: good.queueUrl, target: TARGET, jobId: 'j1' }] }, 'alsoTo[0].queueUrl'],
+      [{ ...good, targetJobId: '../j1' }, 'targetJobId'],
+      [{ ...good, standingQueue: 'yes' }, 'standingQueue'],
       [{ ...good, sampleKeys: -1 }, 'sampleKeys'],
       [{ ...good, sampleKeys: 2.5 }, 'sampleKeys'],
       [{ ...good, sampleKeys: MAX_SAMPLE_KEYS + 1 }, 'sampleKeys'],
@@ -484,6 +489,8 @@ describe('the dumper sidecar', () => {
     assert.deepEqual(parseStartDumpRequest(JSON.parse(JSON.stringify(good))), good, 'a good request passes unchanged');
     const fanned = { ...good, alsoTo: [{ queueUrl: 'http://127.0.0.1:1/q2', target: TARGET }] };
     assert.deepEqual(parseStartDumpRequest(JSON.parse(JSON.stringify(fanned))), fanned, 'so does one announcing on another queue too');
+    const standing = { ...good, standingQueue: true, targetJobId: 'j1', alsoTo: [{ queueUrl: good.queueUrl, target: TARGET, jobId: 'j2' }] };
+    assert.deepEqual(parseStartDumpRequest(JSON.parse(JSON.stringify(standing))), standing, 'and one announcing for two jobs on one standing queue');
   });
 
   test('unknown paths answer 404, wrong methods 405 with Allow, unknown jobs 404; all as JSON', async () => {
