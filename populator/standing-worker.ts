@@ -39,6 +39,8 @@ import {
 export interface StandingWorkerOptions extends WorkerBaseOptions {
   /** Where the jobs served may keep their chunks; a message naming anything else is parked unread. */
   readonly allowed: readonly ChunkLocation[];
+  /** A job with nothing in flight for this long is let go (see LANE_IDLE_MS). @default 300000 */
+  readonly laneIdleMs?: number;
 }
 
 export interface StandingJobResult {
@@ -70,13 +72,26 @@ async function jobEnded(store: S3Store, jobId: string, signal: AbortSignal | und
 
 /** One job this worker serves: its manifest, store, writes and counts. */
 interface JobLane {
+  readonly key: string;
   readonly jobId: string;
   readonly store: S3Store;
   readonly route: MessageRoute;
   readonly stats: WorkerStats;
   readonly writer: MetaNodeWriter;
   readonly report: (final: boolean) => Promise<void>;
+  /** Deliveries routed to it and not yet settled. */
+  inFlight: number;
+  lastActiveMs: number;
+  /** Its counts changed since its last report. */
+  dirty: boolean;
 }
+
+/**
+ * A job's lane with nothing in flight for this long is closed (its connections, its periodic
+ * report): a follower serves jobs for weeks, and a finished job's report must not be written
+ * again after its controller removed it. A later message of the job opens it again, with its counts.
+ */
+const LANE_IDLE_MS = 5 * 60_000;
 
 /**
  * A populator on a standing queue that every job of an installation shares (one queue a
@@ -129,8 +144,12 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
   });
 
   const lanes = new Map<string, Promise<JobLane>>();
-  /** Lanes whose manifest was read: what a message that got its route is counted in. */
+  /** Lanes whose manifest was read. */
   const opened = new Map<string, JobLane>();
+  /** The lane each routed message is counted in, closed or not. */
+  const routed = new WeakMap<ChunkMessage, JobLane>();
+  /** A closed lane's counts, taken up again if its job sends more: a worker's report of a job only grows. */
+  const closedStats = new Map<string, WorkerStats>();
   // One dump filling several targets names each target's job apart from the dump's.
   const jobOf = (message: ChunkMessage): string => message.targetJobId ?? message.jobId;
   const keyOf = (message: ChunkMessage): string => JSON.stringify([message.store?.bucket, normalizePrefix(message.store?.prefix), jobOf(message)]);
@@ -142,19 +161,25 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
     const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
     const pinned = new PinnedTargets(store, jobId);
     const writer = new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address, checkConnection: pinned.check });
-    const stats = new WorkerStats();
+    const key = keyOf(message);
+    const stats = closedStats.get(key) ?? new WorkerStats();
+    closedStats.delete(key);
     const scope: MessageScope = {
       jobId,
       store: { bucket: location.bucket, prefix: normalizePrefix(location.prefix) },
       manifest: { where: store.describe(manifestName(jobId)), target: manifest.target, sourceNodes: manifest.source.nodes, dumpJobId: manifest.dumpJobId },
     };
     const lane: JobLane = {
+      key,
       jobId,
       store,
       stats,
       writer,
       route: { store, writer, scope },
       report: reporter(store, populatorReportName(jobId, workerId), (final) => reportOf(jobId, workerId, stats, final, clock)),
+      inFlight: 0,
+      lastActiveMs: clock.now(),
+      dirty: false,
     };
     log({ event: 'job-joined', jobId, store: store.describe(jobId), target: manifest.target.replica, sourceNodes: manifest.source.nodes.length });
     return lane;
@@ -178,13 +203,43 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
       // A failed read is not kept: the manifest may be there for the next message.
       lane.then((opening) => opened.set(key, opening)).catch(() => lanes.delete(key));
     }
-    return (await lane).route;
+    const open = await lane;
+    open.inFlight++;
+    open.lastActiveMs = clock.now();
+    routed.set(message, open);
+    return open.route;
   }
 
-  const laneOf = (message: ChunkMessage): JobLane | undefined => opened.get(keyOf(message));
-  const reportAll = async (final: boolean): Promise<void> => {
-    await Promise.all([...opened.values()].map((lane) => lane.report(final).catch((error: unknown) => logReportFailure(log, lane.jobId, error))));
+  const laneOf = (message: ChunkMessage): JobLane | undefined => routed.get(message);
+  /** A delivery of the lane settled (acknowledged, handed back or parked). */
+  const settled = (message: ChunkMessage): void => {
+    const lane = routed.get(message);
+    if (!lane) return;
+    lane.inFlight--;
+    lane.lastActiveMs = clock.now();
   };
+  const reportLane = async (lane: JobLane, final: boolean): Promise<void> => {
+    if (!lane.dirty && !final) return;
+    lane.dirty = false;
+    await lane.report(final).catch((error: unknown) => {
+      lane.dirty = true;
+      logReportFailure(log, lane.jobId, error);
+    });
+  };
+  const reportAll = async (final: boolean): Promise<void> => {
+    await Promise.all([...opened.values()].map((lane) => reportLane(lane, final)));
+  };
+  async function closeIdleLanes(): Promise<void> {
+    for (const lane of [...opened.values()]) {
+      if (lane.inFlight > 0 || clock.now() - lane.lastActiveMs < (options.laneIdleMs ?? LANE_IDLE_MS)) continue;
+      opened.delete(lane.key);
+      lanes.delete(lane.key);
+      closedStats.set(lane.key, lane.stats);
+      if (lane.dirty) await reportLane(lane, false);
+      await lane.writer.close();
+      log({ event: 'job-left', jobId: lane.jobId, idleMs: clock.now() - lane.lastActiveMs, chunks: lane.stats.chunks });
+    }
+  }
   const acks = new ReportedAcknowledgements({
     // Done marks first, then the reports counting the chunks: both before the deletes.
     report: async (batch) => {
@@ -196,7 +251,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
         }),
       );
       const jobs = new Set(batch.map((delivery) => laneOf(delivery.message)));
-      await Promise.all([...jobs].map((lane) => lane?.report(false)));
+      await Promise.all([...jobs].map((lane) => lane && lane.report(false)));
     },
     deleteAll: (deliveries) => queue.ackAll(deliveries, AbortSignal.timeout(FINAL_REPORT_TIMEOUT_MS)),
     handBack: (delivery, reason) => retryLogged(delivery, reason, retryScopeOf(delivery), statsOf(delivery), log),
@@ -214,9 +269,16 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
       return {
         message: delivery.message,
         receiveCount: delivery.receiveCount,
-        ack: async () => acks.add(delivery),
-        retry: (reason) => retryLogged(delivery, reason, retryScopeOf(delivery), statsOf(delivery), log),
+        ack: async () => {
+          settled(delivery.message);
+          acks.add(delivery);
+        },
+        retry: (reason) => {
+          settled(delivery.message);
+          return retryLogged(delivery, reason, retryScopeOf(delivery), statsOf(delivery), log);
+        },
         park: async (reason) => {
+          settled(delivery.message);
           const lane = laneOf(delivery.message);
           const { message } = delivery;
           // A job that completed or was superseded removed its chunks: what is left of its messages (a
@@ -233,6 +295,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
             );
           }
           await delivery.park(reason);
+          if (lane) lane.dirty = true;
           loggedParked(delivery, reason, retryScopeOf(delivery), statsOf(delivery), log);
         },
       };
@@ -241,8 +304,9 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
 
   const background = new AbortController();
   const timers = Promise.all([
-    every(clock, options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS, background.signal, () => {
-      for (const lane of opened.values()) log(progressEntry(lane.jobId, lane.stats));
+    every(clock, options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS, background.signal, async () => {
+      for (const lane of opened.values()) if (lane.inFlight > 0) log(progressEntry(lane.jobId, lane.stats));
+      await closeIdleLanes();
     }),
     every(clock, options.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS, background.signal, () => reportAll(false)),
     every(clock, ACK_INTERVAL_MS, background.signal, () => acks.flush()),
@@ -280,6 +344,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
         }
         lane.stats.chunks++;
         lane.stats.items += message.chunk.items;
+        lane.dirty = true;
       },
       onChunkDone: (message) => log({ event: 'chunk-done', level: 'debug', jobId: message.jobId, chunk: message.chunk.name, items: message.chunk.items }),
       signal,
@@ -292,12 +357,11 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
     await Promise.all([...opened.values()].map((lane) => lane.writer.close()));
     await reportAll(true);
   }
-  const jobs = Object.fromEntries(
-    [...opened.values()].map((lane) => [lane.jobId, { chunks: lane.stats.chunks, parked: lane.stats.parked, counters: lane.stats.written.total() }]),
-  );
+  const served = [...[...opened.values()].map((lane): [string, WorkerStats] => [lane.jobId, lane.stats]), ...[...closedStats].map(([key, stats]): [string, WorkerStats] => [(JSON.parse(key) as string[])[2] as string, stats])];
+  const jobs = Object.fromEntries(served.map(([jobId, stats]) => [jobId, { chunks: stats.chunks, parked: stats.parked, counters: stats.written.total() }]));
   // Refused: malformed, or parked before a job was found for it (a location not allowed, no manifest).
   refused += unattributed.parked;
-  const parked = refused + [...opened.values()].reduce((sum, lane) => sum + lane.stats.parked, 0);
+  const parked = refused + served.reduce((sum, [, stats]) => sum + stats.parked, 0);
   const result: StandingWorkerResult = {
     workerId,
     queueUrl: standing.queueUrl,

@@ -1,4 +1,4 @@
-import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { GetQueueAttributesCommand, ListQueuesCommand, type Message, ReceiveMessageCommand, SendMessageCommand } from '@aws-sdk/client-sqs';
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -6,7 +6,9 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
-import { nodePrefix } from '../shared/job-layout.js';
+import { chunkDoneName, manifestName, nodePrefix } from '../shared/job-layout.js';
+import { runStandingWorker } from '../populator/standing-worker.js';
+import { systemClock } from '../shared/clock.js';
 import { REASON_ATTRIBUTE } from '../shared/queue/sqs-queue.js';
 import { sampleItems } from '../shared/sample-items.js';
 import { AWS_TEST_ENV, type CliProcess, startCli } from './support/cli-process.js';
@@ -66,6 +68,18 @@ describe('a standing queue shared by every job', () => {
     return populator;
   };
 
+  /**
+   * Stops the populators, and waits for their exit and for the long polls they left on the
+   * queue to lapse (1 s each): a poll outlives its client, and a message it takes then stays
+   * hidden for the visibility timeout.
+   */
+  async function stopPopulators(): Promise<void> {
+    const stopping = populators.splice(0);
+    for (const p of stopping) p.kill();
+    await Promise.all(stopping.map((p) => p.exit()));
+    await delay(1_500);
+  }
+
   async function assertComplete(controller: CliProcess, target: string, items: readonly WritableItem[]): Promise<string> {
     assert.equal(await controller.exit(180_000), 0, JSON.stringify(controller.lines.slice(-15)));
     const summary = JSON.parse(controller.stdout()) as { complete: boolean; jobId: string; targetNodes: { stored: number }[] };
@@ -83,7 +97,7 @@ describe('a standing queue shared by every job', () => {
 
     // The second job's chunks wait on the queue with nobody to take them: the job waits too,
     // however empty the queue looked, until a populator has written every chunk.
-    for (const p of populators.splice(0)) p.kill();
+    await stopPopulators();
     const controller = warm('c');
     await delay(6_000);
     assert.equal(controller.child.exitCode, null, 'the job does not end while its chunks are unwritten');
@@ -180,5 +194,43 @@ describe('a standing queue shared by every job', () => {
     const refused = startCli(['populator', '--queue-url', queueUrl, '--allow-location', 'http://standing/warms', '--endpoint', fleet.fauxqs.endpoint], AWS_TEST_ENV);
     assert.equal(await refused.exit(), 2);
     assert.match(JSON.stringify(refused.lines), /expected s3:\/\/BUCKET or s3:\/\/BUCKET\/PREFIX/);
+  });
+  test('a follower lets go of a job once idle: nothing of the job is written again after its controller removed it', async () => {
+    await stopPopulators();
+    const source = fleet.topology.replicas.get('a')?.nodes[0];
+    assert.ok(source);
+    const jobId = 'idle-job';
+    const put = (name: string, body: Buffer | string): Promise<unknown> => fleet.aws.s3.send(new PutObjectCommand({ Bucket: bucket, Key: `warms/${name}`, Body: body }));
+    const target = targetRingOf(fleet.topology, 'b');
+    await put(manifestName(jobId), JSON.stringify({ version: 1, jobId, kind: 'replica', source: { replica: 'a', nodes: [source.id] }, target, createdAt: new Date().toISOString() }));
+    const few = sampleItems({ count: 20, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'idle' });
+    const builder = new ChunkBuilder('data', 1 << 16);
+    for (const item of few) builder.addData(item.key, item.value, item.flags, item.exptime);
+    const chunk = builder.seal();
+    const name = `${nodePrefix(jobId, source.id)}/data-r1-1.chunk`;
+    await put(name, chunk);
+    const message = { version: 2, jobId, source: source.id, store: { bucket, prefix: 'warms' }, chunk: { name, bytes: chunk.length, ...chunkHeader(chunk) }, target };
+    await fleet.aws.sqs.send(new SendMessageCommand({ QueueUrl: queueUrl, MessageBody: JSON.stringify(message) }));
+
+    const events: string[] = [];
+    const stop = new AbortController();
+    const worker = runStandingWorker({
+      s3: fleet.aws.s3, sqs: fleet.aws.sqs, queueUrl, allowed: [{ bucket, prefix: 'warms' }], workerId: 'follower', follow: true,
+      waitTimeSeconds: 1, reportIntervalMs: 100, progressIntervalMs: 100, laneIdleMs: 500, clock: systemClock, signal: stop.signal,
+      log: (entry) => void events.push(String(entry['event'])),
+    });
+    const keys = async (): Promise<string[]> =>
+      ((await fleet.aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${jobId}/` }))).Contents ?? []).map((o) => o.Key ?? '');
+    await waitFor(async () => (await keys()).includes(`warms/${chunkDoneName(jobId, source.id, name)}`), { what: 'the chunk marked done' });
+    await assertExactCopy(target, few, { what: "the chunk written" });
+    // The job's controller, done, removes everything but the manifest.
+    for (const key of await keys()) if (!key.endsWith('/manifest.json')) await fleet.aws.s3.send(new DeleteObjectCommand({ Bucket: bucket, Key: key }));
+    await waitFor(() => events.includes('job-left'), { what: 'the worker to let go of the idle job' });
+    await delay(500);
+    assert.deepEqual(await keys(), [`warms/${manifestName(jobId)}`], 'no report written again after the removal');
+    stop.abort();
+    const result = await worker;
+    assert.equal(result.jobs[jobId]?.chunks, 1);
+    assert.equal(result.outcome, 'aborted');
   });
 });
