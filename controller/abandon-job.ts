@@ -11,7 +11,6 @@ import type { Topology } from '../shared/topology.js';
 import { S3JobLock, lockName } from './s3-job-lock.js';
 import { type DistributedWarmOptions, sidecarOf, stopDump } from './warm-distributed.js';
 
-
 export interface AbandonJobOptions extends Pick<DistributedWarmOptions, 's3' | 'sqs' | 'bucket' | 'prefix' | 'sse' | 'sidecarToken' | 'clock' | 'signal'> {
   readonly jobId: string;
   /** The job that replaces it, named in the record left beside its manifest. */

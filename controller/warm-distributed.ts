@@ -204,7 +204,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   if (options.retryParked) {
     // The standing queue's dead-letter queue holds every job's: only this job's go back, and its
     // parked marks go first (a message not moved back is then found on the dead-letter queue).
-    if (standing) await store.deleteAll(jobId, (name) => name.startsWith(`${jobId}/parked/`), signal);
+    if (standing) await store.deleteAll(`${jobId}/parked`, undefined, signal);
     const moved = await retryParked(sqs, queues, signal, standing && ((entry) => entry.jobId === jobId));
     log({ event: 'parked-retried', level: 'info', msg: `${moved} parked messages moved back to the queue`, messages: moved });
   }

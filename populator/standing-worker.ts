@@ -1,11 +1,10 @@
 import { allowedLocationOf, describeAllowed } from '../shared/allowed-locations.js';
 import { BufferPool } from '../shared/buffer-pool.js';
-import { ChunkBuilder } from '../shared/chunk-format.js';
 import type { ChunkLocation, ChunkMessage, MessageScope } from '../shared/chunk-message.js';
 import type { ChunkQueue, Delivery } from '../shared/chunk-queue.js';
 import { type WriteCounters, addInto } from '../shared/counters.js';
 import { CachewarmError } from '../shared/errors.js';
-import { chunkDoneName, chunkParkedName, manifestName, getJson, populatorReportName, putJson, refusedName, summaryName, supersededName } from '../shared/job-layout.js';
+import { chunkDoneName, chunkParkedName, manifestName, getJson, populatorReportName, putJson, summaryName, supersededName } from '../shared/job-layout.js';
 import { type StandingQueue, readStandingQueue } from '../shared/job-queues.js';
 import { normalizePrefix } from '../shared/json-values.js';
 import { connectDirect } from '../shared/memcached/connect.js';
@@ -26,6 +25,7 @@ import {
   deadLetterCount,
   every,
   loadManifest,
+  recordRefusals,
   logAcknowledged,
   logReportFailure,
   loggedParked,
@@ -328,12 +328,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
       pool: new BufferPool(),
       onRefused: (message, address, refusals) => {
         const lane = laneOf(message);
-        if (!lane) return undefined;
-        const keys = new ChunkBuilder('keys', refusals.length * 64);
-        for (const { item } of refusals) keys.addKey(item.key, item.exptime, item.value.length);
-        const name = refusedName(lane.jobId, message.source, message.chunk.name, address);
-        log({ event: 'items-refused', jobId: lane.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: lane.store.describe(name) });
-        return lane.store.put(name, keys.seal(), signal);
+        return lane && recordRefusals({ store: lane.store, jobId: lane.jobId, log, signal }, message, address, refusals);
       },
       onChunkWritten: (message, written) => {
         const lane = laneOf(message);

@@ -27,6 +27,7 @@ import { MetaNodeWriter } from './meta-node-writer.js';
 import { PinnedTargets } from './pinned-targets.js';
 import { VERSION } from '../shared/version.js';
 import type { NodeWriter } from './node-writer.js';
+import type { Refusal } from '../shared/memcached/meta-add.js';
 import { runPopulator } from './populate.js';
 import type { Log, LogEntry } from '../shared/log.js';
 
@@ -317,13 +318,7 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
         // The manifest, not the message, says where the job writes and whose chunks it takes.
         manifest: { where: store.describe(manifestName(job.jobId)), target: manifest.target, sourceNodes: manifest.source.nodes, dumpJobId: manifest.dumpJobId },
       },
-      onRefused: (message, address, refusals) => {
-        const keys = new ChunkBuilder('keys', refusals.length * 64);
-        for (const { item } of refusals) keys.addKey(item.key, item.exptime, item.value.length);
-        const name = refusedName(job.jobId, message.source, message.chunk.name, address);
-        log({ event: 'items-refused', jobId: job.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: store.describe(name) });
-        return store.put(name, keys.seal(), signal);
-      },
+      onRefused: (message, address, refusals) => recordRefusals({ store, jobId: job.jobId, log, signal }, message, address, refusals),
       // Counted before the acknowledgement: the report that precedes the message's delete counts it.
       onChunkWritten: (message, written) => {
         for (const [address, counters] of written.byNode) addInto(stats.written.for(address), counters);
@@ -343,6 +338,23 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
       log({ ...progressEntry(job.jobId, stats), event: 'job-complete', following: true });
     }
   }
+}
+
+/**
+ * Keeps the keys a target node refused, under the job (`refused/…`), for the controller's
+ * retry of them; resolves once stored, before the message may be acknowledged.
+ */
+export function recordRefusals(
+  job: { readonly store: ChunkStore; readonly jobId: string; readonly log: Log; readonly signal?: AbortSignal | undefined },
+  message: ChunkMessage,
+  address: string,
+  refusals: readonly Refusal[],
+): Promise<void> {
+  const keys = new ChunkBuilder('keys', refusals.length * 64);
+  for (const { item } of refusals) keys.addKey(item.key, item.exptime, item.value.length);
+  const name = refusedName(job.jobId, message.source, message.chunk.name, address);
+  job.log({ event: 'items-refused', jobId: job.jobId, chunk: message.chunk.name, node: address, items: refusals.length, record: job.store.describe(name) });
+  return job.store.put(name, keys.seal(), job.signal);
 }
 
 /** A check cut short by the abort answers "not complete"; the loop then sees the signal. */
