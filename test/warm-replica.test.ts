@@ -39,7 +39,7 @@ describe('a replica warm on the embedded default', () => {
       assert.equal(summary.source, 'a');
       const stored = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
       assert.equal(stored, items.length);
-      const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
+      const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect });
       assert.deepEqual({ missing: report.missing, mismatched: report.mismatched, examples: report.examples }, { missing: 0, mismatched: 0, examples: [] });
       assert.equal(report.matched, items.length);
 
@@ -78,7 +78,7 @@ describe('a replica warm on the embedded default', () => {
 
       const existed = summary.targetNodes.reduce((sum, n) => sum + n.existed, 0);
       assert.ok(existed >= before.length, `existed ${existed} counts at least the ${before.length} written before`);
-      const report = await verifyCopy([...before, ...during], targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds() });
+      const report = await verifyCopy([...before, ...during], targetRingOf(cluster.topology, 'b'), { connect: connectDirect });
       assert.equal(report.matched, before.length + during.length, report.examples.join('\n'));
     });
   });
@@ -107,7 +107,7 @@ describe('a replica warm on the embedded default', () => {
         const summary = await warm(cluster, { workDir: await workDir(), chunkSizeBytes: 64 << 10 });
 
         assert.equal(summary.complete, true);
-        const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds(), toleranceSeconds: 1 });
+        const report = await verifyCopy(items, targetRingOf(cluster.topology, 'b'), { connect: connectDirect });
         assert.equal(report.matched, items.length, report.examples.join('\n'));
       },
       { extraArgs: ['-I', '2m'] },
@@ -162,7 +162,7 @@ describe('a replica warm on the embedded default', () => {
         const back = await readFrom(server, shortLived.map((i) => i.key));
         assert.equal(back.filter(Boolean).length, 0, `short-lived items alive on ${server.address} after their expiry`);
       }
-      const report = await verifyCopy(lasting, targetRingOf(cluster.topology, 'b'), { connect: connectDirect, nowSeconds: nowSeconds() });
+      const report = await verifyCopy(lasting, targetRingOf(cluster.topology, 'b'), { connect: connectDirect });
       assert.equal(report.matched, lasting.length);
     });
   });
