@@ -2,14 +2,10 @@
 // (libmemcached's ketama) and spymemcached (KetamaConnectionFactory), each placing every key
 // on its own ring. A copy is only useful if each item is on the node those clients ask.
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { fileURLToPath } from 'node:url';
 import { warmReplica } from '../controller/warm-replica.js';
 import { systemClock } from '../shared/clock.js';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
@@ -18,54 +14,9 @@ import type { HashingProfile } from '../shared/ketama.js';
 import { type Topology, parseTopology } from '../shared/topology.js';
 import { type Cluster, load, nowSeconds, withCluster } from './support/cluster.js';
 import { assertExactCopy } from './support/read-back.js';
-import { within } from './support/wait.js';
-
-/** The project root: compiled tests run from dist/test, the client sources stay in test/support/clients. */
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const CLIENTS = path.join(ROOT, 'test', 'support', 'clients');
-/** Debian's python, which Debian's python3-pylibmc is for (a pyenv python on PATH would not see it). */
-const PYTHON = '/usr/bin/python3';
-const SPYMEMCACHED_JAR = '/usr/share/java/spymemcached.jar';
-const INSTALL = 'scripts/ensure-memcached.sh installs it';
-
-/** Why a client cannot run here, or undefined when it can. */
-function pylibmcMissing(): string | undefined {
-  if (!existsSync(PYTHON)) return `${PYTHON} is not there`;
-  const probe = spawnSync(PYTHON, ['-c', 'import pylibmc'], { encoding: 'utf8' });
-  return probe.status === 0 ? undefined : `${PYTHON} cannot import pylibmc (Debian package python3-pylibmc; ${INSTALL}): ${probe.stderr.trim().split('\n').pop()}`;
-}
-
-function spymemcachedMissing(): string | undefined {
-  if (!existsSync(SPYMEMCACHED_JAR)) return `${SPYMEMCACHED_JAR} is not there (Debian package libspymemcached-java; ${INSTALL})`;
-  for (const tool of ['javac', 'java']) {
-    if (spawnSync(tool, ['-version'], { encoding: 'utf8' }).error) return `${tool} is not on PATH (a JDK, 11 or later)`;
-  }
-  return undefined;
-}
-
-interface Ran {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Runs a program with `input` on stdin; fails the test (and kills it) if it has not exited within `timeoutMs`. */
-function run(command: string, args: readonly string[], input: string, timeoutMs = 120_000): Promise<Ran> {
-  const child = spawn(command, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (text: string) => (stdout += text));
-  child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
-  child.stdin.on('error', () => undefined); // a client that dies early: its exit says why
-  child.stdin.end(input);
-  const exited = new Promise<Ran>((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => resolve({ code, stdout, stderr }));
-  });
-  return within(exited, { timeoutMs, what: `exit of ${command} ${args.join(' ')}`, detail: () => stderr.slice(-2000) }).finally(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
-}
+import {
+  CLIENTS, PYTHON, assertReadAsExpected, compileSpyRead, keysInput, pylibmcMissing, run, spymemcachedMissing,
+} from './support/third-party-clients.js';
 
 /**
  * A replica pair `a` (2 nodes, the source) and `b` (3 nodes, the target) over the cluster's
@@ -91,32 +42,6 @@ function itemsFor(seed: string, flagsMask: number): WritableItem[] {
   return [...items, ...more].map((item) => ({ ...item, flags: (item.flags & flagsMask) >>> 0 }));
 }
 
-/** What a client prints for an item found as expected: key, SHA-1 of the value, flags, length. */
-const lineFor = (item: WritableItem): string =>
-  `${item.key.toString('hex')}\t${createHash('sha1').update(item.value).digest('hex')}\t${item.flags >>> 0}\t${item.value.length}`;
-
-/** Compares what the client read with the items, line for line; fails with the counts and the first few problems. */
-function assertReadAsExpected(client: string, ran: Ran, items: readonly WritableItem[]): void {
-  assert.equal(ran.code, 0, `${client} failed: ${ran.stderr.slice(-3000)}`);
-  const got = ran.stdout.split('\n').filter((line) => line !== '');
-  assert.equal(got.length, items.length, `${client} answered for ${got.length} of ${items.length} keys`);
-  const missing: string[] = [];
-  const different: string[] = [];
-  items.forEach((item, i) => {
-    const want = lineFor(item);
-    const line = got[i] as string;
-    if (line === want) return;
-    if (line.endsWith('\tMISS')) missing.push(item.key.toString());
-    else different.push(`${item.key.toString()}: got ${line.split('\t').slice(1).join(' ')}, expected ${want.split('\t').slice(1).join(' ')}`);
-  });
-  const found = items.length - missing.length - different.length;
-  assert.ok(
-    missing.length === 0 && different.length === 0,
-    `${client} read ${found} of ${items.length} items as written; ${missing.length} missing (${missing.slice(0, 5).join(', ')}), ` +
-      `${different.length} different (${different.slice(0, 5).join('; ')})`,
-  );
-}
-
 /** Loads `a`, warms `b` from it with the embedded warm, and checks the copy with the read-back checker. */
 async function warmed(cluster: Cluster, hashing: HashingProfile, items: readonly WritableItem[]): Promise<Topology> {
   const topology = topologyFor(cluster, hashing);
@@ -134,7 +59,6 @@ async function warmed(cluster: Cluster, hashing: HashingProfile, items: readonly
   return topology;
 }
 
-const keysInput = (items: readonly WritableItem[]): string => items.map((item) => `${item.key.toString('hex')}\n`).join('');
 const addressesOf = (topology: Topology, replica: string): string[] => topology.replicas.get(replica)!.nodes.map((n) => n.address);
 
 const pylibmcSkip = pylibmcMissing();
@@ -183,21 +107,18 @@ describe('a warmed replica, read by third-party clients on their own rings', () 
     "spymemcached (KetamaConnectionFactory) finds every item warmed with 'spymemcached' hashing, value and flags exact",
     { skip: spymemcachedSkip ? `spymemcached unavailable: ${spymemcachedSkip}` : false },
     async () => {
-      const classes = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-spyread-'));
+      const spyRead = await compileSpyRead();
       try {
-        const javac = await run('javac', ['-cp', SPYMEMCACHED_JAR, '-d', classes, path.join(CLIENTS, 'SpyRead.java')], '');
-        assert.equal(javac.code, 0, `javac failed: ${javac.stderr}`);
         await withCluster({ a: 2, b: 3 }, async (cluster) => {
           // spymemcached parses flags as a Java int: it fails on flags of 2^31 and up, which
           // it never writes itself. The items keep the other 31 bits.
           const items = itemsFor('spymemcached', 0x7fff_ffff);
           const topology = await warmed(cluster, 'spymemcached', items);
-          const classpath = `${SPYMEMCACHED_JAR}${path.delimiter}${classes}`;
-          const ran = await run('java', ['-cp', classpath, 'SpyRead', addressesOf(topology, 'b').join(' ')], keysInput(items));
+          const ran = await run('java', ['-cp', spyRead.classpath, 'SpyRead', addressesOf(topology, 'b').join(' ')], keysInput(items));
           assertReadAsExpected('spymemcached', ran, items);
         });
       } finally {
-        await rm(classes, { recursive: true, force: true });
+        await spyRead.remove();
       }
     },
   );

@@ -174,13 +174,13 @@ export class HostNetwork {
 
   /**
    * Runs `command` on the host (`ip netns exec`, which execs it in place: the child's pid is the
-   * command's), as the leader of a process group of its own.
+   * command's), as the leader of a process group of its own. Its stdin is a pipe only when asked.
    */
-  spawn(name: string, command: string, args: readonly string[], env: Record<string, string> = {}): ChildProcess {
+  spawn(name: string, command: string, args: readonly string[], options: { env?: Record<string, string>; stdin?: 'pipe' | 'ignore' } = {}): ChildProcess {
     if (this.destroyed) throw new Error('the network is gone');
     const child = spawn(IP, ['netns', 'exec', this.host(name).netns, command, ...args], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, ...options.env },
+      stdio: [options.stdin ?? 'ignore', 'pipe', 'pipe'],
       detached: true,
     });
     this.children.add(child);
@@ -190,7 +190,7 @@ export class HostNetwork {
 
   /** `cachewarm <args>` on the host, on this process's Node, logging JSON lines (read as startCli reads them). */
   startCli(name: string, args: readonly string[], env: Record<string, string> = {}): HostCli {
-    return watchCli(name, this.spawn(name, process.execPath, [CLI, ...args], { ...AWS_TEST_ENV, CACHEWARM_LOG_FORMAT: 'json', ...env }), args);
+    return watchCli(name, this.spawn(name, process.execPath, [CLI, ...args], { env: { ...AWS_TEST_ENV, CACHEWARM_LOG_FORMAT: 'json', ...env } }), args);
   }
 
   /** memcached on the host at `<address>:11211`, once it answers there (asked from the test process, across the bridge). */
