@@ -25,6 +25,8 @@ const PREFIX = 'warms';
 const ITEMS = 100_000;
 const VALUE_BYTES = 200;
 const FINAL_STATES = ['skipped', 'completed', 'failed', 'cancelled'];
+/** A populator deletes its finished chunks' messages in batches of up to this many (SQS's DeleteMessageBatch limit). */
+const ACK_BATCH_CHUNKS = 10;
 
 /** Each host: a network namespace of its own, its address `10.213.<n>.<octet>` on one bridge. */
 const HOSTS = {
@@ -335,18 +337,18 @@ describe('a fleet of hosts, each a network namespace of its own', { skip: unavai
     assert.ok(stored <= ITEMS && stored + existed >= ITEMS, `stored ${stored}, existed ${existed}: every item written, none twice`);
 
     // What it had finished and not yet acknowledged came back to the other host once the
-    // visibility timeout (10 s) ran out, and was written there.
+    // visibility timeout (10 s) ran out, and was written there. The one batch being acknowledged
+    // when it died may not have: its done marks written, its delete carried out by the queue or
+    // not (the answer died with the host), the job needs nothing more of it and may end first.
     const acknowledged = new Set(
       dying.lines.filter((l) => l['event'] === 'acknowledged').flatMap((l) => (l['chunks'] as string[]).filter((c) => c.startsWith(`${jobId}/`))),
     );
-    const handedBack = chunksDone(dying, jobId).map((l) => String(l['chunk'])).filter((c) => !acknowledged.has(c));
-    assert.ok(handedBack.length > 0, `pop1 died holding finished chunks it had not acknowledged: ${JSON.stringify(dying.lines.slice(-5))}`);
-    const redone = chunksDone(surviving, jobId);
-    const gaps = handedBack.map((chunk) => {
-      const line = redone.find((l) => l['chunk'] === chunk);
-      assert.ok(line, `chunk ${chunk}, held by pop1 when it died, was written by pop2`);
-      return (Date.parse(String(line['time'])) - killedAt) / 1000;
-    });
+    const unacknowledged = chunksDone(dying, jobId).map((l) => String(l['chunk'])).filter((c) => !acknowledged.has(c));
+    const redoneAt = new Map(chunksDone(surviving, jobId).map((l) => [String(l['chunk']), Date.parse(String(l['time']))]));
+    const handedBack = unacknowledged.filter((chunk) => redoneAt.has(chunk));
+    assert.ok(handedBack.length > 0, `of the ${unacknowledged.length} chunks pop1 died holding finished and unacknowledged, pop2 wrote none`);
+    assert.ok(unacknowledged.length - handedBack.length <= ACK_BATCH_CHUNKS, `not written again: ${unacknowledged.filter((c) => !redoneAt.has(c)).join(', ')}`);
+    const gaps = handedBack.map((chunk) => ((redoneAt.get(chunk) as number) - killedAt) / 1000);
     assert.ok(Math.min(...gaps) >= 4, `delivered again only after the visibility timeout: ${gaps.join(', ')} s after the kill`);
 
     await onlyRecordsLeft(jobId);
