@@ -37,6 +37,7 @@ import {
   jsonRequested,
   progressPrinter,
   protectSourceOption,
+  reconcileDeletesOption,
   verbosityOf,
   routeCommanderErrors,
   wholeNumber,
@@ -110,6 +111,7 @@ interface WarmCommandOptions extends TransportOptions {
   chunkSize: number;
   maxOps?: number;
   protectSource: ProtectSource;
+  reconcileDeletes: 'on' | 'off';
   fetchConcurrency: number;
   populateConcurrency: number;
   keepChunks?: boolean;
@@ -144,6 +146,7 @@ function addWarmOptions(command: Command): Command {
         ),
       )
       .addOption(protectSourceOption())
+      .addOption(reconcileDeletesOption())
       .addOption(new Option('--fetch-concurrency <n>', 'key chunks read at once per source node, 1 to 64').argParser(concurrency).default(2))
       .addOption(new Option('--populate-concurrency <n>', 'chunks written at once, 1 to 64').argParser(concurrency).default(4))
       .option('--keep-chunks', 'keep chunks in the work directory after they are written')
@@ -225,6 +228,7 @@ async function runWarmCommand(opts: WarmCommandOptions, targetsIn: (topology: To
     chunkSizeBytes: opts.chunkSize,
     maxOpsPerNode: opts.maxOps,
     protectSource: opts.protectSource,
+    reconcileDeletes: opts.reconcileDeletes === 'on',
     keepChunks: opts.keepChunks === true,
     clock: systemClock,
     signal,
@@ -256,7 +260,7 @@ async function runWarmCommand(opts: WarmCommandOptions, targetsIn: (topology: To
 /** What both transports take alike. */
 type CommonWarmOptions = Pick<
   WarmReplicaOptions,
-  'topology' | 'source' | 'jobId' | 'chunkSizeBytes' | 'maxOpsPerNode' | 'protectSource' | 'keepChunks' | 'clock' | 'signal' | 'onProgress'
+  'topology' | 'source' | 'jobId' | 'chunkSizeBytes' | 'maxOpsPerNode' | 'protectSource' | 'reconcileDeletes' | 'keepChunks' | 'clock' | 'signal' | 'onProgress'
 >;
 
 /** The embedded transport's options, whatever it fills. */

@@ -411,6 +411,19 @@ export function protectSourceOption(): Option {
     .default(DEFAULT_PROTECT_SOURCE);
 }
 
+/**
+ * `--reconcile-deletes <on|off>`: look each key written up at its source once, and take back
+ * what the source deleted during the warm (populator/delete-reconciler.ts); on by default.
+ */
+export function reconcileDeletesOption(): Option {
+  return new Option(
+    '--reconcile-deletes <on|off>',
+    'after writing, look each key up at its source and remove from the target what the source deleted meanwhile; off (one source request per item saved) for a cache that never deletes',
+  )
+    .choices(['on', 'off'])
+    .default('on');
+}
+
 /** Resolves with the signal's name on the first SIGTERM or SIGINT: how a service is told to stop. */
 export function stopSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {

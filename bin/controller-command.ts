@@ -15,7 +15,7 @@ import { type Log, withFields } from '../shared/log.js';
 import { parseFractionInRange } from '../shared/units.js';
 import { type TransportOptions, addTransportOptions, distributedSettings } from './aws-options.js';
 import { cliLogging } from './cli-log.js';
-import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, listenAll, metricsListenOption, protectSourceOption, readTokenFile, stopSignal, wholeNumber } from './cli-support.js';
+import { BOUNDS, EXIT, asArgument, checkWorkDir, chunkSize, listenAll, metricsListenOption, protectSourceOption, readTokenFile, reconcileDeletesOption, stopSignal, wholeNumber } from './cli-support.js';
 
 interface ServeOptions extends TransportOptions {
   topology: string;
@@ -27,6 +27,7 @@ interface ServeOptions extends TransportOptions {
   chunkSize: number;
   maxOps?: number;
   protectSource: ProtectSource;
+  reconcileDeletes: 'on' | 'off';
   topologyPollMs: number;
 }
 
@@ -37,7 +38,7 @@ const minShare = asArgument((text) => parseFractionInRange(text, { min: 0, max: 
  * on S3+SQS, the removal of what a superseded job left there.
  */
 async function warmRunner(opts: ServeOptions, log: Log): Promise<{ runWarm: RunWarm; abandonWarm?: AbandonWarm; close: () => void }> {
-  const common = { chunkSizeBytes: opts.chunkSize, maxOpsPerNode: opts.maxOps, protectSource: opts.protectSource, clock: systemClock };
+  const common = { chunkSizeBytes: opts.chunkSize, maxOpsPerNode: opts.maxOps, protectSource: opts.protectSource, reconcileDeletes: opts.reconcileDeletes === 'on', clock: systemClock };
   if (opts.transport === 'aws') {
     // Built once: the SDK clients and the sidecars' token serve every job. Loaded here only:
     // the SDK costs a few hundred milliseconds the embedded transport never needs.
@@ -146,6 +147,7 @@ export function registerControllerCommand(program: Command): void {
         new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)),
       )
       .addOption(protectSourceOption())
+      .addOption(reconcileDeletesOption())
       .addOption(
         new Option('--topology-poll-ms <ms>', 'how often the topology file is checked for changes')
           .argParser(wholeNumber(BOUNDS.topologyPollMs))

@@ -55,6 +55,8 @@ export interface DistributedWarmOptions {
   readonly maxBytesPerNode?: number | undefined;
   /** Each sidecar's source guard (see dumper/read-pace.ts). @default DEFAULT_PROTECT_SOURCE (1.2) */
   readonly protectSource?: ProtectSource | undefined;
+  /** See WarmReplicaOptions.reconcileDeletes: recorded in the manifest, which the populators follow. @default true */
+  readonly reconcileDeletes?: boolean | undefined;
   /** Built once at the CLI entry. */
   readonly s3: S3Client;
   readonly sqs: SQSClient;
@@ -196,6 +198,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     source: { replica: source.replica.name, nodes: source.replica.nodes.map((n) => n.id) },
     target: ring,
     ...(options.sharedDump && { dumpJobId: options.sharedDump.jobId }),
+    ...(options.reconcileDeletes === false && { reconcileDeletes: false as const }),
     createdAt: new Date(started).toISOString(),
   }, signal);
   const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);

@@ -3,6 +3,8 @@ import { dumpNode } from '../dumper/dump-node.js';
 import { ringFilter } from '../dumper/ring-filter.js';
 import { runPopulator } from '../populator/populate.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
+import { DeleteReconciler } from '../populator/delete-reconciler.js';
+import { PinnedTargets } from '../populator/pinned-targets.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
@@ -57,6 +59,12 @@ export interface WarmReplicaOptions {
    * warmReplica when the warm ends, like the default one.
    */
   readonly writer?: NodeWriter | undefined;
+  /**
+   * Take back what a source deletes during the warm (DeleteReconciler): each key written is
+   * then looked up at its source once. false for a cache whose application never deletes.
+   * @default true
+   */
+  readonly reconcileDeletes?: boolean | undefined;
   readonly signal?: AbortSignal | undefined;
   readonly onProgress?: (progress: WarmProgress) => void;
   readonly progressIntervalMs?: number;
@@ -188,6 +196,7 @@ interface PassContext {
   readonly plan: JobPlan;
   readonly store: LocalDirStore;
   readonly writer: NodeWriter;
+  readonly reconciler: DeleteReconciler | undefined;
   readonly pool: BufferPool;
   readonly tally: WriteTally;
   readonly journal: JobJournal;
@@ -235,11 +244,23 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     throw error;
   }
   const journal = await JobJournal.open(options.workDir, { id: jobId, kind: scope.kind, source: source.replica.name, target: scope.label });
+  // Lookups go only to the source processes this run started with.
+  const dumpedProcesses = identities(sources);
+  const reconciler =
+    options.reconcileDeletes === false
+      ? undefined
+      : new DeleteReconciler({
+          connect,
+          clock,
+          labelOf: (address) => `${source.replica.name}/${address}`,
+          checkSource: new PinnedTargets(async () => dumpedProcesses, jobId, 'sources').check,
+        });
   const ctx: PassContext = {
     options,
     plan,
     store: new LocalDirStore(options.workDir),
     writer,
+    reconciler,
     pool,
     tally: new WriteTally(),
     journal,
@@ -352,7 +373,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     throw error;
   } finally {
     if (ticker) clearInterval(ticker);
-    await Promise.all([watch.stop(), writer.close(), journal.close()]);
+    await Promise.all([watch.stop(), writer.close(), reconciler?.close(), journal.close()]);
   }
 }
 
@@ -433,6 +454,7 @@ async function runPass(ctx: PassContext, pass: PassRecord): Promise<Map<string, 
       queue,
       store: chunks,
       writer,
+      reconciler: ctx.reconciler,
       clock,
       tally,
       concurrency: options.populateConcurrency ?? 4,

@@ -152,6 +152,12 @@ export function problemsOf(input: CompletionInput): string[] {
       const limit = n.itemSizeMaxBytes ? `its item size limit is ${mib(n.itemSizeMaxBytes)} MiB; ` : '';
       problems.push(`target node ${n.node} refused ${count(n.tooLarge)} items as too large for it (${limit}--skip-too-large accepts that)`);
     }
+    if (n.reconcileUnchecked > 0) {
+      problems.push(
+        `target node ${n.node}: ${count(n.reconcileUnchecked)} items written were never checked against their source for deletes ` +
+          '(a source unreachable, restarted, or a writer without conditional deletes; --reconcile-deletes off skips the check)',
+      );
+    }
     if (n.outOfMemory > 0) problems.push(`target node ${n.node} refused ${count(n.outOfMemory)} items for want of memory`);
     if (n.serverError > 0) problems.push(`target node ${n.node} refused ${count(n.serverError)} items with a server error`);
     if ((n.evictions ?? 0) > 0) {

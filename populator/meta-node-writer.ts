@@ -1,13 +1,13 @@
 import type { BufferPool } from '../shared/buffer-pool.js';
 import type { Clock } from '../shared/clock.js';
-import { isRetryable } from '../shared/errors.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats } from '../shared/memcached/commands.js';
-import { type AddBatch, type AddOutcome, MetaAddReplies, type PackedSelection, type WritableItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
+import { type AddBatch, type AddOutcome, MetaAddReplies, type PackedSelection, type WritableItem, type WrittenItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
+import { type DeleteOutcome, MetaDeleteReplies, buildMetaDeletesIfUnchanged, newDeleteOutcome } from '../shared/memcached/meta-reconcile.js';
+import { addInto } from '../shared/counters.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
-import { backoffMs } from '../shared/backoff.js';
-import { DEFAULT_RETRY, type RetryPolicy, stillFailing } from './retry-policy.js';
+import { DEFAULT_RETRY, type RetryPolicy } from './retry-policy.js';
 import { type CheckConnection, TargetConnections } from './target-connections.js';
 
 export interface MetaNodeWriterOptions {
@@ -66,6 +66,8 @@ function packedBatchesOf({ packed, indices }: PackedSelection, maxBytes: number)
 
 /** Write batches unanswered at once on one connection. */
 const WINDOW = 4;
+/** Conditional deletes a pipelined batch. */
+const DELETE_BATCH = 1_000;
 
 /**
  * Adds items to one target node, every batch pipelined on a shared connection. A batch
@@ -101,8 +103,9 @@ export class MetaNodeWriter implements NodeWriter {
     items: readonly WritableItem[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
+    withCas = false,
   ): Promise<void> {
-    return this.write(address, batchesOf(items, this.batchBytes), onOutcome, signal);
+    return this.write(address, batchesOf(items, this.batchBytes), onOutcome, signal, withCas);
   }
 
   addPacked(
@@ -110,39 +113,42 @@ export class MetaNodeWriter implements NodeWriter {
     selection: PackedSelection,
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
+    withCas = false,
   ): Promise<void> {
-    return this.write(address, packedBatchesOf(selection, this.batchBytes), onOutcome, signal);
+    return this.write(address, packedBatchesOf(selection, this.batchBytes), onOutcome, signal, withCas);
   }
 
-  private async write(
+  /**
+   * `md <key> C<cas>` for each item, pipelined. Sent again on a new connection when one fails:
+   * a delete the failed attempt carried out is then found gone, never repeated on another item.
+   */
+  async deleteUnchanged(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome> {
+    const outcome = newDeleteOutcome();
+    const batches: WrittenItem[][] = [];
+    for (let start = 0; start < items.length; start += DELETE_BATCH) batches.push(items.slice(start, start + DELETE_BATCH));
+    await this.connections.withRetries(address, batches, this.retry, this.clock, signal, async (conn, pending) => {
+      const failed: { batch: WrittenItem[]; error: Error }[] = [];
+      await Promise.all(
+        pending.map((batch) =>
+          conn.send(buildMetaDeletesIfUnchanged(batch), new MetaDeleteReplies(batch.length, conn.label)).then(
+            (answered) => void addInto(outcome, answered),
+            (error: unknown) => void failed.push({ batch, error: error as Error }),
+          ),
+        ),
+      );
+      return failed;
+    });
+    return outcome;
+  }
+
+  private write(
     address: string,
     batches: readonly Batch[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
-    signal?: AbortSignal,
+    signal: AbortSignal | undefined,
+    withCas: boolean,
   ): Promise<void> {
-    let pending = batches;
-    let lastError: Error | undefined;
-    for (let attempt = 1; attempt <= this.retry.attempts && pending.length > 0; attempt++) {
-      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
-      let conn: MemcachedConnection;
-      try {
-        conn = await this.connections.get(address, signal);
-      } catch (error) {
-        if (!isRetryable(error)) throw error;
-        lastError = error as Error;
-        continue;
-      }
-      const failed = await this.send(conn, pending, onOutcome);
-      pending = failed.map((f) => f.batch);
-      if (pending.length === 0) return;
-      lastError = failed[0]?.error;
-      if (signal?.aborted) break;
-      // Out of step with the server: another attempt would only repeat it.
-      if (!isRetryable(lastError)) throw lastError;
-      await this.connections.discard(address, conn);
-    }
-    if (signal?.aborted) throw signal.reason;
-    throw stillFailing(address, this.retry, lastError?.message ?? 'unknown error', lastError);
+    return this.connections.withRetries(address, batches, this.retry, this.clock, signal, (conn, pending) => this.send(conn, pending, onOutcome, withCas));
   }
 
   /**
@@ -153,13 +159,14 @@ export class MetaNodeWriter implements NodeWriter {
     conn: MemcachedConnection,
     batches: readonly Batch[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
+    withCas: boolean,
   ): Promise<{ batch: Batch; error: Error }[]> {
     const failed: { batch: Batch; error: Error }[] = [];
     const inFlight: Promise<void>[] = [];
     for (const batch of batches) {
       if (inFlight.length >= WINDOW) await inFlight.shift();
-      const reply = new MetaAddReplies(batch.items, conn.label);
-      const request = buildMetaAdds(batch.items, this.pool);
+      const reply = new MetaAddReplies(batch.items, conn.label, withCas);
+      const request = buildMetaAdds(batch.items, this.pool, withCas);
       await conn.enqueue(request, reply);
       inFlight.push(
         reply.promise.then(

@@ -1,4 +1,5 @@
-import type { AddOutcome, PackedSelection, WritableItem } from '../shared/memcached/meta-add.js';
+import type { AddOutcome, PackedSelection, WritableItem, WrittenItem } from '../shared/memcached/meta-add.js';
+import type { DeleteOutcome } from '../shared/memcached/meta-reconcile.js';
 
 /**
  * Writes items add-only to one target node: the seam between routing (the populator) and the
@@ -9,13 +10,15 @@ export interface NodeWriter {
   /**
    * Adds every item to the node at `address`, reporting outcomes as batches are answered.
    * Rejects, naming the node, when it stays unreachable; resolves only when nothing reads
-   * `items` any more.
+   * `items` any more. `withCas`: each outcome lists the items stored with their CAS
+   * (`written`), for a writer that can `deleteUnchanged`.
    */
   addItems(
     address: string,
     items: readonly WritableItem[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
+    withCas?: boolean,
   ): Promise<void>;
   /**
    * addItems for items packed in a buffer (a data chunk's records), written from where they
@@ -26,7 +29,13 @@ export interface NodeWriter {
     selection: PackedSelection,
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
+    withCas?: boolean,
   ): Promise<void>;
+  /**
+   * Deletes each item only if the node still holds it with the CAS it was written with.
+   * Optional: a writer without it cannot take back what it wrote (see DeleteReconciler).
+   */
+  deleteUnchanged?(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome>;
   /**
    * Checks that the node answers (and, where it needs it, accepts our credentials); resolves
    * with the items it holds (`curr_items`), read the way this writer reaches the node.

@@ -21,12 +21,22 @@ import type { MemcachedConnection } from '../shared/memcached/connection.js';
 export class PinnedTargets {
   private recorded: Promise<ProcessIdentities | undefined> | undefined;
 
+  /**
+   * `side` 'sources': the source processes instead, for the delete reconcile's lookups. A
+   * source that restarted is empty: its missing keys say nothing of the application's deletes.
+   */
   constructor(
-    private readonly store: ChunkStore,
+    private readonly read: (signal?: AbortSignal) => Promise<ProcessIdentities | undefined>,
     private readonly jobId: string,
+    private readonly side: 'targets' | 'sources' = 'targets',
   ) {}
 
-  /** For MetaNodeWriter's `checkConnection`: throws TARGET_REPLACED for another process. */
+  /** Pinned to the job's `processes.json` in the store, read again on a mismatch. */
+  static recordedIn(store: ChunkStore, jobId: string, side: 'targets' | 'sources' = 'targets'): PinnedTargets {
+    return new PinnedTargets((signal) => getJson<ProcessesRecord>(store, processesName(jobId), signal).then((record) => record?.[side]), jobId, side);
+  }
+
+  /** For a connection's check: throws TARGET_REPLACED (or SOURCE_REPLACED) for another process. */
   readonly check = async (address: string, conn: MemcachedConnection, signal?: AbortSignal): Promise<void> => {
     const now = observation(conn.label, await stats(conn));
     if (now instanceof Error) throw now;
@@ -34,6 +44,14 @@ export class PinnedTargets {
     const expected = (await this.targets(true, signal))?.[address];
     if (!expected || !isAnotherProcess(expected, now)) return;
     const when = (seconds: number): string => new Date(seconds * 1000).toISOString();
+    if (this.side === 'sources') {
+      throw new CachewarmError(
+        'SOURCE_REPLACED',
+        `source node ${conn.label} is another process (pid ${now.pid}, started ${when(now.startedAtSeconds)}) than the one job ${this.jobId} dumped ` +
+          `(pid ${expected.pid}, started ${when(expected.startedAtSeconds)}): what it lacks says nothing of deletes, so no key is checked there`,
+        { job: this.jobId, node: address, pid: now.pid },
+      );
+    }
     throw new CachewarmError(
       'TARGET_REPLACED',
       `target node ${conn.label} is another process (pid ${now.pid}, started ${when(now.startedAtSeconds)}) than the one job ${this.jobId} works with ` +
@@ -44,7 +62,7 @@ export class PinnedTargets {
 
   private targets(fresh: boolean, signal: AbortSignal | undefined): Promise<ProcessIdentities | undefined> {
     if (fresh || !this.recorded) {
-      this.recorded = getJson<ProcessesRecord>(this.store, processesName(this.jobId), signal).then((record) => record?.targets);
+      this.recorded = this.read(signal);
       // A failed read is not kept: the next connection reads again.
       this.recorded.catch(() => (this.recorded = undefined));
     }

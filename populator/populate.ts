@@ -9,6 +9,8 @@ import { CachewarmError, isRetryable } from '../shared/errors.js';
 import type { NodeWriter } from './node-writer.js';
 import type { Refusal } from '../shared/memcached/meta-add.js';
 import { type TargetNodeRing, ringOfTarget, writeToRing } from './write-to-ring.js';
+import type { DeleteReconciler } from './delete-reconciler.js';
+import { addressOfNodeId } from '../shared/topology.js';
 
 /**
  * Where one message's chunk is read from and how its items are written: the same for every
@@ -24,6 +26,11 @@ export interface MessageRoute {
    * another ring, source node or chunk path is parked too.
    */
   readonly scope?: MessageScope | undefined;
+  /**
+   * Takes back, right after each batch of adds, what the chunk's source node deleted since its
+   * dump (issue 14); absent when the job's warm turned the reconcile off.
+   */
+  readonly reconciler?: DeleteReconciler | undefined;
 }
 
 interface PopulatorBase {
@@ -107,6 +114,8 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
       }
       const recorded: Promise<void>[] = [];
       const onRefused = options.onRefused;
+      const { reconciler } = route;
+      const source = addressOfNodeId(message.source);
       await writeToRing(items, ringFor(target), {
         writer: route.writer,
         clock,
@@ -120,6 +129,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
             record.catch(() => undefined);
             recorded.push(record);
           }),
+        reconcile: reconciler && ((address, deleteUnchanged, stored) => reconciler.reconcile(source, address, deleteUnchanged, stored, written.for(address), signal)),
         signal,
       });
       await Promise.all(recorded);

@@ -9,10 +9,10 @@ export interface RetryPolicy extends Backoff {
 export const DEFAULT_RETRY: RetryPolicy = { attempts: 6, baseDelayMs: 100, maxDelayMs: 3_000 };
 
 /** The error for a node that stayed unreachable through every attempt. */
-export function stillFailing(address: string, policy: RetryPolicy, why: string, cause: Error | undefined): CachewarmError {
+export function stillFailing(address: string, policy: RetryPolicy, why: string, cause: Error | undefined, role: 'target' | 'source' = 'target'): CachewarmError {
   return new CachewarmError(
     'NODE_UNREACHABLE',
-    `target node ${address} still failing after ${policy.attempts} attempts: ${why}`,
+    `${role} node ${address} still failing after ${policy.attempts} attempts: ${why}`,
     { node: address },
     { cause },
   );

@@ -14,6 +14,7 @@ import { VERSION } from '../shared/version.js';
 import { ReportedAcknowledgements } from './acknowledgements.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
 import { PinnedTargets } from './pinned-targets.js';
+import type { DeleteReconciler } from './delete-reconciler.js';
 import { type MessageRoute, runPopulator } from './populate.js';
 import {
   ACK_INTERVAL_MS,
@@ -24,6 +25,7 @@ import {
   WorkerStats,
   deadLetterCount,
   every,
+  jobReconciler,
   loadManifest,
   recordRefusals,
   logAcknowledged,
@@ -71,6 +73,11 @@ async function jobEnded(store: S3Store, jobId: string, signal: AbortSignal | und
 }
 
 /** One job this worker serves: its manifest, store, writes and counts. */
+/** Closes a lane's connections, to targets and sources. */
+async function closeLane(lane: JobLane): Promise<void> {
+  await Promise.all([lane.writer.close(), lane.reconciler?.close()]);
+}
+
 interface JobLane {
   readonly key: string;
   readonly jobId: string;
@@ -78,6 +85,7 @@ interface JobLane {
   readonly route: MessageRoute;
   readonly stats: WorkerStats;
   readonly writer: MetaNodeWriter;
+  readonly reconciler: DeleteReconciler | undefined;
   readonly report: (final: boolean) => Promise<void>;
   /** Deliveries routed to it and not yet settled. */
   inFlight: number;
@@ -159,7 +167,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
     const store = new S3Store({ client: s3, bucket: location.bucket, prefix: normalizePrefix(location.prefix) });
     const manifest = await loadManifest(store, jobId, signal);
     const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
-    const pinned = new PinnedTargets(store, jobId);
+    const pinned = PinnedTargets.recordedIn(store, jobId);
     const writer = new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address, checkConnection: pinned.check });
     const key = keyOf(message);
     const stats = closedStats.get(key) ?? new WorkerStats();
@@ -169,13 +177,15 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
       store: { bucket: location.bucket, prefix: normalizePrefix(location.prefix) },
       manifest: { where: store.describe(manifestName(jobId)), target: manifest.target, sourceNodes: manifest.source.nodes, dumpJobId: manifest.dumpJobId },
     };
+    const reconciler = jobReconciler(store, jobId, manifest, clock, log);
     const lane: JobLane = {
       key,
       jobId,
       store,
       stats,
       writer,
-      route: { store, writer, scope },
+      reconciler,
+      route: { store, writer, scope, reconciler },
       report: reporter(store, populatorReportName(jobId, workerId), (final) => reportOf(jobId, workerId, stats, final, clock)),
       inFlight: 0,
       lastActiveMs: clock.now(),
@@ -236,7 +246,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
       lanes.delete(lane.key);
       closedStats.set(lane.key, lane.stats);
       if (lane.dirty) await reportLane(lane, false);
-      await lane.writer.close();
+      await closeLane(lane);
       log({ event: 'job-left', jobId: lane.jobId, idleMs: clock.now() - lane.lastActiveMs, chunks: lane.stats.chunks });
     }
   }
@@ -312,7 +322,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
     every(clock, ACK_INTERVAL_MS, background.signal, () => acks.flush()),
   ]);
   const closeAll = (): void => {
-    for (const lane of opened.values()) void lane.writer.close();
+    for (const lane of opened.values()) void closeLane(lane);
   };
   signal?.addEventListener('abort', closeAll, { once: true });
   const tally = unattributed.tally;
@@ -349,7 +359,7 @@ export async function runStandingWorker(options: StandingWorkerOptions): Promise
     await timers;
     await acks.flush();
     signal?.removeEventListener('abort', closeAll);
-    await Promise.all([...opened.values()].map((lane) => lane.writer.close()));
+    await Promise.all([...opened.values()].map(closeLane));
     await reportAll(true);
   }
   const served = [...[...opened.values()].map((lane): [string, WorkerStats] => [lane.jobId, lane.stats]), ...[...closedStats].map(([key, stats]): [string, WorkerStats] => [(JSON.parse(key) as string[])[2] as string, stats])];

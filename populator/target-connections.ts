@@ -1,13 +1,18 @@
+import { backoffMs } from '../shared/backoff.js';
+import type { Clock } from '../shared/clock.js';
+import { isRetryable } from '../shared/errors.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { parseAddress } from '../shared/topology.js';
+import { type RetryPolicy, stillFailing } from './retry-policy.js';
 
 /** Checks a new connection before it is used; throws to keep it from being used. */
 export type CheckConnection = (address: string, conn: MemcachedConnection, signal?: AbortSignal) => Promise<void>;
 
 /**
- * Connections to the target's nodes, opened on first use and shared by every chunk in
- * flight: their batches interleave on the same pipelines, which keeps them full.
+ * Connections to a replica's nodes (the target's; the source's, to check keys), opened on
+ * first use and shared by every chunk in flight: their batches interleave on the same
+ * pipelines, which keeps them full.
  */
 export class TargetConnections {
   private readonly open = new Map<string, (Promise<MemcachedConnection> | undefined)[]>();
@@ -20,7 +25,46 @@ export class TargetConnections {
     private readonly perNode: number,
     private readonly labelOf: (address: string) => string = (address) => address,
     private readonly check?: CheckConnection | undefined,
+    private readonly role: 'target' | 'source' = 'target',
   ) {}
+
+  /**
+   * Sends `batches` with `send` on one of the node's connections, and those whose connection
+   * failed again on a new one, with exponential backoff; fails, naming the node, when it
+   * stays unreachable. `send` returns the batches that failed, each with its error.
+   */
+  async withRetries<T>(
+    address: string,
+    batches: readonly T[],
+    retry: RetryPolicy,
+    clock: Clock,
+    signal: AbortSignal | undefined,
+    send: (conn: MemcachedConnection, pending: readonly T[]) => Promise<{ batch: T; error: Error }[]>,
+  ): Promise<void> {
+    let pending = batches;
+    let lastError: Error | undefined;
+    for (let attempt = 1; attempt <= retry.attempts && pending.length > 0; attempt++) {
+      if (attempt > 1) await clock.sleep(backoffMs(retry, attempt - 1), signal);
+      let conn: MemcachedConnection;
+      try {
+        conn = await this.get(address, signal);
+      } catch (error) {
+        if (!isRetryable(error)) throw error;
+        lastError = error as Error;
+        continue;
+      }
+      const failed = await send(conn, pending);
+      pending = failed.map((f) => f.batch);
+      if (pending.length === 0) return;
+      lastError = failed[0]?.error;
+      if (signal?.aborted) break;
+      // Out of step with the server: another attempt would only repeat it.
+      if (!isRetryable(lastError)) throw lastError;
+      await this.discard(address, conn);
+    }
+    if (signal?.aborted) throw signal.reason;
+    throw stillFailing(address, retry, lastError?.message ?? 'unknown error', lastError, this.role);
+  }
 
   get(address: string, signal?: AbortSignal): Promise<MemcachedConnection> {
     if (this.closed) throw new Error('target connections are closed');

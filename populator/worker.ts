@@ -25,6 +25,7 @@ import { S3Store } from '../shared/store/s3-store.js';
 import { type AcknowledgedBatch, ReportedAcknowledgements } from './acknowledgements.js';
 import { MetaNodeWriter } from './meta-node-writer.js';
 import { PinnedTargets } from './pinned-targets.js';
+import { DeleteReconciler } from './delete-reconciler.js';
 import { VERSION } from '../shared/version.js';
 import type { NodeWriter } from './node-writer.js';
 import type { Refusal } from '../shared/memcached/meta-add.js';
@@ -124,6 +125,22 @@ export const FINAL_REPORT_TIMEOUT_MS = 15_000;
 export const ACK_INTERVAL_MS = 1_000;
 
 /**
+ * The job's delete reconcile (DeleteReconciler), unless its warm turned it off: lookups go
+ * only to the source processes the controller recorded for the job.
+ */
+export function jobReconciler(store: ChunkStore, jobId: string, manifest: JobManifest, clock: Clock, log: Log): DeleteReconciler | undefined {
+  if (manifest.reconcileDeletes === false) return undefined;
+  return new DeleteReconciler({
+    connect: connectDirect,
+    clock,
+    labelOf: (address) => `${manifest.source.replica}/${address}`,
+    checkSource: PinnedTargets.recordedIn(store, jobId, 'sources').check,
+    onUnchecked: (source, items, error) =>
+      log({ event: 'reconcile-unchecked', level: 'warn', jobId, source, items, reason: error.message }),
+  });
+}
+
+/**
  * A stateless populator: everything it needs comes from the job queue's tags and the job's
  * manifest. It drains the queue (long poll, download, verify, add-only writes by the
  * manifest's ring, delete only when every item was handled and the report counting them is
@@ -175,7 +192,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     clock,
   });
   const labels = new Map(manifest.target.nodes.map((node) => [node.address, `${manifest.target.replica}/${node.address}`]));
-  const pinned = new PinnedTargets(store, job.jobId);
+  const pinned = PinnedTargets.recordedIn(store, job.jobId);
   const writer =
     options.writer ?? new MetaNodeWriter({ connect: connectDirect, clock, labelOf: (address) => labels.get(address) ?? address, checkConnection: pinned.check });
   const report = reporter(store, populatorReportName(job.jobId, workerId), (final) => reportOf(job.jobId, workerId, stats, final, clock));
@@ -188,8 +205,12 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
 
   // On abort, chunks stuck on a node that does not answer would hold the worker until the
   // reply timeout: closing our connections fails their writes at once, and each is handed back.
-  const closeOnAbort = (): void => void writer.close();
-  if (!options.writer) signal?.addEventListener('abort', closeOnAbort, { once: true });
+  const reconciler = jobReconciler(store, job.jobId, manifest, clock, log);
+  const closeOnAbort = (): void => {
+    if (!options.writer) void writer.close();
+    void reconciler?.close();
+  };
+  signal?.addEventListener('abort', closeOnAbort, { once: true });
   const background = new AbortController();
   const timers = Promise.all([
     every(clock, options.progressIntervalMs ?? DEFAULT_PROGRESS_INTERVAL_MS, background.signal, () => log(progressEntry(job.jobId, stats))),
@@ -208,6 +229,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     stats,
     log,
     writer,
+    reconciler,
     acks,
     queue: observed(queue, acks, job, stats, log),
     pollIntervalMs: options.pollIntervalMs ?? waitTimeSeconds * 1000,
@@ -221,6 +243,7 @@ export async function runPopulatorWorker(options: PopulatorWorkerOptions): Promi
     await acks.flush();
     signal?.removeEventListener('abort', closeOnAbort);
     if (!options.writer) await writer.close();
+    await reconciler?.close();
     // After an abort too: the controller sums what every worker did, stopped ones included.
     await report(true).catch((error: unknown) => logReportFailure(log, job.jobId, error));
   }
@@ -261,6 +284,7 @@ interface DrainContext extends PopulatorWorkerOptions {
   readonly stats: WorkerStats;
   readonly log: Log;
   readonly writer: NodeWriter;
+  readonly reconciler: DeleteReconciler | undefined;
   readonly acks: ReportedAcknowledgements;
   readonly queue: ChunkQueue;
   readonly pollIntervalMs: number;
@@ -306,6 +330,7 @@ async function drainUntilDone(context: DrainContext): Promise<WorkerResult['outc
       queue: context.queue,
       store,
       writer: context.writer,
+      reconciler: context.reconciler,
       clock,
       tally: stats.tally,
       concurrency: context.concurrency ?? 4,

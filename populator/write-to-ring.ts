@@ -6,7 +6,7 @@ import { MetaNodeWriter } from './meta-node-writer.js';
 import { isCachewarmError } from '../shared/errors.js';
 import { hasExpired } from '../shared/expiry.js';
 import { KetamaRing } from '../shared/ketama.js';
-import type { AddOutcome, PackedItems, Refusal, WritableItem } from '../shared/memcached/meta-add.js';
+import type { AddOutcome, PackedItems, Refusal, WritableItem, WrittenItem } from '../shared/memcached/meta-add.js';
 import type { NodeWriter } from './node-writer.js';
 
 export type TargetNodeRing = KetamaRing<TargetRing['nodes'][number]>;
@@ -23,6 +23,13 @@ export interface WriteToRingOptions {
   readonly writeOnly?: readonly string[] | undefined;
   /** Told of every item a node refused (counted in the tally too), e.g. to retry it later. */
   readonly onRefused?: ((address: string, refusals: readonly Refusal[]) => void) | undefined;
+  /**
+   * Takes back what a source deleted meanwhile (DeleteReconciler): called with the items each
+   * batch of adds stored, and their CAS, as soon as it is answered; awaited before this
+   * returns. A writer that cannot delete conditionally stores without it, and counts what it
+   * stored as unchecked.
+   */
+  readonly reconcile?: ((address: string, deleteUnchanged: NonNullable<NodeWriter['deleteUnchanged']>, written: readonly WrittenItem[]) => Promise<void>) | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -37,7 +44,8 @@ export async function writeToRing(
   ring: TargetNodeRing,
   options: WriteToRingOptions,
 ): Promise<void> {
-  const { tally, writeOnly, writer } = options;
+  const { tally, writeOnly, writer, reconcile } = options;
+  const deleteUnchanged = reconcile && writer.deleteUnchanged?.bind(writer);
   const allowed = writeOnly ? new Set(writeOnly) : undefined;
   const perNode: number[][] = ring.nodes.map(() => []);
   const now = Math.floor(options.clock.now() / 1000);
@@ -70,9 +78,18 @@ export async function writeToRing(
       const address = (ring.nodes[index] as TargetRing['nodes'][number]).address;
       const counters = tally.for(address);
       let handled = 0;
+      const reconciling: Promise<void>[] = [];
       const count = (outcome: AddOutcome, bytes: number): void => {
         handled += outcome.stored + outcome.existed + outcome.refused.length;
         counters.stored += outcome.stored;
+        if (deleteUnchanged && outcome.written) {
+          const done = (reconcile as NonNullable<typeof reconcile>)(address, deleteUnchanged, outcome.written);
+          // Awaited below; until then a failure must not count as unhandled.
+          done.catch(() => undefined);
+          reconciling.push(done);
+        } else if (reconcile) {
+          counters.reconcileUnchecked += outcome.stored;
+        }
         counters.existed += outcome.existed;
         counters.bytesWritten += bytes;
         if (outcome.refused.length === 0) return;
@@ -80,15 +97,21 @@ export async function writeToRing(
         counters.failed += outcome.refused.length;
         options.onRefused?.(address, outcome.refused);
       };
+      const withCas = deleteUnchanged !== undefined;
+      let failure: { readonly error: unknown } | undefined;
       try {
-        if (packed && writer.addPacked) await writer.addPacked(address, { packed, indices }, count, options.signal);
-        else if (packed) await writer.addItems(address, indices.map((i) => packed.item(i)), count, options.signal);
-        else await writer.addItems(address, indices.map((i) => list?.[i] as WritableItem), count, options.signal);
+        if (packed && writer.addPacked) await writer.addPacked(address, { packed, indices }, count, options.signal, withCas);
+        else if (packed) await writer.addItems(address, indices.map((i) => packed.item(i)), count, options.signal, withCas);
+        else await writer.addItems(address, indices.map((i) => list?.[i] as WritableItem), count, options.signal, withCas);
       } catch (error) {
-        // Another process than the job's: its share is the job's to refill, not this chunk's to write.
-        if (!isCachewarmError(error, 'TARGET_REPLACED')) throw error;
-        counters.replaced += indices.length - handled;
+        failure = { error };
       }
+      // The reconcile reads its keys from the items: it too must be over before this returns.
+      for (const result of await Promise.allSettled(reconciling)) if (result.status === 'rejected') failure ??= { error: result.reason };
+      if (!failure) return;
+      // Another process than the job's: its share is the job's to refill, not this chunk's to write.
+      if (!isCachewarmError(failure.error, 'TARGET_REPLACED')) throw failure.error;
+      counters.replaced += indices.length - handled;
     }),
   );
   for (const result of results) if (result.status === 'rejected') throw result.reason;

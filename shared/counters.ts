@@ -39,6 +39,19 @@ export interface WriteCounters {
    */
   replaced: number;
   bytesWritten: number;
+  /**
+   * The delete reconcile (DeleteReconciler): items the warm stored whose key was then looked
+   * up at the source node they came from.
+   */
+  reconcileChecked: number;
+  /** Of those, gone from the source (deleted there since the dump) and removed from the target, unchanged since the add. */
+  reconcileRemoved: number;
+  /** Gone from the source, but changed in the target since the add (the application wrote it): kept. */
+  reconcileKept: number;
+  /** Gone from the source, and from the target already (the application's own delete, an eviction). */
+  reconcileGone: number;
+  /** Stored, but never looked up at the source (it stayed unreachable, or is another process now): reported. */
+  reconcileUnchecked: number;
 }
 
 export function newDumpCounters(): DumpCounters {
@@ -46,7 +59,22 @@ export function newDumpCounters(): DumpCounters {
 }
 
 export function newWriteCounters(): WriteCounters {
-  return { stored: 0, existed: 0, expired: 0, failed: 0, tooLarge: 0, outOfMemory: 0, serverError: 0, replaced: 0, bytesWritten: 0 };
+  return {
+    stored: 0,
+    existed: 0,
+    expired: 0,
+    failed: 0,
+    tooLarge: 0,
+    outOfMemory: 0,
+    serverError: 0,
+    replaced: 0,
+    bytesWritten: 0,
+    reconcileChecked: 0,
+    reconcileRemoved: 0,
+    reconcileKept: 0,
+    reconcileGone: 0,
+    reconcileUnchecked: 0,
+  };
 }
 
 /** Write counters per target node address, created on first use. */

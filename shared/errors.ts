@@ -20,6 +20,8 @@ export type ErrorCode =
   | 'TARGET_TOO_SMALL'
   /** A target node is another process than the one the job was planned for: not written. */
   | 'TARGET_REPLACED'
+  /** A source node is another process than the one the job dumped: its keys are not checked for deletes. */
+  | 'SOURCE_REPLACED'
   | 'TRANSPORT_FAILED'
   | 'ABORTED'
   | 'INVALID_ARGUMENT';
@@ -56,6 +58,7 @@ const PERMANENT: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'NODE_PROTOCOL',
   'TARGET_TOO_SMALL',
   'TARGET_REPLACED',
+  'SOURCE_REPLACED',
   'JOB_LOCKED',
   'ABORTED',
 ]);

@@ -119,6 +119,8 @@ export interface JobManifest {
    * (each target a job of its own); absent: the job's own dumps.
    */
   readonly dumpJobId?: string | undefined;
+  /** false: the warm's populators take back nothing the source deleted (`--reconcile-deletes off`); absent: they do. */
+  readonly reconcileDeletes?: false | undefined;
   readonly createdAt: string;
 }
 

@@ -401,6 +401,11 @@ function rejectUnknownFields(
 // ---------------------------------------------------------------------------------------
 // Addresses
 
+/** The address in a node id `<replica>/<address>`. */
+export function addressOfNodeId(id: string): string {
+  return id.slice(id.indexOf('/') + 1);
+}
+
 export function parseAddress(address: string): { host: string; port: number } {
   const parsed: ParsedAddress = typeof address === 'string' ? checkAddress(address) : { problem: 'not a string' };
   if ('problem' in parsed) {

@@ -21,8 +21,18 @@ export interface Refusal {
   readonly message: string;
 }
 
+/** An item the warm's add stored, with the CAS the target gave it: what a conditional delete names. */
+export interface WrittenItem {
+  /** The key's bytes (a view into the batch's items: valid while they are). */
+  readonly key: Buffer;
+  /** memcached's CAS of the stored item; a number, so one above 2^53 could only fail a compare, never match another. */
+  readonly cas: number;
+}
+
 export interface AddOutcome {
   stored: number;
+  /** The stored items with their CAS, when the adds asked for it (`withCas`); else absent. */
+  written?: WrittenItem[];
   /** The target already held the key: left as it was, by design. */
   existed: number;
   /** Items memcached refused, each with its reason: the caller decides whether to retry them. */
@@ -70,6 +80,14 @@ function isPackedSelection(batch: AddBatch): batch is PackedSelection {
   return !Array.isArray(batch);
 }
 
+/** The key of item `i` of a batch, as a view. */
+function keyOf(batch: AddBatch, i: number): Buffer {
+  if (!isPackedSelection(batch)) return (batch[i] as WritableItem).key;
+  const index = batch.indices[i] as number;
+  const at = batch.packed.keyStart(index);
+  return batch.packed.bytes.subarray(at, at + batch.packed.keyBytes(index));
+}
+
 /** Item `i` of a batch as an object (for a refusal). */
 function itemOf(batch: AddBatch, i: number): WritableItem {
   return isPackedSelection(batch) ? batch.packed.item(batch.indices[i] as number) : (batch[i] as WritableItem);
@@ -87,13 +105,14 @@ function writeAdd(
   valueEnd: number,
   flags: number,
   exptime: number,
+  withCas: boolean,
 ): number {
   const raw = isRawSafeKey(src, keyAt, keyEnd);
   at = writeAscii(buf, at, 'ms ');
   at = writeKey(buf, at, src, raw, keyAt, keyEnd);
   buf[at++] = 0x20;
   at = writeDecimal(buf, at, valueEnd - valueAt);
-  at = writeAscii(buf, at, ' ME F');
+  at = writeAscii(buf, at, withCas ? ' ME c F' : ' ME F');
   at = writeDecimal(buf, at, flags >>> 0);
   if (exptime > 0) {
     at = writeAscii(buf, at, ' T');
@@ -110,27 +129,28 @@ function writeAdd(
  * item the target already holds (written by live traffic during the warm) is never replaced.
  * The expiry is written as an absolute unix time, which memcached takes as such for any
  * value above 30 days: it stays exact however long the item waited in a chunk.
+ * `withCas` adds `c`: a stored item's reply carries its CAS (see WrittenItem).
  * One buffer for the whole batch, written in place: this runs for every item of a warm.
  */
-export function buildMetaAdds(batch: AddBatch, pool?: BufferPool): Buffer {
+export function buildMetaAdds(batch: AddBatch, pool?: BufferPool, withCas = false): Buffer {
   let bound = 0;
   if (isPackedSelection(batch)) {
     const { packed, indices } = batch;
-    for (const i of indices) bound += packed.keyBytes(i) * 2 + packed.valueBytes(i) + 64;
+    for (const i of indices) bound += packed.keyBytes(i) * 2 + packed.valueBytes(i) + 66;
     const buf = pool ? pool.acquire(bound) : Buffer.allocUnsafe(bound);
     let at = 0;
     for (const i of indices) {
       const keyAt = packed.keyStart(i);
       const valueAt = packed.valueStart(i);
-      at = writeAdd(buf, at, packed.bytes, keyAt, valueAt, packed.bytes, valueAt, valueAt + packed.valueBytes(i), packed.flags(i), packed.exptime(i));
+      at = writeAdd(buf, at, packed.bytes, keyAt, valueAt, packed.bytes, valueAt, valueAt + packed.valueBytes(i), packed.flags(i), packed.exptime(i), withCas);
     }
     return buf.subarray(0, at);
   }
-  for (const item of batch) bound += item.key.length * 2 + item.value.length + 64;
+  for (const item of batch) bound += item.key.length * 2 + item.value.length + 66;
   const buf = pool ? pool.acquire(bound) : Buffer.allocUnsafe(bound);
   let at = 0;
   for (const item of batch) {
-    at = writeAdd(buf, at, item.key, 0, item.key.length, item.value, 0, item.value.length, item.flags, item.exptime);
+    at = writeAdd(buf, at, item.key, 0, item.key.length, item.value, 0, item.value.length, item.flags, item.exptime, withCas);
   }
   return buf.subarray(0, at);
 }
@@ -144,9 +164,11 @@ export class MetaAddReplies extends Reply<AddOutcome> {
   constructor(
     private readonly items: AddBatch,
     private readonly label: string,
+    withCas = false,
   ) {
     super();
     this.count = batchLength(items);
+    if (withCas) this.outcome.written = [];
     if (this.count === 0) this.finish(this.outcome);
   }
 
@@ -156,7 +178,16 @@ export class MetaAddReplies extends Reply<AddOutcome> {
       if (end < 0) return pos;
       const c0 = buf[pos];
       const c1 = buf[pos + 1];
-      if (c0 === 0x48 && c1 === 0x44) this.outcome.stored++;
+      if (c0 === 0x48 && c1 === 0x44) {
+        this.outcome.stored++;
+        // `HD c<cas>`: the only flag asked for, so the digits start right after it.
+        if (this.outcome.written) {
+          if (buf[pos + 3] !== 0x63) throw protocolError(this.label, 'ms reply without the CAS asked for', lineText(buf, pos, end));
+          let cas = 0;
+          for (let i = pos + 4, d = buf[i] as number; d >= 0x30 && d <= 0x39; d = buf[++i] as number) cas = cas * 10 + (d - 0x30);
+          this.outcome.written.push({ key: keyOf(this.items, this.seen), cas });
+        }
+      }
       else if (c0 === 0x4e && c1 === 0x53) this.outcome.existed++;
       else if (c0 === 0x53 && c1 === 0x45) {
         // SERVER_ERROR (object too large, out of memory): memcached swallowed the value,

@@ -1,0 +1,130 @@
+import type { Clock } from '../shared/clock.js';
+import type { WriteCounters } from '../shared/counters.js';
+import type { Connect } from '../shared/memcached/connect.js';
+import type { WrittenItem } from '../shared/memcached/meta-add.js';
+import { MetaExistsReplies, buildMetaExists } from '../shared/memcached/meta-reconcile.js';
+import { type RateLimiter, TokenBucket } from '../shared/token-bucket.js';
+import type { NodeWriter } from './node-writer.js';
+import { DEFAULT_RETRY, type RetryPolicy } from './retry-policy.js';
+import { type CheckConnection, TargetConnections } from './target-connections.js';
+
+export interface DeleteReconcilerOptions {
+  readonly connect: Connect;
+  readonly clock: Clock;
+  /**
+   * Keys looked up a second, per source node, by this process: the pass's cap on what it asks
+   * of a source. @default 100_000 (a `mg <key> u` costs memcached a hash lookup and a
+   * 4-byte reply, a small share of one worker thread at that rate)
+   */
+  readonly maxChecksPerSecond?: number;
+  /** How a node is named in errors, e.g. its id `replica/address`. */
+  readonly labelOf?: (address: string) => string;
+  /** Checks every new source connection, e.g. that it reaches the process the job was planned with (PinnedProcesses). */
+  readonly checkSource?: CheckConnection | undefined;
+  readonly retry?: RetryPolicy;
+  /** Told when a batch could not be looked up at its source (counted as unchecked). */
+  readonly onUnchecked?: ((source: string, items: number, error: Error) => void) | undefined;
+}
+
+const CHECK_BATCH = 1_000;
+
+/**
+ * Closes a warm's resurrection window (issue 14). While a replica is warmed the application
+ * keeps deleting keys from source and target; a key dumped before its delete and written
+ * after it would come back to life in the target. So right after a batch of adds is answered,
+ * the keys it stored are looked up at the source node they were dumped from (`mg <key> u`:
+ * no value, no LRU bump), and each one the source no longer holds is deleted from the target
+ * with `md <key> C<cas>`: only if the target still holds exactly what the add stored. A value
+ * the application wrote meanwhile has another CAS and stays.
+ *
+ * What remains: a delete the application makes to the source after the lookup is made to
+ * the target too, after the add, and removes it there. Only an application that deletes from
+ * the target first and from the source later, with the add and the lookup (milliseconds
+ * apart) falling between its two deletes, can still see the key come back.
+ *
+ * A source that cannot be asked (unreachable through every retry, or another process since
+ * the job was planned, whose emptiness says nothing of deletes) leaves its keys in the target
+ * and counts them as unchecked: the job reports them rather than guess.
+ */
+export class DeleteReconciler {
+  private readonly sources: TargetConnections;
+  private readonly limiters = new Map<string, RateLimiter>();
+  private readonly clock: Clock;
+  private readonly retry: RetryPolicy;
+  private readonly maxChecksPerSecond: number;
+
+  constructor(private readonly options: DeleteReconcilerOptions) {
+    this.sources = new TargetConnections(options.connect, 1, options.labelOf, options.checkSource, 'source');
+    this.clock = options.clock;
+    this.retry = options.retry ?? DEFAULT_RETRY;
+    this.maxChecksPerSecond = options.maxChecksPerSecond ?? 100_000;
+  }
+
+  /**
+   * Reconciles what one batch of adds stored in `target` from `source`'s dump; counts into
+   * `counters` (the target node's). Rejects only when the target fails the deletes (or on
+   * abort): the chunk is then handed back.
+   */
+  async reconcile(
+    source: string,
+    target: string,
+    deleteUnchanged: NonNullable<NodeWriter['deleteUnchanged']>,
+    written: readonly WrittenItem[],
+    counters: WriteCounters,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    if (written.length === 0) return;
+    let absent: number[];
+    try {
+      await this.limiterFor(source).take(written.length, signal);
+      absent = await this.absentAtSource(source, written, signal);
+    } catch (error) {
+      if (signal?.aborted) throw error;
+      counters.reconcileUnchecked += written.length;
+      this.options.onUnchecked?.(source, written.length, error as Error);
+      return;
+    }
+    counters.reconcileChecked += written.length;
+    if (absent.length === 0) return;
+    const outcome = await deleteUnchanged(target, absent.map((i) => written[i] as WrittenItem), signal);
+    counters.reconcileRemoved += outcome.removed;
+    counters.reconcileKept += outcome.kept;
+    counters.reconcileGone += outcome.alreadyGone;
+  }
+
+  /** The indices of the items whose keys `source` does not hold. */
+  private async absentAtSource(source: string, written: readonly WrittenItem[], signal: AbortSignal | undefined): Promise<number[]> {
+    const batches: { start: number; keys: Buffer[] }[] = [];
+    for (let start = 0; start < written.length; start += CHECK_BATCH) {
+      batches.push({ start, keys: written.slice(start, start + CHECK_BATCH).map((item) => item.key) });
+    }
+    const absent: number[] = [];
+    await this.sources.withRetries(source, batches, this.retry, this.clock, signal, async (conn, pending) => {
+      const failed: { batch: (typeof batches)[number]; error: Error }[] = [];
+      await Promise.all(
+        pending.map((batch) =>
+          conn.send(buildMetaExists(batch.keys), new MetaExistsReplies(batch.keys.length, conn.label)).then(
+            (missing) => void absent.push(...missing.map((i) => batch.start + i)),
+            (error: unknown) => void failed.push({ batch, error: error as Error }),
+          ),
+        ),
+      );
+      return failed;
+    });
+    return absent;
+  }
+
+  private limiterFor(source: string): RateLimiter {
+    let limiter = this.limiters.get(source);
+    if (!limiter) {
+      limiter = new TokenBucket({ ratePerSecond: this.maxChecksPerSecond, clock: this.clock });
+      this.limiters.set(source, limiter);
+    }
+    return limiter;
+  }
+
+  /** Idempotent. */
+  close(): Promise<void> {
+    return this.sources.close();
+  }
+}

@@ -1,0 +1,187 @@
+// Issue 14: a key the application deletes during a warm stays deleted in the target. The
+// application here is real traffic on the real nodes, sent at the moments that matter: before
+// the key's dump, between its dump and its write, and between its write and the warm's check.
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { targetRingOf } from '../controller/warm-plan.js';
+import { warmReplica } from '../controller/warm-replica.js';
+import type { WarmSummary } from '../controller/warm-summary.js';
+import { MetaNodeWriter } from '../populator/meta-node-writer.js';
+import type { NodeWriter } from '../populator/node-writer.js';
+import { ringOfTarget } from '../populator/write-to-ring.js';
+import { systemClock } from '../shared/clock.js';
+import { OneLine } from '../shared/memcached/commands.js';
+import { connectDirect } from '../shared/memcached/connect.js';
+import type { MemcachedConnection } from '../shared/memcached/connection.js';
+import type { AddOutcome, PackedSelection, WritableItem } from '../shared/memcached/meta-add.js';
+import { sampleItems } from '../shared/sample-items.js';
+import { type Topology, parseAddress } from '../shared/topology.js';
+import { type Cluster, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
+import { assertExactCopy } from './support/read-back.js';
+
+/** What the application does to a key, chosen by the key's hash so that every chunk has some of each. */
+type Fate = 'deletedBetweenDumpAndWrite' | 'deletedAndSetAgain' | 'deletedAfterWrite' | 'overwrittenInTargetAfterWrite' | 'untouched';
+
+function fateOf(key: Buffer): Fate {
+  const h = createHash('md5').update(key).digest()[0] as number;
+  if (h < 20) return 'deletedBetweenDumpAndWrite';
+  if (h < 30) return 'deletedAndSetAgain';
+  if (h < 50) return 'deletedAfterWrite';
+  if (h < 60) return 'overwrittenInTargetAfterWrite';
+  return 'untouched';
+}
+
+const APP_VALUE = (key: Buffer): Buffer => Buffer.from(`application's own value for ${key.toString()}`);
+
+/** The application: plain text-protocol deletes and sets, to the node each replica's ring names. */
+class Application {
+  private readonly conns = new Map<string, Promise<MemcachedConnection>>();
+
+  constructor(private readonly topology: Topology) {}
+
+  async delete(replica: string, key: Buffer): Promise<void> {
+    const line = await this.send(replica, key, Buffer.from(`delete ${key.toString()}\r\n`));
+    assert.ok(line === 'DELETED' || line === 'NOT_FOUND', line);
+  }
+
+  async set(replica: string, key: Buffer, value: Buffer): Promise<void> {
+    const command = Buffer.concat([Buffer.from(`set ${key.toString()} 0 0 ${value.length}\r\n`), value, Buffer.from('\r\n')]);
+    assert.equal(await this.send(replica, key, command), 'STORED');
+  }
+
+  private async send(replica: string, key: Buffer, command: Buffer): Promise<string> {
+    const address = ringOfTarget(targetRingOf(this.topology, replica)).nodeFor(key).address;
+    let conn = this.conns.get(address);
+    if (!conn) {
+      conn = connectDirect({ ...parseAddress(address), label: address });
+      this.conns.set(address, conn);
+    }
+    return (await conn).send(command, new OneLine());
+  }
+
+  async close(): Promise<void> {
+    for (const conn of this.conns.values()) (await conn).close();
+  }
+}
+
+/**
+ * The warm's writer, unchanged, with the application acting around each batch: before it is
+ * written (its keys dumped, not yet in the target), and after its adds are answered but before
+ * the warm hears of them (and so before its reconcile looks anything up).
+ */
+function writerWithApplication(inner: MetaNodeWriter, app: Application): NodeWriter {
+  return {
+    probe: (address, signal) => inner.probe(address, signal),
+    close: () => inner.close(),
+    deleteUnchanged: (address, items, signal) => inner.deleteUnchanged(address, items, signal),
+    addItems: (address, items, onOutcome, signal, withCas) => inner.addItems(address, items, onOutcome, signal, withCas),
+    async addPacked(address, selection: PackedSelection, onOutcome, signal, withCas) {
+      const keys = selection.indices.map((i) => {
+        const at = selection.packed.keyStart(i);
+        return Buffer.from(selection.packed.bytes.subarray(at, at + selection.packed.keyBytes(i)));
+      });
+      for (const key of keys) {
+        const fate = fateOf(key);
+        if (fate === 'deletedBetweenDumpAndWrite' || fate === 'deletedAndSetAgain') {
+          await app.delete('a', key);
+          await app.delete('b', key);
+        }
+        if (fate === 'deletedAndSetAgain') {
+          await app.set('a', key, APP_VALUE(key));
+          await app.set('b', key, APP_VALUE(key));
+        }
+      }
+      const held: [AddOutcome, number][] = [];
+      await inner.addPacked(address, selection, (outcome, bytes) => held.push([outcome, bytes]), signal, withCas);
+      for (const key of keys) {
+        const fate = fateOf(key);
+        if (fate === 'deletedAfterWrite') {
+          await app.delete('a', key);
+          await app.delete('b', key);
+        } else if (fate === 'overwrittenInTargetAfterWrite') {
+          await app.set('b', key, APP_VALUE(key));
+          await app.delete('a', key);
+        }
+      }
+      for (const [outcome, bytes] of held) onOutcome(outcome, bytes);
+    },
+  };
+}
+
+async function warmWithApplication(cluster: Cluster, items: readonly WritableItem[], reconcileDeletes: boolean): Promise<WarmSummary> {
+  const { topology } = cluster;
+  await load(topology, 'a', items);
+  const app = new Application(topology);
+  // Before any dump: these keys are simply not there to copy.
+  for (const item of items.slice(0, 200)) {
+    await app.delete('a', item.key);
+    await app.delete('b', item.key);
+  }
+  const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-reconcile-'));
+  const writer = writerWithApplication(new MetaNodeWriter({ connect: connectDirect, clock: systemClock }), app);
+  try {
+    return await warmReplica({ topology, source: 'a', target: 'b', chunkSizeBytes: 64 << 10, clock: systemClock, workDir, writer, reconcileDeletes, protectSource: 'off' });
+  } finally {
+    await app.close();
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+const total = (summary: WarmSummary, field: 'stored' | 'reconcileChecked' | 'reconcileRemoved' | 'reconcileKept' | 'reconcileGone' | 'reconcileUnchecked'): number =>
+  summary.targetNodes.reduce((sum, n) => sum + n[field], 0);
+
+/** Keys of `items` the target replica holds, by the node its ring names. */
+async function heldInTarget(cluster: Cluster, keys: readonly Buffer[]): Promise<number> {
+  const ring = ringOfTarget(targetRingOf(cluster.topology, 'b'));
+  let held = 0;
+  for (const server of cluster.servers['b'] ?? []) {
+    const mine = keys.filter((key) => ring.nodeFor(key).address === server.address);
+    held += (await readFrom(server, mine)).filter(Boolean).length;
+  }
+  return held;
+}
+
+describe('deleted keys stay deleted: the warm takes back what the source deleted meanwhile', () => {
+  test('deleted before the dump, between dump and write, and after the write: none is in the target; every other item is exact', async () => {
+    await withCluster({ a: 2, b: 3 }, async (cluster) => {
+      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'reconcile' });
+      const summary = await warmWithApplication(cluster, items, true);
+      assert.equal(summary.complete, true, JSON.stringify(summary.problems ?? summary));
+
+      const dumped = items.slice(200);
+      const byFate = (fate: Fate): WritableItem[] => dumped.filter((item) => fateOf(item.key) === fate);
+      const deleted = [...items.slice(0, 200), ...byFate('deletedBetweenDumpAndWrite'), ...byFate('deletedAfterWrite')];
+      assert.equal(await heldInTarget(cluster, deleted.map((i) => i.key)), 0, 'no deleted key is in the target');
+
+      const appValues = [...byFate('deletedAndSetAgain'), ...byFate('overwrittenInTargetAfterWrite')].map((item) => ({ ...item, value: APP_VALUE(item.key), flags: 0, exptime: 0 }));
+      const expected = [...byFate('untouched'), ...appValues];
+      await assertExactCopy({ topology: cluster.topology, replica: 'b' }, expected, {
+        what: 'the target after the warm',
+        nothingElseOn: (cluster.servers['b'] ?? []).map((s) => s.address),
+      });
+
+      // Every key the warm stored was looked up once; what it stored after the application's
+      // delete was removed, what the application deleted after it was found gone, what the
+      // application overwrote was kept.
+      assert.equal(total(summary, 'reconcileChecked'), total(summary, 'stored'));
+      assert.equal(total(summary, 'reconcileRemoved'), byFate('deletedBetweenDumpAndWrite').length);
+      assert.equal(total(summary, 'reconcileGone'), byFate('deletedAfterWrite').length);
+      assert.equal(total(summary, 'reconcileKept'), byFate('overwrittenInTargetAfterWrite').length);
+      assert.equal(total(summary, 'reconcileUnchecked'), 0);
+    });
+  });
+
+  test('(control) with --reconcile-deletes off the same application leaves the keys deleted between dump and write alive in the target', async () => {
+    await withCluster({ a: 2, b: 3 }, async (cluster) => {
+      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'reconcile' });
+      const summary = await warmWithApplication(cluster, items, false);
+      assert.equal(total(summary, 'reconcileChecked'), 0);
+      const resurrected = items.slice(200).filter((item) => fateOf(item.key) === 'deletedBetweenDumpAndWrite');
+      assert.equal(await heldInTarget(cluster, resurrected.map((i) => i.key)), resurrected.length, 'each is back in the target, though the source has none');
+    });
+  });
+});
