@@ -18,6 +18,7 @@ import { Counter, Gauge, Registry } from 'prom-client';
 import { RESTART_SIGNAL_PATH } from '../dumper/restart-notifier.js';
 import type { RestartSignal } from '../dumper/restart-watcher.js';
 import { CachewarmError, isCachewarmError } from '../shared/errors.js';
+import { reconcileOutcomes } from '../shared/counters.js';
 import {
   BearerAuth,
   HttpError,
@@ -176,7 +177,21 @@ function controllerMetrics(jobs: InstanceJobManager): { registry: Registry; requ
     registers,
     collect() {
       this.reset();
-      for (const [node, value] of jobs.metrics().itemsWrittenByNode) this.inc({ node }, value);
+      for (const [node, written] of jobs.metrics().writtenByNode) this.inc({ node }, written.stored);
+    },
+  });
+  new Counter({
+    name: 'cachewarm_controller_reconciled_items_total',
+    help:
+      "The delete reconcile of each node's instance warms, by outcome: checked (looked up at the source), removed (deleted there, taken back), " +
+      'kept (deleted there, changed here since), gone (deleted in both already), unchecked (never looked up: reported).',
+    labelNames: ['node', 'outcome'],
+    registers,
+    collect() {
+      this.reset();
+      for (const [node, written] of jobs.metrics().writtenByNode) {
+        for (const [outcome, value] of Object.entries(reconcileOutcomes(written))) this.inc({ node, outcome }, value);
+      }
     },
   });
   const perDecision = (name: string, help: string, value: (last: { readonly decision: WarmDecision; readonly atMs: number }) => number): void => {

@@ -294,8 +294,8 @@ export class InstanceJobManager {
   private readonly decisions = new Map<string, { decision: WarmDecision; atMs: number; jobId: string }>();
   /** Jobs that ended in each state, since the start (not bounded by the history). */
   private readonly endedTotal = new Map<JobState, number>();
-  /** node id → items written by finished jobs; running jobs add their live count on top. */
-  private readonly writtenByFinished = new Map<string, number>();
+  /** node id → what finished jobs wrote there; running jobs add their live counts on top. */
+  private readonly writtenByFinished = new Map<string, WriteCounters>();
   /** Aborted by close(): cuts short the removal of a superseded job's leftovers. */
   private readonly shutdown = new AbortController();
   private closing: Promise<void> | undefined;
@@ -379,18 +379,18 @@ export class InstanceJobManager {
   metrics(): {
     readonly jobsByState: ReadonlyMap<JobState, number>;
     readonly endedTotal: ReadonlyMap<JobState, number>;
-    readonly itemsWrittenByNode: ReadonlyMap<string, number>;
+    readonly writtenByNode: ReadonlyMap<string, WriteCounters>;
     readonly lastDecisions: ReadonlyMap<string, { readonly decision: WarmDecision; readonly atMs: number; readonly jobId: string }>;
   } {
     const jobsByState = new Map<JobState, number>(JOB_STATES.map((s) => [s, 0]));
     for (const job of this.jobs.values()) jobsByState.set(job.state, (jobsByState.get(job.state) ?? 0) + 1);
-    const itemsWrittenByNode = new Map(this.writtenByFinished);
+    const writtenByNode = new Map([...this.writtenByFinished].map(([node, counters]) => [node, { ...counters }]));
     // Every job under way, including one superseded and still stopping.
     for (const job of this.jobs.values()) {
       if (!job.active) continue;
-      itemsWrittenByNode.set(job.node.id, (itemsWrittenByNode.get(job.node.id) ?? 0) + job.written.stored);
+      writtenByNode.set(job.node.id, addInto(writtenByNode.get(job.node.id) ?? newWriteCounters(), job.written));
     }
-    return { jobsByState, endedTotal: new Map(this.endedTotal), itemsWrittenByNode, lastDecisions: new Map(this.decisions) };
+    return { jobsByState, endedTotal: new Map(this.endedTotal), writtenByNode, lastDecisions: new Map(this.decisions) };
   }
 
   /** Cancels every job under way and waits for them to stop; refuses new ones. Idempotent. */
@@ -526,7 +526,7 @@ export class InstanceJobManager {
     job.finishedAtMs = this.options.clock.now();
     if (this.activeByNode.get(job.node.id) === job) this.activeByNode.delete(job.node.id);
     this.endedTotal.set(state, (this.endedTotal.get(state) ?? 0) + 1);
-    this.writtenByFinished.set(job.node.id, (this.writtenByFinished.get(job.node.id) ?? 0) + job.written.stored);
+    this.writtenByFinished.set(job.node.id, addInto(this.writtenByFinished.get(job.node.id) ?? newWriteCounters(), job.written));
     const durationMs = job.finishedAtMs - job.createdAtMs;
     const base = { jobId: job.id, node: job.node.id, state, reason, durationMs };
     if (state === 'failed') this.log({ event: 'job-failed', ...base, error, counters: job.view().counters });

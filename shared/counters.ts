@@ -54,6 +54,11 @@ export interface WriteCounters {
   reconcileUnchecked: number;
 }
 
+/** The delete reconcile's counters by outcome, as metrics and reports name them. */
+export function reconcileOutcomes(c: WriteCounters): Record<'checked' | 'removed' | 'kept' | 'gone' | 'unchecked', number> {
+  return { checked: c.reconcileChecked, removed: c.reconcileRemoved, kept: c.reconcileKept, gone: c.reconcileGone, unchecked: c.reconcileUnchecked };
+}
+
 export function newDumpCounters(): DumpCounters {
   return { listed: 0, caughtUp: 0, expired: 0, filtered: 0, gone: 0, unsupported: 0, read: 0, bytesRead: 0, dataChunks: 0 };
 }

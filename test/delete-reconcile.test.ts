@@ -14,13 +14,11 @@ import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
-import { OneLine } from '../shared/memcached/commands.js';
 import { connectDirect } from '../shared/memcached/connect.js';
-import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import type { AddOutcome, PackedSelection, WritableItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
-import { type Topology, parseAddress } from '../shared/topology.js';
 import { type Cluster, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
+import { Application } from './support/application.js';
 import { assertExactCopy } from './support/read-back.js';
 
 /** What the application does to a key, chosen by the key's hash so that every chunk has some of each. */
@@ -36,37 +34,6 @@ function fateOf(key: Buffer): Fate {
 }
 
 const APP_VALUE = (key: Buffer): Buffer => Buffer.from(`application's own value for ${key.toString()}`);
-
-/** The application: plain text-protocol deletes and sets, to the node each replica's ring names. */
-class Application {
-  private readonly conns = new Map<string, Promise<MemcachedConnection>>();
-
-  constructor(private readonly topology: Topology) {}
-
-  async delete(replica: string, key: Buffer): Promise<void> {
-    const line = await this.send(replica, key, Buffer.from(`delete ${key.toString()}\r\n`));
-    assert.ok(line === 'DELETED' || line === 'NOT_FOUND', line);
-  }
-
-  async set(replica: string, key: Buffer, value: Buffer): Promise<void> {
-    const command = Buffer.concat([Buffer.from(`set ${key.toString()} 0 0 ${value.length}\r\n`), value, Buffer.from('\r\n')]);
-    assert.equal(await this.send(replica, key, command), 'STORED');
-  }
-
-  private async send(replica: string, key: Buffer, command: Buffer): Promise<string> {
-    const address = ringOfTarget(targetRingOf(this.topology, replica)).nodeFor(key).address;
-    let conn = this.conns.get(address);
-    if (!conn) {
-      conn = connectDirect({ ...parseAddress(address), label: address });
-      this.conns.set(address, conn);
-    }
-    return (await conn).send(command, new OneLine());
-  }
-
-  async close(): Promise<void> {
-    for (const conn of this.conns.values()) (await conn).close();
-  }
-}
 
 /**
  * The warm's writer, unchanged, with the application acting around each batch: before it is

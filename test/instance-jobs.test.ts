@@ -139,7 +139,7 @@ describe('the instance job manager', () => {
     const live = jobs.get(first.job.id);
     assert.equal(live?.counters.expectedItems, 500);
     assert.equal(live?.counters.written.stored, 30, 'counters follow the progress');
-    assert.equal(jobs.metrics().itemsWrittenByNode.get(B1.id), 30);
+    assert.equal(jobs.metrics().writtenByNode.get(B1.id)?.stored, 30);
 
     warms[0]!.finish(summary(B1, first.job.id, 100));
     const done = await settled(jobs, first.job.id);
@@ -148,7 +148,7 @@ describe('the instance job manager', () => {
     assert.equal(done.counters.dumped.listed, 300, 'summed over the source nodes');
     assert.equal(done.counters.written.stored, 300);
     assert.equal(done.complete, true);
-    assert.equal(jobs.metrics().itemsWrittenByNode.get(B1.id), 300);
+    assert.equal(jobs.metrics().writtenByNode.get(B1.id)?.stored, 300);
 
     const next = jobs.submit(B1, topology, { kind: 'restart', restart: restart(B1, 4242, 3) });
     assert.equal(next.outcome, 'created', 'once finished, a signal makes a new job');

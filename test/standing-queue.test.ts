@@ -6,7 +6,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import type { WritableItem } from '../shared/memcached/meta-add.js';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { ChunkBuilder, chunkHeader } from '../shared/chunk-format.js';
-import { chunkDoneName, manifestName, nodePrefix } from '../shared/job-layout.js';
+import { chunkDoneName, endMarkerName, manifestName, nodePrefix } from '../shared/job-layout.js';
 import { runStandingWorker } from '../populator/standing-worker.js';
 import { systemClock } from '../shared/clock.js';
 import { REASON_ATTRIBUTE } from '../shared/queue/sqs-queue.js';
@@ -15,6 +15,7 @@ import { AWS_TEST_ENV, type CliProcess, startCli } from './support/cli-process.j
 import { crawlsStarted, flushReplica, load, nowSeconds } from './support/cluster.js';
 import { createBucket, createQueue } from './support/fauxqs.js';
 import { type Fleet, startFleet } from './support/fleet.js';
+import { Application } from './support/application.js';
 import { assertExactCopy } from './support/read-back.js';
 import { waitFor } from './support/wait.js';
 
@@ -232,5 +233,54 @@ describe('a standing queue shared by every job', () => {
     const result = await worker;
     assert.equal(result.jobs[jobId]?.chunks, 1);
     assert.equal(result.outcome, 'aborted');
+  });
+
+  test('keys the application deletes while their chunks wait on the queue are taken back by the populator that writes them', async () => {
+    await stopPopulators();
+    await load(fleet.topology, 'a', items);
+    await flushReplica(fleet.topology, 'b');
+    const jobId = 'standing-deletes';
+    // --force: after flush_all, memcached reports the old curr_items until its crawler reclaims them.
+    const controller = warm('b', '--job-id', jobId, '--force');
+    const sources = fleet.topology.replicas.get('a')?.nodes ?? [];
+    const ended = async (): Promise<boolean> => {
+      const { Contents = [] } = await fleet.aws.s3.send(new ListObjectsV2Command({ Bucket: bucket, Prefix: `warms/${jobId}/` }));
+      const names = new Set(Contents.map((o) => o.Key));
+      return sources.every((node) => names.has(`warms/${endMarkerName(jobId, node.id)}`));
+    };
+    await waitFor(ended, { timeoutMs: 60_000, what: 'every source node dumped, its chunks waiting on the queue' });
+
+    // Every key dumped; none written. The application deletes some from both replicas, and
+    // deletes and sets again others.
+    const app = new Application(fleet.topology);
+    const deleted = items.filter((_, i) => i % 10 === 3);
+    const setAgain = items.filter((_, i) => i % 10 === 7);
+    const appValue = (key: Buffer): Buffer => Buffer.from(`set again: ${key.toString()}`);
+    try {
+      for (const item of [...deleted, ...setAgain]) {
+        await app.delete('a', item.key);
+        await app.delete('b', item.key);
+      }
+      for (const item of setAgain) {
+        await app.set('a', item.key, appValue(item.key));
+        await app.set('b', item.key, appValue(item.key));
+      }
+    } finally {
+      await app.close();
+    }
+    startPopulator('p-deletes');
+    assert.equal(await controller.exit(180_000), 0, JSON.stringify(controller.lines.slice(-15)));
+    const summary = JSON.parse(controller.stdout()) as { complete: boolean; targetNodes: Record<string, number>[] };
+    assert.equal(summary.complete, true);
+    const sum = (field: string): number => summary.targetNodes.reduce((total, n) => total + (n[field] ?? 0), 0);
+    assert.equal(sum('reconcileRemoved'), deleted.length, 'each deleted key the populator wrote, it took back');
+    assert.equal(sum('reconcileChecked'), sum('stored'));
+    assert.equal(sum('reconcileUnchecked'), 0);
+    const untouched = items.filter((_, i) => i % 10 !== 3 && i % 10 !== 7);
+    const expected = [...untouched, ...setAgain.map((item) => ({ ...item, value: appValue(item.key), flags: 0, exptime: 0 }))];
+    await assertExactCopy({ topology: fleet.topology, replica: 'b' }, expected, {
+      what: 'b after the warm and the deletes',
+      nothingElseOn: (fleet.topology.replicas.get('b')?.nodes ?? []).map((n) => n.address),
+    });
   });
 });
