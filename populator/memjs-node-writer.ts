@@ -1,7 +1,8 @@
 import memjs, { type Client, type Response, type Server } from 'memjs';
 import type { Clock } from '../shared/clock.js';
-import { CachewarmError } from '../shared/errors.js';
-import { type AddOutcome, type WritableItem, newAddOutcome } from '../shared/memcached/meta-add.js';
+import { CachewarmError, isRetryable } from '../shared/errors.js';
+import { type AddOutcome, type WritableItem, type WrittenItem, newAddOutcome } from '../shared/memcached/meta-add.js';
+import { type DeleteOutcome, newDeleteOutcome } from '../shared/memcached/meta-reconcile.js';
 import { parseAddress } from '../shared/topology.js';
 import { backoffMs } from '../shared/backoff.js';
 import { DEFAULT_RETRY, type RetryPolicy, stillFailing } from './retry-policy.js';
@@ -25,7 +26,11 @@ export interface MemjsNodeWriterOptions {
 
 /** Binary protocol opcode ADD: stores only when the key is absent. */
 const OPCODE_ADD = 0x02;
+/** Binary protocol opcode DELETE: with a CAS in the header, only an item still holding it is deleted. */
+const OPCODE_DELETE = 0x04;
 const STATUS_OK = 0x0000;
+const STATUS_KEY_NOT_FOUND = 0x0001;
+/** For an ADD: the key is there; for a DELETE with a CAS: the item changed since. */
 const STATUS_KEY_EXISTS = 0x0002;
 // The binary protocol's E2BIG and ENOMEM.
 const STATUS_TOO_LARGE = 0x0003;
@@ -99,6 +104,7 @@ export class MemjsNodeWriter implements NodeWriter {
     items: readonly WritableItem[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal?: AbortSignal,
+    withCas = false,
   ): Promise<void> {
     let pending: readonly WritableItem[] = items;
     let lastError: Error | undefined;
@@ -106,7 +112,7 @@ export class MemjsNodeWriter implements NodeWriter {
       if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
       if (signal?.aborted) break;
       const client = this.clientFor(address);
-      const result = await this.send(client, pending, onOutcome, signal);
+      const result = await this.send(client, pending, onOutcome, signal, withCas);
       pending = result.unanswered;
       if (pending.length === 0) return;
       lastError = result.error;
@@ -126,6 +132,48 @@ export class MemjsNodeWriter implements NodeWriter {
     }
     if (signal?.aborted) throw signal.reason;
     throw stillFailing(address, this.retry, this.describe(address, lastError), lastError);
+  }
+
+  /**
+   * A binary DELETE per item, its CAS in the header, one at a time: the reconcile sends only
+   * the few keys a source deleted. A connection that fails is replaced and the items not yet
+   * answered sent again (a delete the failed attempt carried out is then found gone).
+   */
+  async deleteUnchanged(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome> {
+    const outcome = newDeleteOutcome();
+    let next = 0;
+    let lastError: Error | undefined;
+    for (let attempt = 1; attempt <= this.retry.attempts && next < items.length; attempt++) {
+      if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
+      if (signal?.aborted) break;
+      const client = this.clientFor(address);
+      try {
+        for (; next < items.length; next++) {
+          const { key, cas } = items[next] as WrittenItem;
+          client.incrSeq();
+          const request = memjs.Utils.makeRequestBuffer(OPCODE_DELETE, key, Buffer.alloc(0), Buffer.alloc(0), client.seq);
+          request.writeBigUInt64BE(BigInt(cas), 16);
+          const status = await new Promise<number | undefined>((resolve, reject) =>
+            client.perform(key as unknown as string, request, client.seq, (err: unknown, response?: Response | null) =>
+              err || !response ? reject(err instanceof Error ? err : new Error(String(err ?? 'no response'))) : resolve(response.header.status),
+            ),
+          );
+          if (status === STATUS_OK) outcome.removed++;
+          else if (status === STATUS_KEY_EXISTS) outcome.kept++;
+          else if (status === STATUS_KEY_NOT_FOUND) outcome.alreadyGone++;
+          else throw new CachewarmError('NODE_PROTOCOL', `target node ${this.labelOf(address)} answered a conditional delete with status 0x${(status ?? 0).toString(16)}`, { node: address });
+        }
+      } catch (error) {
+        if (!isRetryable(error)) throw error;
+        lastError = error as Error;
+        this.discard(address, client);
+      }
+    }
+    if (next < items.length) {
+      if (signal?.aborted) throw signal.reason;
+      throw stillFailing(address, this.retry, this.describe(address, lastError), lastError);
+    }
+    return outcome;
   }
 
   async probe(address: string): Promise<number> {
@@ -185,6 +233,7 @@ export class MemjsNodeWriter implements NodeWriter {
     items: readonly WritableItem[],
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal: AbortSignal | undefined,
+    withCas: boolean,
   ): Promise<SendResult> {
     const server = client.servers[0] as Server;
     const timeoutMs = this.timeoutSeconds * 1000;
@@ -195,7 +244,8 @@ export class MemjsNodeWriter implements NodeWriter {
       let inFlight = 0;
       let inFlightBytes = 0;
       let done = false;
-      let outcome = newAddOutcome();
+      const fresh = (): AddOutcome => (withCas ? { ...newAddOutcome(), written: [] } : newAddOutcome());
+      let outcome = fresh();
       let answered = 0;
       let answeredBytes = 0;
       let lastProgress = Date.now();
@@ -216,7 +266,7 @@ export class MemjsNodeWriter implements NodeWriter {
         if (answered === 0) return;
         const batch = outcome;
         const bytes = answeredBytes;
-        outcome = newAddOutcome();
+        outcome = fresh();
         answered = 0;
         answeredBytes = 0;
         onOutcome(batch, bytes);
@@ -243,8 +293,10 @@ export class MemjsNodeWriter implements NodeWriter {
           unanswered.push(item);
         } else {
           const status = response.header.status;
-          if (status === STATUS_OK) outcome.stored++;
-          else if (status === STATUS_KEY_EXISTS) outcome.existed++;
+          if (status === STATUS_OK) {
+            outcome.stored++;
+            if (response.header.cas) outcome.written?.push({ key: item.key, cas: Number(response.header.cas.readBigUInt64BE(0)) });
+          } else if (status === STATUS_KEY_EXISTS) outcome.existed++;
           else {
             // Too large, out of memory, invalid key: memcached answered, the pipeline is in
             // step, only this item is lost.

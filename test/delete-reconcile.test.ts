@@ -10,14 +10,15 @@ import { describe, test } from 'node:test';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { warmReplica } from '../controller/warm-replica.js';
 import type { WarmSummary } from '../controller/warm-summary.js';
+import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
 import { connectDirect } from '../shared/memcached/connect.js';
-import type { AddOutcome, PackedSelection, WritableItem } from '../shared/memcached/meta-add.js';
+import type { AddOutcome, PackedSelection, WritableItem, WrittenItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
-import { type Cluster, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
+import { type Cluster, itemCount, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
 import { Application } from './support/application.js';
 import { assertExactCopy } from './support/read-back.js';
 
@@ -151,4 +152,37 @@ describe('deleted keys stay deleted: the warm takes back what the source deleted
       assert.equal(await heldInTarget(cluster, resurrected.map((i) => i.key)), resurrected.length, 'each is back in the target, though the source has none');
     });
   });
+
+  for (const [name, seed, make] of [
+    ['meta commands (ms … c, md … C<cas>)', 'cas-meta', () => new MetaNodeWriter({ connect: connectDirect, clock: systemClock })],
+    ['memjs (binary ADD, DELETE with a CAS)', 'cas-memjs', () => new MemjsNodeWriter({ clock: systemClock })],
+  ] as const) {
+    test(`the ${name} writer hands back the CAS of what it stored, and deletes an item only while it is unchanged`, async () => {
+      await withCluster({ b: 1 }, async (cluster) => {
+        const server = cluster.servers['b']![0]!;
+        const items = sampleItems({ count: 300, valueBytes: 50, nowSeconds: nowSeconds(), seed });
+        const writer: NodeWriter = make();
+        const app = new Application(cluster.topology);
+        try {
+          const written: WrittenItem[] = [];
+          await writer.addItems(server.address, items, (outcome) => written.push(...(outcome.written ?? [])), undefined, true);
+          assert.deepEqual(written.map((w) => w.key.toString()).sort(), items.map((i) => i.key.toString()).sort(), 'a CAS for every item stored');
+          assert.equal(new Set(written.map((w) => w.cas)).size, items.length, 'each its own');
+
+          const overwritten = items.slice(0, 30);
+          const deleted = items.slice(30, 60);
+          for (const item of overwritten) await app.set('b', item.key, APP_VALUE(item.key));
+          for (const item of deleted) await app.delete('b', item.key);
+          const outcome = await writer.deleteUnchanged!(server.address, written);
+          assert.deepEqual(outcome, { removed: items.length - 60, kept: 30, alreadyGone: 30 });
+          assert.equal(await itemCount(server), 30, 'only what the application overwrote is left');
+          const left = await readFrom(server, overwritten.map((i) => i.key));
+          assert.deepEqual(left.map((r) => r?.value.toString()), overwritten.map((i) => APP_VALUE(i.key).toString()));
+        } finally {
+          await app.close();
+          await writer.close();
+        }
+      });
+    });
+  }
 });
