@@ -15,6 +15,7 @@ import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { systemClock } from '../shared/clock.js';
+import type { NodeSpec } from '../shared/topology.js';
 import { connectDirect } from '../shared/memcached/connect.js';
 import type { AddOutcome, PackedSelection, WritableItem, WrittenItem } from '../shared/memcached/meta-add.js';
 import { sampleItems } from '../shared/sample-items.js';
@@ -80,7 +81,7 @@ function writerWithApplication(inner: MetaNodeWriter, app: Application): NodeWri
   };
 }
 
-async function warmWithApplication(cluster: Cluster, items: readonly WritableItem[], reconcileDeletes: boolean): Promise<WarmSummary> {
+async function warmWithApplication(cluster: Cluster, items: readonly WritableItem[], reconcileDeletes: boolean, only?: NodeSpec): Promise<WarmSummary> {
   const { topology } = cluster;
   await load(topology, 'a', items);
   const app = new Application(topology);
@@ -92,7 +93,7 @@ async function warmWithApplication(cluster: Cluster, items: readonly WritableIte
   const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-reconcile-'));
   const writer = writerWithApplication(new MetaNodeWriter({ connect: connectDirect, clock: systemClock }), app);
   try {
-    return await warmReplica({ topology, source: 'a', target: 'b', chunkSizeBytes: 64 << 10, clock: systemClock, workDir, writer, reconcileDeletes, protectSource: 'off' });
+    return await warmReplica({ topology, source: 'a', target: 'b', chunkSizeBytes: 64 << 10, clock: systemClock, workDir, writer, reconcileDeletes, protectSource: 'off', only });
   } finally {
     await app.close();
     await rm(workDir, { recursive: true, force: true });
@@ -140,6 +141,25 @@ describe('deleted keys stay deleted: the warm takes back what the source deleted
       assert.equal(total(summary, 'reconcileGone'), byFate('deletedAfterWrite').length);
       assert.equal(total(summary, 'reconcileKept'), byFate('overwrittenInTargetAfterWrite').length);
       assert.equal(total(summary, 'reconcileUnchecked'), 0);
+    });
+  });
+
+  test('an instance warm takes back the same deletes, on the one node it fills', async () => {
+    await withCluster({ a: 2, b: 3 }, async (cluster) => {
+      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'reconcile-instance' });
+      const node = cluster.topology.replicas.get('b')!.nodes[1]!;
+      const ring = ringOfTarget(targetRingOf(cluster.topology, 'b'));
+      const owned = items.slice(200).filter((item) => ring.nodeFor(item.key).address === node.address);
+      const summary = await warmWithApplication(cluster, items, true, node);
+      assert.equal(summary.complete, true, JSON.stringify(summary.problems ?? summary));
+      const byFate = (fate: Fate): WritableItem[] => owned.filter((item) => fateOf(item.key) === fate);
+      const appValues = [...byFate('deletedAndSetAgain'), ...byFate('overwrittenInTargetAfterWrite')].map((item) => ({ ...item, value: APP_VALUE(item.key), flags: 0, exptime: 0 }));
+      await assertExactCopy({ topology: cluster.topology, replica: 'b' }, [...byFate('untouched'), ...appValues], {
+        what: `${node.id} after its instance warm`,
+        nothingElseOn: [node.address],
+      });
+      assert.equal(total(summary, 'reconcileRemoved'), byFate('deletedBetweenDumpAndWrite').length);
+      assert.equal(total(summary, 'reconcileKept'), byFate('overwrittenInTargetAfterWrite').length);
     });
   });
 
