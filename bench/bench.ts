@@ -170,6 +170,8 @@ interface WarmRun {
   readonly summary: WarmSummaryJson;
   readonly sourceCpu: number;
   readonly targetCpu: number;
+  /** Requests the source nodes answered (`cmd_get`: the dump's reads, the reconcile's lookups, the read-back's). */
+  readonly sourceRequests: number;
 }
 
 interface WarmSummaryJson {
@@ -190,6 +192,7 @@ interface WarmSummaryJson {
 async function warmOnce(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], extra: readonly string[] = []): Promise<WarmRun> {
   const sourceBefore = await memcachedCpu(fleet.slice(0, 3));
   const targetBefore = await memcachedCpu(fleet.slice(3, 7));
+  const requestsBefore = await sourceGets(fleet.slice(0, 3));
   const started = performance.now();
   const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
     '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', '--force', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra]);
@@ -208,7 +211,15 @@ async function warmOnce(topologyFile: string, workDir: string, fleet: readonly M
     summary,
     sourceCpu: (await memcachedCpu(fleet.slice(0, 3))) - sourceBefore,
     targetCpu: (await memcachedCpu(fleet.slice(3, 7))) - targetBefore,
+    sourceRequests: (await sourceGets(fleet.slice(0, 3))) - requestsBefore,
   };
+}
+
+/** Get requests (`mg` included) the nodes answered, summed. */
+async function sourceGets(servers: readonly MemcachedProcess[]): Promise<number> {
+  let total = 0;
+  for (const s of servers) total += Number((await statsAt(s)).get('cmd_get'));
+  return total;
 }
 
 /** The best ceiling of 1 and 4 connections, each into a node in the given state. */
@@ -283,6 +294,9 @@ async function main(): Promise<void> {
     for (const node of fleet.slice(3, 7)) await flush(node);
     log('replica warm again into the same target nodes, flushed (memory already touched)');
     const intoTouched = await warmOnce(topologyFile, workDir, fleet, unprotected);
+    for (const node of fleet.slice(3, 7)) await flush(node);
+    log('replica warm again into the same target nodes, flushed, --reconcile-deletes off');
+    const unreconciled = await warmOnce(topologyFile, workDir, fleet, [...unprotected, '--reconcile-deletes', 'off']);
 
     const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
     log('live client on source node 1: 10 s with nothing else running');
@@ -314,6 +328,10 @@ async function main(): Promise<void> {
       `ceiling into a flushed node     ${show(touchedCeiling.best)}   best of 1 and 4 connections: ${touchedCeiling.connections}; memcached ${touchedCeiling.cpu.toFixed(1)} CPU-s`,
       `warm into fresh nodes           ${show(intoFresh.rate)}   ${ratio(intoFresh.rate, freshCeiling.best)} of the fresh-node ceiling`,
       `warm into flushed nodes         ${show(intoTouched.rate)}   ${ratio(intoTouched.rate, touchedCeiling.best)} of the flushed-node ceiling`,
+      `  without the delete reconcile  ${show(unreconciled.rate)}   ${ratio(unreconciled.rate, touchedCeiling.best)} of the flushed-node ceiling; the reconcile costs ` +
+        `${((1 - intoTouched.rate.itemsPerSecond / unreconciled.rate.itemsPerSecond) * 100).toFixed(0)} % of the rate, ` +
+        `source requests/item ${(intoTouched.sourceRequests / ITEMS).toFixed(2)} with it, ${(unreconciled.sourceRequests / ITEMS).toFixed(2)} without; ` +
+        `cachewarm ${perItem(intoTouched.summary.cpuMs / 1000)}/item with it, ${perItem(unreconciled.summary.cpuMs / 1000)} without`,
       `two targets from one dump      ${show(two.rate)} per target (one flushed, one fresh), ${ratio(two.rate, intoFresh.rate)} of the one-target warm into fresh nodes;` +
         ` source reads per item copied ${two.copyReadsPerItem.toFixed(3)} (get_hits ${two.sourceHits.toLocaleString('en-US')}, ${two.readBack.toLocaleString('en-US')} of them the read-backs'); cachewarm ${perItem(two.cpuSeconds)}/item`,
       ...(viaAws
