@@ -16,6 +16,7 @@ interface VerifyCommandOptions {
   sample: number;
   all?: boolean;
   maxOps?: number;
+  reverse: boolean;
   json?: boolean;
 }
 
@@ -40,6 +41,7 @@ export function registerVerifyCommand(program: Command): void {
     )
     .option('--all', 'check every key')
     .addOption(new Option('--max-ops <n>', 'items per second read from each source node (default: unlimited)').argParser(wholeNumber(BOUNDS.maxOps)))
+    .option('--no-reverse', "skip the other direction: listing the target's keys for those the source no longer holds (deleted there, resurrected here)")
     .option('--json', 'print the report as one JSON object')
     .action(async (opts: VerifyCommandOptions) => {
       const topology = await loadTopology(opts.topology);
@@ -50,6 +52,7 @@ export function registerVerifyCommand(program: Command): void {
         node: opts.node === undefined ? undefined : findNode(topology, opts.node),
         sample: opts.all ? 'all' : opts.sample,
         maxOpsPerNode: opts.maxOps,
+        reverse: opts.reverse,
         connect: connectDirect,
         clock: systemClock,
         signal: interruptSignal(cliLogging().log),
@@ -76,6 +79,12 @@ export function verifyReportText(r: VerifyReport): string {
     `identical ${n(r.identical)}, missing ${n(r.missing)}, different ${n(r.different)}, newer in target ${n(r.newerInTarget)}, expired ${n(r.expired)}` +
       `; gone from source ${n(r.goneFromSource)} (not checked)`,
   ];
+  if (r.reverse) {
+    lines.push(
+      `the other way: ${n(r.reverse.checked)} of ${n(r.reverse.listed)} keys listed in the target looked up at the source; ` +
+        `${n(r.reverse.notInSource)} only in the target (deleted at the source, left here)`,
+    );
+  }
   if (r.strays > 0 || r.unsupported > 0) {
     lines.push(`not checked: ${n(r.strays)} keys on a source node their ring does not name, ${n(r.unsupported)} keys the text protocol cannot name`);
   }

@@ -12,6 +12,7 @@ import { listKeys } from '../dumper/list-keys.js';
 import type { SampledKey } from '../shared/key-sample.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { targetRingOf } from './warm-plan.js';
+import { type ReverseCheck, reverseCheck } from './verify-reverse.js';
 
 /**
  * `cachewarm verify`: compares a target replica with its source as the cache's clients see
@@ -83,6 +84,11 @@ export interface VerifyReplicasOptions {
    * keys spread over the target nodes unevenly.
    */
   readonly listedSample?: readonly SampledKey[] | undefined;
+  /**
+   * Look the other way too (verify-reverse.ts): list the target nodes' keys and count those the
+   * source does not hold, as a warm that resurrected deleted keys would leave them.
+   */
+  readonly reverse?: boolean | undefined;
 }
 
 /** What a check found (checked = the five counts after it). */
@@ -128,7 +134,9 @@ export interface VerifyReport extends VerifyCounts {
   readonly keysPerSecond: number;
   /** Keys listed per second of the whole run. */
   readonly listedPerSecond: number;
-  /** missing === 0 && different === 0 */
+  /** The other direction, when asked for (`reverse`): keys in the target the source does not hold. */
+  readonly reverse?: ReverseCheck | undefined;
+  /** missing === 0 && different === 0, and nothing found only in the target */
   readonly ok: boolean;
 }
 
@@ -517,6 +525,20 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
   }
   if (options.signal?.aborted) throw abortReason(options.signal);
   if (failure) throw failure.error;
+  const reverse = options.reverse
+    ? await reverseCheck({
+        topology,
+        source: sourceReplica.name,
+        target: targetReplica.name,
+        nodes: targetReplica.nodes.filter((_, index) => inScope[index]),
+        sample,
+        maxOpsPerNode: options.maxOpsPerNode,
+        connect,
+        clock,
+        signal: options.signal,
+        onFound: (key, target, source) => note(`only in the target: ${keyText(key)} is on ${target.id}, not on ${source.id}`),
+      })
+    : undefined;
 
   const durationMs = Math.max(0, clock.now() - started);
   const perNode: VerifyNodeCounts[] = targetReplica.nodes.flatMap((n, index) => (inScope[index] ? [{ node: n.id, ...(counts[index] as NodeCounts) }] : []));
@@ -547,7 +569,8 @@ export async function verifyReplicas(options: VerifyReplicasOptions): Promise<Ve
     durationMs,
     keysPerSecond: perSecond(checked),
     listedPerSecond: perSecond(listed),
-    ok: missing === 0 && different === 0,
+    ...(reverse && { reverse }),
+    ok: missing === 0 && different === 0 && (reverse?.notInSource ?? 0) === 0,
   };
 }
 

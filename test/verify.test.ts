@@ -228,6 +228,37 @@ describe('cachewarm verify: a target replica compared with its source as clients
     });
   });
 
+  test('the other way (reverse): keys the source deleted and the target still holds are found only in the target, not ok', BOUNDED, async () => {
+    await withCluster({ a: 2, b: 3 }, async (cluster) => {
+      const now = nowSeconds();
+      const items = [...sampleItems({ count: 2_000, valueBytes: 64, nowSeconds: now, seed: 'reverse' }), ...awkwardItems(now)];
+      await load(cluster.topology, 'a', items);
+      await load(cluster.topology, 'b', items);
+      const resurrected = items.filter((_, i) => i % 89 === 7).map((i) => i.key);
+      await deleteInReplica(cluster, 'a', resurrected);
+      await settle(cluster.servers['b'] ?? []);
+
+      const report = await verify(cluster, { reverse: true });
+      assert.deepEqual(report.reverse, { listed: items.length, checked: items.length, notInSource: resurrected.length });
+      assert.equal(report.missing, 0);
+      assert.equal(report.ok, false, 'a key resurrected in the target is a wrong copy');
+      for (const example of report.examples) assert.match(example, /^only in the target: key \S+ is on b\/127\.0\.0\.1:\d+, not on a\/127\.0\.0\.1:\d+$/);
+      assert.match(verifyReportText(report), new RegExp(`${resurrected.length} only in the target`));
+
+      const sampled = await verify(cluster, { reverse: true, sample: 100 });
+      assert.equal(sampled.reverse?.checked, 300, 'a sample of 100 keys per target node');
+      const node = nodesOf(cluster.topology, 'b')[0] as NodeSpec;
+      const onOne = await verify(cluster, { reverse: true, node });
+      const owned = resurrected.filter((key) => ownerOf(cluster, 'b', key).address === node.address);
+      assert.equal(onOne.reverse?.notInSource, owned.length, `only ${node.id}'s keys`);
+
+      // Not asked for: nothing listed the other way, and the copy itself is as good as before.
+      const forward = await verify(cluster);
+      assert.equal(forward.reverse, undefined);
+      assert.equal(forward.ok, true);
+    });
+  });
+
   test('a changed value (same TTL) or changed flags is different; a non-printable key is shown in hex', BOUNDED, async () => {
     await withCluster({ a: 2, b: 2 }, async (cluster) => {
       const now = nowSeconds();
@@ -410,7 +441,7 @@ describe('cachewarm verify: a target replica compared with its source as clients
       await setInReplica(cluster, 'b', [{ ...(items[0] as WritableItem), value: Buffer.from('differs: read twice from the source') }]);
       await settle(cluster.servers['a'] ?? []);
 
-      const report = await verify(cluster);
+      const report = await verify(cluster, { reverse: true });
       assert.equal(report.checked, items.length);
       assert.equal(report.different, 1);
 
