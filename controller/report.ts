@@ -74,6 +74,8 @@ export function summaryText(s: WarmSummary): string {
       ]),
     ),
   ];
+  const reconcile = reconcileLine(s);
+  if (reconcile) lines.push(reconcile);
   for (const r of s.repairs ?? []) lines.push(`${r.pass}: ${r.reason}${r.nodes ? ` (wrote ${r.nodes.join(', ')})` : ''}`);
   if (s.skippedTooLarge) lines.push(`${s.skippedTooLarge.toLocaleString('en-US')} items too large for the target were left out (--skip-too-large)`);
   for (const p of s.parked) lines.push(`parked chunk ${p.chunk}: ${p.reason}`);
@@ -88,6 +90,17 @@ export function summaryText(s: WarmSummary): string {
   }
   if (s.problems && s.problems.length > 0) lines.push('', 'incomplete because:', ...s.problems.map((p) => `  - ${p}`));
   return lines.join('\n');
+}
+
+/** What the delete reconcile found, when it ran (unchecked items are among the problems). */
+function reconcileLine(s: WarmSummary): string | undefined {
+  const sum = (field: 'reconcileChecked' | 'reconcileRemoved' | 'reconcileKept' | 'reconcileGone'): string =>
+    s.targetNodes.reduce((total, n) => total + n[field], 0).toLocaleString('en-US');
+  if (sum('reconcileChecked') === '0') return undefined;
+  return (
+    `deletes reconciled: ${sum('reconcileChecked')} items written looked up at the source; ${sum('reconcileRemoved')} removed (deleted there meanwhile), ` +
+    `${sum('reconcileKept')} kept (changed in the target since written), ${sum('reconcileGone')} already gone`
+  );
 }
 
 /** Several targets filled from one dump: each target's summary (or failure), then which completed. */

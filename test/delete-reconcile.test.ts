@@ -7,6 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
+import { summaryText } from '../controller/report.js';
 import { targetRingOf } from '../controller/warm-plan.js';
 import { warmReplica } from '../controller/warm-replica.js';
 import type { WarmSummary } from '../controller/warm-summary.js';
@@ -141,6 +142,14 @@ describe('deleted keys stay deleted: the warm takes back what the source deleted
       assert.equal(total(summary, 'reconcileGone'), byFate('deletedAfterWrite').length);
       assert.equal(total(summary, 'reconcileKept'), byFate('overwrittenInTargetAfterWrite').length);
       assert.equal(total(summary, 'reconcileUnchecked'), 0);
+      const n = (count: number): string => count.toLocaleString('en-US');
+      assert.ok(
+        summaryText(summary).includes(
+          `deletes reconciled: ${n(total(summary, 'stored'))} items written looked up at the source; ${n(byFate('deletedBetweenDumpAndWrite').length)} removed (deleted there meanwhile), ` +
+            `${n(byFate('overwrittenInTargetAfterWrite').length)} kept (changed in the target since written), ${n(byFate('deletedAfterWrite').length)} already gone`,
+        ),
+        summaryText(summary),
+      );
     });
   });
 

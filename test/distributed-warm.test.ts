@@ -569,11 +569,13 @@ describe('two replicas filled from one dump through sidecars, S3 and SQS', () =>
     const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 180_000 });
 
     assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
-    type Outcome = { target: string; summary?: { jobId: string; complete: boolean; verification?: { checked: number } } };
+    type Outcome = { target: string; summary?: { jobId: string; complete: boolean; verification?: { checked: number }; targetNodes: { reconcileChecked: number }[] } };
     const group = JSON.parse(controller.stdout()) as { complete: boolean; completed: string[]; outcomes: Outcome[] };
     assert.deepEqual({ complete: group.complete, completed: group.completed }, { complete: true, completed: ['c', 'd'] });
     const readBackReads = group.outcomes.reduce((sum, o) => sum + (o.summary?.verification?.checked ?? 0), 0);
-    assert.equal((await hits()) - hitsBefore, items.length + readBackReads, 'each item read once by the dump (and the read-backs\' samples once each)');
+    const lookups = group.outcomes.reduce((sum, o) => sum + (o.summary?.targetNodes ?? []).reduce((s, n) => s + n.reconcileChecked, 0), 0);
+    assert.equal(lookups, 2 * items.length, "each target's delete reconcile looked up at the source what it wrote");
+    assert.equal((await hits()) - hitsBefore, items.length + readBackReads + lookups, 'each item read once by the dump (and the read-backs\' samples and the lookups once each)');
     await assertExactCopy({ topology, replica: 'c' }, items);
     await assertExactCopy({ topology, replica: 'd' }, items);
 

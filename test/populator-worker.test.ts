@@ -561,8 +561,10 @@ describe('cachewarm populator: stateless workers on an SQS job queue', () => {
       assert.equal(worker.child.exitCode, null, 'still running after the job completed');
       assert.equal(worker.events.filter(named('worker-finished')).length, 0);
 
-      // A chunk announced late is still picked up.
+      // A chunk announced late is still picked up. Its items are the source's (the delete
+      // reconcile takes back from the target what the source does not hold).
       const late = sampleItems({ count: 100, valueBytes: 20, nowSeconds: nowSeconds(), seed: 'late' });
+      await load(cluster.topology, 'a', late);
       const builder = new ChunkBuilder('data', 1 << 16);
       for (const item of late) builder.addData(item.key, item.value, item.flags, item.exptime);
       const chunk = builder.seal();
