@@ -22,32 +22,56 @@ export function buildMetaExists(keys: readonly Buffer[]): Buffer {
   return buf.subarray(0, at);
 }
 
-/** Reads `count` replies to `mg <key> u`: resolves with the indices of the keys not there. */
-export class MetaExistsReplies extends Reply<number[]> {
+// A meta reply's two-letter status, as one number.
+const HD = 0x4844;
+const EN = 0x454e;
+const EX = 0x4558;
+const NF = 0x4e46;
+
+/** Reads `count` one-line replies to pipelined meta commands, each counted by its status. */
+abstract class StatusReplies<T> extends Reply<T> {
   private seen = 0;
-  private readonly absent: number[] = [];
 
   constructor(
     private readonly count: number,
     private readonly label: string,
+    private readonly command: string,
+    private readonly result: T,
   ) {
     super();
-    if (count === 0) this.finish(this.absent);
+    if (count === 0) this.finish(result);
   }
+
+  /** Counts the reply to the `index`th command; false for a status that command never gives. */
+  protected abstract take(status: number, index: number): boolean;
 
   read(buf: Buffer, pos: number): number {
     while (this.seen < this.count) {
       const end = lineEnd(buf, pos);
       if (end < 0) return pos;
-      const c0 = buf[pos];
-      const c1 = buf[pos + 1];
-      if (c0 === 0x45 && c1 === 0x4e) this.absent.push(this.seen);
-      else if (c0 !== 0x48 || c1 !== 0x44) throw protocolError(this.label, 'unexpected reply to mg', lineText(buf, pos, end));
+      const status = ((buf[pos] as number) << 8) | (buf[pos + 1] as number);
+      if (!this.take(status, this.seen)) throw protocolError(this.label, `unexpected reply to ${this.command}`, lineText(buf, pos, end));
       this.seen++;
       pos = end;
     }
-    this.finish(this.absent);
+    this.finish(this.result);
     return pos;
+  }
+}
+
+/** Reads `count` replies to `mg <key> u`: resolves with the indices of the keys not there. */
+export class MetaExistsReplies extends StatusReplies<number[]> {
+  private readonly absent: number[];
+
+  constructor(count: number, label: string) {
+    const absent: number[] = [];
+    super(count, label, 'mg', absent);
+    this.absent = absent;
+  }
+
+  protected take(status: number, index: number): boolean {
+    if (status === EN) this.absent.push(index);
+    return status === EN || status === HD;
   }
 }
 
@@ -84,32 +108,20 @@ export interface DeleteOutcome {
 export const newDeleteOutcome = (): DeleteOutcome => ({ removed: 0, kept: 0, alreadyGone: 0 });
 
 /** Reads `count` replies to `md <key> C<cas>`: HD deleted, EX changed since, NF not there. */
-export class MetaDeleteReplies extends Reply<DeleteOutcome> {
-  private seen = 0;
-  private readonly outcome = newDeleteOutcome();
+export class MetaDeleteReplies extends StatusReplies<DeleteOutcome> {
+  private readonly outcome: DeleteOutcome;
 
-  constructor(
-    private readonly count: number,
-    private readonly label: string,
-  ) {
-    super();
-    if (count === 0) this.finish(this.outcome);
+  constructor(count: number, label: string) {
+    const outcome = newDeleteOutcome();
+    super(count, label, 'md', outcome);
+    this.outcome = outcome;
   }
 
-  read(buf: Buffer, pos: number): number {
-    while (this.seen < this.count) {
-      const end = lineEnd(buf, pos);
-      if (end < 0) return pos;
-      const c0 = buf[pos];
-      const c1 = buf[pos + 1];
-      if (c0 === 0x48 && c1 === 0x44) this.outcome.removed++;
-      else if (c0 === 0x45 && c1 === 0x58) this.outcome.kept++;
-      else if (c0 === 0x4e && c1 === 0x46) this.outcome.alreadyGone++;
-      else throw protocolError(this.label, 'unexpected reply to md', lineText(buf, pos, end));
-      this.seen++;
-      pos = end;
-    }
-    this.finish(this.outcome);
-    return pos;
+  protected take(status: number): boolean {
+    if (status === HD) this.outcome.removed++;
+    else if (status === EX) this.outcome.kept++;
+    else if (status === NF) this.outcome.alreadyGone++;
+    else return false;
+    return true;
   }
 }
