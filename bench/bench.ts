@@ -180,7 +180,7 @@ interface WarmSummaryJson {
   readonly peakRssBytes: number;
   readonly cpuMs: number;
   readonly minorPageFaults: number;
-  readonly targetNodes: readonly { stored: number; existed: number }[];
+  readonly targetNodes: readonly { stored: number; existed: number; reconcileChecked: number }[];
   readonly sourceNodes: readonly { read: number; expired: number; gone: number }[];
   readonly problems?: readonly string[];
 }
@@ -333,7 +333,7 @@ async function main(): Promise<void> {
         `source requests/item ${(intoTouched.sourceRequests / ITEMS).toFixed(2)} with it, ${(unreconciled.sourceRequests / ITEMS).toFixed(2)} without; ` +
         `cachewarm ${perItem(intoTouched.summary.cpuMs / 1000)}/item with it, ${perItem(unreconciled.summary.cpuMs / 1000)} without`,
       `two targets from one dump      ${show(two.rate)} per target (one flushed, one fresh), ${ratio(two.rate, intoFresh.rate)} of the one-target warm into fresh nodes;` +
-        ` source reads per item copied ${two.copyReadsPerItem.toFixed(3)} (get_hits ${two.sourceHits.toLocaleString('en-US')}, ${two.readBack.toLocaleString('en-US')} of them the read-backs'); cachewarm ${perItem(two.cpuSeconds)}/item`,
+        ` source reads per item copied ${two.copyReadsPerItem.toFixed(3)} (get_hits ${two.sourceHits.toLocaleString('en-US')}, ${two.readBack.toLocaleString('en-US')} of them the read-backs', ${two.lookups.toLocaleString('en-US')} the delete reconcile's lookups); cachewarm ${perItem(two.cpuSeconds)}/item`,
       ...(viaAws
         ? [
             `warm via S3+SQS, flushed nodes  ${show(viaAws.warm.rate)}   ${ratio(viaAws.warm.rate, touchedCeiling.best)} of the flushed-node ceiling, ${ratio(viaAws.warm.rate, intoTouched.rate)} of the embedded warm` +
@@ -429,7 +429,7 @@ async function twoTargetWarm(
   topologyFile: string,
   workDir: string,
   fleet: readonly MemcachedProcess[],
-): Promise<{ rate: Rate; copyReadsPerItem: number; sourceHits: number; readBack: number; cpuSeconds: number }> {
+): Promise<{ rate: Rate; copyReadsPerItem: number; sourceHits: number; readBack: number; lookups: number; cpuSeconds: number }> {
   for (const node of fleet.slice(3, 7)) await flush(node);
   log('one dump filling two replicas: target (flushed) and target2 (fresh), --protect-source off');
   const hitsBefore = await getHits(fleet.slice(0, 3));
@@ -445,11 +445,14 @@ async function twoTargetWarm(
   }
   const sourceHits = (await getHits(fleet.slice(0, 3))) - hitsBefore;
   const readBack = group.outcomes.reduce((sum, o) => sum + (o.summary?.verification?.checked ?? 0), 0);
+  // Each target's delete reconcile looks up (mg u, a hit) every item it wrote.
+  const lookups = group.outcomes.reduce((sum, o) => sum + (o.summary?.targetNodes ?? []).reduce((s, n) => s + n.reconcileChecked, 0), 0);
   return {
     rate: rate(seconds, ITEMS, ITEMS * VALUE_BYTES),
-    copyReadsPerItem: (sourceHits - readBack) / ITEMS,
+    copyReadsPerItem: (sourceHits - readBack - lookups) / ITEMS,
     sourceHits,
     readBack,
+    lookups,
     // Each summary has the process's CPU when that target's job ended: the last is the whole.
     cpuSeconds: Math.max(...group.outcomes.map((o) => (o.summary?.cpuMs ?? 0) / 1000)),
   };
