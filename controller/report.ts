@@ -94,12 +94,13 @@ export function summaryText(s: WarmSummary): string {
 
 /** What the delete reconcile found, when it ran (unchecked items are among the problems). */
 function reconcileLine(s: WarmSummary): string | undefined {
-  const sum = (field: 'reconcileChecked' | 'reconcileRemoved' | 'reconcileKept' | 'reconcileGone'): string =>
-    s.targetNodes.reduce((total, n) => total + n[field], 0).toLocaleString('en-US');
-  if (sum('reconcileChecked') === '0') return undefined;
+  const sum = (field: 'reconcileChecked' | 'reconcileRemoved' | 'reconcileKept' | 'reconcileGone'): number => s.targetNodes.reduce((total, n) => total + n[field], 0);
+  const n = (value: number): string => value.toLocaleString('en-US');
+  const checked = sum('reconcileChecked');
+  if (checked === 0) return undefined;
   return (
-    `deletes reconciled: ${sum('reconcileChecked')} items written looked up at the source; ${sum('reconcileRemoved')} removed (deleted there meanwhile), ` +
-    `${sum('reconcileKept')} kept (changed in the target since written), ${sum('reconcileGone')} already gone`
+    `deletes reconciled: ${n(checked)} items written looked up at the source; ${n(sum('reconcileRemoved'))} removed (deleted there meanwhile), ` +
+    `${n(sum('reconcileKept'))} kept (changed in the target since written), ${n(sum('reconcileGone'))} already gone`
   );
 }
 

@@ -36,7 +36,7 @@ abstract class StatusReplies<T> extends Reply<T> {
     private readonly count: number,
     private readonly label: string,
     private readonly command: string,
-    private readonly result: T,
+    protected readonly result: T,
   ) {
     super();
     if (count === 0) this.finish(result);
@@ -61,16 +61,12 @@ abstract class StatusReplies<T> extends Reply<T> {
 
 /** Reads `count` replies to `mg <key> u`: resolves with the indices of the keys not there. */
 export class MetaExistsReplies extends StatusReplies<number[]> {
-  private readonly absent: number[];
-
   constructor(count: number, label: string) {
-    const absent: number[] = [];
-    super(count, label, 'mg', absent);
-    this.absent = absent;
+    super(count, label, 'mg', []);
   }
 
   protected take(status: number, index: number): boolean {
-    if (status === EN) this.absent.push(index);
+    if (status === EN) this.result.push(index);
     return status === EN || status === HD;
   }
 }
@@ -109,18 +105,14 @@ export const newDeleteOutcome = (): DeleteOutcome => ({ removed: 0, kept: 0, alr
 
 /** Reads `count` replies to `md <key> C<cas>`: HD deleted, EX changed since, NF not there. */
 export class MetaDeleteReplies extends StatusReplies<DeleteOutcome> {
-  private readonly outcome: DeleteOutcome;
-
   constructor(count: number, label: string) {
-    const outcome = newDeleteOutcome();
-    super(count, label, 'md', outcome);
-    this.outcome = outcome;
+    super(count, label, 'md', newDeleteOutcome());
   }
 
   protected take(status: number): boolean {
-    if (status === HD) this.outcome.removed++;
-    else if (status === EX) this.outcome.kept++;
-    else if (status === NF) this.outcome.alreadyGone++;
+    if (status === HD) this.result.removed++;
+    else if (status === EX) this.result.kept++;
+    else if (status === NF) this.result.alreadyGone++;
     else return false;
     return true;
   }
