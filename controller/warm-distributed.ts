@@ -35,7 +35,7 @@ import { type WarmReplicaOptions, warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
 import path from 'node:path';
-import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -190,6 +190,8 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   const restartedSources = new Set(replacedSince(recorded?.sources, sources).map((n) => n.id));
   if (!recorded) await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
   const ring = scope.ring;
+  // Chosen now, so that populators can ask it about a source node that restarts mid-warm.
+  const fallback = options.reconcileDeletes === false ? undefined : await alternateSource(job, { ...options, connect });
   const keyFilter: KeyFilterSpec | undefined = scope.node && { nodes: ring.nodes, hashing: ring.hashing, keep: [scope.node.address] };
   const manifest = await openManifest(store, earlier, {
     version: LAYOUT_VERSION,
@@ -199,6 +201,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     target: ring,
     ...(options.sharedDump && { dumpJobId: options.sharedDump.jobId }),
     ...(options.reconcileDeletes === false && { reconcileDeletes: false as const }),
+    ...(fallback && { fallback: targetRingOf(topology, fallback) }),
     createdAt: new Date(started).toISOString(),
   }, signal);
   const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);
@@ -307,7 +310,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     for (const node of sources.restarted()) restartedSources.add(node.id);
     const restarted = [...replaced, ...targets.restarted()];
     const repaired = await repairRestartedTargets(options, job, [...restarted, ...owed]);
-    const covered = await coverRestartedSources(options, job, restartedSources);
+    const covered = await coverRestartedSources(options, job, restartedSources, manifest.fallback?.replica);
     repaired.repairs.push(...covered.repairs);
     repaired.lost.push(...covered.lost);
     const retried = await retryRefused(options, job);
@@ -415,10 +418,12 @@ async function coverRestartedSources(
   options: DistributedWarmOptions,
   job: DistributedJob,
   restartedSources: ReadonlySet<string>,
+  fallback: string | undefined,
 ): Promise<{ repairs: RepairReport[]; lost: string[]; by: Map<string, string> }> {
   const by = new Map<string, string>();
   if (restartedSources.size === 0) return { repairs: [], lost: [], by };
-  const alternate = await alternateSource(job, { ...options, connect: job.connect });
+  // The replica the populators' delete reconcile asked in the restarted node's place, if it still can.
+  const alternate = await alternateSource(job, { ...options, connect: job.connect }, fallback);
   if (!alternate) return { repairs: [], lost: [], by };
   const nodes = job.source.replica.nodes.filter((n) => restartedSources.has(n.id));
   const ids = nodes.map((n) => n.id).join(', ');

@@ -235,6 +235,8 @@ export async function alternateSource(
     readonly alreadyWarmRatio?: number | undefined;
     readonly signal?: AbortSignal | undefined;
   },
+  /** The one chosen earlier in the job (the delete reconcile's fallback): taken while it qualifies. */
+  prefer?: string | undefined,
 ): Promise<string | undefined> {
   if (options.source !== undefined && options.source !== 'auto') return undefined;
   const { topology, connect = connectDirect } = options;
@@ -242,6 +244,6 @@ export async function alternateSource(
   const candidates = await Promise.all(others.map((r) => replicaStats(r, connect, options.signal).catch(() => undefined)));
   const full = candidates
     .filter((c): c is ReplicaStats => c !== undefined && c.items >= (options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO) * plan.source.items)
-    .sort((a, b) => b.items - a.items)[0];
-  return full?.replica.name;
+    .sort((a, b) => b.items - a.items);
+  return (full.find((c) => c.replica.name === prefer) ?? full[0])?.replica.name;
 }

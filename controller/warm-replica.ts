@@ -227,6 +227,8 @@ const MAX_REFILLS_PER_RUN = 3;
 async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<WarmSummary> {
   const { clock, connect = connectDirect, topology } = options;
   const { scope, source, jobId, started, earlier } = plan;
+  // Chosen now, so that the reconcile can ask it about a source node that restarts mid-warm.
+  const fallback = options.reconcileDeletes === false ? undefined : await alternateSource(plan, options);
   // Every node is read before anything is opened that would need closing. (A SASL-only
   // target answers `stats` only through its writer's protocol.)
   const writerStats = options.writer?.stats?.bind(options.writer);
@@ -254,6 +256,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
           clock,
           labelOf: (address) => `${source.replica.name}/${address}`,
           checkSource: new PinnedTargets(async () => dumpedProcesses, jobId, 'sources').check,
+          fallback: fallback === undefined ? undefined : targetRingOf(topology, fallback),
         });
   const ctx: PassContext = {
     options,
@@ -314,7 +317,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       pass.done = ctx.parked.length === parkedBefore;
       const uncovered = [...restartedSources].filter((id) => !covered.has(id));
       if (uncovered.length > 0) {
-        const alternate = await alternateSource(plan, options);
+        const alternate = await alternateSource(plan, options, fallback);
         if (alternate) {
           for (const id of uncovered) covered.set(id, alternate);
           const share = { replica: source.replica.name, nodes: source.replica.nodes.filter((n) => uncovered.includes(n.id)).map((n) => n.address) };

@@ -1,3 +1,4 @@
+import type { TargetRing } from '../shared/chunk-message.js';
 import type { Clock } from '../shared/clock.js';
 import type { WriteCounters } from '../shared/counters.js';
 import type { Connect } from '../shared/memcached/connect.js';
@@ -5,6 +6,7 @@ import type { WrittenItem } from '../shared/memcached/meta-add.js';
 import { MetaExistsReplies, buildMetaExists } from '../shared/memcached/meta-reconcile.js';
 import { type RateLimiter, TokenBucket } from '../shared/token-bucket.js';
 import type { NodeWriter } from './node-writer.js';
+import { type TargetNodeRing, ringOfTarget } from './write-to-ring.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './retry-policy.js';
 import { type CheckConnection, TargetConnections } from './target-connections.js';
 
@@ -22,7 +24,15 @@ export interface DeleteReconcilerOptions {
   /** Checks every new source connection, e.g. that it reaches the process the job was planned with (PinnedProcesses). */
   readonly checkSource?: CheckConnection | undefined;
   readonly retry?: RetryPolicy;
-  /** Told when a batch could not be looked up at its source (counted as unchecked). */
+  /**
+   * Another full replica, asked in place of a source node that cannot be (it restarted, or
+   * stays unreachable): each key is looked up at the node that holds it on that replica's
+   * ring. The application deletes from every replica, so that replica lacking a key says
+   * what the source would have; it is also the replica a restarted node's share is then
+   * copied from. Absent: such items are counted unchecked.
+   */
+  readonly fallback?: TargetRing | undefined;
+  /** Told when a batch could not be looked up at its source (nor at the fallback): counted as unchecked. */
   readonly onUnchecked?: ((source: string, items: number, error: Error) => void) | undefined;
 }
 
@@ -43,8 +53,9 @@ const CHECK_BATCH = 1_000;
  * apart) falling between its two deletes, can still see the key come back.
  *
  * A source that cannot be asked (unreachable through every retry, or another process since
- * the job was planned, whose emptiness says nothing of deletes) leaves its keys in the target
- * and counts them as unchecked: the job reports them rather than guess.
+ * the job was planned, whose emptiness says nothing of deletes) is stood in for by the
+ * fallback replica when the job has one; otherwise, or when that fails too, its keys stay in
+ * the target, counted as unchecked: the job reports them rather than guess.
  */
 export class DeleteReconciler {
   private readonly sources: TargetConnections;
@@ -52,9 +63,14 @@ export class DeleteReconciler {
   private readonly clock: Clock;
   private readonly retry: RetryPolicy;
   private readonly maxChecksPerSecond: number;
+  private readonly fallback: TargetNodeRing | undefined;
 
   constructor(private readonly options: DeleteReconcilerOptions) {
-    this.sources = new TargetConnections(options.connect, 1, options.labelOf, options.checkSource, 'source');
+    const { fallback, labelOf = (address: string) => address } = options;
+    this.fallback = fallback && ringOfTarget(fallback);
+    const onFallback = new Set(fallback?.nodes.map((n) => n.address));
+    const label = (address: string): string => (onFallback.has(address) ? `${fallback?.replica}/${address}` : labelOf(address));
+    this.sources = new TargetConnections(options.connect, 1, label, options.checkSource, 'source');
     this.clock = options.clock;
     this.retry = options.retry ?? DEFAULT_RETRY;
     this.maxChecksPerSecond = options.maxChecksPerSecond ?? 100_000;
@@ -74,26 +90,52 @@ export class DeleteReconciler {
     signal?: AbortSignal,
   ): Promise<void> {
     if (written.length === 0) return;
-    let absent: number[];
+    let absent: readonly WrittenItem[];
     try {
-      await this.limiterFor(source).take(written.length, signal);
-      absent = await this.absentAtSource(source, written, signal);
+      absent = await this.absentAt(source, written, signal);
     } catch (error) {
       if (signal?.aborted) throw error;
-      counters.reconcileUnchecked += written.length;
-      this.options.onUnchecked?.(source, written.length, error as Error);
-      return;
+      try {
+        if (!this.fallback) throw error;
+        absent = await this.absentAtFallback(written, signal);
+      } catch (fallbackError) {
+        if (signal?.aborted) throw fallbackError;
+        counters.reconcileUnchecked += written.length;
+        this.options.onUnchecked?.(source, written.length, fallbackError as Error);
+        return;
+      }
     }
     counters.reconcileChecked += written.length;
     if (absent.length === 0) return;
-    const outcome = await deleteUnchanged(target, absent.map((i) => written[i] as WrittenItem), signal);
+    const outcome = await deleteUnchanged(target, absent, signal);
     counters.reconcileRemoved += outcome.removed;
     counters.reconcileKept += outcome.kept;
     counters.reconcileGone += outcome.alreadyGone;
   }
 
+  /** The items whose keys the fallback replica's nodes do not hold, each asked at its own node. */
+  private async absentAtFallback(written: readonly WrittenItem[], signal: AbortSignal | undefined): Promise<WrittenItem[]> {
+    const ring = this.fallback as TargetNodeRing;
+    const byNode = new Map<string, WrittenItem[]>();
+    for (const item of written) {
+      const address = (ring.nodes[ring.indexFor(item.key)] as TargetNodeRing['nodes'][number]).address;
+      const items = byNode.get(address);
+      if (items) items.push(item);
+      else byNode.set(address, [item]);
+    }
+    const absent = await Promise.all([...byNode].map(([address, items]) => this.absentAt(address, items, signal)));
+    return absent.flat();
+  }
+
+  /** The items whose keys the node at `address` does not hold, asked at the pass's rate. */
+  private async absentAt(address: string, written: readonly WrittenItem[], signal: AbortSignal | undefined): Promise<WrittenItem[]> {
+    await this.limiterFor(address).take(written.length, signal);
+    const missing = await this.absentIndices(address, written, signal);
+    return missing.map((i) => written[i] as WrittenItem);
+  }
+
   /** The indices of the items whose keys `source` does not hold. */
-  private async absentAtSource(source: string, written: readonly WrittenItem[], signal: AbortSignal | undefined): Promise<number[]> {
+  private async absentIndices(source: string, written: readonly WrittenItem[], signal: AbortSignal | undefined): Promise<number[]> {
     const batches: { start: number; keys: Buffer[] }[] = [];
     for (let start = 0; start < written.length; start += CHECK_BATCH) {
       batches.push({ start, keys: written.slice(start, start + CHECK_BATCH).map((item) => item.key) });

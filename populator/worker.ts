@@ -135,6 +135,7 @@ export function jobReconciler(store: ChunkStore, jobId: string, manifest: JobMan
     clock,
     labelOf: (address) => `${manifest.source.replica}/${address}`,
     checkSource: PinnedTargets.recordedIn(store, jobId, 'sources').check,
+    fallback: manifest.fallback,
     onUnchecked: (source, items, error) =>
       log({ event: 'reconcile-unchecked', level: 'warn', jobId, source, items, reason: error.message }),
   });

@@ -121,6 +121,12 @@ export interface JobManifest {
   readonly dumpJobId?: string | undefined;
   /** false: the warm's populators take back nothing the source deleted (`--reconcile-deletes off`); absent: they do. */
   readonly reconcileDeletes?: false | undefined;
+  /**
+   * Another full replica (`--source auto` only): the delete reconcile asks it about the keys of
+   * a source node that cannot be asked (restarted, or unreachable), and the controller copies
+   * a restarted node's share from it (DeleteReconcilerOptions.fallback).
+   */
+  readonly fallback?: TargetRing | undefined;
   readonly createdAt: string;
 }
 

@@ -382,8 +382,15 @@ describe('a replica warm through sidecars, S3 and SQS, whose source node restart
 
     const code = await within(controller.exited, { what: 'the controller to finish', timeoutMs: 180_000 });
     assert.equal(code, 0, JSON.stringify(controller.lines.slice(-20)));
-    const summary = JSON.parse(controller.stdout()) as { complete: boolean; source: string; sourceNodes: { node: string; restarted?: boolean; coveredBy?: string }[] };
+    const summary = JSON.parse(controller.stdout()) as {
+      complete: boolean;
+      source: string;
+      sourceNodes: { node: string; restarted?: boolean; coveredBy?: string }[];
+      targetNodes: { reconcileUnchecked: number }[];
+    };
     assert.equal(summary.complete, true);
+    // What the node gave before its restart was looked up for deletes at c in its place.
+    assert.equal(summary.targetNodes.reduce((sum, n) => sum + n.reconcileUnchecked, 0), 0);
     assert.equal(summary.source, 'a');
     assert.deepEqual(
       summary.sourceNodes.find((n) => n.node === victim.id),
