@@ -7,7 +7,7 @@ import type { ProtectSource } from '../dumper/read-pace.js';
 import { SidecarClient } from '../dumper/sidecar-client.js';
 import type { PopulatorReport } from '../populator/worker.js';
 import type { Clock } from '../shared/clock.js';
-import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters } from '../shared/counters.js';
+import { type DumpCounters, type WriteCounters, addInto, newDumpCounters, newWriteCounters, writeCountersOf } from '../shared/counters.js';
 import { CachewarmError, abortReason, isCachewarmError } from '../shared/errors.js';
 import { type JobManifest, LAYOUT_VERSION, type ProcessesRecord, endMarkerName, getJson, manifestName, nodeDirectory, processesName, putJson, refusedPrefix, summaryName } from '../shared/job-layout.js';
 import { decodeKeyChunk } from '../shared/chunk-format.js';
@@ -401,6 +401,7 @@ function warmHere(
     chunkSizeBytes: options.chunkSizeBytes,
     maxOpsPerNode: options.maxOpsPerNode,
     protectSource: options.protectSource,
+    reconcileDeletes: options.reconcileDeletes,
     clock: options.clock,
     connect: job.connect,
     force: true,
@@ -508,7 +509,7 @@ async function retryRefused(
     keyChunks: new Map([...keyChunks].map(([node, names]) => [node, read(names)])),
     skipTooLarge: options.skipTooLarge,
   });
-  for (const n of retry.targetNodes) byNode.set(n.node, n);
+  for (const n of retry.targetNodes) byNode.set(n.node, writeCountersOf(n));
   const sum = (field: keyof WriteCounters): number => retry.targetNodes.reduce((total, n) => total + n[field], 0);
   const refusedAgain = sum('failed') - (options.skipTooLarge ? sum('tooLarge') : 0);
   if (retry.complete) await Promise.all(records.map((name) => store.delete(name, signal)));
@@ -517,12 +518,15 @@ async function retryRefused(
   return { repairs: [{ pass: retry.jobId, reason }], lost, byNode, skippedTooLarge: retry.skippedTooLarge, smallestSkippedBytes: retry.smallestSkippedBytes };
 }
 
-/** The populators' counters of a node, with the refusals replaced by what the retry of them found. */
+/**
+ * The populators' counters of a node, with the refusals replaced by what the retry of them
+ * found, and the rest of what the retry did (stored, its delete reconcile's lookups) added.
+ */
 function afterRetry(written: WriteCounters | undefined, retried: WriteCounters | undefined): WriteCounters {
   const counters = { ...newWriteCounters(), ...written };
   if (!retried) return { ...counters, failed: 0, tooLarge: 0, outOfMemory: 0, serverError: 0 };
   const { failed, tooLarge, outOfMemory, serverError } = retried;
-  return { ...counters, stored: counters.stored + retried.stored, existed: counters.existed + retried.existed, failed, tooLarge, outOfMemory, serverError };
+  return { ...addInto(counters, retried), failed, tooLarge, outOfMemory, serverError };
 }
 
 interface DumpTracker {

@@ -82,6 +82,13 @@ export function newWriteCounters(): WriteCounters {
   };
 }
 
+/** Just the write counters of a report that carries more (a target node's). */
+export function writeCountersOf(report: WriteCounters): WriteCounters {
+  const counters = newWriteCounters();
+  for (const name of Object.keys(counters) as (keyof WriteCounters)[]) counters[name] = report[name];
+  return counters;
+}
+
 /** Write counters per target node address, created on first use. */
 export class WriteTally {
   readonly byNode = new Map<string, WriteCounters>();

@@ -447,6 +447,9 @@ describe('a replica warm through sidecars, S3 and SQS, into a target that refuse
     assert.equal(rerun.code, 0, JSON.stringify(rerun.summary.problems));
     assert.equal(refused(rerun.summary, 'outOfMemory'), 0);
     assert.ok(rerun.summary.repairs.some((r) => r.reason.includes(`retried: ${count} stored, 0 already there, 0 refused again`)), JSON.stringify(rerun.summary.repairs));
+    const total = (field: 'stored' | 'reconcileChecked'): number => rerun.summary.targetNodes.reduce((sum, n) => sum + n[field], 0);
+    assert.equal(total('stored'), items.length);
+    assert.equal(total('reconcileChecked'), items.length, 'what the retry stored was looked up at the source for deletes too');
     await assertExactCopy({ topology, replica: 'b' }, items);
   });
 
@@ -480,7 +483,7 @@ describe('a replica warm through sidecars, S3 and SQS, into a target that refuse
 interface RefusalSummary {
   readonly complete: boolean;
   readonly problems: string[];
-  readonly targetNodes: { tooLarge: number; outOfMemory: number }[];
+  readonly targetNodes: { tooLarge: number; outOfMemory: number; stored: number; reconcileChecked: number }[];
   readonly repairs: { reason: string }[];
   readonly skippedTooLarge?: number;
   readonly skipped?: string;

@@ -183,6 +183,7 @@ describe('a warm whose target refuses items', () => {
       const rerun = await warm(topology, { workDir: dir, jobId: 'oom' });
       assert.equal(rerun.complete, true, problemsText(rerun));
       assert.equal(rerun.targetNodes[0]?.stored, refused, 'the rerun wrote exactly the refused items');
+      assert.equal(rerun.targetNodes[0]?.reconcileChecked, refused, 'and looked each up at the source for deletes');
       await assertExactCopy({ topology, replica: 'b' }, items);
     });
   });
