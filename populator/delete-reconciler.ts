@@ -141,17 +141,9 @@ export class DeleteReconciler {
       batches.push({ start, keys: written.slice(start, start + CHECK_BATCH).map((item) => item.key) });
     }
     const absent: number[] = [];
-    await this.sources.withRetries(source, batches, this.retry, this.clock, signal, async (conn, pending) => {
-      const failed: { batch: (typeof batches)[number]; error: Error }[] = [];
-      await Promise.all(
-        pending.map((batch) =>
-          conn.send(buildMetaExists(batch.keys), new MetaExistsReplies(batch.keys.length, conn.label)).then(
-            (missing) => void absent.push(...missing.map((i) => batch.start + i)),
-            (error: unknown) => void failed.push({ batch, error: error as Error }),
-          ),
-        ),
-      );
-      return failed;
+    await this.sources.eachWithRetries(source, batches, this.retry, this.clock, signal, async (conn, batch) => {
+      const missing = await conn.send(buildMetaExists(batch.keys), new MetaExistsReplies(batch.keys.length, conn.label));
+      absent.push(...missing.map((i) => batch.start + i));
     });
     return absent;
   }

@@ -24,6 +24,9 @@ export interface MemjsNodeWriterOptions {
   readonly maxInFlightBytes?: number;
 }
 
+const EMPTY = Buffer.alloc(0);
+/** Binary protocol opcode GET: the value, and in the header the item's CAS. */
+const OPCODE_GET = 0x00;
 /** Binary protocol opcode ADD: stores only when the key is absent. */
 const OPCODE_ADD = 0x02;
 /** Binary protocol opcode DELETE: with a CAS in the header, only an item still holding it is deleted. */
@@ -40,6 +43,19 @@ const REPORT_EVERY = 256;
 /** memjs reports a refused SASL login (or a command refused for want of one) with this text. */
 const AUTH_FAILED = /authentication failed/i;
 
+
+/** One binary request without extras or value (`edit` fills in the header, e.g. a CAS), and its response. */
+function perform(client: Client, opcode: number, key: Buffer, edit?: (request: Buffer) => void): Promise<Response> {
+  client.incrSeq();
+  const request = memjs.Utils.makeRequestBuffer(opcode, key, EMPTY, EMPTY, client.seq);
+  edit?.(request);
+  return new Promise<Response>((resolve, reject) =>
+    // perform's key only picks the server among several; this client has one.
+    client.perform(key as unknown as string, request, client.seq, (err: unknown, response?: Response | null) =>
+      err || !response ? reject(err instanceof Error ? err : new Error(String(err ?? 'no response'))) : resolve(response),
+    ),
+  );
+}
 
 /** Extras of a binary ADD, laid out as memjs's own `add` builds them: flags, then expiry, u32 big-endian. */
 function addExtras(item: WritableItem): Buffer {
@@ -112,7 +128,7 @@ export class MemjsNodeWriter implements NodeWriter {
       if (attempt > 1) await this.clock.sleep(backoffMs(this.retry, attempt - 1), signal);
       if (signal?.aborted) break;
       const client = this.clientFor(address);
-      const result = await this.send(client, pending, onOutcome, signal, withCas);
+      const result = await this.send(client, pending, onOutcome, signal, withCas, attempt > 1);
       pending = result.unanswered;
       if (pending.length === 0) return;
       lastError = result.error;
@@ -136,11 +152,37 @@ export class MemjsNodeWriter implements NodeWriter {
 
   /**
    * A binary DELETE per item, its CAS in the header, one at a time: the reconcile sends only
-   * the few keys a source deleted. A connection that fails is replaced and the items not yet
-   * answered sent again (a delete the failed attempt carried out is then found gone).
+   * the few keys a source deleted.
    */
   async deleteUnchanged(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome> {
     const outcome = newDeleteOutcome();
+    await this.oneByOne(address, items, signal, async (client, { key, cas }) => {
+      const { status } = (await perform(client, OPCODE_DELETE, key, (request) => request.writeBigUInt64BE(BigInt(cas), 16))).header;
+      if (status === STATUS_OK) outcome.removed++;
+      else if (status === STATUS_KEY_EXISTS) outcome.kept++;
+      else if (status === STATUS_KEY_NOT_FOUND) outcome.alreadyGone++;
+      else throw this.unexpected(address, 'a conditional delete', status);
+    });
+    return outcome;
+  }
+
+  /** A binary GET per key, one at a time (the value comes too: only the few keys a retried add found present are asked). */
+  async casOf(address: string, keys: readonly Buffer[], signal?: AbortSignal): Promise<(number | undefined)[]> {
+    const cas: (number | undefined)[] = [];
+    await this.oneByOne(address, keys, signal, async (client, key, i) => {
+      const { header } = await perform(client, OPCODE_GET, key);
+      if (header.status === STATUS_OK) cas[i] = Number(header.cas.readBigUInt64BE(0));
+      else if (header.status !== STATUS_KEY_NOT_FOUND) throw this.unexpected(address, 'a get', header.status);
+    });
+    return cas;
+  }
+
+  /**
+   * `each` for every item in turn, on the node's client. A connection that fails is replaced
+   * and the items not yet answered are sent again (a delete the failed attempt carried out
+   * is then found gone); a node that stays down fails naming it.
+   */
+  private async oneByOne<T>(address: string, items: readonly T[], signal: AbortSignal | undefined, each: (client: Client, item: T, index: number) => Promise<void>): Promise<void> {
     let next = 0;
     let lastError: Error | undefined;
     for (let attempt = 1; attempt <= this.retry.attempts && next < items.length; attempt++) {
@@ -148,21 +190,7 @@ export class MemjsNodeWriter implements NodeWriter {
       if (signal?.aborted) break;
       const client = this.clientFor(address);
       try {
-        for (; next < items.length; next++) {
-          const { key, cas } = items[next] as WrittenItem;
-          client.incrSeq();
-          const request = memjs.Utils.makeRequestBuffer(OPCODE_DELETE, key, Buffer.alloc(0), Buffer.alloc(0), client.seq);
-          request.writeBigUInt64BE(BigInt(cas), 16);
-          const status = await new Promise<number | undefined>((resolve, reject) =>
-            client.perform(key as unknown as string, request, client.seq, (err: unknown, response?: Response | null) =>
-              err || !response ? reject(err instanceof Error ? err : new Error(String(err ?? 'no response'))) : resolve(response.header.status),
-            ),
-          );
-          if (status === STATUS_OK) outcome.removed++;
-          else if (status === STATUS_KEY_EXISTS) outcome.kept++;
-          else if (status === STATUS_KEY_NOT_FOUND) outcome.alreadyGone++;
-          else throw new CachewarmError('NODE_PROTOCOL', `target node ${this.labelOf(address)} answered a conditional delete with status 0x${(status ?? 0).toString(16)}`, { node: address });
-        }
+        for (; next < items.length; next++) await each(client, items[next] as T, next);
       } catch (error) {
         if (!isRetryable(error)) throw error;
         lastError = error as Error;
@@ -173,7 +201,10 @@ export class MemjsNodeWriter implements NodeWriter {
       if (signal?.aborted) throw signal.reason;
       throw stillFailing(address, this.retry, this.describe(address, lastError), lastError);
     }
-    return outcome;
+  }
+
+  private unexpected(address: string, what: string, status: number): CachewarmError {
+    return new CachewarmError('NODE_PROTOCOL', `target node ${this.labelOf(address)} answered ${what} with status 0x${status.toString(16)}`, { node: address });
   }
 
   async probe(address: string): Promise<number> {
@@ -234,6 +265,7 @@ export class MemjsNodeWriter implements NodeWriter {
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     signal: AbortSignal | undefined,
     withCas: boolean,
+    resent: boolean,
   ): Promise<SendResult> {
     const server = client.servers[0] as Server;
     const timeoutMs = this.timeoutSeconds * 1000;
@@ -244,7 +276,7 @@ export class MemjsNodeWriter implements NodeWriter {
       let inFlight = 0;
       let inFlightBytes = 0;
       let done = false;
-      const fresh = (): AddOutcome => (withCas ? { ...newAddOutcome(), written: [] } : newAddOutcome());
+      const fresh = (): AddOutcome => ({ ...newAddOutcome(), ...(withCas && { written: [], existedKeys: [] }), ...(resent && { resent }) });
       let outcome = fresh();
       let answered = 0;
       let answeredBytes = 0;
@@ -296,8 +328,10 @@ export class MemjsNodeWriter implements NodeWriter {
           if (status === STATUS_OK) {
             outcome.stored++;
             if (response.header.cas) outcome.written?.push({ key: item.key, cas: Number(response.header.cas.readBigUInt64BE(0)) });
-          } else if (status === STATUS_KEY_EXISTS) outcome.existed++;
-          else {
+          } else if (status === STATUS_KEY_EXISTS) {
+            outcome.existed++;
+            outcome.existedKeys?.push(item.key);
+          } else {
             // Too large, out of memory, invalid key: memcached answered, the pipeline is in
             // step, only this item is lost.
             const text = response.val.toString('latin1').trim();

@@ -3,7 +3,7 @@ import type { Clock } from '../shared/clock.js';
 import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { stats } from '../shared/memcached/commands.js';
 import { type AddBatch, type AddOutcome, MetaAddReplies, type PackedSelection, type WritableItem, type WrittenItem, buildMetaAdds } from '../shared/memcached/meta-add.js';
-import { type DeleteOutcome, MetaDeleteReplies, buildMetaDeletesIfUnchanged, newDeleteOutcome } from '../shared/memcached/meta-reconcile.js';
+import { type DeleteOutcome, MetaCasReplies, MetaDeleteReplies, buildMetaCas, buildMetaDeletesIfUnchanged, newDeleteOutcome } from '../shared/memcached/meta-reconcile.js';
 import { addInto } from '../shared/counters.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
@@ -66,8 +66,15 @@ function packedBatchesOf({ packed, indices }: PackedSelection, maxBytes: number)
 
 /** Write batches unanswered at once on one connection. */
 const WINDOW = 4;
-/** Conditional deletes a pipelined batch. */
+/** Conditional deletes (or CAS lookups) a pipelined batch. */
 const DELETE_BATCH = 1_000;
+
+/** `all` in DELETE_BATCH parts, each with where it starts. */
+function slices<T>(all: readonly T[]): { start: number; part: readonly T[] }[] {
+  const parts: { start: number; part: readonly T[] }[] = [];
+  for (let start = 0; start < all.length; start += DELETE_BATCH) parts.push({ start, part: all.slice(start, start + DELETE_BATCH) });
+  return parts;
+}
 
 /**
  * Adds items to one target node, every batch pipelined on a shared connection. A batch
@@ -124,21 +131,20 @@ export class MetaNodeWriter implements NodeWriter {
    */
   async deleteUnchanged(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome> {
     const outcome = newDeleteOutcome();
-    const batches: WrittenItem[][] = [];
-    for (let start = 0; start < items.length; start += DELETE_BATCH) batches.push(items.slice(start, start + DELETE_BATCH));
-    await this.connections.withRetries(address, batches, this.retry, this.clock, signal, async (conn, pending) => {
-      const failed: { batch: WrittenItem[]; error: Error }[] = [];
-      await Promise.all(
-        pending.map((batch) =>
-          conn.send(buildMetaDeletesIfUnchanged(batch), new MetaDeleteReplies(batch.length, conn.label)).then(
-            (answered) => void addInto(outcome, answered),
-            (error: unknown) => void failed.push({ batch, error: error as Error }),
-          ),
-        ),
-      );
-      return failed;
+    await this.connections.eachWithRetries(address, slices(items), this.retry, this.clock, signal, async (conn, { part }) => {
+      addInto(outcome, await conn.send(buildMetaDeletesIfUnchanged(part), new MetaDeleteReplies(part.length, conn.label)));
     });
     return outcome;
+  }
+
+  /** `mg <key> c` for each key, pipelined: the CAS of the item it names, undefined where there is none. */
+  async casOf(address: string, keys: readonly Buffer[], signal?: AbortSignal): Promise<(number | undefined)[]> {
+    const cas: (number | undefined)[] = [];
+    await this.connections.eachWithRetries(address, slices(keys), this.retry, this.clock, signal, async (conn, { start, part }) => {
+      const found = await conn.send(buildMetaCas(part), new MetaCasReplies(part.length, conn.label));
+      found.forEach((value, i) => (cas[start + i] = value));
+    });
+    return cas;
   }
 
   private write(
@@ -148,7 +154,8 @@ export class MetaNodeWriter implements NodeWriter {
     signal: AbortSignal | undefined,
     withCas: boolean,
   ): Promise<void> {
-    return this.connections.withRetries(address, batches, this.retry, this.clock, signal, (conn, pending) => this.send(conn, pending, onOutcome, withCas));
+    const sent = new WeakSet<Batch>();
+    return this.connections.withRetries(address, batches, this.retry, this.clock, signal, (conn, pending) => this.send(conn, pending, sent, onOutcome, withCas));
   }
 
   /**
@@ -158,6 +165,7 @@ export class MetaNodeWriter implements NodeWriter {
   private async send(
     conn: MemcachedConnection,
     batches: readonly Batch[],
+    sent: WeakSet<Batch>,
     onOutcome: (outcome: AddOutcome, valueBytes: number) => void,
     withCas: boolean,
   ): Promise<{ batch: Batch; error: Error }[]> {
@@ -165,6 +173,8 @@ export class MetaNodeWriter implements NodeWriter {
     const inFlight: Promise<void>[] = [];
     for (const batch of batches) {
       if (inFlight.length >= WINDOW) await inFlight.shift();
+      const again = sent.has(batch);
+      sent.add(batch);
       const reply = new MetaAddReplies(batch.items, conn.label, withCas);
       const request = buildMetaAdds(batch.items, this.pool, withCas);
       await conn.enqueue(request, reply);
@@ -174,11 +184,9 @@ export class MetaNodeWriter implements NodeWriter {
             // Answered, so the socket is done with the request. (After a failure it may
             // not be: that buffer is left to the garbage collector.)
             this.pool?.release(request);
-            onOutcome(outcome, batch.valueBytes);
+            onOutcome(again ? { ...outcome, resent: true } : outcome, batch.valueBytes);
           },
-          (error: unknown) => {
-            failed.push({ batch, error: error as Error });
-          },
+          (error: unknown) => void failed.push({ batch, error: error as Error }),
         ),
       );
     }

@@ -37,6 +37,12 @@ export interface NodeWriter {
    */
   deleteUnchanged?(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome>;
   /**
+   * The CAS of each key's item on the node, undefined where it holds none: how the delete
+   * reconcile names items an earlier attempt of the same adds may have stored. Comes with
+   * deleteUnchanged.
+   */
+  casOf?(address: string, keys: readonly Buffer[], signal?: AbortSignal): Promise<(number | undefined)[]>;
+  /**
    * Checks that the node answers (and, where it needs it, accepts our credentials); resolves
    * with the items it holds (`curr_items`), read the way this writer reaches the node.
    */

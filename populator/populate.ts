@@ -93,7 +93,8 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
   }
 
   /** Writes the message's chunk; returns what it did, counted in `tally` too, written whole or not. */
-  async function apply(message: ChunkMessage, route: MessageRoute): Promise<WriteTally> {
+  /** `again`: the message was delivered before, so its items may have been written already. */
+  async function apply(message: ChunkMessage, route: MessageRoute, again: boolean): Promise<WriteTally> {
     const { store, scope } = route;
     if (scope) checkMessageScope(message, scope, `for chunk ${message.chunk.name}`);
     // Equal to the message's once checked; taken from the manifest all the same, so that what
@@ -130,6 +131,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
             recorded.push(record);
           }),
         reconcile: reconciler && ((address, deleteUnchanged, stored) => reconciler.reconcile(source, address, deleteUnchanged, stored, written.for(address), signal)),
+        mayHaveWritten: again,
         signal,
       });
       await Promise.all(recorded);
@@ -148,7 +150,7 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     let route: MessageRoute | undefined;
     try {
       route = await routeOf(message, signal);
-      written = await apply(message, route);
+      written = await apply(message, route, delivery.receiveCount > 1);
     } catch (thrown) {
       const error = thrown instanceof Error ? thrown : new Error(String(thrown));
       if (signal?.aborted) {

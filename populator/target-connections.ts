@@ -66,6 +66,22 @@ export class TargetConnections {
     throw stillFailing(address, retry, lastError?.message ?? 'unknown error', lastError, this.role);
   }
 
+  /** withRetries for batches that are one request each: `send` sends one and takes its answer. */
+  eachWithRetries<T>(
+    address: string,
+    batches: readonly T[],
+    retry: RetryPolicy,
+    clock: Clock,
+    signal: AbortSignal | undefined,
+    send: (conn: MemcachedConnection, batch: T) => Promise<void>,
+  ): Promise<void> {
+    return this.withRetries(address, batches, retry, clock, signal, async (conn, pending) => {
+      const failed: { batch: T; error: Error }[] = [];
+      await Promise.all(pending.map((batch) => send(conn, batch).catch((error: unknown) => void failed.push({ batch, error: error as Error }))));
+      return failed;
+    });
+  }
+
   get(address: string, signal?: AbortSignal): Promise<MemcachedConnection> {
     if (this.closed) throw new Error('target connections are closed');
     let slots = this.open.get(address);

@@ -30,6 +30,12 @@ export interface WriteToRingOptions {
    * stored as unchecked.
    */
   readonly reconcile?: ((address: string, deleteUnchanged: NonNullable<NodeWriter['deleteUnchanged']>, written: readonly WrittenItem[]) => Promise<void>) | undefined;
+  /**
+   * These items may have been written before (a chunk delivered again after its holder
+   * failed mid-write): what the adds find present may be the warm's own, so the reconcile
+   * looks its CAS up and checks it too. (A batch a writer sent again says so itself.)
+   */
+  readonly mayHaveWritten?: boolean | undefined;
   readonly signal?: AbortSignal | undefined;
 }
 
@@ -70,6 +76,19 @@ export async function writeToRing(
     if (hasExpired(exptime, now)) tally.for(address).expired++;
     else (perNode[index] as number[]).push(i);
   }
+  const reconcileWritten = async (
+    address: string,
+    deleteUnchanged: NonNullable<NodeWriter['deleteUnchanged']>,
+    written: readonly WrittenItem[],
+    maybeOurs: readonly Buffer[] | undefined,
+  ): Promise<void> => {
+    let items = written;
+    if (maybeOurs?.length && writer.casOf) {
+      const cas = await writer.casOf(address, maybeOurs, options.signal);
+      items = [...written, ...maybeOurs.flatMap((key, i) => (cas[i] === undefined ? [] : [{ key, cas: cas[i] }]))];
+    }
+    await (reconcile as NonNullable<typeof reconcile>)(address, deleteUnchanged, items);
+  };
   // allSettled: the caller may reuse the items' memory as soon as this returns, so no node's
   // writes may still be running when another's failure is reported.
   const results = await Promise.allSettled(
@@ -83,7 +102,8 @@ export async function writeToRing(
         handled += outcome.stored + outcome.existed + outcome.refused.length;
         counters.stored += outcome.stored;
         if (deleteUnchanged && outcome.written) {
-          const done = (reconcile as NonNullable<typeof reconcile>)(address, deleteUnchanged, outcome.written);
+          const maybeOurs = outcome.resent || options.mayHaveWritten ? outcome.existedKeys : undefined;
+          const done = reconcileWritten(address, deleteUnchanged, outcome.written, maybeOurs);
           // Awaited below; until then a failure must not count as unhandled.
           done.catch(() => undefined);
           reconciling.push(done);

@@ -14,7 +14,9 @@ import type { WarmSummary } from '../controller/warm-summary.js';
 import { MemjsNodeWriter } from '../populator/memjs-node-writer.js';
 import { MetaNodeWriter } from '../populator/meta-node-writer.js';
 import type { NodeWriter } from '../populator/node-writer.js';
-import { ringOfTarget } from '../populator/write-to-ring.js';
+import { type TargetNodeRing, ringOfTarget, writeToRing } from '../populator/write-to-ring.js';
+import { DeleteReconciler } from '../populator/delete-reconciler.js';
+import { type WriteCounters, WriteTally } from '../shared/counters.js';
 import { systemClock } from '../shared/clock.js';
 import type { NodeSpec } from '../shared/topology.js';
 import { connectDirect } from '../shared/memcached/connect.js';
@@ -23,6 +25,7 @@ import { sampleItems } from '../shared/sample-items.js';
 import { type Cluster, itemCount, load, nowSeconds, readFrom, withCluster } from './support/cluster.js';
 import { Application } from './support/application.js';
 import { assertExactCopy } from './support/read-back.js';
+import { cuttingProxy } from './support/cutting-proxy.js';
 
 /** What the application does to a key, chosen by the key's hash so that every chunk has some of each. */
 type Fate = 'deletedBetweenDumpAndWrite' | 'deletedAndSetAgain' | 'deletedAfterWrite' | 'overwrittenInTargetAfterWrite' | 'untouched';
@@ -113,6 +116,42 @@ async function heldInTarget(cluster: Cluster, keys: readonly Buffer[]): Promise<
     held += (await readFrom(server, mine)).filter(Boolean).length;
   }
   return held;
+}
+
+/** Items dumped from a's only node, a tenth of which the application then deleted there. */
+async function dumpedThenDeleted(cluster: Cluster, seed: string): Promise<{ items: WritableItem[]; deleted: WritableItem[]; kept: WritableItem[] }> {
+  const items = sampleItems({ count: 3_000, valueBytes: 200, nowSeconds: nowSeconds(), seed });
+  await load(cluster.topology, 'a', items);
+  const deleted = items.filter((_, i) => i % 10 === 0);
+  const app = new Application(cluster.topology);
+  try {
+    for (const item of deleted) await app.delete('a', item.key);
+  } finally {
+    await app.close();
+  }
+  return { items, deleted, kept: items.filter((_, i) => i % 10 !== 0) };
+}
+
+/** A one-node ring at `address` (b's node, or a proxy in front of it). */
+const ringOf = (address: string): TargetNodeRing => ringOfTarget({ replica: 'b', hashing: 'spymemcached', nodes: [{ address, ringName: address }] });
+
+/** Writes `items` to `address`, each batch reconciled with a's only node; what it did there. */
+async function writeReconciled(cluster: Cluster, writer: NodeWriter, items: readonly WritableItem[], address: string, mayHaveWritten: boolean): Promise<WriteCounters> {
+  const source = cluster.servers['a']![0]!.address;
+  const reconciler = new DeleteReconciler({ connect: connectDirect, clock: systemClock });
+  const tally = new WriteTally();
+  try {
+    await writeToRing(items, ringOf(address), {
+      writer,
+      clock: systemClock,
+      tally,
+      mayHaveWritten,
+      reconcile: (node, deleteUnchanged, written) => reconciler.reconcile(source, node, deleteUnchanged, written, tally.for(node)),
+    });
+  } finally {
+    await reconciler.close();
+  }
+  return tally.total();
 }
 
 describe('deleted keys stay deleted: the warm takes back what the source deleted meanwhile', () => {
@@ -235,6 +274,58 @@ describe('deleted keys stay deleted: the warm takes back what the source deleted
       });
     });
   });
+
+  test('a chunk delivered again after its first holder stored it and died before its reconcile: what the adds find present is looked up too', async () => {
+    await withCluster({ a: 1, b: 1 }, async (cluster) => {
+      const { items, deleted, kept } = await dumpedThenDeleted(cluster, 'redelivered');
+      const target = cluster.servers['b']![0]!;
+      const writer = new MetaNodeWriter({ connect: connectDirect, clock: systemClock });
+      try {
+        // The first holder: stored everything, then died before looking anything up.
+        await writeToRing(items, ringOf(target.address), { writer, clock: systemClock, tally: new WriteTally() });
+        const asFirst = await writeReconciled(cluster, writer, items, target.address, false);
+        assert.equal(asFirst.existed, items.length);
+        assert.equal(asFirst.reconcileChecked, 0, 'a first delivery takes what it finds present for the application\'s');
+        assert.equal((await readFrom(target, deleted.map((i) => i.key))).filter(Boolean).length, deleted.length);
+
+        const again = await writeReconciled(cluster, writer, items, target.address, true);
+        assert.equal(again.reconcileChecked, items.length);
+        assert.equal(again.reconcileRemoved, deleted.length);
+      } finally {
+        await writer.close();
+      }
+      assert.equal((await readFrom(target, deleted.map((i) => i.key))).filter(Boolean).length, 0, 'no deleted key is in the target');
+      await assertExactCopy({ topology: cluster.topology, replica: 'b' }, kept, { nothingElseOn: [target.address] });
+    });
+  });
+
+  for (const [name, make, replyBytes] of [
+    ['meta', () => new MetaNodeWriter({ connect: connectDirect, clock: systemClock }), 10],
+    ['memjs', () => new MemjsNodeWriter({ clock: systemClock, timeoutSeconds: 1 }), 24],
+  ] as const) {
+    test(`adds the ${name} writer sends again after their connection was cut: what the cut attempt stored is looked up too`, async () => {
+      await withCluster({ a: 1, b: 1 }, async (cluster) => {
+        const { items, deleted, kept } = await dumpedThenDeleted(cluster, `cut-${name}`);
+        const target = cluster.servers['b']![0]!;
+        // Replies to the first 100 adds come back, then the connection is cut.
+        const proxy = await cuttingProxy(target.port, 100 * replyBytes);
+        const writer = make();
+        let counters: WriteCounters;
+        try {
+          counters = await writeReconciled(cluster, writer, items, `127.0.0.1:${proxy.port}`, false);
+        } finally {
+          await writer.close();
+          await proxy.close();
+        }
+        assert.ok(proxy.connections() >= 2, `the proxy saw ${proxy.connections()} connection(s)`);
+        assert.ok(counters.existed > 0, 'the adds sent again found what the cut attempt stored');
+        assert.equal(counters.reconcileChecked, items.length, 'every item is looked up once, stored now or found present');
+        assert.equal(counters.reconcileUnchecked, 0);
+        assert.equal((await readFrom(target, deleted.map((i) => i.key))).filter(Boolean).length, 0, 'no deleted key is in the target');
+        await assertExactCopy({ topology: cluster.topology, replica: 'b' }, kept, { nothingElseOn: [target.address] });
+      });
+    });
+  }
 
   for (const [name, seed, make] of [
     ['meta commands (ms … c, md … C<cas>)', 'cas-meta', () => new MetaNodeWriter({ connect: connectDirect, clock: systemClock })],

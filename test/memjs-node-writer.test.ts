@@ -3,7 +3,7 @@ import { type ChildProcess, execFile, execFileSync, spawn } from 'node:child_pro
 import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { type Server as NetServer, type Socket, connect, createServer } from 'node:net';
+import { connect } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,6 +20,7 @@ import { itemCount, load, nowSeconds, readFrom, startCluster } from './support/c
 import { type MemcachedProcess, freePort, startMemcached } from './support/memcached.js';
 import { assertExactCopy } from './support/read-back.js';
 import { within } from './support/wait.js';
+import { cuttingProxy } from './support/cutting-proxy.js';
 
 const QUICK_RETRY: RetryPolicy = { attempts: 3, baseDelayMs: 5, maxDelayMs: 10 };
 
@@ -286,58 +287,6 @@ describe('MemjsNodeWriter against plain memcached', () => {
     await assert.rejects(write(writer, server.address, [item('abort:y', 'y', 0, 0)]), /closed/);
   });
 });
-
-interface CuttingProxy {
-  readonly port: number;
-  connections(): number;
-  close(): Promise<void>;
-}
-
-/** Relays to memcached; the first connection is cut (both ways) once `cutAfter` reply bytes went back. */
-async function cuttingProxy(targetPort: number, cutAfter: number): Promise<CuttingProxy> {
-  let count = 0;
-  const sockets = new Set<Socket>();
-  const proxy: NetServer = createServer((client) => {
-    const first = count++ === 0;
-    const upstream = connect({ host: '127.0.0.1', port: targetPort });
-    sockets.add(client).add(upstream);
-    client.on('close', () => sockets.delete(client));
-    upstream.on('close', () => sockets.delete(upstream));
-    client.on('error', () => upstream.destroy());
-    upstream.on('error', () => client.destroy());
-    client.on('close', () => upstream.destroy());
-    upstream.on('close', () => client.destroy());
-    client.pipe(upstream);
-    let relayed = 0;
-    upstream.on('data', (chunk: Buffer) => {
-      if (!first) {
-        client.write(chunk);
-        return;
-      }
-      if (relayed >= cutAfter) return;
-      const part = chunk.subarray(0, Math.max(0, cutAfter - relayed));
-      relayed += part.length;
-      client.write(part);
-      if (relayed >= cutAfter) {
-        client.end();
-        upstream.destroy();
-      }
-    });
-  });
-  proxy.listen(0, '127.0.0.1');
-  await once(proxy, 'listening');
-  const address = proxy.address();
-  assert.ok(address && typeof address === 'object');
-  return {
-    port: address.port,
-    connections: () => count,
-    close: async () => {
-      for (const socket of sockets) socket.destroy();
-      proxy.close();
-      await once(proxy, 'close');
-    },
-  };
-}
 
 // --- SASL: memcached -S (binary protocol only, SASL PLAIN against a sasldb) ---
 

@@ -35,6 +35,14 @@ export interface AddOutcome {
   written?: WrittenItem[];
   /** The target already held the key: left as it was, by design. */
   existed: number;
+  /**
+   * The keys found present, when the adds asked for CAS (`withCas`; views, like `written`'s).
+   * Where the same adds may have been sent before (`resent`, or a chunk delivered again),
+   * some may be the warm's own: the delete reconcile looks their CAS up and checks them too.
+   */
+  existedKeys?: Buffer[];
+  /** The batch was sent again after its connection failed: what it found present may be what the failed attempt stored. */
+  resent?: boolean;
   /** Items memcached refused, each with its reason: the caller decides whether to retry them. */
   refused: Refusal[];
 }
@@ -155,6 +163,14 @@ export function buildMetaAdds(batch: AddBatch, pool?: BufferPool, withCas = fals
   return buf.subarray(0, at);
 }
 
+/** The CAS of a `HD c<cas>` reply line at `pos` (the only flag asked for, so right after the status); undefined without it. */
+export function casOfReply(buf: Buffer, pos: number): number | undefined {
+  if (buf[pos + 3] !== 0x63) return undefined;
+  let cas = 0;
+  for (let i = pos + 4, d = buf[i] as number; d >= 0x30 && d <= 0x39; d = buf[++i] as number) cas = cas * 10 + (d - 0x30);
+  return cas;
+}
+
 /** Reads one status line per `ms`: HD stored, NS not stored because it exists, or an error. */
 export class MetaAddReplies extends Reply<AddOutcome> {
   private seen = 0;
@@ -168,7 +184,10 @@ export class MetaAddReplies extends Reply<AddOutcome> {
   ) {
     super();
     this.count = batchLength(items);
-    if (withCas) this.outcome.written = [];
+    if (withCas) {
+      this.outcome.written = [];
+      this.outcome.existedKeys = [];
+    }
     if (this.count === 0) this.finish(this.outcome);
   }
 
@@ -182,13 +201,15 @@ export class MetaAddReplies extends Reply<AddOutcome> {
         this.outcome.stored++;
         // `HD c<cas>`: the only flag asked for, so the digits start right after it.
         if (this.outcome.written) {
-          if (buf[pos + 3] !== 0x63) throw protocolError(this.label, 'ms reply without the CAS asked for', lineText(buf, pos, end));
-          let cas = 0;
-          for (let i = pos + 4, d = buf[i] as number; d >= 0x30 && d <= 0x39; d = buf[++i] as number) cas = cas * 10 + (d - 0x30);
+          const cas = casOfReply(buf, pos);
+          if (cas === undefined) throw protocolError(this.label, 'ms reply without the CAS asked for', lineText(buf, pos, end));
           this.outcome.written.push({ key: keyOf(this.items, this.seen), cas });
         }
       }
-      else if (c0 === 0x4e && c1 === 0x53) this.outcome.existed++;
+      else if (c0 === 0x4e && c1 === 0x53) {
+        this.outcome.existed++;
+        this.outcome.existedKeys?.push(keyOf(this.items, this.seen));
+      }
       else if (c0 === 0x53 && c1 === 0x45) {
         // SERVER_ERROR (object too large, out of memory): memcached swallowed the value,
         // so the pipeline stays in step and only this item is lost.

@@ -1,7 +1,7 @@
 import { Reply, lineEnd, lineText, protocolError } from './connection.js';
 import { writeAscii, writeDecimal, writeKey } from './ascii.js';
 import { isRawSafeKey } from './keys.js';
-import type { WrittenItem } from './meta-add.js';
+import { type WrittenItem, casOfReply } from './meta-add.js';
 
 /**
  * Builds pipelined `mg <key> u` commands: no value, no flags asked, and `u` leaves the item
@@ -9,6 +9,15 @@ import type { WrittenItem } from './meta-add.js';
  * not (EN).
  */
 export function buildMetaExists(keys: readonly Buffer[]): Buffer {
+  return buildMetaGets(keys, 'u');
+}
+
+/** Builds pipelined `mg <key> c`: the CAS of each key's item (HD c<cas>), or EN. */
+export function buildMetaCas(keys: readonly Buffer[]): Buffer {
+  return buildMetaGets(keys, 'c');
+}
+
+function buildMetaGets(keys: readonly Buffer[], flag: 'u' | 'c'): Buffer {
   let bound = 0;
   for (const key of keys) bound += key.length * 2 + 12;
   const buf = Buffer.allocUnsafe(bound);
@@ -17,7 +26,7 @@ export function buildMetaExists(keys: readonly Buffer[]): Buffer {
     const raw = isRawSafeKey(key);
     at = writeAscii(buf, at, 'mg ');
     at = writeKey(buf, at, key, raw);
-    at = writeAscii(buf, at, raw ? ' u\r\n' : ' u b\r\n');
+    at = writeAscii(buf, at, raw ? ` ${flag}\r\n` : ` ${flag} b\r\n`);
   }
   return buf.subarray(0, at);
 }
@@ -42,15 +51,15 @@ abstract class StatusReplies<T> extends Reply<T> {
     if (count === 0) this.finish(result);
   }
 
-  /** Counts the reply to the `index`th command; false for a status that command never gives. */
-  protected abstract take(status: number, index: number): boolean;
+  /** Counts the reply to the `index`th command (its line is buf[pos, end)); false for a status that command never gives. */
+  protected abstract take(status: number, index: number, buf: Buffer, pos: number, end: number): boolean;
 
   read(buf: Buffer, pos: number): number {
     while (this.seen < this.count) {
       const end = lineEnd(buf, pos);
       if (end < 0) return pos;
       const status = ((buf[pos] as number) << 8) | (buf[pos + 1] as number);
-      if (!this.take(status, this.seen)) throw protocolError(this.label, `unexpected reply to ${this.command}`, lineText(buf, pos, end));
+      if (!this.take(status, this.seen, buf, pos, end)) throw protocolError(this.label, `unexpected reply to ${this.command}`, lineText(buf, pos, end));
       this.seen++;
       pos = end;
     }
@@ -68,6 +77,23 @@ export class MetaExistsReplies extends StatusReplies<number[]> {
   protected take(status: number, index: number): boolean {
     if (status === EN) this.result.push(index);
     return status === EN || status === HD;
+  }
+}
+
+/** Reads `count` replies to `mg <key> c`: resolves with each key's CAS, undefined where it is not there. */
+export class MetaCasReplies extends StatusReplies<(number | undefined)[]> {
+  constructor(count: number, label: string) {
+    super(count, label, 'mg', []);
+  }
+
+  protected take(status: number, index: number, buf: Buffer, pos: number): boolean {
+    if (status === EN) {
+      this.result[index] = undefined;
+      return true;
+    }
+    const cas = status === HD ? casOfReply(buf, pos) : undefined;
+    this.result[index] = cas;
+    return cas !== undefined;
   }
 }
 
