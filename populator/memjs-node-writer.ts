@@ -166,7 +166,10 @@ export class MemjsNodeWriter implements NodeWriter {
     return outcome;
   }
 
-  /** A binary GET per key, one at a time (the value comes too: only the few keys a retried add found present are asked). */
+  /**
+   * A binary GET per key, one at a time, the value coming too: asked only for what adds that
+   * may have run before (a resent batch, a redelivered chunk) found present.
+   */
   async casOf(address: string, keys: readonly Buffer[], signal?: AbortSignal): Promise<(number | undefined)[]> {
     const cas: (number | undefined)[] = [];
     await this.oneByOne(address, keys, signal, async (client, key, i) => {
