@@ -8,6 +8,8 @@ export interface NodeStats {
   readonly bytes: number;
   readonly pid: number;
   readonly uptimeSeconds: number;
+  /** unix seconds the process started (`time - uptime`): with the pid, which process it is. */
+  readonly startedAtSeconds: number;
   readonly version: string;
 }
 
@@ -25,6 +27,7 @@ export async function nodeStats(node: NodeSpec, connect: Connect, signal?: Abort
     bytes: num('bytes'),
     pid: num('pid'),
     uptimeSeconds: num('uptime'),
+    startedAtSeconds: num('time') - num('uptime'),
     version: s.get('version') ?? 'unknown',
   };
 }

@@ -35,7 +35,7 @@ import { type WarmReplicaOptions, warmReplica } from './warm-replica.js';
 import type { ReplicaStats } from './select-source.js';
 import os from 'node:os';
 import path from 'node:path';
-import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, fallbackReplica, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, watchJob } from './warm-plan.js';
 
 export interface DistributedWarmOptions {
   readonly topology: Topology;
@@ -191,7 +191,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   if (!recorded) await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
   const ring = scope.ring;
   // Chosen now, so that populators can ask it about a source node that restarts mid-warm.
-  const fallback = options.reconcileDeletes === false ? undefined : await alternateSource(job, { ...options, connect });
+  const fallback = options.reconcileDeletes === false ? undefined : await fallbackReplica(job, { ...options, connect });
   const keyFilter: KeyFilterSpec | undefined = scope.node && { nodes: ring.nodes, hashing: ring.hashing, keep: [scope.node.address] };
   const manifest = await openManifest(store, earlier, {
     version: LAYOUT_VERSION,
@@ -201,7 +201,7 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
     target: ring,
     ...(options.sharedDump && { dumpJobId: options.sharedDump.jobId }),
     ...(options.reconcileDeletes === false && { reconcileDeletes: false as const }),
-    ...(fallback && { fallback: targetRingOf(topology, fallback) }),
+    ...(fallback && { fallback }),
     createdAt: new Date(started).toISOString(),
   }, signal);
   const standing = options.queueUrl === undefined ? undefined : await readStandingQueue(sqs, options.queueUrl, signal);

@@ -3,6 +3,7 @@ import { type Connect, connectDirect } from '../shared/memcached/connect.js';
 import { ringFilter } from '../dumper/ring-filter.js';
 import type { NodeWriter } from '../populator/node-writer.js';
 import type { TargetRing } from '../shared/chunk-message.js';
+import type { FallbackReplica } from '../shared/job-layout.js';
 import { CachewarmError } from '../shared/errors.js';
 import { type NodeSpec, type ReplicaSpec, type Topology, replicaOf } from '../shared/topology.js';
 import { DEFAULT_ALREADY_WARM_RATIO, type WarmthCheck, instanceWarmth, replicaWarmth } from './already-warm.js';
@@ -221,6 +222,14 @@ export async function readBackSample(
   return verificationSummary(report);
 }
 
+type AlternateOptions = {
+  readonly topology: Topology;
+  readonly source?: string | undefined;
+  readonly connect?: Connect | undefined;
+  readonly alreadyWarmRatio?: number | undefined;
+  readonly signal?: AbortSignal | undefined;
+};
+
 /**
  * Another replica that can stand in for source nodes that restarted: only when the source
  * was chosen automatically (`--source auto`), the fullest reachable replica other than the
@@ -228,22 +237,33 @@ export async function readBackSample(
  */
 export async function alternateSource(
   plan: { readonly scope: WarmScope; readonly source: ReplicaStats },
-  options: {
-    readonly topology: Topology;
-    readonly source?: string | undefined;
-    readonly connect?: Connect | undefined;
-    readonly alreadyWarmRatio?: number | undefined;
-    readonly signal?: AbortSignal | undefined;
-  },
+  options: AlternateOptions,
   /** The one chosen earlier in the job (the delete reconcile's fallback): taken while it qualifies. */
   prefer?: string | undefined,
 ): Promise<string | undefined> {
-  if (options.source !== undefined && options.source !== 'auto') return undefined;
+  const full = await alternates(plan, options);
+  return (full.find((c) => c.replica.name === prefer) ?? full[0])?.replica.name;
+}
+
+/**
+ * The delete reconcile's fallback (DeleteReconcilerOptions.fallback), chosen when the job
+ * starts as alternateSource chooses, with its nodes' processes then: a node of it that
+ * restarts later is not asked (its emptiness says nothing of deletes either).
+ */
+export async function fallbackReplica(plan: { readonly scope: WarmScope; readonly source: ReplicaStats }, options: AlternateOptions): Promise<FallbackReplica | undefined> {
+  const [fullest] = await alternates(plan, options);
+  if (!fullest) return undefined;
+  const processes = Object.fromEntries(fullest.nodes.map((n) => [n.node.address, { pid: n.pid, startedAtSeconds: n.startedAtSeconds }]));
+  return { ...targetRingOf(options.topology, fullest.replica.name), processes };
+}
+
+/** The replicas that qualify as alternateSource's, fullest first. */
+async function alternates(plan: { readonly scope: WarmScope; readonly source: ReplicaStats }, options: AlternateOptions): Promise<ReplicaStats[]> {
+  if (options.source !== undefined && options.source !== 'auto') return [];
   const { topology, connect = connectDirect } = options;
   const others = [...topology.replicas.values()].filter((r) => r.name !== plan.source.replica.name && r.name !== plan.scope.replica.name);
   const candidates = await Promise.all(others.map((r) => replicaStats(r, connect, options.signal).catch(() => undefined)));
-  const full = candidates
+  return candidates
     .filter((c): c is ReplicaStats => c !== undefined && c.items >= (options.alreadyWarmRatio ?? DEFAULT_ALREADY_WARM_RATIO) * plan.source.items)
     .sort((a, b) => b.items - a.items);
-  return (full.find((c) => c.replica.name === prefer) ?? full[0])?.replica.name;
 }

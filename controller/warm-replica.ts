@@ -27,7 +27,7 @@ import { RefusedLog } from './refused-log.js';
 import type { SharedCopy } from './shared-copy.js';
 import { Listing } from '../shared/key-sample.js';
 import { type ReplicaStats, selectSource } from './select-source.js';
-import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
+import { type WarmScope, alreadyWarm, alternateSource, checkCapacity, fallbackReplica, checkRequestedSource, checkWarmth, listedSampleKeys, newJobId, planIdentity, readBackSample, scopeOf, targetRingOf, watchJob } from './warm-plan.js';
 import { DEFAULT_VERIFY_SAMPLE, type RepairReport, type VerificationSummary, type WarmProgress, type WarmSummary, guardReports, itemSizeLimits, problemsOf, processUsage, targetNodeReport } from './warm-summary.js';
 
 export interface WarmReplicaOptions {
@@ -228,7 +228,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
   const { clock, connect = connectDirect, topology } = options;
   const { scope, source, jobId, started, earlier } = plan;
   // Chosen now, so that the reconcile can ask it about a source node that restarts mid-warm.
-  const fallback = options.reconcileDeletes === false ? undefined : await alternateSource(plan, options);
+  const fallback = options.reconcileDeletes === false ? undefined : await fallbackReplica(plan, options);
   // Every node is read before anything is opened that would need closing. (A SASL-only
   // target answers `stats` only through its writer's protocol.)
   const writerStats = options.writer?.stats?.bind(options.writer);
@@ -246,8 +246,8 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
     throw error;
   }
   const journal = await JobJournal.open(options.workDir, { id: jobId, kind: scope.kind, source: source.replica.name, target: scope.label });
-  // Lookups go only to the source processes this run started with.
-  const dumpedProcesses = identities(sources);
+  // Lookups go only to the source (and fallback) processes this run started with.
+  const dumpedProcesses = { ...fallback?.processes, ...identities(sources) };
   const reconciler =
     options.reconcileDeletes === false
       ? undefined
@@ -256,7 +256,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
           clock,
           labelOf: (address) => `${source.replica.name}/${address}`,
           checkSource: new PinnedTargets(async () => dumpedProcesses, jobId, 'sources').check,
-          fallback: fallback === undefined ? undefined : targetRingOf(topology, fallback),
+          fallback,
         });
   const ctx: PassContext = {
     options,
@@ -317,7 +317,7 @@ async function runWarm(options: WarmReplicaOptions, plan: JobPlan): Promise<Warm
       pass.done = ctx.parked.length === parkedBefore;
       const uncovered = [...restartedSources].filter((id) => !covered.has(id));
       if (uncovered.length > 0) {
-        const alternate = await alternateSource(plan, options, fallback);
+        const alternate = await alternateSource(plan, options, fallback?.replica);
         if (alternate) {
           for (const id of uncovered) covered.set(id, alternate);
           const share = { replica: source.replica.name, nodes: source.replica.nodes.filter((n) => uncovered.includes(n.id)).map((n) => n.address) };

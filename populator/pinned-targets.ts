@@ -31,9 +31,16 @@ export class PinnedTargets {
     private readonly side: 'targets' | 'sources' = 'targets',
   ) {}
 
-  /** Pinned to the job's `processes.json` in the store, read again on a mismatch. */
-  static recordedIn(store: ChunkStore, jobId: string, side: 'targets' | 'sources' = 'targets'): PinnedTargets {
-    return new PinnedTargets((signal) => getJson<ProcessesRecord>(store, processesName(jobId), signal).then((record) => record?.[side]), jobId, side);
+  /**
+   * Pinned to the job's `processes.json` in the store, read again on a mismatch; `also`: pins
+   * recorded elsewhere (the fallback replica's, in the manifest).
+   */
+  static recordedIn(store: ChunkStore, jobId: string, side: 'targets' | 'sources' = 'targets', also?: ProcessIdentities): PinnedTargets {
+    const read = async (signal?: AbortSignal): Promise<ProcessIdentities | undefined> => {
+      const recorded = (await getJson<ProcessesRecord>(store, processesName(jobId), signal))?.[side];
+      return recorded || also ? { ...also, ...recorded } : undefined;
+    };
+    return new PinnedTargets(read, jobId, side);
   }
 
   /** For a connection's check: throws TARGET_REPLACED (or SOURCE_REPLACED) for another process. */
@@ -47,7 +54,7 @@ export class PinnedTargets {
     if (this.side === 'sources') {
       throw new CachewarmError(
         'SOURCE_REPLACED',
-        `source node ${conn.label} is another process (pid ${now.pid}, started ${when(now.startedAtSeconds)}) than the one job ${this.jobId} dumped ` +
+        `source node ${conn.label} is another process (pid ${now.pid}, started ${when(now.startedAtSeconds)}) than the one job ${this.jobId} planned with ` +
           `(pid ${expected.pid}, started ${when(expected.startedAtSeconds)}): what it lacks says nothing of deletes, so no key is checked there`,
         { job: this.jobId, node: address, pid: now.pid },
       );

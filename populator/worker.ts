@@ -126,7 +126,7 @@ export const ACK_INTERVAL_MS = 1_000;
 
 /**
  * The job's delete reconcile (DeleteReconciler), unless its warm turned it off: lookups go
- * only to the source processes the controller recorded for the job.
+ * only to the source (and fallback) processes the controller recorded for the job.
  */
 export function jobReconciler(store: ChunkStore, jobId: string, manifest: JobManifest, clock: Clock, log: Log): DeleteReconciler | undefined {
   if (manifest.reconcileDeletes === false) return undefined;
@@ -134,7 +134,7 @@ export function jobReconciler(store: ChunkStore, jobId: string, manifest: JobMan
     connect: connectDirect,
     clock,
     labelOf: (address) => `${manifest.source.replica}/${address}`,
-    checkSource: PinnedTargets.recordedIn(store, jobId, 'sources').check,
+    checkSource: PinnedTargets.recordedIn(store, jobId, 'sources', manifest.fallback?.processes).check,
     fallback: manifest.fallback,
     onUnchecked: (source, items, error) =>
       log({ event: 'reconcile-unchecked', level: 'warn', jobId, source, items, reason: error.message }),

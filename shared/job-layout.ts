@@ -126,8 +126,13 @@ export interface JobManifest {
    * a source node that cannot be asked (restarted, or unreachable), and the controller copies
    * a restarted node's share from it (DeleteReconcilerOptions.fallback).
    */
-  readonly fallback?: TargetRing | undefined;
+  readonly fallback?: FallbackReplica | undefined;
   readonly createdAt: string;
+}
+
+/** A replica's ring with the processes its nodes ran when the job chose it: only those are asked. */
+export interface FallbackReplica extends TargetRing {
+  readonly processes: ProcessIdentities;
 }
 
 export interface EndMarker {

@@ -118,6 +118,50 @@ async function heldInTarget(cluster: Cluster, keys: readonly Buffer[]): Promise<
   return held;
 }
 
+/**
+ * A warm of a into b, c a full replica a little less full than a (so a is the source and c
+ * the one to fall back on). Before anything is written, the given nodes restart empty: every
+ * key the warm writes is looked up after that. Meanwhile the application deletes keys from
+ * every replica, between their dump and their write.
+ */
+async function warmAcrossRestarts(
+  cluster: Cluster,
+  restarts: readonly [replica: string, index: number][],
+): Promise<{ summary: WarmSummary; items: WritableItem[]; inC: WritableItem[]; restarted: Promise<unknown> | undefined }> {
+  const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'reconcile-fallback' });
+  const inC = items.slice(0, 19_900);
+  await Promise.all([load(cluster.topology, 'a', items), load(cluster.topology, 'c', inC)]);
+  const app = new Application(cluster.topology);
+  const inner = new MetaNodeWriter({ connect: connectDirect, clock: systemClock });
+  let restarted: Promise<unknown> | undefined;
+  const writer: NodeWriter = {
+    probe: (address, signal) => inner.probe(address, signal),
+    close: () => inner.close(),
+    deleteUnchanged: (address, batch, signal) => inner.deleteUnchanged(address, batch, signal),
+    casOf: (address, keys, signal) => inner.casOf(address, keys, signal),
+    addItems: (address, batch, onOutcome, signal, withCas) => inner.addItems(address, batch, onOutcome, signal, withCas),
+    async addPacked(address, selection, onOutcome, signal, withCas) {
+      await (restarted ??= Promise.all(restarts.map(([replica, index]) => cluster.restartEmpty(replica, index))));
+      for (const i of selection.indices) {
+        const at = selection.packed.keyStart(i);
+        const key = Buffer.from(selection.packed.bytes.subarray(at, at + selection.packed.keyBytes(i)));
+        if (fateOf(key) !== 'deletedBetweenDumpAndWrite') continue;
+        await app.delete('b', key);
+        await app.delete('c', key);
+      }
+      await inner.addPacked(address, selection, onOutcome, signal, withCas);
+    },
+  };
+  const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-reconcile-'));
+  try {
+    const summary = await warmReplica({ topology: cluster.topology, target: 'b', chunkSizeBytes: 16 << 10, clock: systemClock, workDir, writer, protectSource: 'off', maxOpsPerNode: 20_000 });
+    return { summary, items, inC, restarted };
+  } finally {
+    await app.close();
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
 /** Items dumped from a's only node, a tenth of which the application then deleted there. */
 async function dumpedThenDeleted(cluster: Cluster, seed: string): Promise<{ items: WritableItem[]; deleted: WritableItem[]; kept: WritableItem[] }> {
   const items = sampleItems({ count: 3_000, valueBytes: 200, nowSeconds: nowSeconds(), seed });
@@ -223,55 +267,32 @@ describe('deleted keys stay deleted: the warm takes back what the source deleted
 
   test('a source node that restarts before its items are looked up: another full replica is asked in its place, and its share comes from there', async () => {
     await withCluster({ a: 1, b: 2, c: 2 }, async (cluster) => {
-      const items = sampleItems({ count: 20_000, valueBytes: 100, nowSeconds: nowSeconds(), seed: 'reconcile-fallback' });
-      // c is a full replica, a little less full than a: a is the source, c the one to fall back on.
-      const inC = items.slice(0, 19_900);
-      await Promise.all([load(cluster.topology, 'a', items), load(cluster.topology, 'c', inC)]);
-      const deleted = items.filter((item) => fateOf(item.key) === 'deletedBetweenDumpAndWrite');
-      const app = new Application(cluster.topology);
-      const inner = new MetaNodeWriter({ connect: connectDirect, clock: systemClock });
-      let restart: Promise<unknown> | undefined;
-      // Before anything is written, a's only node restarts empty: every key the warm writes
-      // from its dump is looked up after that, when a's emptiness says nothing of deletes.
-      // Meanwhile the application deletes keys from every replica.
-      const writer: NodeWriter = {
-        probe: (address, signal) => inner.probe(address, signal),
-        close: () => inner.close(),
-        deleteUnchanged: (address, batch, signal) => inner.deleteUnchanged(address, batch, signal),
-        addItems: (address, batch, onOutcome, signal, withCas) => inner.addItems(address, batch, onOutcome, signal, withCas),
-        async addPacked(address, selection, onOutcome, signal, withCas) {
-          await (restart ??= cluster.restartEmpty('a', 0));
-          for (const i of selection.indices) {
-            const at = selection.packed.keyStart(i);
-            const key = Buffer.from(selection.packed.bytes.subarray(at, at + selection.packed.keyBytes(i)));
-            if (fateOf(key) !== 'deletedBetweenDumpAndWrite') continue;
-            await app.delete('b', key);
-            await app.delete('c', key);
-          }
-          await inner.addPacked(address, selection, onOutcome, signal, withCas);
-        },
-      };
-      const workDir = await mkdtemp(path.join(os.tmpdir(), 'cachewarm-reconcile-'));
-      let summary: WarmSummary;
-      try {
-        summary = await warmReplica({ topology: cluster.topology, target: 'b', chunkSizeBytes: 16 << 10, clock: systemClock, workDir, writer, protectSource: 'off', maxOpsPerNode: 20_000 });
-      } finally {
-        await app.close();
-        await rm(workDir, { recursive: true, force: true });
-      }
-      assert.ok(restart, 'a restarted mid-warm');
+      const { summary, items, inC, restarted } = await warmAcrossRestarts(cluster, [['a', 0]]);
+      assert.ok(restarted, 'a restarted mid-warm');
       assert.equal(summary.source, 'a');
       assert.equal(summary.complete, true, JSON.stringify(summary.problems ?? summary));
       assert.ok(summary.repairs?.some((r) => /restarted: its share taken from c$/.test(r.reason)), JSON.stringify(summary.repairs));
       assert.equal(total(summary, 'reconcileUnchecked'), 0, 'every item written was looked up, at a or at c');
       assert.equal(total(summary, 'reconcileChecked'), total(summary, 'stored'));
       assert.ok(total(summary, 'reconcileRemoved') > 0, 'what a gave before its restart and the application deleted since was taken back');
+      const deleted = items.filter((item) => fateOf(item.key) === 'deletedBetweenDumpAndWrite');
       assert.equal(await heldInTarget(cluster, deleted.map((i) => i.key)), 0, 'no deleted key is in the target');
-      const kept = new Set(deleted.map((i) => i.key.toString()));
-      await assertExactCopy({ topology: cluster.topology, replica: 'b' }, inC.filter((i) => !kept.has(i.key.toString())), {
+      const gone = new Set(deleted.map((i) => i.key.toString()));
+      await assertExactCopy({ topology: cluster.topology, replica: 'b' }, inC.filter((i) => !gone.has(i.key.toString())), {
         what: 'the target: what c holds',
         nothingElseOn: (cluster.servers['b'] ?? []).map((s) => s.address),
       });
+    });
+  });
+
+  test('a node of that replica restarted too: nothing is taken back on its word; the items are reported unchecked', async () => {
+    await withCluster({ a: 1, b: 2, c: 2 }, async (cluster) => {
+      const { summary, restarted } = await warmAcrossRestarts(cluster, [['a', 0], ['c', 0]]);
+      assert.ok(restarted, 'a and c restarted mid-warm');
+      assert.equal(summary.complete, false);
+      assert.ok(total(summary, 'reconcileUnchecked') > 0);
+      assert.equal(total(summary, 'reconcileRemoved'), 0, 'no key was taken back because an empty process lacked it');
+      assert.match((summary.problems ?? []).join('\n'), /items written were never checked against their source for deletes/);
     });
   });
 
