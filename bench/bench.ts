@@ -11,6 +11,8 @@
  *   harm     a live client's latencies on a source node, idle and during a warm with and
  *            without --protect-source
  *   crawl    the live client during a key listing alone, under each crawler setting
+ *   deletes  an application deleting keys midway through a warm: how many come back to life
+ *            in the target, with the delete reconcile and without (resurrection.ts)
  *   two      one dump filling two target replicas (`--target target,target2`): the source's
  *            reads per item, counted by the source nodes themselves (`get_hits`)
  *   aws      the S3+SQS transport, with the CPU each part spent: sidecars, controller,
@@ -36,6 +38,7 @@ import { sampleItems } from '../shared/sample-items.js';
 import { ringOfTarget } from '../populator/write-to-ring.js';
 import { type LatencySummary, type LiveClient, startLiveClient } from './live-client.js';
 import { crawlHarm } from './crawl-harm.js';
+import { resurrection } from './resurrection.js';
 import { parseTopology } from '../shared/topology.js';
 import { formatBytes, formatDuration, formatRate } from '../shared/units.js';
 
@@ -186,16 +189,23 @@ interface WarmSummaryJson {
 }
 
 /**
- * `cachewarm warm replica` source → target as a separate process, timed from start to exit.
+ * `cachewarm warm replica` source → target.
  * `--force`: a flushed target still reports its old item count, and would pass for warm.
+ */
+function warmArgs(topologyFile: string, workDir: string, extra: readonly string[]): string[] {
+  return ['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
+    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', '--force', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra];
+}
+
+/**
+ * `cachewarm warm replica` source → target as a separate process, timed from start to exit.
  */
 async function warmOnce(topologyFile: string, workDir: string, fleet: readonly MemcachedProcess[], extra: readonly string[] = []): Promise<WarmRun> {
   const sourceBefore = await memcachedCpu(fleet.slice(0, 3));
   const targetBefore = await memcachedCpu(fleet.slice(3, 7));
   const requestsBefore = await sourceGets(fleet.slice(0, 3));
   const started = performance.now();
-  const out = await run(['warm', 'replica', '--topology', topologyFile, '--target', 'target', '--source', 'source',
-    '--work-dir', workDir, '--chunk-size', String(args['chunk-size']), '--json', '--force', ...String(args['warm-args']).split(' ').filter(Boolean), ...extra]);
+  const out = await run(warmArgs(topologyFile, workDir, extra));
   const result = rate((performance.now() - started) / 1000, ITEMS, ITEMS * VALUE_BYTES);
   const summary = JSON.parse(out) as WarmSummaryJson;
   const stored = summary.targetNodes.reduce((sum, n) => sum + n.stored, 0);
@@ -297,6 +307,16 @@ async function main(): Promise<void> {
     for (const node of fleet.slice(3, 7)) await flush(node);
     log('replica warm again into the same target nodes, flushed, --reconcile-deletes off');
     const unreconciled = await warmOnce(topologyFile, workDir, fleet, [...unprotected, '--reconcile-deletes', 'off']);
+    log('resurrection: every 20th key deleted from source and target midway through a warm into the flushed target, with the delete reconcile and without');
+    const resurrected = await resurrection(
+      items,
+      { source: { nodes: fleet.slice(0, 3), ring: sourceRing }, target: { nodes: fleet.slice(3, 7), ring: ringOfTarget(targetRingOf(topology, 'target')) } },
+      async (extra) => {
+        for (const node of fleet.slice(3, 7)) await flush(node);
+        await run(warmArgs(topologyFile, workDir, [...unprotected, ...extra]));
+      },
+      async (victims) => void (await writeAll(victims, targetRingOf(topology, 'source'), { connect: connectDirect, clock: systemClock })),
+    );
 
     const liveKeys = items.filter((item) => sourceRing.nodeFor(item.key) === sourceRing.nodeFor((items[0] as WritableItem).key)).slice(0, 10_000).map((i) => i.key);
     log('live client on source node 1: 10 s with nothing else running');
@@ -332,6 +352,11 @@ async function main(): Promise<void> {
         `${((1 - intoTouched.rate.itemsPerSecond / unreconciled.rate.itemsPerSecond) * 100).toFixed(0)} % of the rate, ` +
         `source requests/item ${(intoTouched.sourceRequests / ITEMS).toFixed(2)} with it, ${(unreconciled.sourceRequests / ITEMS).toFixed(2)} without; ` +
         `cachewarm ${perItem(intoTouched.summary.cpuMs / 1000)}/item with it, ${perItem(unreconciled.summary.cpuMs / 1000)} without`,
+      ...resurrected.map(
+        (r) =>
+          `  deleted keys back in the target ${r.reconcile ? 'with the reconcile   ' : 'without it           '} ${r.resurrected.toLocaleString('en-US')} of ${r.deleted.toLocaleString('en-US')}` +
+          ` deleted from source and target ${r.duringWarm ? 'midway through the warm' : 'after the warm (it ended before half its items were in)'}`,
+      ),
       `two targets from one dump      ${show(two.rate)} per target (one flushed, one fresh), ${ratio(two.rate, intoFresh.rate)} of the one-target warm into fresh nodes;` +
         ` source reads per item copied ${two.copyReadsPerItem.toFixed(3)} (get_hits ${two.sourceHits.toLocaleString('en-US')}, ${two.readBack.toLocaleString('en-US')} of them the read-backs', ${two.lookups.toLocaleString('en-US')} the delete reconcile's lookups); cachewarm ${perItem(two.cpuSeconds)}/item`,
       ...(viaAws
