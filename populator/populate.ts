@@ -92,8 +92,10 @@ export async function runPopulator(options: PopulatorOptions): Promise<void> {
     return ring;
   }
 
-  /** Writes the message's chunk; returns what it did, counted in `tally` too, written whole or not. */
-  /** `again`: the message was delivered before, so its items may have been written already. */
+  /**
+   * Writes the message's chunk; returns what it did, counted in `tally` too, written whole or
+   * not. `again`: the message was delivered before, so its items may have been written already.
+   */
   async function apply(message: ChunkMessage, route: MessageRoute, again: boolean): Promise<WriteTally> {
     const { store, scope } = route;
     if (scope) checkMessageScope(message, scope, `for chunk ${message.chunk.name}`);
