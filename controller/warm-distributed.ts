@@ -190,8 +190,9 @@ async function runJob(options: DistributedWarmOptions, job: DistributedJob): Pro
   const restartedSources = new Set(replacedSince(recorded?.sources, sources).map((n) => n.id));
   if (!recorded) await putJson(store, processesName(jobId), { targets: identities(targets), sources: identities(sources) }, signal);
   const ring = scope.ring;
-  // Chosen now, so that populators can ask it about a source node that restarts mid-warm.
-  const fallback = options.reconcileDeletes === false ? undefined : await fallbackReplica(job, { ...options, connect });
+  // Chosen now, so that populators can ask it about a source node that restarts mid-warm. (A
+  // rerun keeps the manifest it finds, and with it the fallback its first run chose.)
+  const fallback = earlier || options.reconcileDeletes === false ? undefined : await fallbackReplica(job, { ...options, connect });
   const keyFilter: KeyFilterSpec | undefined = scope.node && { nodes: ring.nodes, hashing: ring.hashing, keep: [scope.node.address] };
   const manifest = await openManifest(store, earlier, {
     version: LAYOUT_VERSION,

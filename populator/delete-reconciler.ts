@@ -8,7 +8,7 @@ import { type RateLimiter, TokenBucket } from '../shared/token-bucket.js';
 import type { NodeWriter } from './node-writer.js';
 import { type TargetNodeRing, ringOfTarget } from './write-to-ring.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './retry-policy.js';
-import { type CheckConnection, TargetConnections } from './target-connections.js';
+import { type CheckConnection, TargetConnections, inBatches } from './target-connections.js';
 
 export interface DeleteReconcilerOptions {
   readonly connect: Connect;
@@ -136,14 +136,11 @@ export class DeleteReconciler {
 
   /** The indices of the items whose keys `source` does not hold. */
   private async absentIndices(source: string, written: readonly WrittenItem[], signal: AbortSignal | undefined): Promise<number[]> {
-    const batches: { start: number; keys: Buffer[] }[] = [];
-    for (let start = 0; start < written.length; start += CHECK_BATCH) {
-      batches.push({ start, keys: written.slice(start, start + CHECK_BATCH).map((item) => item.key) });
-    }
+    const keys = written.map((item) => item.key);
     const absent: number[] = [];
-    await this.sources.eachWithRetries(source, batches, this.retry, this.clock, signal, async (conn, batch) => {
-      const missing = await conn.send(buildMetaExists(batch.keys), new MetaExistsReplies(batch.keys.length, conn.label));
-      absent.push(...missing.map((i) => batch.start + i));
+    await this.sources.eachWithRetries(source, inBatches(keys, CHECK_BATCH), this.retry, this.clock, signal, async (conn, { start, part }) => {
+      const missing = await conn.send(buildMetaExists(part), new MetaExistsReplies(part.length, conn.label));
+      absent.push(...missing.map((i) => start + i));
     });
     return absent;
   }

@@ -8,7 +8,7 @@ import { addInto } from '../shared/counters.js';
 import type { Connect } from '../shared/memcached/connect.js';
 import type { NodeWriter } from './node-writer.js';
 import { DEFAULT_RETRY, type RetryPolicy } from './retry-policy.js';
-import { type CheckConnection, TargetConnections } from './target-connections.js';
+import { type CheckConnection, TargetConnections, inBatches } from './target-connections.js';
 
 export interface MetaNodeWriterOptions {
   readonly connect: Connect;
@@ -69,13 +69,6 @@ const WINDOW = 4;
 /** Conditional deletes (or CAS lookups) a pipelined batch. */
 const DELETE_BATCH = 1_000;
 
-/** `all` in DELETE_BATCH parts, each with where it starts. */
-function slices<T>(all: readonly T[]): { start: number; part: readonly T[] }[] {
-  const parts: { start: number; part: readonly T[] }[] = [];
-  for (let start = 0; start < all.length; start += DELETE_BATCH) parts.push({ start, part: all.slice(start, start + DELETE_BATCH) });
-  return parts;
-}
-
 /**
  * Adds items to one target node, every batch pipelined on a shared connection. A batch
  * whose connection fails is sent again on a new one, with exponential backoff: `add` makes
@@ -131,7 +124,7 @@ export class MetaNodeWriter implements NodeWriter {
    */
   async deleteUnchanged(address: string, items: readonly WrittenItem[], signal?: AbortSignal): Promise<DeleteOutcome> {
     const outcome = newDeleteOutcome();
-    await this.connections.eachWithRetries(address, slices(items), this.retry, this.clock, signal, async (conn, { part }) => {
+    await this.connections.eachWithRetries(address, inBatches(items, DELETE_BATCH), this.retry, this.clock, signal, async (conn, { part }) => {
       addInto(outcome, await conn.send(buildMetaDeletesIfUnchanged(part), new MetaDeleteReplies(part.length, conn.label)));
     });
     return outcome;
@@ -140,7 +133,7 @@ export class MetaNodeWriter implements NodeWriter {
   /** `mg <key> c` for each key, pipelined: the CAS of the item it names, undefined where there is none. */
   async casOf(address: string, keys: readonly Buffer[], signal?: AbortSignal): Promise<(number | undefined)[]> {
     const cas: (number | undefined)[] = [];
-    await this.connections.eachWithRetries(address, slices(keys), this.retry, this.clock, signal, async (conn, { start, part }) => {
+    await this.connections.eachWithRetries(address, inBatches(keys, DELETE_BATCH), this.retry, this.clock, signal, async (conn, { start, part }) => {
       const found = await conn.send(buildMetaCas(part), new MetaCasReplies(part.length, conn.label));
       found.forEach((value, i) => (cas[start + i] = value));
     });

@@ -6,6 +6,13 @@ import type { MemcachedConnection } from '../shared/memcached/connection.js';
 import { parseAddress } from '../shared/topology.js';
 import { type RetryPolicy, stillFailing } from './retry-policy.js';
 
+/** `all` in parts of `size` for eachWithRetries, each with where it starts in `all`. */
+export function inBatches<T>(all: readonly T[], size: number): { start: number; part: readonly T[] }[] {
+  const parts: { start: number; part: readonly T[] }[] = [];
+  for (let start = 0; start < all.length; start += size) parts.push({ start, part: all.slice(start, start + size) });
+  return parts;
+}
+
 /** Checks a new connection before it is used; throws to keep it from being used. */
 export type CheckConnection = (address: string, conn: MemcachedConnection, signal?: AbortSignal) => Promise<void>;
 
